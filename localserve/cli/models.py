@@ -1,0 +1,215 @@
+"""Commands on the model store: pull, import, list, show, rm, cp.
+
+These work on the store directly and need no daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from localserve.cli import output
+from localserve.cli.errors import EXIT_INTERRUPTED, report
+
+if TYPE_CHECKING:
+    from localserve.store.store import ModelStore, StoredModel
+
+app = typer.Typer()
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="Model name: hf.co/OWNER/REPO[:QUANT], OWNER/REPO[:QUANT] or NAME[:TAG].",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _store() -> ModelStore:
+    from localserve.store.store import ModelStore
+
+    return ModelStore.from_settings()
+
+
+@app.command()
+def pull(
+    model: ModelArg,
+    connections: Annotated[
+        int, typer.Option(min=1, max=16, help="Parallel connections for large files.")
+    ] = 4,
+) -> None:
+    """Download a GGUF model from Hugging Face (resumable, sha256-verified)."""
+    from localserve.store.download import DownloadOptions
+    from localserve.store.pull import hub_ref, pull_model
+
+    hub_ref(model)  # a bad name fails here, before anything touches the network
+    events = pull_model(_store(), model, options=DownloadOptions(connections=connections))
+    try:
+        with contextlib.closing(events):
+            output.show_progress(events)
+    except KeyboardInterrupt:
+        output.stderr().print(
+            f"pull interrupted; what was downloaded is kept: run `localserve pull {model}` to resume"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@app.command("import")
+def import_(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A .gguf file (for a split model, its first part).", show_default=False
+        ),
+    ],
+    name: Annotated[
+        str, typer.Argument(help="Name to give it, e.g. mymodel or mymodel:q4.", show_default=False)
+    ],
+) -> None:
+    """Add a local GGUF file to the store under a name (hard-linked when possible)."""
+    from localserve.store.importing import import_gguf
+    from localserve.store.refs import parse_ref
+
+    ref = parse_ref(name)
+    events = import_gguf(_store(), file, name)
+    with contextlib.closing(events):
+        output.show_progress(events)
+    output.stderr().print(f"imported {file.name} as {ref}")
+
+
+@app.command("list")
+def list_(as_json: JsonOpt = False) -> None:
+    """List the models in the store."""
+    models = _store().list_models()
+    if as_json:
+        output.print_json([_model_entry(m) for m in models])
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in ("NAME", "ID", "SIZE", "MODIFIED"):
+        table.add_column(column, no_wrap=True)
+    for m in models:
+        table.add_row(
+            m.name,
+            m.manifest.short_id,
+            output.human_size(m.manifest.size),
+            output.human_age(m.modified_at),
+        )
+    output.stdout().print(table)
+
+
+def _model_entry(m: StoredModel) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "id": m.manifest.short_id,
+        "digest": f"sha256:{m.manifest.digest}",
+        "size": m.manifest.size,
+        "modified_at": m.modified_at.isoformat(),
+        "quantization": m.manifest.quantization,
+        "files": [entry.filename for entry in m.manifest.files],
+        "source": m.manifest.source.model_dump(),
+    }
+
+
+@app.command()
+def show(
+    model: ModelArg,
+    as_json: JsonOpt = False,
+    template: Annotated[
+        bool, typer.Option("--template", help="Print only the chat template.")
+    ] = False,
+    license_: Annotated[bool, typer.Option("--license", help="Print only the licence.")] = False,
+) -> None:
+    """Show a model's architecture, size, quantization, context length and licence."""
+    store = _store()
+    ref, manifest = store.get(model)
+    from localserve.store.gguf import parameter_size_label, read_gguf_model
+
+    info = read_gguf_model(store.blob_paths(manifest))
+    facts: dict[str, Any] = {
+        "name": str(ref),
+        "id": manifest.short_id,
+        "digest": f"sha256:{manifest.digest}",
+        "size": manifest.size,
+        "architecture": info.architecture,
+        "parameters": parameter_size_label(info.parameter_count),
+        "parameter_count": info.parameter_count,
+        "quantization": manifest.quantization or info.quantization,
+        "context_length": info.context_length,
+        "embedding_length": info.embedding_length,
+        "layers": info.block_count,
+        "chat_template": info.chat_template,
+        "license": info.license,
+        "source": manifest.source.model_dump(),
+    }
+    if template:
+        typer.echo(info.chat_template or "")
+        return
+    if license_:
+        typer.echo(info.license or "")
+        return
+    if as_json:
+        output.print_json(facts)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, show_header=False, pad_edge=False, show_edge=False)
+    table.add_column(style="dim")
+    table.add_column()
+    for label, key in (
+        ("architecture", "architecture"),
+        ("parameters", "parameters"),
+        ("quantization", "quantization"),
+        ("context length", "context_length"),
+        ("embedding length", "embedding_length"),
+        ("layers", "layers"),
+    ):
+        table.add_row(label, str(facts[key]) if facts[key] is not None else "unknown")
+    table.add_row("chat template", "yes" if info.chat_template else "none (raw completion)")
+    table.add_row("size", output.human_size(manifest.size))
+    source = manifest.source
+    table.add_row(
+        "source",
+        f"hf.co/{source.repo}@{source.revision[:12]}"
+        if source.type == "huggingface"
+        else source.type,
+    )
+    console = output.stdout()
+    console.print(f"  [bold]{ref}[/bold]")
+    console.print(table)
+    if info.license:
+        first = info.license.strip().splitlines()[0] if info.license.strip() else ""
+        console.print(f"\n  [bold]License[/bold]\n    {first}")
+
+
+@app.command()
+def rm(
+    models: Annotated[list[str], typer.Argument(help="Models to delete.", show_default=False)],
+) -> None:
+    """Delete models; a file goes only when no other name still uses it."""
+    store = _store()
+    failed = 0
+    for name in models:
+        try:
+            ref, _ = store.remove(name)
+        except Exception as exc:
+            failed = failed or report(exc)
+            continue
+        output.stderr().print(f"deleted '{ref}'")
+    if failed:
+        raise typer.Exit(failed)
+
+
+@app.command()
+def cp(
+    source: Annotated[str, typer.Argument(help="Existing model.", show_default=False)],
+    destination: Annotated[str, typer.Argument(help="New name.", show_default=False)],
+) -> None:
+    """Give a model a second name (no bytes are copied)."""
+    dst_ref = _store().copy(source, destination)
+    output.stderr().print(f"copied '{source}' to '{dst_ref}'")

@@ -1,0 +1,194 @@
+"""The one settings object: every LOCALSERVE_* variable, typed, with the paths derived from it.
+
+docs/configuration.md documents every field; tests/test_config.py fails when one is missing.
+
+Paths: with ``LOCALSERVE_HOME`` set, everything lives under it::
+
+    $LOCALSERVE_HOME/
+      models/     the model store (unless LOCALSERVE_MODELS says otherwise)
+      state/      pid file, daemon log, chat history
+      cache/      throwaway files
+
+Without it, the platform's user data, state and cache directories (platformdirs).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from localserve.errors import InvalidOptionError
+
+APP_NAME = "localserve"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11435
+
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from Ollama's keep_alive forms: ``"5m"``, ``"1h"``, ``"30s"``, ``300``, ``-1``.
+
+    Negative means "forever", 0 means "now"; callers give those their meaning.
+    Go-style compound strings (``"1h30m"``) are accepted too, as Ollama takes them.
+    """
+    if isinstance(value, bool):
+        raise InvalidOptionError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip()
+    parts = re.findall(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if parts and "".join(n + u for n, u in parts) == text.replace(" ", ""):
+        return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    match = _DURATION.match(text)
+    if not match:
+        raise InvalidOptionError(
+            f"invalid duration {value!r}", hint='use seconds or a string such as "5m" or "1h"'
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def split_host(value: str) -> tuple[str, int]:
+    """``host[:port]`` (or ``http://host:port``) into its parts, with the default port."""
+    text = value.strip()
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    if text.startswith("["):  # [::1]:11435
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    host = host or DEFAULT_HOST
+    try:
+        port = int(port_text) if port_text else DEFAULT_PORT
+    except ValueError:
+        raise InvalidOptionError(f"invalid LOCALSERVE_HOST {value!r}: bad port") from None
+    if not 0 < port < 65536:
+        raise InvalidOptionError(f"invalid LOCALSERVE_HOST {value!r}: port out of range")
+    return host, port
+
+
+class Settings(BaseSettings):
+    """localserve's configuration, read from ``LOCALSERVE_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCALSERVE_", extra="ignore", frozen=True)
+
+    home: Path | None = Field(
+        default=None,
+        description="One root for everything: models, state (pid file, logs, history), cache.",
+    )
+    models: Path | None = Field(
+        default=None, description="The model store only; overrides HOME/models."
+    )
+    host: str = Field(
+        default=f"{DEFAULT_HOST}:{DEFAULT_PORT}",
+        description="Address the daemon binds and the CLI talks to (host:port).",
+    )
+    keep_alive: str = Field(
+        default="5m", description="How long an idle model stays loaded (duration; <0 forever)."
+    )
+    num_parallel: int = Field(
+        default=4, ge=1, le=256, description="Sequences each loaded model decodes at once."
+    )
+    max_loaded_models: int = Field(
+        default=3,
+        ge=1,
+        description="Models resident at once; the least recently used idle one goes.",
+    )
+    max_queue: int = Field(
+        default=512, ge=1, description="Requests waiting for a slot before the daemon answers 503."
+    )
+    context_length: int = Field(
+        default=4096,
+        ge=16,
+        description="Context per sequence, capped at the model's training context.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="Bearer key the daemon requires; needed to bind beyond loopback."
+    )
+    origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra allowed browser origins for CORS (comma-separated).",
+    )
+    debug: bool = Field(default=False, description="Show tracebacks and log at debug level.")
+
+    @field_validator("origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_keep_alive(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        split_host(value)
+        return value
+
+    # Derived paths. Nothing is created here: the store and the daemon make what they use.
+
+    @cached_property
+    def models_dir(self) -> Path:
+        if self.models is not None:
+            return self.models.expanduser().absolute()
+        if self.home is not None:
+            return self.home.expanduser().absolute() / "models"
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "models"
+
+    @cached_property
+    def state_dir(self) -> Path:
+        if self.home is not None:
+            return self.home.expanduser().absolute() / "state"
+        import platformdirs
+
+        return Path(platformdirs.user_state_dir(APP_NAME, appauthor=False))
+
+    @cached_property
+    def cache_dir(self) -> Path:
+        if self.home is not None:
+            return self.home.expanduser().absolute() / "cache"
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        """(host, port) for the daemon to bind and the client to reach."""
+        return split_host(self.host)
+
+    @property
+    def keep_alive_seconds(self) -> float:
+        return parse_duration(self.keep_alive)
+
+
+def load_settings() -> Settings:
+    """Read the environment now; raises InvalidOptionError on a bad value."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        raise InvalidOptionError(
+            f"invalid LOCALSERVE_{field.upper()}: {first['msg']}",
+            hint="fix the environment variable; see docs/configuration.md",
+        ) from None

@@ -1,0 +1,124 @@
+"""Every error localserve raises on purpose, as one tree.
+
+Each surface turns these into words at exactly one edge (the CLI's error table,
+the server's exception handlers); nothing below matches on message text.
+
+    LocalserveError
+    ├── InvalidReferenceError (ValueError)      a model name, tag, file name or digest we refuse
+    ├── InvalidOptionError (ValueError)         a setting or option with a bad value
+    ├── ModelNotFoundError (LookupError)        no manifest under that name
+    ├── StoreError
+    │   ├── InvalidGGUFError (ValueError)        not a GGUF we are willing to hand to llama.cpp
+    │   ├── DigestMismatchError                  bytes on disk do not hash to their digest
+    │   ├── DiskFullError (OSError)              no room to write a download or import
+    │   └── ImportSourceError (OSError)          a file given to `import` we cannot read
+    └── HubError
+        ├── RepoNotFoundError (LookupError)      no such repository (or no access to it)
+        ├── RevisionNotFoundError (LookupError)  no such branch, tag or commit
+        ├── NoSuchFileError (LookupError)        the tag names no GGUF in the repository
+        ├── GatedRepoError (PermissionError)     needs an accepted licence and a token
+        ├── HubUnavailableError                  429/5xx or unreachable after retries
+        └── DownloadInterruptedError             stopped part way; the partial is kept
+
+``hint`` is the next step a person can take; the CLI prints it after the message.
+"""
+
+from __future__ import annotations
+
+
+class LocalserveError(Exception):
+    """Base of every error localserve raises on purpose."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidReferenceError(LocalserveError, ValueError):
+    """A model name, tag, file name or digest that fails validation."""
+
+
+class InvalidOptionError(LocalserveError, ValueError):
+    """A setting or request option with a value we cannot use."""
+
+
+class ModelNotFoundError(LocalserveError, LookupError):
+    """No model is stored under the given name."""
+
+    def __init__(self, name: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            f"model {name!r} not found",
+            hint=hint or f"pull it first: localserve pull {name}",
+        )
+        self.name = name
+
+
+class StoreError(LocalserveError):
+    """Something is wrong with the files in the model store."""
+
+
+class InvalidGGUFError(StoreError, ValueError):
+    """A file that is not a well-formed GGUF; ``reason`` says what is wrong in one line."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: not a valid GGUF file: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class DigestMismatchError(StoreError):
+    """Downloaded or stored bytes do not hash to the expected sha256."""
+
+    def __init__(self, what: str, expected: str, actual: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            f"sha256 mismatch for {what}: expected {expected}, got {actual}", hint=hint
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class DiskFullError(StoreError, OSError):
+    """No space left while writing into the store."""
+
+
+class ImportSourceError(StoreError, OSError):
+    """A file given to `localserve import` that cannot be read."""
+
+
+class HubError(LocalserveError):
+    """Hugging Face refused or failed a request."""
+
+
+class RepoNotFoundError(HubError, LookupError):
+    """The repository does not exist, or is private and the token cannot see it."""
+
+
+class RevisionNotFoundError(HubError, LookupError):
+    """The branch, tag or commit does not exist in the repository."""
+
+
+class NoSuchFileError(HubError, LookupError):
+    """The requested quantization or file is not in the repository."""
+
+    def __init__(self, message: str, *, available: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.available = available
+
+
+class GatedRepoError(HubError, PermissionError):
+    """The repository is gated: accept its terms on the Hub and set HF_TOKEN."""
+
+
+class HubUnavailableError(HubError):
+    """The Hub kept answering 429/5xx, or could not be reached."""
+
+
+class DownloadInterruptedError(HubError):
+    """A download stopped part way; its partial file is kept for the next pull to resume."""

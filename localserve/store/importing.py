@@ -1,0 +1,136 @@
+"""``import``: a GGUF file already on this machine becomes a named model in the store.
+
+The file is validated first (the GGUF header check), then hard-linked into the store
+when it sits on the same filesystem (a multi-GB model costs no copy and no extra
+disk), else copied with progress. Either way it is hashed and enters blobs/ by an
+atomic rename; a split model (``x-00001-of-00003.gguf``) brings all its parts.
+
+A hard link shares the bytes with the original file: editing that file in place
+would change the blob too, which the digest check at load time would report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import stat
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+
+from localserve.errors import DiskFullError, ImportSourceError
+from localserve.store.manifest import BlobEntry, ImportSource, Manifest
+from localserve.store.progress import Progress
+from localserve.store.refs import parse_ref
+from localserve.store.store import ModelStore
+
+_SPLIT = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+_BLOCK = 8 << 20
+
+
+def source_parts(source: Path) -> list[Path]:
+    """The file, or every part of the split model it is the first part of, in order."""
+    _check_regular_file(source)
+    match = _SPLIT.match(source.name)
+    if not match:
+        return [source]
+    count = int(match.group("count"))
+    if int(match.group("index")) != 1:
+        raise ImportSourceError(
+            f"{source} is part {int(match.group('index'))} of a split model",
+            hint=f"import its first part, {match.group('stem')}-00001-of-{count:05d}.gguf",
+        )
+    parts = [
+        source.with_name(f"{match.group('stem')}-{i:05d}-of-{count:05d}.gguf")
+        for i in range(1, count + 1)
+    ]
+    for part in parts:
+        _check_regular_file(part)
+    return parts
+
+
+def _check_regular_file(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ImportSourceError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise ImportSourceError(f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ImportSourceError(f"{path} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ImportSourceError(f"cannot read {path}: permission denied")
+
+
+def import_gguf(store: ModelStore, source: Path, name: str) -> Generator[Progress]:
+    """Import ``source`` under ``name``, yielding progress."""
+    from localserve.store.gguf import read_gguf_model
+
+    ref = parse_ref(name)
+    source = Path(source).expanduser().absolute()
+    parts = source_parts(source)
+    info = read_gguf_model(parts)
+
+    store.ensure_dirs()
+    entries = []
+    for part in parts:
+        digest = yield from _stage_blob(store, part)
+        entries.append(BlobEntry(digest=digest, size=part.stat().st_size, filename=part.name))
+
+    yield Progress("writing manifest")
+    manifest = Manifest(
+        name=str(ref),
+        files=tuple(entries),
+        source=ImportSource(filename=source.name),
+        quantization=info.quantization,
+    )
+    with store.lock():
+        store.write_manifest(ref, manifest)
+    yield Progress("success")
+
+
+def _stage_blob(store: ModelStore, source: Path) -> Generator[Progress, None, str]:
+    """Link or copy ``source`` into the store, yielding progress; returns its digest."""
+    size = source.stat().st_size
+    staged = store.partial_dir / f"import-{uuid.uuid4().hex}.partial"
+    sha = hashlib.sha256()
+    try:
+        try:
+            os.link(source, staged)
+            linked = True
+        except OSError:  # another filesystem, or links not allowed: copy instead
+            linked = False
+        done = 0
+        reader = open(staged if linked else source, "rb")  # noqa: SIM115 - closed below
+        with reader:
+            writer = None if linked else open(staged, "wb")  # noqa: SIM115
+            try:
+                while block := reader.read(_BLOCK):
+                    sha.update(block)
+                    if writer is not None:
+                        try:
+                            writer.write(block)
+                        except OSError as exc:
+                            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                                raise DiskFullError(
+                                    f"no space left on device while copying {source.name}",
+                                    hint="free some space and import again",
+                                ) from exc
+                            raise
+                    done += len(block)
+                    yield Progress(f"importing {source.name}", None, size, done, source.name)
+            finally:
+                if writer is not None:
+                    writer.close()
+        digest = sha.hexdigest()
+        if store.has_blob(digest):
+            staged.unlink()
+        else:
+            store.commit_blob(staged, digest)
+        return digest
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()

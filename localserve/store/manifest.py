@@ -1,0 +1,77 @@
+"""The small JSON file that gives a name to one or more blobs.
+
+A manifest lists the model's GGUF files in load order (one file, or the parts of a
+split model), where they came from and what quantization they hold. It is what
+`list` shows and what the runner opens. Manifests are read back with validation:
+a hand-edited or damaged one is reported, never trusted as a path.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from localserve.store.refs import parse_digest
+
+SCHEMA_VERSION = 1
+
+
+class BlobEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    digest: str = Field(description="sha256 hex of the file's bytes")
+    size: int = Field(ge=0)
+    filename: str = Field(max_length=1000, description="the file's name where it came from")
+
+    @field_validator("digest")
+    @classmethod
+    def _valid_digest(cls, value: str) -> str:
+        return parse_digest(value)
+
+
+class HubSource(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["huggingface"] = "huggingface"
+    repo: str
+    revision: str = Field(description="the commit the files were downloaded from")
+
+
+class ImportSource(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["import"] = "import"
+    filename: str
+
+
+class CopySource(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["copy"] = "copy"
+    source_name: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    files: tuple[BlobEntry, ...] = Field(min_length=1)
+    source: HubSource | ImportSource | CopySource = Field(discriminator="type")
+    quantization: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def digest(self) -> str:
+        """The model's identity: the digest of its first (or only) GGUF file."""
+        return self.files[0].digest
+
+    @property
+    def short_id(self) -> str:
+        return self.digest[:12]
+
+    @property
+    def size(self) -> int:
+        return sum(entry.size for entry in self.files)

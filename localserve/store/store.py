@@ -1,0 +1,270 @@
+"""The model store on disk: content-addressed blobs, small manifests, a partial area.
+
+::
+
+    <models dir>/
+      blobs/sha256-<64 hex>                         verified GGUF bytes, shared between names
+      manifests/hf.co/<owner>/<repo>/<tag>.json     a Hub model (see manifest.py)
+      manifests/local/<name>/<tag>.json             a name made by `cp` or `import`
+      partial/sha256-<64 hex>.partial               a download in progress (never listed)
+      partial/sha256-<64 hex>.json                  its resume state
+      partial/sha256-<64 hex>.lock                  held by the process writing it
+      store.lock                                    held while manifests change or blobs go
+
+A blob only ever appears by an atomic rename after its sha256 was checked, and a
+manifest only after all its blobs are in place, so a crash at any moment leaves
+either the old state or the new one, plus at most a resumable partial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from localserve.errors import InvalidReferenceError, ModelNotFoundError, StoreError
+from localserve.store.manifest import CopySource, Manifest
+from localserve.store.refs import ModelRef, parse_digest, parse_ref
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """One name in the store, as `list` shows it."""
+
+    ref: ModelRef
+    manifest: Manifest
+    modified_at: datetime
+
+    @property
+    def name(self) -> str:
+        return str(self.ref)
+
+
+class ModelStore:
+    """All reads and writes of the model store go through here."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        self.blobs_dir = self.root / "blobs"
+        self.manifests_dir = self.root / "manifests"
+        self.partial_dir = self.root / "partial"
+
+    @classmethod
+    def from_settings(cls) -> ModelStore:
+        from localserve.config import load_settings
+
+        return cls(load_settings().models_dir)
+
+    # ----------------------------------------------------------------- paths
+
+    def ensure_dirs(self) -> None:
+        for directory in (self.blobs_dir, self.manifests_dir, self.partial_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _inside(base: Path, path: Path) -> Path:
+        """Refuse a path that would land outside ``base`` (belt and braces after refs.py),
+        symlinks included."""
+        if not path.resolve().is_relative_to(base.resolve()):
+            raise InvalidReferenceError(f"refusing a path outside the model store: {path}")
+        return path
+
+    def blob_path(self, digest: str) -> Path:
+        return self._inside(self.blobs_dir, self.blobs_dir / f"sha256-{parse_digest(digest)}")
+
+    def partial_path(self, digest: str, suffix: str) -> Path:
+        return self._inside(
+            self.partial_dir, self.partial_dir / f"sha256-{parse_digest(digest)}{suffix}"
+        )
+
+    def manifest_path(self, ref: ModelRef) -> Path:
+        path = self.manifests_dir.joinpath(ref.host, *ref.path, f"{ref.tag}.json")
+        return self._inside(self.manifests_dir, path)
+
+    def lock(self) -> contextlib.AbstractContextManager[object]:
+        """The store-wide lock: held while manifests are written or blobs removed."""
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / "store.lock"))
+
+    # ------------------------------------------------------------- manifests
+
+    def find(self, ref: ModelRef) -> ModelRef | None:
+        """The stored ref for ``ref``: exact, else a case-insensitive match of the tag.
+
+        Quantization tags are case-insensitive on the Hub (``q4_k_m`` is ``Q4_K_M``),
+        so the store answers to either spelling.
+        """
+        path = self.manifest_path(ref)
+        if path.is_file():
+            return ref
+        if path.parent.is_dir():
+            for candidate in path.parent.glob("*.json"):
+                if candidate.stem.lower() == ref.tag.lower():
+                    return ref.with_tag(candidate.stem)
+        return None
+
+    def get(self, name: str | ModelRef) -> tuple[ModelRef, Manifest]:
+        """The manifest stored under a name; raises ModelNotFoundError."""
+        ref = parse_ref(name) if isinstance(name, str) else name
+        found = self.find(ref)
+        if found is None:
+            raise ModelNotFoundError(str(ref))
+        return found, self._read_manifest(self.manifest_path(found))
+
+    def _read_manifest(self, path: Path) -> Manifest:
+        try:
+            return Manifest.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError, ValueError) as exc:
+            raise StoreError(
+                f"damaged manifest {path}: {str(exc).splitlines()[0]}",
+                hint="remove it with `localserve rm` and pull the model again",
+            ) from exc
+
+    def write_manifest(self, ref: ModelRef, manifest: Manifest) -> None:
+        """Atomically (re)write the manifest for ``ref``; every blob must already be stored."""
+        for entry in manifest.files:
+            if not self.blob_path(entry.digest).is_file():
+                raise StoreError(
+                    f"blob sha256-{entry.digest[:12]} of {ref} is missing from the store",
+                    hint=f"run `localserve pull {ref}` again",
+                )
+        path = self.manifest_path(ref)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = manifest.model_dump_json(indent=2).encode()
+        atomic_write(path, data)
+
+    def list_models(self) -> list[StoredModel]:
+        """Every stored name, sorted by name. Damaged manifests are skipped, not fatal."""
+        models: list[StoredModel] = []
+        if not self.manifests_dir.is_dir():
+            return models
+        for path in sorted(self.manifests_dir.rglob("*.json")):
+            relative = path.relative_to(self.manifests_dir).with_suffix("")
+            if len(relative.parts) < 3:
+                continue
+            host, *parts, tag = relative.parts
+            try:
+                ref = ModelRef(host, tuple(parts), tag)
+                # Round-trip through the parser: only names a user could type are listed.
+                if parse_ref(str(ref)) != ref:
+                    continue
+                manifest = self._read_manifest(path)
+                modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            except (InvalidReferenceError, StoreError, OSError):
+                continue
+            models.append(StoredModel(ref, manifest, modified))
+        return models
+
+    def copy(self, source: str, destination: str) -> ModelRef:
+        """Give a stored model a second name; no bytes are copied."""
+        dst_ref = parse_ref(destination)
+        src_ref, manifest = self.get(source)
+        copied = manifest.model_copy(
+            update={
+                "name": str(dst_ref),
+                "source": CopySource(source_name=str(src_ref)),
+                "created_at": datetime.now(UTC),
+            }
+        )
+        # Keep the original provenance when the source was itself a Hub pull: `show`
+        # can then still say where the bytes came from.
+        if manifest.source.type != "copy":
+            copied = copied.model_copy(update={"source": manifest.source})
+        with self.lock():
+            self.write_manifest(dst_ref, copied)
+        return dst_ref
+
+    def remove(self, name: str) -> tuple[ModelRef, list[str]]:
+        """Delete a name, and each of its blobs that no other manifest still references.
+
+        Returns the removed ref and the digests of the blobs that went.
+        """
+        with self.lock():
+            ref, manifest = self.get(name)
+            self.manifest_path(ref).unlink()
+            self._prune_empty_dirs(self.manifest_path(ref).parent)
+            still_used = {e.digest for m in self.list_models() for e in m.manifest.files}
+            removed = []
+            for entry in manifest.files:
+                if entry.digest not in still_used:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.blob_path(entry.digest).unlink()
+                    removed.append(entry.digest)
+        return ref, removed
+
+    def _prune_empty_dirs(self, directory: Path) -> None:
+        while directory != self.manifests_dir and directory.is_relative_to(self.manifests_dir):
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    # ----------------------------------------------------------------- blobs
+
+    def has_blob(self, digest: str, size: int | None = None) -> bool:
+        path = self.blob_path(digest)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return False
+        return size is None or stat.st_size == size
+
+    def blob_paths(self, manifest: Manifest) -> list[Path]:
+        return [self.blob_path(entry.digest) for entry in manifest.files]
+
+    def commit_blob(self, staged: Path, digest: str) -> Path:
+        """Move a verified file into blobs/ under its digest (atomic, same filesystem)."""
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        target = self.blob_path(digest)
+        with open(staged, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(staged, target)
+        _fsync_dir(self.blobs_dir)
+        return target
+
+    def iter_partials(self) -> Iterator[Path]:
+        if self.partial_dir.is_dir():
+            yield from sorted(self.partial_dir.glob("sha256-*.partial"))
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new, never half.
+
+    ``durable=False`` skips the fsyncs: the file still survives the process being
+    killed (the kernel has the data), only not a power cut. On ext4 an fsync also
+    flushes every other dirty file in the journal transaction, which would stall a
+    download that saves its state after each chunk.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform lets a directory be opened.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,26 @@
+"""Suite-wide fixtures. No test touches the real home: LOCALSERVE_HOME and HF_HOME
+point at a temp dir for every test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.support.tiny_gguf", "tests.support.fakehub"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "localserve-home"
+    monkeypatch.setenv("LOCALSERVE_HOME", str(home))
+    monkeypatch.delenv("LOCALSERVE_MODELS", raising=False)
+    monkeypatch.delenv("LOCALSERVE_HOST", raising=False)
+    monkeypatch.delenv("LOCALSERVE_DEBUG", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    return home
