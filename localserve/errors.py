@@ -7,6 +7,7 @@ the server's exception handlers); nothing below matches on message text.
     ├── InvalidReferenceError (ValueError)      a model name, tag, file name or digest we refuse
     ├── InvalidOptionError (ValueError)         a setting or option with a bad value
     ├── ModelNotFoundError (LookupError)        no manifest under that name
+    ├── TemplateError (ValueError)              a chat template that fails, or breaks the sandbox's caps
     ├── StoreError
     │   ├── InvalidGGUFError (ValueError)        not a GGUF we are willing to hand to llama.cpp
     │   ├── DigestMismatchError                  bytes on disk do not hash to their digest
@@ -58,6 +59,11 @@ class ModelNotFoundError(LocalserveError, LookupError):
             hint=hint or f"pull it first: localserve pull {name}",
         )
         self.name = name
+
+
+class TemplateError(LocalserveError, ValueError):
+    """A chat template that cannot be rendered safely: a syntax error, a raised
+    exception, a sandbox violation, or a time or output cap exceeded."""
 
 
 class StoreError(LocalserveError):

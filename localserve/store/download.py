@@ -50,8 +50,9 @@ MiB = 1 << 20
 @dataclass(frozen=True)
 class DownloadOptions:
     connections: int = 4
-    # Bytes per ranged request and per resume point; None: about four chunks per
-    # connection, between 1 and 32 MiB, so small files still go out in parallel.
+    # Bytes per ranged request and per resume point; None: about eight chunks per
+    # connection, between 1 and 32 MiB, so small files still go out in parallel and
+    # the hasher trails the last bytes closely.
     chunk_size: int | None = None
     retries: int = 5  # attempts per chunk without progress before giving up
     backoff: float = 0.5  # seconds, doubled per failed attempt (capped at 30)
@@ -295,6 +296,9 @@ class _Job:
                         raise OSError(errno.EIO, f"short read from {self.partial}")
                     sha.update(data)
                     offset += len(data)
+                # Flush what is hashed while the download goes on, so that the fsync
+                # before the blob's rename has almost nothing left to write.
+                os.fdatasync(self.fd)
             with self.cond:
                 self.digest = sha.hexdigest()
                 self.cond.notify_all()
@@ -462,7 +466,7 @@ class _Job:
 def _chunk_size(size: int, options: DownloadOptions) -> int:
     if options.chunk_size is not None:
         return max(64 * 1024, options.chunk_size)
-    return min(32 * MiB, max(MiB, size // (4 * options.connections)))
+    return min(32 * MiB, max(MiB, size // (8 * options.connections)))
 
 
 def _retry_after(response: httpx.Response) -> float | None:
