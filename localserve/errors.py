@@ -8,6 +8,9 @@ the server's exception handlers); nothing below matches on message text.
     ├── InvalidOptionError (ValueError)         a setting or option with a bad value
     ├── ModelNotFoundError (LookupError)        no manifest under that name
     ├── TemplateError (ValueError)              a chat template that fails, or breaks the sandbox's caps
+    ├── PromptTooLongError (ValueError)         a prompt that cannot fit the context
+    ├── EngineError                             llama.cpp refused to load a model or process a batch
+    │   └── RunnerCrashedError                   the runner process died (crash, abort, kill)
     ├── StoreError
     │   ├── InvalidGGUFError (ValueError)        not a GGUF we are willing to hand to llama.cpp
     │   ├── DigestMismatchError                  bytes on disk do not hash to their digest
@@ -64,6 +67,18 @@ class ModelNotFoundError(LocalserveError, LookupError):
 class TemplateError(LocalserveError, ValueError):
     """A chat template that cannot be rendered safely: a syntax error, a raised
     exception, a sandbox violation, or a time or output cap exceeded."""
+
+
+class PromptTooLongError(LocalserveError, ValueError):
+    """A prompt longer than the context (after dropping what may be dropped)."""
+
+
+class EngineError(LocalserveError):
+    """llama.cpp refused to load a model or to process a batch."""
+
+
+class RunnerCrashedError(EngineError):
+    """The runner process died; its requests fail and the next request starts a new one."""
 
 
 class StoreError(LocalserveError):

@@ -1,0 +1,133 @@
+"""The peers we measure against, built from the very llama.cpp that localserve runs.
+
+    python benchmarks/peers.py            # build (or reuse) llama-server, llama-bench, llama-batched-bench
+
+They come from the source release of the llama-cpp-python version pyproject.toml
+pins (its vendor/llama.cpp), downloaded with pip and built with CMake under
+benchmarks/.work/ (ignored by git; nothing built is committed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / ".work"
+TARGETS = ("llama-server", "llama-bench", "llama-batched-bench")
+
+
+def pinned_version() -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    match = re.search(r'"llama-cpp-python==([^"]+)"', text)
+    if not match:
+        raise SystemExit("pyproject.toml does not pin llama-cpp-python exactly")
+    return match.group(1)
+
+
+def source_dir() -> Path:
+    version = pinned_version()
+    source = WORK / f"llama_cpp_python-{version}"
+    if not (source / "vendor" / "llama.cpp" / "CMakeLists.txt").is_file():
+        WORK.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={version}",
+                "-d",
+                str(WORK),
+            ],
+            check=True,
+        )
+        subprocess.run(
+            ["tar", "xzf", str(WORK / f"llama_cpp_python-{version}.tar.gz"), "-C", str(WORK)],
+            check=True,
+        )
+    return source / "vendor" / "llama.cpp"
+
+
+def binary(name: str) -> Path:
+    """Path of a built peer, building them all first if needed (about 7 minutes on 2 cores)."""
+    build = WORK / "peers-build"
+    path = build / "bin" / name
+    if not path.is_file():
+        source = source_dir()
+        subprocess.run(
+            ["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_SERVER=ON",
+             "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"],
+            check=True,
+        )  # fmt: skip
+        jobs = str(os.cpu_count() or 2)
+        subprocess.run(
+            ["cmake", "--build", str(build), "-j", jobs, "--target", *TARGETS], check=True
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not come up")
+
+
+def start_llama_server(
+    model: Path, *, parallel: int, ctx_per_slot: int, threads: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """llama-server with one unified KV cache, as its docs recommend for many streams."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(binary("llama-server")), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+         "-np", str(parallel), "-c", str(ctx_per_slot * parallel), "-kvu", "-t", str(threads), "-tb", str(threads),
+         "--no-webui", "--log-disable"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, url
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+if __name__ == "__main__":
+    for target in TARGETS:
+        print(binary(target))
+    shutil.which("cmake") or print("cmake is needed to build the peers")

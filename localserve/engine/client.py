@@ -1,0 +1,266 @@
+"""The daemon's side of a runner: start it, talk to it, notice when it dies.
+
+No llama_cpp here: this module only spawns ``python -m localserve.engine.runner``
+and speaks protocol.py over its pipes, from asyncio. One reader task receives the
+runner's frames and routes each event to the queue of the request it belongs to.
+When the pipe closes (the runner exited, crashed, or was killed), every request
+still in flight fails at once with RunnerCrashedError, and ``alive`` turns false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from localserve.engine.options import LoadOptions
+from localserve.engine.protocol import HEADER, decode_body, encode
+from localserve.errors import (
+    EngineError,
+    InvalidOptionError,
+    PromptTooLongError,
+    RunnerCrashedError,
+    TemplateError,
+)
+
+log = logging.getLogger("localserve.runner")
+
+Event = dict[str, Any]
+_END = object()
+
+
+class RunnerClient:
+    """A running runner process for one model."""
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        info: dict[str, Any],
+        stderr_tail: collections.deque[str],
+    ) -> None:
+        self.process = process
+        self.info = info
+        self._stderr_tail = stderr_tail
+        self._queues: dict[str, asyncio.Queue[Any]] = {}
+        self._ids = itertools.count(1)
+        self._write_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self.exit_reason: str | None = None
+
+    # ---------------------------------------------------------------- start
+
+    @classmethod
+    async def start(
+        cls,
+        paths: Sequence[Path],
+        options: LoadOptions,
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RunnerClient:
+        """Spawn a runner and wait until the model is loaded (or it fails)."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "localserve.engine.runner",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            limit=1 << 20,
+        )
+        tail: collections.deque[str] = collections.deque(maxlen=30)
+        stderr_task = asyncio.create_task(_drain_stderr(process, tail))
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write(
+            encode({"op": "load", "paths": [str(p) for p in paths], "options": options.to_dict()})
+        )
+        try:
+            first = await asyncio.wait_for(_read_frame(process.stdout), timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            await _kill(process)
+            raise
+        if first is None or "ready" not in first:
+            await _kill(process)
+            await asyncio.wait_for(stderr_task, 5)
+            reason = (first or {}).get("fatal") or _crash_reason(process.returncode, tail)
+            raise EngineError(f"the model failed to load: {reason}")
+        client = cls(process, first["ready"], tail)
+        client._reader = asyncio.create_task(client._read_loop(stderr_task))
+        return client
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_reason is None and self.process.returncode is None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queues)
+
+    # -------------------------------------------------------------- requests
+
+    async def generate(self, request: dict[str, Any]) -> AsyncIterator[Event]:
+        """Stream a generation: ``text`` events, then one ``done`` event.
+
+        Stopping the iteration early (the client went away) cancels the request in
+        the runner, which frees its slot within one engine step.
+        """
+        request_id, queue = await self._send({**request, "op": "generate"})
+        finished = False
+        try:
+            while True:
+                event = await queue.get()
+                if event is _END:
+                    raise RunnerCrashedError(f"the model runner stopped: {self.exit_reason}")
+                if event["type"] == "error":
+                    finished = True
+                    raise _error_of(event)
+                yield event
+                if event["type"] == "done":
+                    finished = True
+                    return
+        finally:
+            self._queues.pop(request_id, None)
+            if not finished and self.alive:
+                with contextlib.suppress(Exception):
+                    await self._write({"op": "cancel", "id": request_id})
+
+    async def call(self, op: str, **fields: Any) -> Event:
+        """A request with one answer (``embed``, ``stats``)."""
+        request_id, queue = await self._send({**fields, "op": op})
+        try:
+            event = await queue.get()
+        finally:
+            self._queues.pop(request_id, None)
+        if event is _END:
+            raise RunnerCrashedError(f"the model runner stopped: {self.exit_reason}")
+        if event["type"] == "error":
+            raise _error_of(event)
+        return dict(event)
+
+    async def _send(self, message: dict[str, Any]) -> tuple[str, asyncio.Queue[Any]]:
+        if not self.alive:
+            raise RunnerCrashedError(f"the model runner stopped: {self.exit_reason or 'exited'}")
+        request_id = f"r{next(self._ids)}"
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues[request_id] = queue
+        try:
+            await self._write({**message, "id": request_id})
+        except (ConnectionError, RuntimeError) as exc:
+            self._queues.pop(request_id, None)
+            raise RunnerCrashedError(f"the model runner stopped: {exc}") from exc
+        return request_id, queue
+
+    async def _write(self, message: dict[str, Any]) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
+        async with self._write_lock:
+            stdin.write(encode(message))
+            await stdin.drain()
+
+    async def _read_loop(self, stderr_task: asyncio.Task[None]) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
+            while True:
+                frame = await _read_frame(stdout)
+                if frame is None:
+                    break
+                for event in frame.get("events", ()):
+                    queue = self._queues.get(str(event.get("id")))
+                    if queue is not None:
+                        queue.put_nowait(event)
+        except Exception as exc:  # a corrupted stream counts as a dead runner
+            log.error("runner %s: bad frame: %s", self.pid, exc)
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        returncode = await self.process.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(stderr_task, 2)
+        self.exit_reason = _crash_reason(returncode, self._stderr_tail)
+        for queue in self._queues.values():
+            queue.put_nowait(_END)
+
+    # ----------------------------------------------------------------- stop
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Ask the runner to exit; kill it if it does not within ``timeout``."""
+        if self.process.returncode is None:
+            with contextlib.suppress(Exception):
+                await self._write({"op": "shutdown"})
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                await _kill(self.process)
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, timeout)
+        if self.exit_reason is None or self.exit_reason.startswith("exited with code 0"):
+            self.exit_reason = "unloaded"
+
+
+_ERRORS: dict[str, type[Exception]] = {
+    "too_long": PromptTooLongError,
+    "template": TemplateError,
+    "invalid": InvalidOptionError,
+}
+
+
+def _error_of(event: Event) -> Exception:
+    """The exception for an error event (its ``kind`` names the type, see runner.py)."""
+    kind = _ERRORS.get(str(event.get("kind")), EngineError)
+    return kind(str(event.get("message", "runner error")))
+
+
+async def _read_frame(stream: asyncio.StreamReader) -> dict[str, Any] | None:
+    try:
+        header = await stream.readexactly(HEADER.size)
+        (size,) = HEADER.unpack(header)
+        return decode_body(await stream.readexactly(size))
+    except asyncio.IncompleteReadError:
+        return None
+
+
+async def _drain_stderr(process: asyncio.subprocess.Process, tail: collections.deque[str]) -> None:
+    """Forward the runner's log lines (llama.cpp's included) and keep the last few for
+    error messages: when llama.cpp aborts, its last line says why."""
+    assert process.stderr is not None
+    while line := await process.stderr.readline():
+        text = line.decode("utf-8", "replace").rstrip()
+        if text:
+            tail.append(text)
+            log.info("runner %s: %s", process.pid, text)
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
+
+
+def _crash_reason(returncode: int | None, tail: collections.deque[str]) -> str:
+    if returncode is None:
+        return "unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        what = f"killed by {name}"
+    else:
+        what = f"exited with code {returncode}"
+    last = next((line for line in reversed(tail) if line.strip()), "")
+    return f"{what}: {last}" if last and returncode != 0 else what

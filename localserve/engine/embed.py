@@ -1,0 +1,90 @@
+"""Pooled, L2-normalised embeddings for /api/embed and /v1/embeddings.
+
+A second llama.cpp context with ``embeddings=True``, made on the first embedding
+request (a model used only for chat never pays for it). Embedding models bring
+their own pooling (CLS, mean, last); for a generative GGUF, which has none, we use
+mean pooling over the input's tokens. Inputs are packed several to a batch, one
+sequence id each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from localserve.engine.llama import Batch, Context, Model
+from localserve.engine.options import LoadOptions
+from localserve.errors import EngineError, PromptTooLongError
+
+POOLING_NONE = 0
+POOLING_MEAN = 1
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class Embedder:
+    def __init__(self, model: Model, options: LoadOptions, *, n_threads: int) -> None:
+        self.model = model
+        self.num_ctx = options.num_ctx
+        model_pooling = model.meta(f"{model.meta('general.architecture')}.pooling_type")
+        pooling = None if model_pooling not in (None, "0") else POOLING_MEAN
+        # Non-causal encoders need a whole input in one compute step: ubatch = batch = ctx.
+        shape = LoadOptions(
+            num_ctx=options.num_ctx,
+            num_parallel=8,
+            num_batch=options.num_ctx,
+            num_ubatch=options.num_ctx,
+        )
+        self.context = Context(model, shape, n_threads=n_threads, embeddings=True, pooling=pooling)
+        self.batch = Batch(self.context.shape.n_batch)
+        self.capacity = self.context.shape.n_batch
+        self.max_inputs = self.context.shape.n_seq_max
+
+    def close(self) -> None:
+        self.batch.close()
+        self.context.close()
+
+    def embed(self, inputs: Sequence[str], *, truncate: bool) -> Embeddings:
+        token_lists = []
+        for text in inputs:
+            tokens = self.model.tokenize(text, add_special=True, parse_special=False)
+            if len(tokens) > self.num_ctx:
+                if not truncate:
+                    raise PromptTooLongError(
+                        f"an input is {len(tokens)} tokens, but the context holds {self.num_ctx}",
+                        hint="shorten it, raise num_ctx, or set truncate: true",
+                    )
+                tokens = tokens[: self.num_ctx]
+            if not tokens:
+                raise PromptTooLongError("an input is empty after tokenization")
+            token_lists.append(tokens)
+
+        vectors: list[list[float]] = []
+        start = 0
+        while start < len(token_lists):
+            group: list[list[int]] = []
+            used = 0
+            for tokens in token_lists[start:]:
+                if group and (used + len(tokens) > self.capacity or len(group) == self.max_inputs):
+                    break
+                group.append(tokens)
+                used += len(tokens)
+            vectors.extend(self._embed_group(group))
+            start += len(group)
+        return Embeddings(vectors, sum(len(t) for t in token_lists))
+
+    def _embed_group(self, group: list[list[int]]) -> list[list[float]]:
+        self.context.clear()
+        self.batch.clear()
+        for seq, tokens in enumerate(group):
+            # Every token's output is needed for pooling.
+            self.batch.add(tokens, 0, seq, True)
+            self.batch.logits[self.batch.n_tokens - len(tokens) : self.batch.n_tokens] = 1
+        rc = self.context.decode(self.batch)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed for embeddings ({rc})")
+        return [self.context.embedding(seq) for seq in range(len(group))]

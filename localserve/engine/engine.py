@@ -1,0 +1,364 @@
+"""The continuous-batching loop: many requests, one llama.cpp context, one thread.
+
+Why our own loop: llama-cpp-python's high-level ``Llama`` runs one sequence at a
+time, and its server serialises requests; llama.cpp's throughput comes from
+decoding many sequences in one ``llama_decode``. This is that loop, in Python over
+the low-level bindings.
+
+Each ``step()``:
+
+1. admits waiting jobs into free slots (a slot is a llama.cpp sequence id). A new
+   job starts from the longest cached prefix it can find: the idle slot it lands in,
+   or a copy of any slot's prefix (``seq_cp``, free with the unified KV cache);
+2. packs one token for every generating job, then prompt chunks of jobs still
+   reading their prompt (at most ``prefill_chunk`` tokens while others generate, so
+   a long prompt never stalls running streams for long), into a single batch;
+3. decodes it, samples one token per job that asked for logits, and turns tokens
+   into text events; finished and cancelled jobs leave, their KV stays cached for
+   the next request with the same prefix until the cells are needed (LRU).
+
+The KV pool holds ``num_ctx x num_parallel`` cells and no job may grow past
+``num_ctx`` positions, so jobs that hold a slot always fit; jobs beyond the slots
+wait in the queue (admission control). Only this thread touches the context.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from localserve.engine.llama import Batch, Context, Model, Sampler
+from localserve.engine.options import LoadOptions, SamplingOptions
+from localserve.engine.text import StopMatcher, Utf8Stream
+from localserve.errors import EngineError, PromptTooLongError
+
+Event = dict[str, Any]
+
+
+@dataclass
+class Job:
+    """One generation request inside the engine."""
+
+    id: str
+    tokens: list[int]  # the whole prompt
+    options: SamplingOptions
+    grammar: str | None = None
+    extra_done: dict[str, Any] = field(default_factory=dict)  # copied into the done event
+
+    # filled in by the engine
+    slot: int = -1
+    n_past: int = 0  # positions of this job in its slot's KV
+    cached: int = 0  # prompt tokens found in the prefix cache
+    sampler: Sampler | None = None
+    last_token: int = -1
+    generated: int = 0
+    generating: bool = False
+    cancelled: bool = False
+    utf8: Utf8Stream = field(default_factory=Utf8Stream)
+    stops: StopMatcher | None = None
+    submitted_ns: int = field(default_factory=time.perf_counter_ns)
+    prompt_started_ns: int = 0
+    prompt_done_ns: int = 0
+
+
+@dataclass
+class Slot:
+    index: int
+    tokens: list[int] = field(default_factory=list)  # what this sequence id holds in KV
+    job: Job | None = None
+    last_used: int = 0
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    prompt_tokens: int = 0  # decoded prompt tokens (cache hits excluded)
+    generated_tokens: int = 0
+    prefix_hits: int = 0  # jobs that started from a cached prefix
+    prefix_tokens: int = 0  # prompt tokens they did not have to decode
+    max_jobs_in_step: int = 0  # most jobs that shared one llama_decode
+    multi_job_steps: int = 0  # steps that decoded tokens of two jobs or more
+    kv_full_retries: int = 0
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class Engine:
+    """Owns one llama.cpp context and runs the batching loop (call ``step`` repeatedly)."""
+
+    def __init__(self, model: Model, options: LoadOptions, *, n_threads: int) -> None:
+        self.model = model
+        self.options = options
+        self.context = Context(model, options, n_threads=n_threads)
+        shape = self.context.shape
+        self.num_ctx = min(options.num_ctx, shape.n_ctx)
+        self.batch = Batch(shape.n_batch)
+        self.slots = [Slot(i) for i in range(shape.n_seq_max)]
+        self.waiting: deque[Job] = deque()
+        self.jobs: dict[str, Job] = {}
+        self.stats = EngineStats()
+        self._clock = itertools.count(1)
+
+    def close(self) -> None:
+        for job in list(self.jobs.values()):
+            if job.sampler is not None:
+                job.sampler.close()
+        self.jobs.clear()
+        self.batch.close()
+        self.context.close()
+
+    # ------------------------------------------------------------ interface
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; raises EngineError for a prompt that can never fit."""
+        if not job.tokens:
+            raise PromptTooLongError("the prompt is empty after tokenization")
+        if len(job.tokens) >= self.num_ctx:
+            raise PromptTooLongError(
+                f"the prompt is {len(job.tokens)} tokens, but the context holds {self.num_ctx}; "
+                "shorten it or load the model with a larger num_ctx"
+            )
+        if job.id in self.jobs:
+            raise EngineError(f"duplicate request id {job.id}")
+        job.sampler = Sampler(self.model, job.options, job.grammar)
+        job.stops = StopMatcher(job.options.stop)
+        self.jobs[job.id] = job
+        self.waiting.append(job)
+
+    def cancel(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            job.cancelled = True
+
+    def has_work(self) -> bool:
+        return bool(self.jobs)
+
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.job is not None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "slots_total": len(self.slots),
+            "slots_busy": self.busy_slots(),
+            "waiting": len(self.waiting),
+            "kv_cells": self.context.shape.n_ctx,
+            "kv_positions_cached": sum(len(s.tokens) for s in self.slots),
+            **self.stats.__dict__,
+        }
+
+    # ----------------------------------------------------------------- step
+
+    def step(self) -> list[Event]:
+        """One round of the loop; returns the events it produced (text, done, error)."""
+        events: list[Event] = []
+        self._drop_cancelled(events)
+        self._admit()
+        running = [s.job for s in self.slots if s.job is not None]
+        if not running:
+            return events
+        events.extend(self._decode_round(running))
+        return events
+
+    def _drop_cancelled(self, events: list[Event]) -> None:
+        for job in [j for j in self.jobs.values() if j.cancelled]:
+            if job in self.waiting:
+                self.waiting.remove(job)
+            self._finish(job, "cancel", events)
+
+    def _admit(self) -> None:
+        while self.waiting:
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                return
+            job = self.waiting.popleft()
+            # The free slot whose cache shares most with this prompt; among equals the
+            # least recently used, so hot prefixes stay cached longest.
+            slot = max(free, key=lambda s: (common_prefix(s.tokens, job.tokens), -s.last_used))
+            reuse = common_prefix(slot.tokens, job.tokens)
+            donor = max(self.slots, key=lambda s: common_prefix(s.tokens, job.tokens))
+            shared = common_prefix(donor.tokens, job.tokens)
+            # Always decode at least the last prompt token: its logits start generation.
+            limit = len(job.tokens) - 1
+            if shared > reuse and donor is not slot:
+                shared = min(shared, limit)
+                self.context.seq_rm(slot.index)
+                self.context.seq_cp(donor.index, slot.index, 0, shared)
+                slot.tokens = job.tokens[:shared]
+                reuse = shared
+            else:
+                reuse = min(reuse, limit)
+                if not self.context.seq_rm(slot.index, reuse, -1):
+                    # Some caches (recurrent, sliding-window) cannot drop a tail: start over.
+                    self.context.seq_rm(slot.index)
+                    reuse = 0
+                slot.tokens = slot.tokens[:reuse]
+            job.slot = slot.index
+            job.n_past = reuse
+            job.cached = reuse
+            if reuse:
+                self.stats.prefix_hits += 1
+                self.stats.prefix_tokens += reuse
+            assert job.sampler is not None
+            job.sampler.accept_prompt(job.tokens)
+            slot.job = job
+            slot.last_used = next(self._clock)
+
+    def _decode_round(self, running: list[Job]) -> list[Event]:
+        events: list[Event] = []
+        generating = [j for j in running if j.generating]
+        reading = [j for j in running if not j.generating]
+        n_batch = self.context.shape.n_batch
+        budget = n_batch - len(generating)
+        if generating:
+            budget = min(budget, self.options.prefill_chunk)
+        while True:
+            plan = self._fill_batch(generating, reading, budget)
+            started = time.perf_counter_ns()
+            for job, _, _ in plan:
+                if not job.generating and not job.prompt_started_ns:
+                    job.prompt_started_ns = started
+            rc = self.context.decode(self.batch)
+            if rc == 0:
+                break
+            if rc != 1:
+                for job, _, _ in plan:
+                    self._fail(job, f"llama_decode failed ({rc})", events)
+                return events
+            # No KV slot for this batch; nothing was applied. As llama.cpp's server
+            # does: make room, or try a smaller batch.
+            self.stats.kv_full_retries += 1
+            if self._free_idle_cache():
+                continue
+            if budget > 1 and any(not job.generating for job, _, _ in plan):
+                budget //= 2
+                continue
+            victim = max((job for job, _, _ in plan), key=lambda j: j.n_past)
+            self._fail(victim, "the KV cache is full", events)
+            generating = [j for j in generating if j is not victim]
+            reading = [j for j in reading if j is not victim]
+            if not generating and not reading:
+                return events
+
+        self.stats.steps += 1
+        jobs_in_step = len(plan)
+        self.stats.max_jobs_in_step = max(self.stats.max_jobs_in_step, jobs_in_step)
+        if jobs_in_step > 1:
+            self.stats.multi_job_steps += 1
+        now = time.perf_counter_ns()
+        for job, count, row in plan:
+            slot = self.slots[job.slot]
+            if job.generating:
+                slot.tokens.append(job.last_token)
+            else:
+                slot.tokens.extend(job.tokens[job.n_past : job.n_past + count])
+                self.stats.prompt_tokens += count
+            job.n_past += count
+            if row < 0:
+                continue  # more prompt to read
+            if not job.generating:
+                job.generating = True
+                job.prompt_done_ns = now
+            assert job.sampler is not None
+            token = job.sampler.sample(self.context, row)
+            self._on_token(job, token, events)
+        return events
+
+    def _fill_batch(
+        self, generating: list[Job], reading: list[Job], budget: int
+    ) -> list[tuple[Job, int, int]]:
+        """Fill the batch; returns (job, tokens added, logits row or -1) per job."""
+        self.batch.clear()
+        plan: list[tuple[Job, int, int]] = []
+        for job in generating:
+            row = self.batch.n_tokens
+            self.batch.add((job.last_token,), job.n_past, job.slot, True)
+            plan.append((job, 1, row))
+        for job in reading:
+            if budget <= 0:
+                break
+            remaining = len(job.tokens) - job.n_past
+            take = min(remaining, budget)
+            last = take == remaining
+            self.batch.add(job.tokens[job.n_past : job.n_past + take], job.n_past, job.slot, last)
+            plan.append((job, take, self.batch.n_tokens - 1 if last else -1))
+            budget -= take
+        return plan
+
+    def _free_idle_cache(self) -> bool:
+        """Drop the cached prefix of the least recently used idle slot, if any."""
+        idle = sorted(
+            (s for s in self.slots if s.job is None and s.tokens), key=lambda s: s.last_used
+        )
+        if not idle:
+            return False
+        self.context.seq_rm(idle[0].index)
+        idle[0].tokens = []
+        return True
+
+    def _on_token(self, job: Job, token: int, events: list[Event]) -> None:
+        if self.model.is_eog(token) and not job.options.ignore_eos:
+            self._finish(job, "stop", events)
+            return
+        job.generated += 1
+        job.last_token = token
+        self.stats.generated_tokens += 1
+        assert job.stops is not None
+        text = job.stops.feed(job.utf8.feed(self.model.piece(token)))
+        if text:
+            events.append({"id": job.id, "type": "text", "text": text})
+        if job.stops.stopped:
+            self._finish(job, "stop", events)
+        elif 0 <= job.options.num_predict <= job.generated or job.n_past + 1 >= self.num_ctx:
+            self._finish(job, "length", events)
+
+    def _finish(self, job: Job, reason: str, events: list[Event]) -> None:
+        assert job.stops is not None
+        tail = job.stops.feed(job.utf8.flush())
+        tail += job.stops.flush()
+        if tail and reason != "cancel":
+            events.append({"id": job.id, "type": "text", "text": tail})
+        now = time.perf_counter_ns()
+        prompt_end = job.prompt_done_ns or now
+        events.append(
+            {
+                "id": job.id,
+                "type": "done",
+                "done_reason": reason,
+                "prompt_eval_count": len(job.tokens),
+                "prompt_cached": job.cached,
+                "prompt_eval_duration": max(0, prompt_end - (job.prompt_started_ns or prompt_end)),
+                "eval_count": job.generated,
+                "eval_duration": max(0, now - prompt_end) if job.prompt_done_ns else 0,
+                "queue_duration": max(0, (job.prompt_started_ns or now) - job.submitted_ns),
+                **job.extra_done,
+            }
+        )
+        self._release(job)
+
+    def _fail(self, job: Job, message: str, events: list[Event]) -> None:
+        events.append({"id": job.id, "type": "error", "message": message})
+        if job.slot >= 0:
+            # Its cells may hold a half-applied batch: drop them rather than trust them.
+            self.context.seq_rm(job.slot)
+            self.slots[job.slot].tokens = []
+        self._release(job)
+
+    def _release(self, job: Job) -> None:
+        if job.slot >= 0 and self.slots[job.slot].job is job:
+            slot = self.slots[job.slot]
+            slot.job = None
+            slot.last_used = next(self._clock)
+        if job.sampler is not None:
+            job.sampler.close()
+            job.sampler = None
+        self.jobs.pop(job.id, None)

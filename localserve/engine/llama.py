@@ -1,0 +1,406 @@
+"""The thin layer over llama-cpp-python's low-level bindings (``llama_cpp.llama_cpp``).
+
+Everything here is a small, typed wrapper of a C call; the batching loop in
+engine.py decides what to call when. llama-cpp-python is pinned exactly because
+these names change between its releases (see NOTES-llama-cpp in the design notes).
+Only the engine package imports llama_cpp.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp.llama_cpp as L  # noqa: TID253 - the engine owns llama_cpp
+import numpy as np
+
+from localserve.engine.options import LoadOptions, SamplingOptions
+from localserve.errors import EngineError
+
+log = logging.getLogger("localserve.llama")
+
+_backend_lock = threading.Lock()
+_backend: dict[str, Any] = {}  # "log": the log callback, kept alive while llama.cpp holds it
+_LEVELS = {
+    1: logging.DEBUG,
+    2: logging.INFO,
+    3: logging.WARNING,
+    4: logging.ERROR,
+    5: logging.DEBUG,
+}
+
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+def init_backend() -> None:
+    """Initialise llama.cpp once per process and route its log lines to ``logging``."""
+    with _backend_lock:
+        if _backend:
+            return
+
+        @L.llama_log_callback  # type: ignore[untyped-decorator]
+        def forward(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+            message = text.decode("utf-8", "replace").rstrip()
+            if message:
+                log.log(_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+        _backend["log"] = forward
+        L.llama_log_set(forward, ctypes.c_void_p(0))
+        L.llama_backend_init()
+
+
+def supports_gpu_offload() -> bool:
+    init_backend()
+    return bool(L.llama_supports_gpu_offload())
+
+
+class Model:
+    """A loaded GGUF (weights only; contexts hold the KV cache)."""
+
+    def __init__(self, paths: Sequence[Path], *, n_gpu_layers: int = -1) -> None:
+        init_backend()
+        params = L.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        if len(paths) == 1:
+            handle = L.llama_model_load_from_file(str(paths[0]).encode(), params)
+        else:
+            array = (ctypes.c_char_p * len(paths))(*[str(p).encode() for p in paths])
+            handle = L.llama_model_load_from_splits(array, len(paths), params)
+        if not handle:
+            raise EngineError(
+                f"llama.cpp could not load {Path(paths[0]).name} (see the runner log)"
+            )
+        self.handle = handle
+        self.vocab = L.llama_model_get_vocab(handle)
+        self.n_vocab = int(L.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(L.llama_model_n_ctx_train(handle))
+        self.n_embd = int(L.llama_model_n_embd(handle))
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
+        self.n_swa = int(L.llama_model_n_swa(handle))
+        self.is_recurrent = bool(L.llama_model_is_recurrent(handle))
+        self.has_encoder = bool(L.llama_model_has_encoder(handle))
+        self._pieces: dict[int, bytes] = {}
+        self._eog: list[int] | None = None
+
+    def close(self) -> None:
+        if self.handle:
+            L.llama_model_free(self.handle)
+            self.handle = None
+
+    # --------------------------------------------------------------- metadata
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = L.llama_model_meta_val_str(self.handle, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            L.llama_model_meta_val_str(self.handle, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def chat_template(self) -> str | None:
+        raw = L.llama_model_chat_template(self.handle, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    def token_text(self, token: int) -> str:
+        """A special token's text as the tokenizer knows it (e.g. ``<s>``), for templates."""
+        if token < 0:
+            return ""
+        return self.piece(token, special=True).decode("utf-8", "replace")
+
+    @property
+    def bos(self) -> int:
+        return int(L.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(L.llama_vocab_eos(self.vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self.vocab, token))
+
+    def eog_tokens(self) -> list[int]:
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t)]
+        return self._eog
+
+    # ------------------------------------------------------------------- text
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        buf = (L.llama_token * capacity)()
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            buf = (L.llama_token * capacity)()
+            n = L.llama_tokenize(
+                self.vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
+        if n < 0:
+            raise EngineError("tokenization failed")
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes a token stands for (cached: the same token is decoded again and again)."""
+        key = token if not special else -1 - token
+        cached = self._pieces.get(key)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        data = buf.raw[: max(0, n)]
+        self._pieces[key] = data
+        return data
+
+
+@dataclass(frozen=True)
+class ContextShape:
+    """What llama.cpp actually gave us (it may round or cap what we asked for)."""
+
+    n_ctx: int
+    n_ctx_seq: int
+    n_batch: int
+    n_ubatch: int
+    n_seq_max: int
+
+
+class Context:
+    """A llama.cpp context: the KV cache and the compute buffers for one model."""
+
+    def __init__(
+        self,
+        model: Model,
+        options: LoadOptions,
+        *,
+        n_threads: int,
+        embeddings: bool = False,
+        pooling: int | None = None,
+    ) -> None:
+        params = L.llama_context_default_params()
+        params.n_seq_max = options.num_parallel
+        params.n_ctx = options.num_ctx * options.num_parallel
+        params.n_batch = options.num_batch
+        params.n_ubatch = min(options.num_ubatch, options.num_batch)
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        # One KV pool shared by all sequences: any sequence may use any cell, and
+        # copying a cached prefix from one sequence to another costs nothing.
+        params.kv_unified = True
+        # Keep sliding-window layers' cache whole, so that a cached prefix stays usable
+        # (otherwise llama.cpp prunes positions behind the window and prefixes must be
+        # recomputed); it costs what a non-SWA model costs anyway.
+        params.swa_full = True
+        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_AUTO
+        params.embeddings = embeddings
+        if pooling is not None:
+            params.pooling_type = pooling
+        params.no_perf = True
+        handle = L.llama_init_from_model(model.handle, params)
+        if not handle:
+            raise EngineError("llama.cpp could not create a context (out of memory?)")
+        self.handle = handle
+        self.model = model
+        self.memory = L.llama_get_memory(handle)
+        self.shape = ContextShape(
+            n_ctx=int(L.llama_n_ctx(handle)),
+            n_ctx_seq=int(L.llama_n_ctx_seq(handle)),
+            n_batch=int(L.llama_n_batch(handle)),
+            n_ubatch=int(L.llama_n_ubatch(handle)),
+            n_seq_max=int(L.llama_n_seq_max(handle)),
+        )
+
+    def close(self) -> None:
+        if self.handle:
+            L.llama_free(self.handle)
+            self.handle = None
+
+    def decode(self, batch: Batch) -> int:
+        return int(L.llama_decode(self.handle, batch.struct))
+
+    # KV memory, by sequence id. Only the engine thread may call these (rule 7).
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(L.llama_memory_seq_rm(self.memory, seq, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        L.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        return int(L.llama_memory_seq_pos_max(self.memory, seq))
+
+    def clear(self) -> None:
+        L.llama_memory_clear(self.memory, True)
+
+    def logits(self, row: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        pointer = L.llama_get_logits_ith(self.handle, row)
+        if not pointer:
+            raise EngineError(f"no logits for batch row {row}")
+        return np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
+
+    def embedding(self, seq: int) -> list[float]:
+        pointer = L.llama_get_embeddings_seq(self.handle, seq)
+        if not pointer:
+            raise EngineError("the model returned no pooled embedding")
+        vector = np.ctypeslib.as_array(pointer, shape=(self.model.n_embd,)).astype(np.float64)
+        norm = float(np.linalg.norm(vector))
+        return [float(x) for x in (vector / norm if norm > 0 else vector)]
+
+
+class Batch:
+    """A llama_batch allocated once and refilled every step (rule: never more tokens than it holds)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.struct = L.llama_batch_init(capacity, 0, 1)
+        # numpy views over the C arrays: filling a 512-token prompt chunk field by
+        # field through ctypes would cost milliseconds per step.
+        self.token = np.ctypeslib.as_array(self.struct.token, shape=(capacity,))
+        self.pos = np.ctypeslib.as_array(self.struct.pos, shape=(capacity,))
+        self.n_seq_id = np.ctypeslib.as_array(self.struct.n_seq_id, shape=(capacity,))
+        self.logits = np.ctypeslib.as_array(
+            ctypes.cast(self.struct.logits, ctypes.POINTER(ctypes.c_int8)), shape=(capacity,)
+        )
+        self.seq_ids = [
+            np.ctypeslib.as_array(self.struct.seq_id[i], shape=(1,)) for i in range(capacity)
+        ]
+        self.n_tokens = 0
+
+    def clear(self) -> None:
+        self.n_tokens = 0
+        self.struct.n_tokens = 0
+
+    def add(self, tokens: Sequence[int], start_pos: int, seq: int, want_last_logits: bool) -> None:
+        n = len(tokens)
+        i = self.n_tokens
+        if i + n > self.capacity:
+            raise EngineError("batch overflow")  # a bug in the caller, never user input
+        self.token[i : i + n] = tokens
+        self.pos[i : i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
+        self.n_seq_id[i : i + n] = 1
+        self.logits[i : i + n] = 0
+        for row in range(i, i + n):
+            self.seq_ids[row][0] = seq
+        if want_last_logits:
+            self.logits[i + n - 1] = 1
+        self.n_tokens = i + n
+        self.struct.n_tokens = self.n_tokens
+
+    def close(self) -> None:
+        L.llama_batch_free(self.struct)
+
+
+class Sampler:
+    """One request's sampler chain (penalties, top-k, top-p, min-p, temperature, dist)
+    plus, for JSON output, a grammar checked by rejection sampling as llama.cpp's
+    own server does: sample freely, and only when the token breaks the grammar,
+    apply the grammar to the whole vocabulary and sample again."""
+
+    def __init__(self, model: Model, options: SamplingOptions, grammar: str | None = None) -> None:
+        self.model = model
+        self.chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if options.ignore_eos:
+            eog = model.eog_tokens()
+            biases = (L.llama_logit_bias * len(eog))(
+                *[L.llama_logit_bias(t, -math.inf) for t in eog]
+            )
+            L.llama_sampler_chain_add(
+                self.chain, L.llama_sampler_init_logit_bias(model.n_vocab, len(eog), biases)
+            )
+        self.penalties = None
+        self.penalty_last_n = 0
+        uses_penalties = (
+            options.repeat_penalty != 1.0
+            or options.frequency_penalty != 0.0
+            or options.presence_penalty != 0.0
+        )
+        if uses_penalties and options.repeat_last_n != 0:
+            last_n = model.n_ctx_train if options.repeat_last_n < 0 else options.repeat_last_n
+            self.penalty_last_n = last_n
+            self.penalties = L.llama_sampler_init_penalties(
+                model.n_vocab,
+                last_n,
+                options.repeat_penalty,
+                options.frequency_penalty,
+                options.presence_penalty,
+            )
+            L.llama_sampler_chain_add(self.chain, self.penalties)
+        if options.greedy:
+            L.llama_sampler_chain_add(self.chain, L.llama_sampler_init_greedy())
+        else:
+            if options.top_k > 0:
+                L.llama_sampler_chain_add(self.chain, L.llama_sampler_init_top_k(options.top_k))
+            if options.top_p < 1.0:
+                L.llama_sampler_chain_add(self.chain, L.llama_sampler_init_top_p(options.top_p, 1))
+            if options.min_p > 0.0:
+                L.llama_sampler_chain_add(self.chain, L.llama_sampler_init_min_p(options.min_p, 1))
+            L.llama_sampler_chain_add(self.chain, L.llama_sampler_init_temp(options.temperature))
+            seed = L.LLAMA_DEFAULT_SEED if options.seed < 0 else options.seed & 0xFFFFFFFF
+            L.llama_sampler_chain_add(self.chain, L.llama_sampler_init_dist(seed))
+        self.grammar = None
+        if grammar is not None:
+            self.grammar = L.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            if not self.grammar:
+                self.close()
+                raise EngineError("the output format's grammar could not be compiled")
+            self._candidates = np.empty(model.n_vocab, dtype=TOKEN_DATA)
+            self._ids = np.arange(model.n_vocab, dtype=np.int32)
+
+    def accept_prompt(self, tokens: Sequence[int]) -> None:
+        """Let the repetition penalties see the prompt, as llama.cpp's server does."""
+        if self.penalties is not None:
+            for token in tokens[-self.penalty_last_n :]:
+                L.llama_sampler_accept(self.penalties, token)
+
+    def sample(self, context: Context, row: int) -> int:
+        if self.grammar is None:
+            # Samples and accepts in one C call.
+            return int(L.llama_sampler_sample(self.chain, context.handle, row))
+        token = self._sample_with(context, row, grammar_first=False)
+        if not self._grammar_allows(token):
+            token = self._sample_with(context, row, grammar_first=True)
+        L.llama_sampler_accept(self.chain, token)
+        L.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def _sample_with(self, context: Context, row: int, *, grammar_first: bool) -> int:
+        candidates = self._candidates
+        candidates["id"] = self._ids
+        candidates["logit"] = context.logits(row)
+        candidates["p"] = 0.0
+        array = L.llama_token_data_array(
+            data=candidates.ctypes.data_as(ctypes.POINTER(L.llama_token_data)),
+            size=len(candidates),
+            selected=-1,
+            sorted=False,
+        )
+        if grammar_first:
+            L.llama_sampler_apply(self.grammar, ctypes.byref(array))
+        L.llama_sampler_apply(self.chain, ctypes.byref(array))
+        if array.selected < 0:
+            raise EngineError("no token satisfies the output grammar")
+        return int(array.data[array.selected].id)
+
+    def _grammar_allows(self, token: int) -> bool:
+        single = (L.llama_token_data * 1)(L.llama_token_data(token, 1.0, 0.0))
+        array = L.llama_token_data_array(data=single, size=1, selected=-1, sorted=False)
+        L.llama_sampler_apply(self.grammar, ctypes.byref(array))
+        return not math.isinf(single[0].logit)
+
+    def close(self) -> None:
+        if self.chain:
+            L.llama_sampler_free(self.chain)  # frees the samplers it owns (penalties included)
+            self.chain = None
+        if self.grammar:
+            L.llama_sampler_free(self.grammar)
+            self.grammar = None

@@ -1,0 +1,118 @@
+"""From a request to prompt tokens: chat template, BOS handling, context overflow.
+
+- Chat (``messages``): rendered with the model's own template (templates.py,
+  sandboxed), or the documented fallback format when the GGUF has none. If the
+  result does not fit the context, the oldest turns are dropped, keeping every
+  system message and the latest message, until it fits with room to answer; the
+  done event then says how many messages were dropped.
+- Completion (``prompt``): wrapped as one user turn (plus ``system``) with the
+  model's template, like Ollama's /api/generate; verbatim when ``raw`` or when the
+  model has no template (a base model continues text). A raw prompt that does not
+  fit is an error naming both lengths: there is nothing we may drop.
+
+BOS: many templates write ``bos_token`` themselves, and llama.cpp's tokenizer adds
+one too when the vocabulary asks for it. We strip a leading BOS from the rendered
+text and let the tokenizer add exactly one (or add it ourselves when the template
+wanted one and the vocabulary does not), so no prompt starts with two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from localserve.engine.llama import Model
+from localserve.engine.templates import ChatTemplate, strip_leading_bos, validate_messages
+from localserve.errors import PromptTooLongError
+
+
+@dataclass(frozen=True)
+class Prompt:
+    tokens: list[int]
+    dropped_messages: int = 0
+
+
+def reserve_for_answer(num_ctx: int) -> int:
+    """Room kept free for the answer when old turns are dropped."""
+    return max(1, min(1024, num_ctx // 4))
+
+
+class PromptBuilder:
+    def __init__(self, model: Model, template_source: str | None) -> None:
+        self.model = model
+        self.bos_text = model.token_text(model.bos) if model.add_bos or template_source else ""
+        self.template = ChatTemplate(
+            template_source,
+            bos_token=self.bos_text,
+            eos_token=model.token_text(model.eos),
+        )
+
+    @property
+    def has_template(self) -> bool:
+        return not self.template.is_fallback
+
+    def tokens_of(self, rendered: str) -> list[int]:
+        text, had_bos = (
+            strip_leading_bos(rendered, self.bos_text) if self.bos_text else (rendered, False)
+        )
+        tokens = self.model.tokenize(text, add_special=self.model.add_bos, parse_special=True)
+        if had_bos and not self.model.add_bos and self.model.bos >= 0:
+            tokens.insert(0, self.model.bos)
+        return tokens
+
+    def completion(self, prompt: str, *, system: str | None, raw: bool, num_ctx: int) -> Prompt:
+        if raw or not self.has_template:
+            text = f"{system}\n\n{prompt}" if system and not raw else prompt
+            tokens = self.model.tokenize(
+                text, add_special=self.model.add_bos and not raw, parse_special=True
+            )
+        else:
+            messages: list[dict[str, Any]] = []
+            if system:
+                messages.append({"role": "system", "content": system})
+            messages.append({"role": "user", "content": prompt})
+            tokens = self.tokens_of(self.template.render(messages, add_generation_prompt=True))
+        if len(tokens) >= num_ctx:
+            raise PromptTooLongError(
+                f"the prompt is {len(tokens)} tokens, but the context holds {num_ctx}",
+                hint="shorten the prompt or raise num_ctx",
+            )
+        return Prompt(tokens)
+
+    def chat(
+        self,
+        messages: object,
+        *,
+        num_ctx: int,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Prompt:
+        turns = validate_messages(messages)
+        budget = num_ctx - reserve_for_answer(num_ctx)
+        dropped = 0
+        while True:
+            tokens = self.tokens_of(
+                self.template.render(turns, add_generation_prompt=True, tools=tools)
+            )
+            if len(tokens) <= budget:
+                return Prompt(tokens, dropped)
+            # Drop the oldest message that is neither a system message nor the latest.
+            victim = next((i for i, m in enumerate(turns[:-1]) if m["role"] != "system"), None)
+            if victim is None:
+                if len(tokens) < num_ctx:
+                    return Prompt(tokens, dropped)  # tight, but it fits
+                raise PromptTooLongError(
+                    f"the latest message with the system prompt is {len(tokens)} tokens, "
+                    f"but the context holds {num_ctx}",
+                    hint="shorten the message or raise num_ctx",
+                )
+            del turns[victim]
+            dropped += 1
+            # Templates often insist that the conversation (after the system prompt)
+            # starts with a user turn: drop the answers that lost their question too.
+            while True:
+                first = next((i for i, m in enumerate(turns[:-1]) if m["role"] != "system"), None)
+                if first is None or turns[first]["role"] == "user":
+                    break
+                del turns[first]
+                dropped += 1

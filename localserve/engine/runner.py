@@ -1,0 +1,241 @@
+"""The runner process: ``python -m localserve.engine.runner``, one per loaded model.
+
+It owns one llama.cpp model. The daemon starts it, sends a ``load`` frame on
+stdin, and then requests; events go back on the original stdout (protocol.py).
+File descriptor 1 is pointed at stderr right away so that nothing printed by
+llama.cpp or a stray ``print`` can corrupt the protocol stream.
+
+One thread does everything: wait for input (blocking only when idle), hand
+requests to the engine, run one engine step, write that step's events in one
+frame. If llama.cpp crashes or aborts, only this process dies; the daemon sees
+its pipe close and fails the requests it had in flight. If the daemon dies, the
+kernel kills this process too (PR_SET_PDEATHSIG), so no orphan keeps RAM or VRAM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from localserve.engine.protocol import FrameReader, encode
+from localserve.errors import LocalserveError, PromptTooLongError, TemplateError
+
+log = logging.getLogger("localserve.runner")
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def error_kind(exc: LocalserveError) -> str:
+    """The error's category on the wire; the daemon maps it back to an exception type."""
+    if isinstance(exc, PromptTooLongError):
+        return "too_long"
+    if isinstance(exc, TemplateError):
+        return "template"
+    if isinstance(exc, ValueError):
+        return "invalid"
+    return "engine"
+
+
+class Runner:
+    def __init__(self, out_fd: int) -> None:
+        self.out_fd = out_fd
+        self.engine: Any = None
+        self.embedder: Any = None
+        self.builder: Any = None
+        self.model: Any = None
+        self.load_options: Any = None
+        self.n_threads = 1
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = memoryview(encode(message))
+        while data:
+            written = os.write(self.out_fd, data)
+            data = data[written:]
+
+    # ------------------------------------------------------------------ load
+
+    def load(self, message: dict[str, Any]) -> dict[str, Any]:
+        from localserve.engine.engine import Engine
+        from localserve.engine.llama import Model, supports_gpu_offload
+        from localserve.engine.options import LoadOptions, default_threads
+        from localserve.engine.prompt import PromptBuilder
+
+        started = time.perf_counter_ns()
+        options = LoadOptions.from_dict(message.get("options") or {})
+        paths = [Path(p) for p in message["paths"]]
+        self.n_threads = options.num_thread or default_threads()
+        self.model = Model(paths, n_gpu_layers=options.num_gpu)
+        # Never more context per sequence than the model was trained for.
+        num_ctx = min(options.num_ctx, self.model.n_ctx_train or options.num_ctx)
+        if num_ctx != options.num_ctx:
+            options = LoadOptions(**{**options.to_dict(), "num_ctx": num_ctx})
+        self.load_options = options
+        self.engine = Engine(self.model, options, n_threads=self.n_threads)
+        self.builder = PromptBuilder(self.model, self.model.chat_template())
+        return {
+            "load_duration": time.perf_counter_ns() - started,
+            "num_ctx": self.engine.num_ctx,
+            "num_parallel": len(self.engine.slots),
+            "n_ctx_train": self.model.n_ctx_train,
+            "n_vocab": self.model.n_vocab,
+            "n_embd": self.model.n_embd,
+            "n_threads": self.n_threads,
+            "has_template": self.builder.has_template,
+            "gpu_offload": supports_gpu_offload(),
+            "pid": os.getpid(),
+        }
+
+    # -------------------------------------------------------------- requests
+
+    def handle(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """Act on one request; returns events to send at once (errors, results)."""
+        op = message.get("op")
+        request_id = str(message.get("id", ""))
+        try:
+            if op == "generate":
+                self._generate(request_id, message)
+                return []
+            if op == "cancel":
+                self.engine.cancel(request_id)
+                return []
+            if op == "embed":
+                return [self._embed(request_id, message)]
+            if op == "stats":
+                return [{"id": request_id, "type": "stats", **self.engine.describe()}]
+            return [
+                {
+                    "id": request_id,
+                    "type": "error",
+                    "kind": "invalid",
+                    "message": f"unknown op {op!r}",
+                }
+            ]
+        except LocalserveError as exc:
+            return [
+                {"id": request_id, "type": "error", "kind": error_kind(exc), "message": str(exc)}
+            ]
+
+    def _generate(self, request_id: str, message: dict[str, Any]) -> None:
+        from localserve.engine.engine import Job
+        from localserve.engine.grammar import grammar_for
+        from localserve.engine.options import SamplingOptions
+
+        options = SamplingOptions.from_dict(message.get("options") or {})
+        grammar = grammar_for(message.get("format"))
+        num_ctx = self.engine.num_ctx
+        if message.get("messages") is not None:
+            prompt = self.builder.chat(
+                message["messages"], num_ctx=num_ctx, tools=message.get("tools")
+            )
+        else:
+            prompt = self.builder.completion(
+                str(message.get("prompt") or ""),
+                system=message.get("system"),
+                raw=bool(message.get("raw")),
+                num_ctx=num_ctx,
+            )
+        extra = {"dropped_messages": prompt.dropped_messages} if prompt.dropped_messages else {}
+        self.engine.submit(Job(request_id, prompt.tokens, options, grammar, extra_done=extra))
+
+    def _embed(self, request_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        from localserve.engine.embed import Embedder
+
+        inputs = message.get("inputs")
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            return {
+                "id": request_id,
+                "type": "error",
+                "kind": "invalid",
+                "message": "inputs must be a list of strings",
+            }
+        started = time.perf_counter_ns()
+        if self.embedder is None:
+            self.embedder = Embedder(self.model, self.load_options, n_threads=self.n_threads)
+        result = self.embedder.embed(inputs, truncate=bool(message.get("truncate", True)))
+        return {
+            "id": request_id,
+            "type": "embeddings",
+            "embeddings": result.vectors,
+            "prompt_eval_count": result.prompt_tokens,
+            "prompt_eval_duration": time.perf_counter_ns() - started,
+        }
+
+    # ------------------------------------------------------------------ loop
+
+    def serve(self, in_fd: int, reader: FrameReader) -> None:
+        while True:
+            busy = self.engine.has_work()
+            readable, _, _ = select.select([in_fd], [], [], 0 if busy else None)
+            events: list[dict[str, Any]] = []
+            if readable:
+                data = os.read(in_fd, 1 << 20)
+                if not data:
+                    return  # the daemon closed our stdin: it is gone or wants us gone
+                for message in reader.feed(data):
+                    if message.get("op") == "shutdown":
+                        return
+                    events.extend(self.handle(message))
+            if self.engine.has_work():
+                events.extend(self.engine.step())
+            if events:
+                self.send({"events": events})
+
+    def close(self) -> None:
+        for part in (self.embedder, self.engine, self.model):
+            if part is not None:
+                part.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The protocol keeps the real stdout; fd 1 becomes stderr for everyone else.
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    _die_with_parent()
+    level = (
+        logging.DEBUG
+        if os.environ.get("LOCALSERVE_DEBUG", "") in ("1", "true")
+        else logging.WARNING
+    )
+    logging.basicConfig(level=level, stream=sys.stderr, format="runner %(process)d: %(message)s")
+
+    runner = Runner(out_fd)
+    reader = FrameReader()
+    in_fd = 0
+    first: dict[str, Any] | None = None
+    while first is None:
+        data = os.read(in_fd, 1 << 20)
+        if not data:
+            return 0
+        messages = reader.feed(data)
+        if messages:
+            first = messages[0]
+    try:
+        info = runner.load(first)
+    except LocalserveError as exc:
+        runner.send({"fatal": str(exc)})
+        return 1
+    runner.send({"ready": info})
+    try:
+        runner.serve(in_fd, reader)
+    finally:
+        runner.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

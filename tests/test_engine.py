@@ -1,0 +1,295 @@
+"""The batching engine in-process, on real llama.cpp with the tiny generated model."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from localserve.engine.embed import Embedder
+from localserve.engine.engine import Engine, Job
+from localserve.engine.grammar import grammar_for
+from localserve.engine.llama import Model
+from localserve.engine.options import LoadOptions, SamplingOptions
+from localserve.errors import InvalidOptionError, PromptTooLongError
+
+GREEDY = SamplingOptions(temperature=0.0, num_predict=24)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Model]:
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path_factory.mktemp("engine") / "tiny.gguf")
+    loaded = Model([path])
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture
+def engine(model: Model) -> Iterator[Engine]:
+    built = Engine(model, LoadOptions(num_ctx=256, num_parallel=4), n_threads=2)
+    yield built
+    built.close()
+
+
+def job(
+    model: Model,
+    job_id: str,
+    text: str,
+    options: SamplingOptions = GREEDY,
+    grammar: str | None = None,
+) -> Job:
+    return Job(job_id, model.tokenize(text, add_special=True), options, grammar)
+
+
+def run(
+    engine: Engine, max_steps: int = 10_000
+) -> tuple[dict[str, str], dict[str, dict[str, Any]], list[list[dict[str, Any]]]]:
+    """Step until idle: text per job, done event per job, and the events of every step."""
+    texts: dict[str, str] = {}
+    done: dict[str, dict[str, Any]] = {}
+    steps: list[list[dict[str, Any]]] = []
+    for _ in range(max_steps):
+        if not engine.has_work():
+            break
+        events = engine.step()
+        steps.append(events)
+        for event in events:
+            if event["type"] == "text":
+                texts[event["id"]] = texts.get(event["id"], "") + event["text"]
+            elif event["type"] == "done":
+                done[event["id"]] = event
+            else:
+                raise AssertionError(event)
+    assert not engine.has_work()
+    return texts, done, steps
+
+
+PROMPTS = ["Hello world, this is", "The capital of France is", "Once upon a time", "1, 2, 3, 4,"]
+
+
+def test_concurrent_jobs_share_decode_steps(engine: Engine, model: Model) -> None:
+    for i, prompt in enumerate(PROMPTS):
+        engine.submit(job(model, str(i), prompt))
+    texts, done, _ = run(engine)
+    assert sorted(done) == ["0", "1", "2", "3"]
+    assert all(d["done_reason"] == "length" and d["eval_count"] == 24 for d in done.values())
+    assert engine.stats.max_jobs_in_step == 4  # all four in one llama_decode
+    assert engine.stats.steps <= 26  # not 4 x 24: they were decoded together
+    assert all(texts.get(str(i)) for i in range(4))
+
+
+def test_greedy_output_does_not_depend_on_neighbours(engine: Engine, model: Model) -> None:
+    for i, prompt in enumerate(PROMPTS):
+        engine.submit(job(model, f"batch{i}", prompt))
+    batched, _, _ = run(engine)
+    for i, prompt in enumerate(PROMPTS):
+        engine.submit(job(model, f"solo{i}", prompt))
+        solo, _, _ = run(engine)
+        assert solo[f"solo{i}"] == batched[f"batch{i}"]
+
+
+def test_late_joiner_enters_the_running_batch(engine: Engine, model: Model) -> None:
+    engine.submit(job(model, "early", PROMPTS[0], SamplingOptions(temperature=0, num_predict=40)))
+    for _ in range(5):
+        engine.step()
+    engine.submit(job(model, "late", PROMPTS[1]))
+    _, done, steps = run(engine)
+    shared = [s for s in steps if {e["id"] for e in s if e["type"] == "text"} == {"early", "late"}]
+    assert shared, "the late request never decoded in the same step as the running one"
+    assert done["late"]["queue_duration"] < done["early"]["eval_duration"]
+
+
+def test_more_jobs_than_slots_wait_their_turn(model: Model) -> None:
+    engine = Engine(model, LoadOptions(num_ctx=128, num_parallel=2), n_threads=2)
+    try:
+        for i in range(5):
+            engine.submit(
+                job(model, str(i), PROMPTS[i % 4], SamplingOptions(temperature=0, num_predict=8))
+            )
+        assert engine.busy_slots() == 0
+        engine.step()
+        assert engine.busy_slots() == 2
+        assert len(engine.waiting) == 3
+        _, done, _ = run(engine)
+        assert len(done) == 5
+        assert engine.stats.max_jobs_in_step == 2
+    finally:
+        engine.close()
+
+
+def test_cancel_leaves_within_one_step_and_frees_the_slot(engine: Engine, model: Model) -> None:
+    engine.submit(job(model, "a", PROMPTS[0], SamplingOptions(temperature=0, num_predict=200)))
+    engine.submit(job(model, "b", PROMPTS[1], SamplingOptions(temperature=0, num_predict=200)))
+    for _ in range(3):
+        engine.step()
+    engine.cancel("a")
+    events = engine.step()
+    assert {"id": "a", "type": "done"}.items() <= next(e for e in events if e["id"] == "a").items()
+    assert next(e for e in events if e["id"] == "a")["done_reason"] == "cancel"
+    assert not any(e["id"] == "a" and e["type"] == "text" for e in events)
+    assert engine.busy_slots() == 1
+    engine.cancel("b")
+    run(engine)
+    assert engine.busy_slots() == 0
+
+
+def test_prefix_cache_reuses_a_finished_conversation(engine: Engine, model: Model) -> None:
+    first = "System: be brief.\nUser: tell me a story about a dragon\nAssistant:"
+    engine.submit(job(model, "turn1", first))
+    texts, done, _ = run(engine)
+    assert done["turn1"]["prompt_cached"] == 0
+    second = first + texts["turn1"] + "\nUser: and then?\nAssistant:"
+    engine.submit(job(model, "turn2", second))
+    _, done, _ = run(engine)
+    assert done["turn2"]["prompt_cached"] >= len(model.tokenize(first, add_special=True)) - 1
+    assert engine.stats.prefix_hits == 1
+
+
+def test_shared_system_prompt_is_copied_between_slots(engine: Engine, model: Model) -> None:
+    system = "You are a helpful assistant who answers in one sentence. " * 3
+    engine.submit(
+        job(
+            model,
+            "x",
+            system + "Question: why is the sky blue?",
+            SamplingOptions(temperature=0, num_predict=60),
+        )
+    )
+    for _ in range(4):
+        engine.step()  # x is now generating in its slot
+    engine.submit(job(model, "y", system + "Question: what is rain?"))
+    _, done, _ = run(engine)
+    shared = len(model.tokenize(system, add_special=True)) - 2
+    assert done["y"]["prompt_cached"] >= shared  # copied from x's slot while x was running
+
+
+def test_seed_makes_sampling_repeatable(engine: Engine, model: Model) -> None:
+    options = SamplingOptions(temperature=1.0, top_k=0, top_p=1.0, seed=1234, num_predict=30)
+    engine.submit(job(model, "a", PROMPTS[2], options))
+    first, _, _ = run(engine)
+    engine.submit(job(model, "b", PROMPTS[2], options))
+    second, _, _ = run(engine)
+    assert first["a"] == second["b"]
+    other = SamplingOptions(temperature=1.0, top_k=0, top_p=1.0, seed=99, num_predict=30)
+    engine.submit(job(model, "c", PROMPTS[2], other))
+    third, _, _ = run(engine)
+    assert third["c"] != first["a"]
+
+
+def test_stop_string_across_tokens_is_never_leaked(engine: Engine, model: Model) -> None:
+    engine.submit(job(model, "free", PROMPTS[1], SamplingOptions(temperature=0, num_predict=40)))
+    free, _, steps = run(engine)
+    pieces = [e["text"] for s in steps for e in s if e["type"] == "text"]
+    assert len(pieces) > 5
+    # A stop string that starts inside one token's text and ends inside a later one.
+    start = len(pieces[0]) + len(pieces[1]) - 1
+    stop = free["free"][start : start + len(pieces[2]) + 2]
+    engine.submit(
+        job(
+            model,
+            "stopped",
+            PROMPTS[1],
+            SamplingOptions(temperature=0, num_predict=40, stop=(stop,)),
+        )
+    )
+    stopped, done, steps = run(engine)
+    assert done["stopped"]["done_reason"] == "stop"
+    assert stopped["stopped"] == free["free"][: free["free"].index(stop)]
+    for step in steps:
+        for event in step:
+            if event["type"] == "text":
+                assert stop not in event["text"]
+
+
+def test_num_ctx_end_stops_with_length(model: Model) -> None:
+    engine = Engine(model, LoadOptions(num_ctx=40, num_parallel=1), n_threads=2)
+    try:
+        engine.submit(
+            job(model, "long", PROMPTS[0], SamplingOptions(temperature=0, num_predict=-1))
+        )
+        _, done, _ = run(engine)
+        assert done["long"]["done_reason"] in ("length", "stop")
+        if done["long"]["done_reason"] == "length":
+            assert done["long"]["prompt_eval_count"] + done["long"]["eval_count"] == 40
+    finally:
+        engine.close()
+
+
+def test_prompt_longer_than_the_context_is_refused(model: Model) -> None:
+    engine = Engine(model, LoadOptions(num_ctx=32, num_parallel=1), n_threads=2)
+    try:
+        with pytest.raises(PromptTooLongError, match="context holds 32"):
+            engine.submit(job(model, "x", "word " * 100))
+        assert not engine.has_work()
+    finally:
+        engine.close()
+
+
+def test_json_schema_output_parses(engine: Engine, model: Model) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
+        "required": ["ok", "n"],
+    }
+    engine.submit(
+        job(
+            model,
+            "j",
+            PROMPTS[0],
+            SamplingOptions(temperature=0.7, seed=3, num_predict=200),
+            grammar_for(schema),
+        )
+    )
+    texts, done, _ = run(engine)
+    assert done["j"]["done_reason"] == "stop"
+    value = json.loads(texts["j"])
+    assert isinstance(value["ok"], bool) and isinstance(value["n"], int)
+
+
+def test_json_mode_output_parses(engine: Engine, model: Model) -> None:
+    engine.submit(
+        job(
+            model,
+            "j",
+            PROMPTS[2],
+            SamplingOptions(temperature=0.7, seed=5, num_predict=400),
+            grammar_for("json"),
+        )
+    )
+    texts, done, _ = run(engine)
+    if done["j"]["done_reason"] == "stop":  # a random model may ramble past num_predict
+        json.loads(texts["j"])
+    else:
+        assert texts["j"].lstrip().startswith(("{", "["))
+
+
+@pytest.mark.parametrize(
+    "bad", ["xml", 5, ["json"], {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}]
+)
+def test_bad_formats_are_invalid_options(bad: object) -> None:
+    with pytest.raises(InvalidOptionError):
+        grammar_for(bad)
+
+
+def test_embeddings_are_normalised_and_stable(model: Model) -> None:
+    embedder = Embedder(model, LoadOptions(num_ctx=128), n_threads=2)
+    try:
+        result = embedder.embed(["hello there", "general kenobi", "hello there"], truncate=True)
+        assert len(result.vectors) == 3
+        for vector in result.vectors:
+            assert len(vector) == model.n_embd
+            assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, rel_tol=1e-5)
+        assert result.vectors[0] == pytest.approx(result.vectors[2], abs=1e-5)
+        assert result.vectors[0] != pytest.approx(result.vectors[1], abs=1e-3)
+        alone = embedder.embed(["general kenobi"], truncate=True)
+        assert alone.vectors[0] == pytest.approx(result.vectors[1], abs=1e-4)
+        with pytest.raises(PromptTooLongError):
+            embedder.embed(["word " * 500], truncate=False)
+        assert len(embedder.embed(["word " * 500], truncate=True).vectors) == 1
+    finally:
+        embedder.close()

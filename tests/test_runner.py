@@ -1,0 +1,216 @@
+"""The runner as a real child process, driven through engine/client.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from localserve.engine.client import RunnerClient
+from localserve.engine.options import LoadOptions
+from localserve.errors import (
+    EngineError,
+    InvalidOptionError,
+    PromptTooLongError,
+    RunnerCrashedError,
+)
+
+T = TypeVar("T")
+SMALL = LoadOptions(num_ctx=256, num_parallel=2, num_thread=2)
+
+
+def run_async(body: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(asyncio.wait_for(body(), 120))  # type: ignore[arg-type]
+
+
+async def collect(runner: RunnerClient, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    text = ""
+    done: dict[str, Any] = {}
+    async for event in runner.generate(request):
+        if event["type"] == "text":
+            text += event["text"]
+        else:
+            done = event
+    return text, done
+
+
+def test_load_generate_chat_and_stats(tiny_gguf_path: Path) -> None:
+    async def body() -> None:
+        runner = await RunnerClient.start([tiny_gguf_path], SMALL)
+        try:
+            assert runner.info["num_ctx"] == 256 and runner.info["has_template"] is True
+            assert runner.info["load_duration"] > 0
+            text, done = await collect(
+                runner,
+                {"prompt": "Hello", "raw": True, "options": {"temperature": 0, "num_predict": 10}},
+            )
+            assert done["done_reason"] == "length" and done["eval_count"] == 10 and text
+            chat = {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi!"},
+                ],
+                "options": {"temperature": 0, "num_predict": 5},
+            }
+            _, done = await collect(runner, chat)
+            assert done["prompt_eval_count"] > 5
+            stats = await runner.call("stats")
+            assert stats["slots_total"] == 2 and stats["generated_tokens"] >= 10
+            embedded = await runner.call("embed", inputs=["a", "b"], truncate=True)
+            assert len(embedded["embeddings"]) == 2
+        finally:
+            await runner.close()
+        assert runner.process.returncode == 0
+        assert not runner.alive
+
+    run_async(body)
+
+
+def test_concurrent_streams_and_a_cancelled_one(tiny_gguf_path: Path) -> None:
+    async def body() -> None:
+        runner = await RunnerClient.start([tiny_gguf_path], SMALL)
+        try:
+            long = {
+                "prompt": "Once",
+                "raw": True,
+                "options": {"temperature": 0, "num_predict": 200},
+            }
+            stream = runner.generate(long)
+            await stream.__anext__()
+            await stream.aclose()  # the client went away
+            results = await asyncio.gather(
+                *(
+                    collect(
+                        runner,
+                        {
+                            "prompt": f"Count {i}",
+                            "raw": True,
+                            "options": {"temperature": 0, "num_predict": 12},
+                        },
+                    )
+                    for i in range(4)
+                )
+            )
+            assert all(done["eval_count"] == 12 for _, done in results)
+            stats = await runner.call("stats")
+            assert stats["slots_busy"] == 0 and stats["waiting"] == 0
+            assert stats["max_jobs_in_step"] == 2
+        finally:
+            await runner.close()
+
+    run_async(body)
+
+
+def test_bad_requests_are_errors_not_crashes(tiny_gguf_path: Path) -> None:
+    async def body() -> None:
+        runner = await RunnerClient.start(
+            [tiny_gguf_path], LoadOptions(num_ctx=64, num_parallel=1, num_thread=2)
+        )
+        try:
+            with pytest.raises(PromptTooLongError, match="64"):
+                await collect(runner, {"prompt": "word " * 200, "raw": True})
+            with pytest.raises(InvalidOptionError, match="temperature"):
+                await collect(runner, {"prompt": "x", "options": {"temperature": float("nan")}})
+            with pytest.raises(InvalidOptionError):
+                await collect(runner, {"prompt": "x", "format": "yaml"})
+            with pytest.raises(InvalidOptionError, match="role"):
+                await collect(runner, {"messages": [{"role": "wizard", "content": "x"}]})
+            _, done = await collect(
+                runner, {"prompt": "still alive?", "raw": True, "options": {"num_predict": 3}}
+            )
+            assert done["eval_count"] <= 3
+        finally:
+            await runner.close()
+
+    run_async(body)
+
+
+def test_killed_runner_fails_its_streams_at_once(tiny_gguf_path: Path) -> None:
+    async def body() -> None:
+        runner = await RunnerClient.start([tiny_gguf_path], SMALL)
+        stream = runner.generate(
+            {"prompt": "Once", "raw": True, "options": {"temperature": 0, "num_predict": 100_000}}
+        )
+        await stream.__anext__()
+        os.kill(runner.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(RunnerCrashedError, match="SIGKILL"):
+            async for _ in stream:
+                pass
+        assert time.monotonic() - started < 5
+        assert runner.process.returncode == -signal.SIGKILL  # reaped: no zombie
+        assert not runner.alive
+        with pytest.raises(RunnerCrashedError):
+            await collect(runner, {"prompt": "x"})
+
+    run_async(body)
+
+
+def test_unloadable_model_is_a_clear_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+
+    async def body() -> None:
+        with pytest.raises(EngineError, match="failed to load"):
+            await RunnerClient.start([bogus], SMALL)
+
+    run_async(body)
+
+
+def test_runner_dies_with_its_parent(tiny_gguf_path: Path, tmp_path: Path) -> None:
+    """A daemon killed with SIGKILL must not leave its runners holding memory."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from localserve.engine.client import RunnerClient\n"
+        "from localserve.engine.options import LoadOptions\n"
+        "async def main():\n"
+        f"    r = await RunnerClient.start([Path({str(tiny_gguf_path)!r})], LoadOptions(num_ctx=64, num_parallel=1))\n"
+        "    print(r.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        assert parent.stdout is not None
+        runner_pid = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not _alive(runner_pid):
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(runner_pid, signal.SIGKILL)
+            raise AssertionError("the runner outlived its parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for init to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
