@@ -9,6 +9,8 @@ the server's exception handlers); nothing below matches on message text.
     ├── ModelNotFoundError (LookupError)        no manifest under that name
     ├── TemplateError (ValueError)              a chat template that fails, or breaks the sandbox's caps
     ├── PromptTooLongError (ValueError)         a prompt that cannot fit the context
+    ├── ServerBusyError                         the daemon's request queue is full (HTTP 503)
+    ├── DaemonNotRunningError (ConnectionError)  nothing answers at LOCALSERVE_HOST
     ├── EngineError                             llama.cpp refused to load a model or process a batch
     │   └── RunnerCrashedError                   the runner process died (crash, abort, kill)
     ├── StoreError
@@ -71,6 +73,14 @@ class TemplateError(LocalserveError, ValueError):
 
 class PromptTooLongError(LocalserveError, ValueError):
     """A prompt longer than the context (after dropping what may be dropped)."""
+
+
+class ServerBusyError(LocalserveError):
+    """Too many requests are waiting; try again later."""
+
+
+class DaemonNotRunningError(LocalserveError, ConnectionError):
+    """No daemon answers at the configured address."""
 
 
 class EngineError(LocalserveError):

@@ -214,3 +214,30 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def test_long_chat_drops_oldest_turns_but_keeps_system_and_latest(tiny_gguf_path: Path) -> None:
+    async def body() -> None:
+        runner = await RunnerClient.start(
+            [tiny_gguf_path], LoadOptions(num_ctx=128, num_parallel=1, num_thread=2)
+        )
+        try:
+            messages = [{"role": "system", "content": "Be brief."}]
+            for i in range(12):
+                messages.append(
+                    {"role": "user", "content": f"question number {i} about many things"}
+                )
+                messages.append(
+                    {"role": "assistant", "content": f"answer number {i} with some words"}
+                )
+            messages.append({"role": "user", "content": "the latest question"})
+            _, done = await collect(runner, {"messages": messages, "options": {"num_predict": 4}})
+            assert done["dropped_messages"] >= 2
+            assert done["dropped_messages"] % 2 == 0  # whole question/answer pairs
+            assert done["prompt_eval_count"] <= 128 - 32  # room kept for the answer
+            with pytest.raises(PromptTooLongError, match="latest message"):
+                await collect(runner, {"messages": [{"role": "user", "content": "word " * 300}]})
+        finally:
+            await runner.close()
+
+    run_async(body)

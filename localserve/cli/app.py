@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from localserve import __version__
-from localserve.cli import models
+from localserve.cli import daemon, models
 from localserve.cli.errors import run_with_error_edge
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(models.app)
+app.add_typer(daemon.app)
 
 
 def _version(value: bool) -> None:

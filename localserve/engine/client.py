@@ -54,6 +54,7 @@ class RunnerClient:
         self._write_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self.exit_reason: str | None = None
+        self._closing: str | None = None
 
     # ---------------------------------------------------------------- start
 
@@ -124,7 +125,7 @@ class RunnerClient:
             while True:
                 event = await queue.get()
                 if event is _END:
-                    raise RunnerCrashedError(f"the model runner stopped: {self.exit_reason}")
+                    raise RunnerCrashedError(self._stopped_message())
                 if event["type"] == "error":
                     finished = True
                     raise _error_of(event)
@@ -146,14 +147,19 @@ class RunnerClient:
         finally:
             self._queues.pop(request_id, None)
         if event is _END:
-            raise RunnerCrashedError(f"the model runner stopped: {self.exit_reason}")
+            raise RunnerCrashedError(self._stopped_message())
         if event["type"] == "error":
             raise _error_of(event)
         return dict(event)
 
+    def _stopped_message(self) -> str:
+        if self._closing:
+            return self._closing
+        return f"the model runner stopped: {self.exit_reason}"
+
     async def _send(self, message: dict[str, Any]) -> tuple[str, asyncio.Queue[Any]]:
         if not self.alive:
-            raise RunnerCrashedError(f"the model runner stopped: {self.exit_reason or 'exited'}")
+            raise RunnerCrashedError(self._stopped_message())
         request_id = f"r{next(self._ids)}"
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._queues[request_id] = queue
@@ -190,14 +196,18 @@ class RunnerClient:
         returncode = await self.process.wait()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(stderr_task, 2)
-        self.exit_reason = _crash_reason(returncode, self._stderr_tail)
+        self.exit_reason = self._closing or _crash_reason(returncode, self._stderr_tail)
         for queue in self._queues.values():
             queue.put_nowait(_END)
 
     # ----------------------------------------------------------------- stop
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Ask the runner to exit; kill it if it does not within ``timeout``."""
+    async def close(self, timeout: float = 5.0, *, reason: str = "the model was unloaded") -> None:
+        """Ask the runner to exit; kill it if it does not within ``timeout``.
+
+        Requests still in flight fail with RunnerCrashedError carrying ``reason``.
+        """
+        self._closing = reason
         if self.process.returncode is None:
             with contextlib.suppress(Exception):
                 await self._write({"op": "shutdown"})
@@ -208,8 +218,7 @@ class RunnerClient:
         if self._reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reader, timeout)
-        if self.exit_reason is None or self.exit_reason.startswith("exited with code 0"):
-            self.exit_reason = "unloaded"
+        self.exit_reason = reason
 
 
 _ERRORS: dict[str, type[Exception]] = {

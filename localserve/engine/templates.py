@@ -17,24 +17,31 @@ behave the same here:
 and with hard limits, so that a template can neither escape nor wedge the runner:
 
 - no loader: ``{% include %}``, ``{% import %}``, ``{% from %}`` and ``{% extends %}``
-  are refused when the template is compiled; ``lipsum`` and the ``pprint`` and
-  ``urlize`` filters are removed (no chat template uses them);
+  are refused when the template is compiled; so is calling a block through
+  ``self.<name>()``. ``lipsum`` and the ``pprint`` and ``urlize`` filters are removed
+  (no chat template uses them);
 - attributes the sandbox calls unsafe (``__class__``, ``__globals__``, ``mro``,
   ``gi_frame``, anything starting with ``_``...) fail at once, also through
-  ``|attr``, ``str.format`` and ``format_map`` fields;
+  ``|attr``, ``str.format`` and ``format_map`` fields (Jinja itself would return an
+  undefined value that prints as nothing);
 - time: rendering stops after ``TemplateLimits.seconds`` (default 1 s). A
   ``sys.settrace`` tracer counts calls (and lines in template code) and checks the
   clock every few dozen events; the tracer that was set before (a coverage tool,
-  a debugger) is put back afterwards. Rendering happens in the calling thread;
+  a debugger) is put back afterwards. Rendering happens in the calling thread.
+  Compiling gets the same treatment (at least 2 s), as Jinja runs filters on
+  constants while it compiles;
 - output: at most ``TemplateLimits.max_output_chars`` characters (default 1 MiB);
 - size: no single operation may build more than that many characters or items
   (``*``, ``**``, ``+``, ``%``, ``~``, ``str.format``, ``join``, ``replace``,
   ``center``..., ``|indent``, ``|wordwrap``, ``|tojson``...), checked *before* it
   runs; printing or formatting a structure is measured first (so a list that holds
   the same big string 100,000 times cannot be printed); integers stay under 4096
-  bits; and everything the template builds along the way (including the output of
-  macros and ``{% set %}`` blocks, and slices) counts against a budget of 16 times
-  the output limit, so memory cannot pile up within the time limit either;
+  bits;
+- memory: everything the template builds along the way -- strings, the output of
+  macros and ``{% set %}`` blocks, slices, lists and dicts from calls and filters (32
+  characters an item, 8 for the references a slice or ``+`` copies) -- counts
+  against a budget of 16 times the output limit, so memory cannot pile up within
+  the time limit either. Real templates use about 4 times their output;
 - recursion: a macro that calls itself forever hits Python's recursion limit.
 
 Every failure -- a syntax error (raised by the constructor), ``raise_exception``
@@ -176,8 +183,11 @@ _MAX_INT_BITS = 4096
 _WORK_FACTOR = 16
 # tojson's indent, in spaces.
 _MAX_JSON_INDENT = 64
-# What one item of a list, tuple, dict or set costs the budget, in characters.
+# What one item of a list, tuple, dict or set costs the budget, in characters: a
+# call may make a new object per item (split() makes ~60 bytes an item); a slice, '+'
+# or '*' only copies references (8 bytes each).
 _ITEM_WEIGHT = 32
+_REF_WEIGHT = 8
 # The tracer looks at the clock once per this many trace events.
 _CHECK_EVERY = 64
 # How Jinja names the code it compiles from a string.
@@ -208,7 +218,7 @@ class ChatTemplate:
             )
         self._env = _SandboxEnvironment(limits)
         self._lock = threading.Lock()
-        failure: str | None = None
+        error: BaseException | None = None
         # Compiling runs Python too: Jinja folds constant expressions, filter calls
         # included ({{ 'a' | center(1000000) }}), into the code it generates. That gets
         # a time limit, and a budget of one output's worth: past it, Jinja leaves the
@@ -220,14 +230,14 @@ class ChatTemplate:
             tree = self._env.parse(self.source)
             _refuse_loading(tree)
             self._template = self._env.from_string(tree)
-        except TemplateSyntaxError as exc:
-            failure = f"chat template has a syntax error on line {exc.lineno}: {exc.message}"
         except (Exception, _Timeout) as exc:
-            failure = _describe(exc, limits, compiling=True)
+            error = exc  # no Python calls until the tracer is gone: it could raise
         finally:
             sys.settrace(previous)
             self._env.end_render()
-        if failure is not None:
+        if error is not None:
+            failure = _describe(error, limits, compiling=True)
+            del error
             raise TemplateError(_one_line(failure))
 
     @property
@@ -267,7 +277,7 @@ class ChatTemplate:
         cap = limits.max_output_chars
         chunks: list[str] = []
         produced = 0
-        failure: str | None = None
+        error: BaseException | None = None
         tracer = _make_tracer(time.monotonic() + limits.seconds)
         previous = sys.gettrace()
         env.begin_render()
@@ -283,12 +293,14 @@ class ChatTemplate:
             finally:
                 stream.close()
         except (Exception, _Timeout) as exc:
-            failure = _describe(exc, limits)
+            error = exc  # no Python calls until the tracer is gone: it could raise
         finally:
             sys.settrace(previous)
             env.end_render()
-        # Raised out here so the error holds no frames (and none of their big values).
-        if failure is not None:
+        if error is not None:
+            failure = _describe(error, limits)
+            # Raised without a cause, so the error holds no frames (nor their values).
+            del error
             raise TemplateError(_one_line(failure))
         return "".join(chunks)
 
@@ -430,7 +442,8 @@ def _describe(exc: BaseException, limits: TemplateLimits, *, compiling: bool = F
     if isinstance(exc, TemplateError):
         return exc.message
     if isinstance(exc, TemplateSyntaxError):
-        return f"chat template has an error on line {exc.lineno}: {exc.message}"
+        what = "a syntax error" if compiling else "an error"
+        return f"chat template has {what} on line {exc.lineno}: {exc.message}"
     if isinstance(exc, UndefinedError):
         return f"chat template used an undefined value: {exc}"
     if isinstance(exc, JinjaTemplateError):
@@ -538,29 +551,68 @@ def _measure(value: object, limit: int) -> int:
     return total
 
 
-def _size(value: object) -> int:
-    """What a freshly built value costs the budget: its characters, or _ITEM_WEIGHT per
-    item of a container (a list of short strings from split() takes ~60 bytes an item, a list 8)."""
+def _size(value: object, item_weight: int = _ITEM_WEIGHT) -> int:
+    """What a freshly built value costs the budget: its characters, or ``item_weight``
+    per item of a container."""
     if isinstance(value, str | bytes | bytearray):
         return len(value)
     if isinstance(value, list | tuple | dict | set | frozenset):
-        return _ITEM_WEIGHT * len(value)
+        return item_weight * len(value)
     if isinstance(value, Namespace):
-        return _ITEM_WEIGHT * len(getattr(value, "_Namespace__attrs", ()))
+        return item_weight * len(getattr(value, "_Namespace__attrs", ()))
     if isinstance(value, Cycler):
-        return _ITEM_WEIGHT * len(value.items)
+        return item_weight * len(value.items)
     return 0
 
 
-def _digit_runs_total(text: str, cap: int) -> int:
+def _widths_total(numbers: Iterable[str], cap: int) -> int:
     total = 0
-    for run in re.findall(r"\d+", text):
-        if len(run) > 9:
-            raise _Refusal(f"the format asks for a width of {len(run)} digits")
-        total += int(run)
+    for number in numbers:
+        if len(number) > 9:
+            raise _Refusal(f"the format asks for a width of {len(number)} digits")
+        total += int(number)
     if total > cap:
         raise _Refusal(f"the format asks for widths of {total} characters (limit {cap})")
     return total
+
+
+def _percent_widths(fmt: str, cap: int) -> tuple[int, bool]:
+    """The widths and precisions a printf-style format asks for, and whether any is '*'.
+
+    Scans conversions as Python does: ``%``, an optional ``(key)`` that may hold nested
+    parentheses, flags, width, ``.precision``; then one more character is skipped (the
+    type, or the second ``%`` of ``%%``).
+    """
+    numbers: list[str] = []
+    star = False
+    end = len(fmt)
+    i = 0
+    while (i := fmt.find("%", i) + 1) > 0:
+        if fmt.startswith("(", i):
+            depth = 0
+            while i < end:
+                depth += (fmt[i] == "(") - (fmt[i] == ")")
+                i += 1
+                if depth == 0:
+                    break
+        while i < end and fmt[i] in "-#0 +":
+            i += 1
+        for part in ("width", "precision"):
+            if part == "precision":
+                if not fmt.startswith(".", i):
+                    break
+                i += 1
+            if fmt.startswith("*", i):
+                star = True
+                i += 1
+                continue
+            start = i
+            while i < end and fmt[i] in "0123456789":
+                i += 1
+            if i > start:
+                numbers.append(fmt[start:i])
+        i += 1
+    return _widths_total(numbers, cap), star
 
 
 # -- the environment ----------------------------------------------------------------
@@ -650,7 +702,7 @@ class _CappedFormatter(SandboxedFormatter):
 
     def format_field(self, value: Any, format_spec: str) -> Any:
         env = self._capped_env
-        _digit_runs_total(format_spec, env.cap)
+        _widths_total(re.findall("[0-9]+", format_spec), env.cap)
         env.check_printable(value)
         text = super().format_field(value, format_spec)
         self._produced += len(text)
@@ -660,7 +712,10 @@ class _CappedFormatter(SandboxedFormatter):
 
 
 def _raise_exception(message: object = "") -> NoReturn:
-    raise _Raised(str(message))
+    if not isinstance(message, str):  # printing it could be a bomb of its own
+        limit = 4 * _MESSAGE_CHARS
+        message = str(message) if _measure(message, limit) <= limit else type(message).__name__
+    raise _Raised(message[: 4 * _MESSAGE_CHARS])
 
 
 def _strftime_now(format: str = "%Y-%m-%d") -> str:
@@ -741,12 +796,12 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
                     "on the way to its output"
                 )
 
-    def charge_result(self, value: Any) -> None:
+    def charge_result(self, value: Any, item_weight: int = _ITEM_WEIGHT) -> None:
         """Charge a value a call or an operator just built; refuse big integers
         (``int.from_bytes``, ``|int``), which every later ``+`` or ``-`` would copy."""
         if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
             raise _Refusal(f"the template made an integer over {_MAX_INT_BITS} bits")
-        self.charge(_size(value))
+        self.charge(_size(value, item_weight))
 
     def check_size(self, size: int, what: str) -> None:
         if size > self.cap:
@@ -791,7 +846,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
             with contextlib.suppress(TypeError):  # then obj[part] raises the real error
                 items = len(range(*part.indices(len(obj))))
                 self.charge(
-                    items if isinstance(obj, str | bytes | bytearray) else _ITEM_WEIGHT * items
+                    items if isinstance(obj, str | bytes | bytearray) else _REF_WEIGHT * items
                 )
         return obj[part]
 
@@ -816,7 +871,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
         elif operator == "%" and isinstance(left, str):
             self._check_percent(left, right)
         result = self.binop_table[operator](left, right)
-        self.charge_result(result)
+        self.charge_result(result, _REF_WEIGHT)  # '+' and '*' of lists copy references
         return result
 
     def _check_multiply(self, left: Any, right: Any) -> None:
@@ -842,8 +897,9 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
             raise _Refusal(f"'**' would make an integer over {_MAX_INT_BITS} bits")
 
     def _check_percent(self, fmt: str, args: Any) -> None:
-        size = len(fmt) + _digit_runs_total(fmt, self.cap) + _measure(args, self.cap)
-        if "*" in fmt and isinstance(args, tuple):  # '%*s': widths come from the arguments
+        widths, star = _percent_widths(fmt, self.cap)
+        size = len(fmt) + widths + _measure(args, self.cap)
+        if star and isinstance(args, tuple):  # '%*s': widths come from the arguments
             size += sum(abs(a) for a in args if isinstance(a, int))
         self.check_size(size, "'%' formatting")
 
@@ -983,13 +1039,14 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
         if attribute is not None:
             items = list(map(make_attrgetter(self, attribute), items))
         size = sum(self.check_printable(item) for item in items)
-        self.check_size(size + len(str(d)) * max(len(items) - 1, 0), "join")
+        size += len(str(d)) * max(len(items) - 1, 0)
+        self.check_size(size, "join")
         self.charge(size)
         return str(d).join([str(item) for item in items])
 
     def _format(self, value: Any, *args: Any, **kwargs: Any) -> str:
-        if args and kwargs:
-            raise _Refusal("format takes positional or keyword arguments, not both")
+        if args and kwargs:  # Jinja's own filter raises the right error
+            return str(self._originals["format"](value, *args, **kwargs))
         self.check_printable(value)
         fmt = str(value)
         values: Any = kwargs or args

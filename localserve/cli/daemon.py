@@ -1,0 +1,65 @@
+"""Commands that start and stop the daemon: serve, stop."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from localserve.cli import output
+
+app = typer.Typer()
+
+
+@app.command()
+def serve(
+    foreground: Annotated[
+        bool, typer.Option("--foreground", "-f", help="Stay attached and log to stderr.")
+    ] = False,
+) -> None:
+    """Start the daemon (in the background unless --foreground) on LOCALSERVE_HOST."""
+    import logging
+
+    from localserve.config import load_settings
+    from localserve.server import daemon
+
+    settings = load_settings()
+    running = daemon.running_daemon(settings)
+    if running is not None and daemon.answers(running.host, running.port):
+        output.stderr().print(f"localserve is already running at {running.url} (pid {running.pid})")
+        return
+    if foreground:
+        level = logging.DEBUG if settings.debug else logging.INFO
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        daemon.serve_foreground(settings)
+        return
+    info = daemon.start_detached(settings)
+    output.stderr().print(
+        f"localserve is running at {info.url} (pid {info.pid}); log: {daemon.log_path(settings)}"
+    )
+
+
+@app.command()
+def stop(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Unload this model; without it, stop the daemon.", show_default=False),
+    ] = None,
+) -> None:
+    """Unload a model, or stop the daemon (in-flight requests end with an error)."""
+    from localserve.config import load_settings
+    from localserve.server import daemon
+
+    settings = load_settings()
+    if model is not None:
+        from localserve.client import Client
+
+        with Client.from_settings(settings) as client:
+            client.unload(model)
+        output.stderr().print(f"unloaded {model}")
+        return
+    stopped = daemon.stop_daemon(settings)
+    if stopped is None:
+        output.stderr().print("localserve is not running")
+        return
+    output.stderr().print(f"stopped localserve (pid {stopped.pid})")

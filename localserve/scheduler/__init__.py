@@ -1,0 +1,1 @@
+"""Which models are resident and when they load and unload (scheduler.py)."""

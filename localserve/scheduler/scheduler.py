@@ -1,0 +1,354 @@
+"""Which models are resident, and every rule about when they load and unload.
+
+All concurrency rules of the daemon live here; routes take no locks.
+
+- One runner (child process) per resident model, started on the model's first
+  request. One load at a time: other requests wait for it.
+- ``keep_alive`` per request (seconds; negative: forever; 0: unload when idle),
+  default ``LOCALSERVE_KEEP_ALIVE``. The last request's value sets the expiry.
+- At most ``LOCALSERVE_MAX_LOADED_MODELS`` resident; loading one more unloads the
+  least recently used idle model, never a busy one (the load waits instead).
+- A request whose load options (``num_ctx``, ``num_gpu``, ``num_batch``...) differ
+  from the resident runner's waits for it to go idle, then reloads it; sampling
+  options never reload anything.
+- Requests beyond the slots wait; once ``LOCALSERVE_MAX_QUEUE`` are waiting, the
+  next gets ServerBusyError at once (the server answers 503).
+- A runner that dies fails its in-flight requests (the client raises
+  RunnerCrashedError); the next request finds it dead and starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from localserve.engine.options import LoadOptions
+from localserve.errors import ServerBusyError
+from localserve.store.manifest import Manifest
+from localserve.store.refs import ModelRef
+from localserve.store.store import ModelStore
+
+log = logging.getLogger("localserve.scheduler")
+
+Event = dict[str, Any]
+
+
+class Runner(Protocol):
+    """What the scheduler needs of a runner (engine/client.py's RunnerClient; a fake in tests)."""
+
+    info: dict[str, Any]
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    def generate(self, request: dict[str, Any]) -> AsyncIterator[Event]: ...
+
+    async def call(self, op: str, **fields: Any) -> Event: ...
+
+    async def close(self, timeout: float = 5.0, *, reason: str = ...) -> None: ...
+
+
+RunnerFactory = Callable[[Sequence[Path], LoadOptions], Awaitable[Runner]]
+
+
+async def start_runner(paths: Sequence[Path], options: LoadOptions) -> Runner:
+    from localserve.engine.client import RunnerClient
+
+    return await RunnerClient.start(paths, options)
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What a route asks the scheduler to run on."""
+
+    name: str
+    load: LoadOptions
+    keep_alive: float | None = None  # seconds; None: the daemon's default
+
+
+@dataclass
+class Resident:
+    """A loaded model."""
+
+    ref: ModelRef
+    manifest: Manifest
+    options: LoadOptions
+    runner: Runner
+    loaded_at: float
+    load_duration_ns: int
+    keep_alive: float
+    busy: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    expires_at: float | None = None  # wall-clock seconds; None while busy or kept forever
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return str(self.ref)
+
+    @property
+    def slots(self) -> int:
+        return int(self.runner.info.get("num_parallel", self.options.num_parallel))
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        default_options: LoadOptions,
+        keep_alive: float,
+        max_loaded: int,
+        max_queue: int,
+        runner_factory: RunnerFactory = start_runner,
+    ) -> None:
+        self.store = store
+        self.default_options = default_options
+        self.default_keep_alive = keep_alive
+        self.max_loaded = max_loaded
+        self.max_queue = max_queue
+        self.runner_factory = runner_factory
+        self.resident: dict[str, Resident] = {}
+        self._load_lock = asyncio.Lock()
+        self._changed = asyncio.Condition()  # notified whenever a model goes idle or unloads
+        self._expiry: asyncio.Task[None] | None = None
+        self.in_flight = 0
+        self.closing: str | None = None
+        self.load_durations: list[float] = []  # seconds, for /metrics
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._expiry = asyncio.create_task(self._expire_loop())
+
+    async def close(self, reason: str = "localserve is shutting down") -> None:
+        """Refuse new requests, end in-flight ones with ``reason``, stop every runner."""
+        self.closing = reason
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        for resident in list(self.resident.values()):
+            await self._unload(resident, reason)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def loading(self) -> bool:
+        return self._load_lock.locked()
+
+    def total_slots(self) -> int:
+        return sum(r.slots for r in self.resident.values() if r.runner.alive)
+
+    def waiting(self) -> int:
+        """Requests admitted by the daemon but not yet holding a slot."""
+        return max(0, self.in_flight - sum(min(r.busy, r.slots) for r in self.resident.values()))
+
+    def busy_slots(self) -> int:
+        return sum(min(r.busy, r.slots) for r in self.resident.values())
+
+    def running(self) -> list[Resident]:
+        return sorted(
+            (r for r in self.resident.values() if r.runner.alive), key=lambda r: -r.last_used
+        )
+
+    # --------------------------------------------------------------- requests
+
+    async def generate(self, model: ModelRequest, request: dict[str, Any]) -> AsyncIterator[Event]:
+        """Stream a generation on ``model``, loading it first if needed.
+
+        The ``done`` event gains ``load_duration`` (ns this request waited for a load).
+        """
+        async with self._admitted():
+            resident, load_ns = await self._acquire(model)
+            try:
+                async for event in resident.runner.generate(request):
+                    yield (
+                        {**event, "load_duration": load_ns}
+                        if event.get("type") == "done"
+                        else event
+                    )
+            finally:
+                await self._release(resident, model.keep_alive)
+
+    async def embed(self, model: ModelRequest, inputs: list[str], *, truncate: bool) -> Event:
+        async with self._admitted():
+            resident, load_ns = await self._acquire(model)
+            try:
+                result = await resident.runner.call("embed", inputs=inputs, truncate=truncate)
+            finally:
+                await self._release(resident, model.keep_alive)
+        return {**result, "load_duration": load_ns}
+
+    async def load(self, model: ModelRequest) -> tuple[Resident, int]:
+        """Make sure ``model`` is resident (an empty prompt); returns it and the load time in ns."""
+        async with self._admitted():
+            resident, load_ns = await self._acquire(model)
+            await self._release(resident, model.keep_alive)
+        return resident, load_ns
+
+    async def unload(self, name: str) -> bool:
+        """Unload a model now (waits for its requests to finish). False if it was not loaded."""
+        ref, _ = self.store.get(name)
+        resident = self.resident.get(str(ref))
+        if resident is None:
+            return False
+        while resident.busy:
+            async with self._changed:
+                await self._changed.wait_for(lambda: resident.busy == 0)
+        await self._unload(resident)
+        return True
+
+    async def stats(self, name: str) -> Event | None:
+        resident = self.resident.get(name)
+        if resident is None or not resident.runner.alive:
+            return None
+        return await resident.runner.call("stats")
+
+    # -------------------------------------------------------------- internals
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        if self.closing:
+            raise ServerBusyError(self.closing)
+        if self.waiting() >= self.max_queue:
+            raise ServerBusyError(
+                "server busy, please try again",
+                hint=f"{self.max_queue} requests are already waiting",
+            )
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def _acquire(self, model: ModelRequest) -> tuple[Resident, int]:
+        """The resident model for this request, marked busy; loads or reloads as needed."""
+        ref, manifest = self.store.get(model.name)
+        key = str(ref)
+        started = time.perf_counter_ns()
+        loaded_now = False
+        while True:
+            resident = self.resident.get(key)
+            if resident is not None and not resident.runner.alive:
+                log.warning(
+                    "runner of %s (pid %s) is gone; starting a new one", key, resident.runner.pid
+                )
+                await self._unload(resident)
+                continue
+            if (
+                resident is not None
+                and resident.manifest.digest == manifest.digest
+                and self._same_load(resident.options, model.load)
+            ):
+                resident.busy += 1
+                resident.last_used = time.monotonic()
+                resident.expires_at = None
+                resident.idle.clear()
+                return resident, (time.perf_counter_ns() - started) if loaded_now else 0
+            async with self._load_lock:
+                resident = self.resident.get(key)
+                if (
+                    resident is not None
+                    and resident.runner.alive
+                    and resident.manifest.digest == manifest.digest
+                    and self._same_load(resident.options, model.load)
+                ):
+                    continue  # someone loaded it while we waited for the lock
+                if resident is not None:
+                    # Different load options (or a re-pulled file): reload once it is idle.
+                    await self._wait_idle(resident)
+                    await self._unload(resident)
+                await self._make_room()
+                await self._load(ref, manifest, model)
+                loaded_now = True
+
+    async def _release(self, resident: Resident, keep_alive: float | None) -> None:
+        resident.busy -= 1
+        resident.last_used = time.monotonic()
+        if keep_alive is not None:
+            resident.keep_alive = keep_alive
+        if resident.busy == 0:
+            resident.idle.set()
+            if resident.keep_alive == 0:
+                await self._unload(resident)
+            elif resident.keep_alive > 0:
+                resident.expires_at = time.time() + resident.keep_alive
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _same_load(self, current: LoadOptions, wanted: LoadOptions) -> bool:
+        return current == wanted
+
+    async def _wait_idle(self, resident: Resident) -> None:
+        if resident.busy:
+            async with self._changed:
+                await self._changed.wait_for(lambda: resident.busy == 0)
+
+    async def _make_room(self) -> None:
+        """Unload least recently used idle models until one more fits; wait if all are busy."""
+        while len([r for r in self.resident.values() if r.runner.alive]) >= self.max_loaded:
+            idle = sorted(
+                (r for r in self.resident.values() if r.busy == 0), key=lambda r: r.last_used
+            )
+            if idle:
+                log.info("unloading %s to make room", idle[0].name)
+                await self._unload(idle[0])
+                continue
+            async with self._changed:
+                await self._changed.wait()
+
+    async def _load(self, ref: ModelRef, manifest: Manifest, model: ModelRequest) -> Resident:
+        paths = self.store.blob_paths(manifest)
+        started = time.perf_counter()
+        log.info(
+            "loading %s (num_ctx %d, parallel %d)", ref, model.load.num_ctx, model.load.num_parallel
+        )
+        runner = await self.runner_factory(paths, model.load)
+        elapsed = time.perf_counter() - started
+        self.load_durations.append(elapsed)
+        keep = self.default_keep_alive if model.keep_alive is None else model.keep_alive
+        resident = Resident(
+            ref=ref,
+            manifest=manifest,
+            options=model.load,
+            runner=runner,
+            loaded_at=time.time(),
+            load_duration_ns=int(elapsed * 1e9),
+            keep_alive=keep,
+        )
+        resident.idle.set()
+        self.resident[str(ref)] = resident
+        log.info("loaded %s in %.2fs (runner pid %d)", ref, elapsed, runner.pid)
+        return resident
+
+    async def _unload(self, resident: Resident, reason: str = "the model was unloaded") -> None:
+        if self.resident.get(resident.name) is resident:
+            del self.resident[resident.name]
+        await resident.runner.close(reason=reason)
+        log.info("unloaded %s", resident.name)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.time()
+            for resident in list(self.resident.values()):
+                if (
+                    resident.busy == 0
+                    and resident.expires_at is not None
+                    and resident.expires_at <= now
+                ):
+                    await self._unload(resident)
+                elif not resident.runner.alive and resident.busy == 0:
+                    await self._unload(resident)  # died while idle: forget it

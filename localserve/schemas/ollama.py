@@ -1,0 +1,124 @@
+"""Ollama's wire format: request bodies the daemon accepts and the objects it returns.
+
+Requests ignore unknown top-level fields (newer Ollama clients send fields older
+servers do not know, and Ollama itself ignores them) but check the types of the
+fields they know. The official ``ollama`` Python client is the judge of the shapes
+(tests/test_compat_ollama.py).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from localserve.config import parse_duration
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+def _model_from_name(data: Any) -> Any:
+    # Older clients send "name" instead of "model".
+    if isinstance(data, dict) and "model" not in data and "name" in data:
+        return {**data, "model": data["name"]}
+    return data
+
+
+class KeepAlive(Request):
+    keep_alive: str | float | int | None = None
+
+    def keep_alive_seconds(self) -> float | None:
+        if self.keep_alive is None:
+            return None
+        return parse_duration(self.keep_alive)
+
+
+class GenerateRequest(KeepAlive):
+    model: str = Field(min_length=1)
+    prompt: str = ""
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    raw: bool = False
+    format: Literal["json", ""] | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    stream: bool = True
+    images: list[str] | None = None
+    think: bool | str | None = None
+
+
+class Message(Request):
+    role: str
+    content: str | list[Any] | None = ""
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ChatRequest(KeepAlive):
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    format: Literal["json", ""] | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    stream: bool = True
+    think: bool | str | None = None
+
+
+class EmbedRequest(KeepAlive):
+    model: str = Field(min_length=1)
+    input: str | list[str] = Field(default_factory=list)
+    truncate: bool = True
+    dimensions: int | None = Field(default=None, ge=1)
+    options: dict[str, Any] | None = None
+
+
+class EmbeddingsRequest(KeepAlive):
+    """The legacy /api/embeddings body."""
+
+    model: str = Field(min_length=1)
+    prompt: str = ""
+    options: dict[str, Any] | None = None
+
+
+class NameRequest(Request):
+    model: str = Field(min_length=1)
+
+    _from_name = model_validator(mode="before")(_model_from_name)
+
+
+class ShowRequest(NameRequest):
+    verbose: bool = False
+
+
+class PullRequest(NameRequest):
+    insecure: bool = False
+    stream: bool = True
+
+
+class CopyRequest(Request):
+    source: str = Field(min_length=1)
+    destination: str = Field(min_length=1)
+
+
+def timestamp(when: datetime | None = None) -> str:
+    """RFC 3339 with nanoseconds and a Z, as Ollama writes ``created_at``."""
+    moment = (when or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}000Z"
+
+
+def final_fields(done: dict[str, Any], total_ns: int) -> dict[str, Any]:
+    """The timing fields of a final chunk, from the engine's done event."""
+    return {
+        "done": True,
+        "done_reason": done.get("done_reason", "stop"),
+        "total_duration": total_ns,
+        "load_duration": int(done.get("load_duration", 0)),
+        "prompt_eval_count": int(done.get("prompt_eval_count", 0)),
+        "prompt_eval_duration": int(done.get("prompt_eval_duration", 0)),
+        "eval_count": int(done.get("eval_count", 0)),
+        "eval_duration": int(done.get("eval_duration", 0)),
+    }

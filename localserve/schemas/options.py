@@ -1,0 +1,70 @@
+"""Ollama's ``options`` object, split into what loads a model and what samples a request.
+
+Known options with the wrong type or a value out of range are a 400; an unknown
+option is a 400 too (a typo such as ``temprature`` would otherwise silently do
+nothing). Options Ollama accepts but llama.cpp's sampler chain here does not use
+(mirostat, typical_p...) are accepted and ignored, so existing clients keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from localserve.engine.options import LoadOptions, SamplingOptions
+from localserve.errors import InvalidOptionError
+
+LOAD_KEYS = {"num_ctx", "num_batch", "num_gpu", "num_thread"}
+SAMPLING_KEYS = {
+    "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
+    "presence_penalty", "frequency_penalty", "seed", "num_predict", "stop",
+}  # fmt: skip
+# Accepted for compatibility with Ollama clients, without effect here.
+IGNORED_KEYS = {
+    "num_keep", "typical_p", "tfs_z", "mirostat", "mirostat_tau", "mirostat_eta",
+    "penalize_newline", "numa", "low_vram", "vocab_only", "use_mmap", "use_mlock",
+    "main_gpu", "num_gqa", "f16_kv", "logits_all", "embedding_only", "rope_frequency_base",
+    "rope_frequency_scale",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    load: LoadOptions
+    sampling: SamplingOptions
+
+
+def split_options(
+    options: dict[str, Any] | None,
+    *,
+    num_ctx: int,
+    num_parallel: int,
+    overrides: dict[str, Any] | None = None,
+) -> SplitOptions:
+    """Validate ``options`` (plus wire-level ``overrides`` such as OpenAI's max_tokens)."""
+    given = dict(options or {})
+    if not isinstance(options, dict | None):
+        raise InvalidOptionError("options must be a JSON object")
+    given.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(given) - LOAD_KEYS - SAMPLING_KEYS - IGNORED_KEYS)
+    if unknown:
+        raise InvalidOptionError(
+            f"unknown option {unknown[0]!r}", hint="see the options list in docs/api.md"
+        )
+    load_values: dict[str, Any] = {"num_ctx": num_ctx, "num_parallel": num_parallel}
+    for key in LOAD_KEYS & set(given):
+        if given[key] is not None:
+            load_values[key] = given[key]
+    sampling_values = {k: given[k] for k in SAMPLING_KEYS & set(given) if given[k] is not None}
+    if "stop" in sampling_values:
+        stop = sampling_values["stop"]
+        if isinstance(stop, str):
+            sampling_values["stop"] = [stop]
+        elif not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise InvalidOptionError("stop must be a string or a list of strings")
+    try:
+        load = LoadOptions.from_dict(load_values)
+        sampling = SamplingOptions.from_dict(sampling_values)
+    except TypeError as exc:
+        raise InvalidOptionError(f"invalid options: {exc}") from None
+    return SplitOptions(load, sampling)

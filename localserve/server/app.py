@@ -1,0 +1,71 @@
+"""The daemon's ASGI app, built by a factory: no module globals, services on ``app.state``.
+
+app.state.settings   the Settings it was made with
+app.state.store      the ModelStore
+app.state.scheduler  the Scheduler (all load/unload/queue rules)
+app.state.metrics    the Prometheus collectors (metrics.py)
+app.state.details    GGUF facts per blob digest, read once (for /api/tags and /api/show)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from localserve import __version__
+from localserve.config import Settings, load_settings
+from localserve.engine.options import LoadOptions
+from localserve.scheduler.scheduler import RunnerFactory, Scheduler, start_runner
+from localserve.server import errors, security
+from localserve.server.metrics import Metrics
+from localserve.server.routes import native, ops
+from localserve.server.routes import openai as openai_routes
+from localserve.store.store import ModelStore
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: ModelStore | None = None,
+    runner_factory: RunnerFactory = start_runner,
+) -> FastAPI:
+    settings = settings or load_settings()
+    store = store or ModelStore(settings.models_dir)
+    scheduler = Scheduler(
+        store,
+        default_options=LoadOptions(
+            num_ctx=settings.context_length, num_parallel=settings.num_parallel
+        ),
+        keep_alive=settings.keep_alive_seconds,
+        max_loaded=settings.max_loaded_models,
+        max_queue=settings.max_queue,
+        runner_factory=runner_factory,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.close()
+
+    app = FastAPI(
+        title="localserve",
+        version=__version__,
+        summary="Ollama- and OpenAI-compatible API for local GGUF models",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.scheduler = scheduler
+    app.state.metrics = Metrics(scheduler)
+    app.state.details = {}
+    errors.install(app)
+    security.install(app, settings)
+    app.include_router(ops.router)
+    app.include_router(native.router)
+    app.include_router(openai_routes.router)
+    return app

@@ -1,0 +1,34 @@
+"""Operations: the root ping, /health, Prometheus /metrics. (/openapi.json and /docs
+come from FastAPI.)"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from localserve.server.metrics import CONTENT_TYPE
+
+router = APIRouter()
+
+
+@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+async def root() -> str:
+    return "localserve is running"
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """200 when ready; 503 while a model is loading (as llama.cpp's server answers)."""
+    scheduler = request.app.state.scheduler
+    body = {
+        "status": "loading" if scheduler.loading else "ok",
+        "models_loaded": len(scheduler.running()),
+        "busy_slots": scheduler.busy_slots(),
+        "queue_depth": scheduler.waiting(),
+    }
+    return JSONResponse(body, status_code=503 if scheduler.loading else 200)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)

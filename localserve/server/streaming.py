@@ -1,0 +1,117 @@
+"""Streaming responses: NDJSON (Ollama) and server-sent events (OpenAI).
+
+The status line goes out with the first chunk, so an error after that can only be
+reported in the stream: as a last ``{"error": ...}`` line (NDJSON) or a last
+``data: {"error": {...}}`` event (SSE). A client that disconnects closes the
+iterator, which cancels its request in the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Generator
+from typing import Any, TypeVar
+
+from fastapi.responses import StreamingResponse
+
+from localserve.server.errors import error_body, message_of
+
+log = logging.getLogger("localserve.server")
+T = TypeVar("T")
+_DONE = object()
+
+
+async def iterate_in_thread(generator: Generator[T]) -> AsyncIterator[T]:
+    """Run a blocking generator (a pull) in its own thread and stream its items.
+
+    When the consumer stops early (the client went away), the thread closes the
+    generator itself after its current item, so its cleanup (saving a partial
+    download's state) runs in the thread that was iterating it.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in generator:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                if stop.is_set():
+                    break
+        except BaseException as exc:
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            generator.close()
+            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+    thread = threading.Thread(target=pump, name="localserve-pull", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+async def _ndjson(chunks: AsyncIterator[dict[str, Any]], path: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield _line(chunk)
+    except Exception as exc:
+        log.warning("stream on %s ended with an error: %s", path, exc)
+        yield _line(error_body(path, 500, message_of(exc)))
+
+
+def ndjson(chunks: AsyncIterator[dict[str, Any]], path: str) -> StreamingResponse:
+    return StreamingResponse(_ndjson(chunks, path), media_type="application/x-ndjson")
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]], path: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield (
+                b"data: "
+                + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()
+                + b"\n\n"
+            )
+    except Exception as exc:
+        log.warning("stream on %s ended with an error: %s", path, exc)
+        yield b"data: " + json.dumps(error_body(path, 500, message_of(exc))).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+def sse(chunks: AsyncIterator[dict[str, Any]], path: str) -> StreamingResponse:
+    return StreamingResponse(
+        _sse(chunks, path), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+async def first_then_rest(
+    chunks: AsyncIterator[dict[str, Any]],
+) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
+    """Pull the first chunk before answering, so errors that happen before any output
+    (unknown model, bad options, a failed load, a full queue) get a real status code."""
+    iterator = chunks.__aiter__()
+    try:
+        first = await iterator.__anext__()
+    except StopAsyncIteration:
+        return None, iterator
+
+    async def rest() -> AsyncIterator[dict[str, Any]]:
+        yield first
+        async for chunk in iterator:
+            yield chunk
+
+    return first, rest()

@@ -1,0 +1,84 @@
+"""End to end on a real model: Gemma 3 270M Q4_K_M (a sliding-window model with no chat
+template), through the runner process. Slower than the tiny-model tests."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localserve.engine.client import RunnerClient
+from localserve.engine.options import LoadOptions
+
+pytestmark = pytest.mark.slow
+
+
+async def collect(runner: RunnerClient, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    text, done = "", {}
+    async for event in runner.generate(request):
+        if event["type"] == "text":
+            text += event["text"]
+        else:
+            done = event
+    return text, done
+
+
+def test_gemma_batches_caches_and_chats(gemma_gguf_path: Path) -> None:
+    async def body() -> None:
+        runner = await RunnerClient.start(
+            [gemma_gguf_path], LoadOptions(num_ctx=1024, num_parallel=4, num_thread=2)
+        )
+        try:
+            assert runner.info["has_template"] is False  # a base model: fallback format
+            greedy = {"temperature": 0, "num_predict": 16, "ignore_eos": True}
+            prompts = [f"The {word} is" for word in ("sky", "sea", "sun", "moon")]
+            results = await asyncio.gather(
+                *(collect(runner, {"prompt": p, "options": greedy}) for p in prompts)
+            )
+            assert all(done["eval_count"] == 16 for _, done in results)
+            stats = await runner.call("stats")
+            assert stats["max_jobs_in_step"] == 4
+
+            text, _ = await collect(
+                runner,
+                {
+                    "prompt": "The capital of France is Paris. The capital of Germany is",
+                    "options": {"temperature": 0, "num_predict": 8},
+                },
+            )
+            assert "Berlin" in text  # real inference, not noise
+
+            history = "".join(
+                f"Fact {i}: the number {i} is interesting because it is {i}.\n" for i in range(40)
+            )
+            first, done1 = await collect(
+                runner,
+                {"prompt": history, "raw": True, "options": {"temperature": 0, "num_predict": 8}},
+            )
+            assert done1["prompt_cached"] == 0
+            _, done2 = await collect(
+                runner,
+                {
+                    "prompt": history + first + "\nFact 41:",
+                    "raw": True,
+                    "options": {"temperature": 0, "num_predict": 8},
+                },
+            )
+            # Turn 2 reuses the whole first turn, sliding-window layers included.
+            assert done2["prompt_cached"] >= done1["prompt_eval_count"] - 1
+            assert done2["prompt_eval_duration"] < done1["prompt_eval_duration"] / 3
+
+            chat, done = await collect(
+                runner,
+                {
+                    "messages": [{"role": "user", "content": "Say hello."}],
+                    "options": {"temperature": 0, "num_predict": 12},
+                },
+            )
+            assert done["eval_count"] >= 1 and isinstance(chat, str)
+        finally:
+            await runner.close()
+
+    asyncio.run(asyncio.wait_for(body(), 300))
