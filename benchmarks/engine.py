@@ -91,6 +91,78 @@ class Localserve:
         await self.runner.close()
 
 
+class LocalserveHTTP:
+    """The whole daemon: HTTP, routes, scheduler, runner. Same engine as above."""
+
+    name = "localserve-http"
+
+    def __init__(self, model: Path, parallel: int, ctx: int, threads: int) -> None:
+        self.args = (model, parallel, ctx, threads)
+
+    async def start(self) -> None:
+        import os
+        import subprocess
+        import tempfile
+
+        import httpx
+
+        from benchmarks.peers import free_port, wait_http
+
+        model, parallel, ctx, threads = self.args
+        self.home = tempfile.mkdtemp(prefix="localserve-bench-")
+        port = free_port()
+        env = {**os.environ, "LOCALSERVE_HOME": self.home, "LOCALSERVE_HOST": f"127.0.0.1:{port}",
+               "LOCALSERVE_NUM_PARALLEL": str(parallel), "LOCALSERVE_CONTEXT_LENGTH": str(ctx)}  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "localserve", "import", str(model), "bench"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "localserve", "serve", "--foreground"],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        wait_http(self.url + "/")
+        self.threads = threads
+        self.client = httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64))
+
+    async def stream(self, text: str, tokens: int) -> Result:
+        first = 0.0
+        options = {
+            "temperature": 0,
+            "num_predict": tokens,
+            "ignore_eos": True,
+            "num_thread": self.threads,
+        }
+        body = {"model": "bench", "prompt": text, "raw": True, "options": options}
+        async with self.client.stream("POST", self.url + "/api/generate", json=body) as response:
+            async for line in response.aiter_lines():
+                event = json.loads(line)
+                if event.get("response") and not first:
+                    first = time.perf_counter()
+                if event.get("done"):
+                    assert event["eval_count"] == tokens, event
+        return first, time.perf_counter()
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    async def close(self) -> None:
+        import shutil
+
+        from benchmarks.peers import stop
+
+        await self.client.aclose()
+        stop(self.process)  # type: ignore[arg-type]
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
 class LlamaServer:
     name = "llama-server"
 
@@ -172,6 +244,7 @@ async def main() -> None:
     chat: dict[str, dict[str, list[float]]] = {s.name: {"cold": [], "turn2": []} for s in servers}
     for server in servers:
         await server.start()
+    idle_rss = servers[1].rss_mb()  # the daemon before any model is loaded
     try:
         for server in servers:  # warm up (page cache, thread pools)
             await server.stream("Hello", 8)
@@ -236,6 +309,8 @@ async def main() -> None:
         print(
             f"{name}: chat turn-2 TTFT {turn2 * 1000:.0f} ms vs cold {cold * 1000:.0f} ms (ratio {turn2 / cold:.2f})"
         )
+    summary["daemon_idle_rss_mb"] = idle_rss
+    print(f"daemon RSS with no model loaded: {idle_rss:.0f} MB")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

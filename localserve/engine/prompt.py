@@ -89,30 +89,53 @@ class PromptBuilder:
     ) -> Prompt:
         turns = validate_messages(messages)
         budget = num_ctx - reserve_for_answer(num_ctx)
-        dropped = 0
-        while True:
-            tokens = self.tokens_of(
-                self.template.render(turns, add_generation_prompt=True, tools=tools)
+        # Shorter and shorter versions of the chat (each drops the oldest droppable
+        # turns); more dropped never means longer, so a binary search finds the
+        # fewest drops that fit with O(log n) renders, not one render per message.
+        versions = [turns]
+        while (shorter := _drop_oldest(versions[-1])) is not None:
+            versions.append(shorter)
+
+        def tokens_at(index: int) -> list[int]:
+            rendered = self.template.render(
+                versions[index], add_generation_prompt=True, tools=tools
             )
-            if len(tokens) <= budget:
-                return Prompt(tokens, dropped)
-            # Drop the oldest message that is neither a system message nor the latest.
-            victim = next((i for i, m in enumerate(turns[:-1]) if m["role"] != "system"), None)
-            if victim is None:
-                if len(tokens) < num_ctx:
-                    return Prompt(tokens, dropped)  # tight, but it fits
-                raise PromptTooLongError(
-                    f"the latest message with the system prompt is {len(tokens)} tokens, "
-                    f"but the context holds {num_ctx}",
-                    hint="shorten the message or raise num_ctx",
-                )
-            del turns[victim]
-            dropped += 1
-            # Templates often insist that the conversation (after the system prompt)
-            # starts with a user turn: drop the answers that lost their question too.
-            while True:
-                first = next((i for i, m in enumerate(turns[:-1]) if m["role"] != "system"), None)
-                if first is None or turns[first]["role"] == "user":
-                    break
-                del turns[first]
-                dropped += 1
+            return self.tokens_of(rendered)
+
+        tokens = tokens_at(0)
+        if len(tokens) <= budget:
+            return Prompt(tokens)
+        low, high = 1, len(versions) - 1  # the answer lies in [low, high]
+        best = tokens_at(high)
+        if len(best) > budget:
+            if len(best) < num_ctx:
+                return Prompt(best, len(turns) - len(versions[high]))  # tight, but it fits
+            raise PromptTooLongError(
+                f"the latest message with the system prompt is {len(best)} tokens, "
+                f"but the context holds {num_ctx}",
+                hint="shorten the message or raise num_ctx",
+            )
+        while low < high:  # invariant: ``best`` is the rendering of version ``high``
+            middle = (low + high) // 2
+            candidate = tokens_at(middle)
+            if len(candidate) <= budget:
+                high, best = middle, candidate
+            else:
+                low = middle + 1
+        return Prompt(best, len(turns) - len(versions[high]))
+
+
+def _drop_oldest(turns: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The chat without its oldest message that is neither a system message nor the
+    latest one (None when nothing can go). Templates often insist that the talk after
+    the system prompt starts with a user turn, so answers that lost their question go
+    too."""
+    victim = next((i for i, m in enumerate(turns[:-1]) if m["role"] != "system"), None)
+    if victim is None:
+        return None
+    shorter = turns[:victim] + turns[victim + 1 :]
+    while True:
+        first = next((i for i, m in enumerate(shorter[:-1]) if m["role"] != "system"), None)
+        if first is None or shorter[first]["role"] == "user":
+            return shorter
+        shorter = shorter[:first] + shorter[first + 1 :]

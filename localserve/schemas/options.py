@@ -18,6 +18,7 @@ LOAD_KEYS = {"num_ctx", "num_batch", "num_gpu", "num_thread"}
 SAMPLING_KEYS = {
     "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
     "presence_penalty", "frequency_penalty", "seed", "num_predict", "stop",
+    "ignore_eos",  # localserve (and llama-server) extension: fixed-length output
 }  # fmt: skip
 # Accepted for compatibility with Ollama clients, without effect here.
 IGNORED_KEYS = {

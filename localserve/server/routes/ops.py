@@ -11,9 +11,14 @@ from localserve.server.metrics import CONTENT_TYPE
 router = APIRouter()
 
 
-@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+@router.get("/", response_class=PlainTextResponse)
 async def root() -> str:
     return "localserve is running"
+
+
+@router.head("/", include_in_schema=False)
+async def root_head() -> Response:
+    return PlainTextResponse("localserve is running")
 
 
 @router.get("/health")
