@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,6 +87,7 @@ class Resident:
     load_duration_ns: int
     keep_alive: float
     busy: int = 0
+    draining: bool = False  # being waited on to go idle for an unload or reload
     last_used: float = field(default_factory=time.monotonic)
     expires_at: float | None = None  # wall-clock seconds; None while busy or kept forever
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -110,6 +111,7 @@ class Scheduler:
         max_loaded: int,
         max_queue: int,
         runner_factory: RunnerFactory = start_runner,
+        expire_interval: float = 0.5,
     ) -> None:
         self.store = store
         self.default_options = default_options
@@ -117,6 +119,7 @@ class Scheduler:
         self.max_loaded = max_loaded
         self.max_queue = max_queue
         self.runner_factory = runner_factory
+        self.expire_interval = expire_interval  # seconds between keep_alive checks
         self.resident: dict[str, Resident] = {}
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Condition()  # notified whenever a model goes idle or unloads
@@ -170,15 +173,22 @@ class Scheduler:
         """
         async with self._admitted():
             resident, load_ns = await self._acquire(model)
+            events = resident.runner.generate(request)
             try:
-                async for event in resident.runner.generate(request):
+                async for event in events:
                     yield (
                         {**event, "load_duration": load_ns}
                         if event.get("type") == "done"
                         else event
                     )
             finally:
-                await self._release(resident, model.keep_alive)
+                try:
+                    # Stopped early (the client went away): close the runner's stream
+                    # now, so it cancels the request before the slot counts as free.
+                    if isinstance(events, AsyncGenerator):
+                        await events.aclose()
+                finally:
+                    await self._release(resident, model.keep_alive)
 
     async def embed(self, model: ModelRequest, inputs: list[str], *, truncate: bool) -> Event:
         async with self._admitted():
@@ -202,24 +212,26 @@ class Scheduler:
         resident = self.resident.get(str(ref))
         if resident is None:
             return False
-        while resident.busy:
-            async with self._changed:
-                await self._changed.wait_for(lambda: resident.busy == 0)
+        await self._wait_idle(resident)
         await self._unload(resident)
         return True
 
     async def stats(self, name: str) -> Event | None:
-        resident = self.resident.get(name)
+        ref, _ = self.store.get(name)
+        resident = self.resident.get(str(ref))
         if resident is None or not resident.runner.alive:
             return None
         return await resident.runner.call("stats")
 
     # -------------------------------------------------------------- internals
 
-    @contextlib.asynccontextmanager
-    async def _admitted(self) -> AsyncIterator[None]:
+    def _check_open(self) -> None:
         if self.closing:
             raise ServerBusyError(self.closing)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        self._check_open()
         if self.waiting() >= self.max_queue:
             raise ServerBusyError(
                 "server busy, please try again",
@@ -238,6 +250,7 @@ class Scheduler:
         started = time.perf_counter_ns()
         loaded_now = False
         while True:
+            self._check_open()  # close() may have run while this request waited
             resident = self.resident.get(key)
             if resident is not None and not resident.runner.alive:
                 log.warning(
@@ -247,6 +260,7 @@ class Scheduler:
                 continue
             if (
                 resident is not None
+                and not resident.draining
                 and resident.manifest.digest == manifest.digest
                 and self._same_load(resident.options, model.load)
             ):
@@ -260,6 +274,7 @@ class Scheduler:
                 if (
                     resident is not None
                     and resident.runner.alive
+                    and not resident.draining
                     and resident.manifest.digest == manifest.digest
                     and self._same_load(resident.options, model.load)
                 ):
@@ -275,8 +290,8 @@ class Scheduler:
     async def _release(self, resident: Resident, keep_alive: float | None) -> None:
         resident.busy -= 1
         resident.last_used = time.monotonic()
-        if keep_alive is not None:
-            resident.keep_alive = keep_alive
+        # The last request's value sets the expiry; None is the daemon's default.
+        resident.keep_alive = self.default_keep_alive if keep_alive is None else keep_alive
         if resident.busy == 0:
             resident.idle.set()
             if resident.keep_alive == 0:
@@ -290,6 +305,9 @@ class Scheduler:
         return current == wanted
 
     async def _wait_idle(self, resident: Resident) -> None:
+        """Wait until ``resident`` has no requests; new ones queue behind this wait
+        (``draining``) instead of keeping it busy forever."""
+        resident.draining = True
         if resident.busy:
             async with self._changed:
                 await self._changed.wait_for(lambda: resident.busy == 0)
@@ -308,12 +326,16 @@ class Scheduler:
                 await self._changed.wait()
 
     async def _load(self, ref: ModelRef, manifest: Manifest, model: ModelRequest) -> Resident:
+        self._check_open()  # close() may have run while this load waited for room or idle
         paths = self.store.blob_paths(manifest)
         started = time.perf_counter()
         log.info(
             "loading %s (num_ctx %d, parallel %d)", ref, model.load.num_ctx, model.load.num_parallel
         )
         runner = await self.runner_factory(paths, model.load)
+        if self.closing:  # close() ran during the load: this runner must not outlive it
+            await runner.close(reason=self.closing)
+            raise ServerBusyError(self.closing)
         elapsed = time.perf_counter() - started
         self.load_durations.append(elapsed)
         keep = self.default_keep_alive if model.keep_alive is None else model.keep_alive
@@ -332,8 +354,9 @@ class Scheduler:
         return resident
 
     async def _unload(self, resident: Resident, reason: str = "the model was unloaded") -> None:
-        if self.resident.get(resident.name) is resident:
-            del self.resident[resident.name]
+        if self.resident.get(resident.name) is not resident:
+            return  # already unloaded by someone else (expiry, keep_alive 0, close)
+        del self.resident[resident.name]
         await resident.runner.close(reason=reason)
         log.info("unloaded %s", resident.name)
         async with self._changed:
@@ -341,14 +364,13 @@ class Scheduler:
 
     async def _expire_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(self.expire_interval)
             now = time.time()
             for resident in list(self.resident.values()):
-                if (
-                    resident.busy == 0
-                    and resident.expires_at is not None
-                    and resident.expires_at <= now
-                ):
-                    await self._unload(resident)
-                elif not resident.runner.alive and resident.busy == 0:
-                    await self._unload(resident)  # died while idle: forget it
+                expired = resident.expires_at is not None and resident.expires_at <= now
+                # A runner that died while idle is forgotten too.
+                if resident.busy == 0 and (expired or not resident.runner.alive):
+                    try:
+                        await self._unload(resident)
+                    except Exception:  # one bad runner must not stop expiry for the rest
+                        log.exception("unloading %s failed", resident.name)
