@@ -236,6 +236,7 @@ async def main() -> None:
     parallel = max(args.streams)
     servers = [
         Localserve(args.model, parallel, args.ctx, args.threads),
+        LocalserveHTTP(args.model, parallel, args.ctx, args.threads),
         LlamaServer(args.model, parallel, args.ctx, args.threads),
     ]
     results: dict[str, dict[int, list[dict[str, float]]]] = {
@@ -288,20 +289,28 @@ async def main() -> None:
     print(
         f"model {args.model.name}, {args.threads} threads, {args.tokens} new tokens per stream, {args.reps} reps, medians"
     )
-    print(
-        f"{'streams':>7} | {'localserve tok/s':>16} {'ttft p50':>9} {'p95':>6} | {'llama-server tok/s':>18} {'ttft p50':>9} {'p95':>6} | ratio tok/s  ttft"
-    )
+    print("tok/s: aggregate output tokens per second; ttft: seconds to first token (p50, p95)")
+    print("engine = localserve's runner driven directly; daemon = the same through HTTP")
+    header = f"{'streams':>7} | {'engine':>7} {'ttft':>6} | {'daemon':>7} {'ttft':>6} {'p95':>6} | {'llama-srv':>9} {'ttft':>6} {'p95':>6} | daemon/llama tok/s ttft | daemon/engine"
+    print(header)
     for n in args.streams:
         row = {}
         for name in results:
             runs = results[name][n]
             row[name] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        ours, theirs = row["localserve"], row["llama-server"]
+        engine, ours, theirs = row["localserve"], row["localserve-http"], row["llama-server"]
         ratio = ours["tok_s"] / theirs["tok_s"]
         ttft_ratio = ours["ttft_p50"] / theirs["ttft_p50"]
-        summary["streams"][n] = {**row, "ratio_tok_s": ratio, "ratio_ttft_p50": ttft_ratio}
+        overhead = ours["tok_s"] / engine["tok_s"]
+        summary["streams"][n] = {
+            **row,
+            "ratio_tok_s": ratio,
+            "ratio_ttft_p50": ttft_ratio,
+            "http_over_engine": overhead,
+        }
         print(
-            f"{n:>7} | {ours['tok_s']:>16.1f} {ours['ttft_p50']:>9.3f} {ours['ttft_p95']:>6.3f} | {theirs['tok_s']:>18.1f} {theirs['ttft_p50']:>9.3f} {theirs['ttft_p95']:>6.3f} | {ratio:>10.2f} {ttft_ratio:>5.2f}"
+            f"{n:>7} | {engine['tok_s']:>7.1f} {engine['ttft_p50']:>6.3f} | {ours['tok_s']:>7.1f} {ours['ttft_p50']:>6.3f} {ours['ttft_p95']:>6.3f} | "
+            f"{theirs['tok_s']:>9.1f} {theirs['ttft_p50']:>6.3f} {theirs['ttft_p95']:>6.3f} | {ratio:>18.2f} {ttft_ratio:>4.2f} | {overhead:>13.2f}"
         )
     for name, values in chat.items():
         cold, turn2 = statistics.median(values["cold"]), statistics.median(values["turn2"])

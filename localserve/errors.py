@@ -11,6 +11,7 @@ the server's exception handlers); nothing below matches on message text.
     ├── PromptTooLongError (ValueError)         a prompt that cannot fit the context
     ├── ServerBusyError                         the daemon's request queue is full (HTTP 503)
     ├── DaemonNotRunningError (ConnectionError)  nothing answers at LOCALSERVE_HOST
+    ├── ModelTooLargeError                      the memory plan says it cannot fit (before loading)
     ├── EngineError                             llama.cpp refused to load a model or process a batch
     │   └── RunnerCrashedError                   the runner process died (crash, abort, kill)
     ├── StoreError
@@ -81,6 +82,17 @@ class ServerBusyError(LocalserveError):
 
 class DaemonNotRunningError(LocalserveError, ConnectionError):
     """No daemon answers at the configured address."""
+
+
+class ModelTooLargeError(LocalserveError):
+    """Not even RAM can hold the part of the model that stays on the CPU (plan/planner.py)."""
+
+    def __init__(
+        self, message: str, *, needed_bytes: int, available_bytes: int, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.needed_bytes = needed_bytes
+        self.available_bytes = available_bytes
 
 
 class EngineError(LocalserveError):

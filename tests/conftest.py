@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.tiny_gguf", "tests.support.fakehub"]
+pytest_plugins = ["tests.support.tiny_gguf", "tests.support.fakehub", "tests.support.daemon"]
 
 
 @pytest.fixture(autouse=True)

@@ -57,7 +57,7 @@ def test_gemma_batches_caches_and_chats(gemma_gguf_path: Path) -> None:
                 runner,
                 {"prompt": history, "raw": True, "options": {"temperature": 0, "num_predict": 8}},
             )
-            assert done1["prompt_cached"] == 0
+            assert done1["prompt_cached"] <= 1  # at most the BOS every prompt starts with
             _, done2 = await collect(
                 runner,
                 {

@@ -241,3 +241,35 @@ def test_long_chat_drops_oldest_turns_but_keeps_system_and_latest(tiny_gguf_path
             await runner.close()
 
     run_async(body)
+
+
+def test_context_tokens_round_trip_and_num_predict_zero(tiny_gguf_path: Path) -> None:
+    async def body() -> None:
+        runner = await RunnerClient.start([tiny_gguf_path], SMALL)
+        try:
+            greedy = {"temperature": 0, "num_predict": 6}
+            first, done = await collect(
+                runner, {"prompt": "Hello", "raw": True, "want_context": True, "options": greedy}
+            )
+            context = done["context"]
+            assert len(context) == done["prompt_eval_count"] + done["eval_count"]
+            # Continuing from the returned context is the same as sending the text again.
+            _, cont = await collect(
+                runner,
+                {"prompt": " more", "context": context, "want_context": True, "options": greedy},
+            )
+            assert cont["context"][: len(context)] == context
+            assert cont["prompt_cached"] >= len(context) - 1  # and it hits the prefix cache
+            with pytest.raises(InvalidOptionError, match="token ids"):
+                await collect(runner, {"prompt": "x", "context": [10**9]})
+            text, zero = await collect(
+                runner, {"prompt": "Hello", "raw": True, "options": {"num_predict": 0}}
+            )
+            assert text == ""
+            assert zero["eval_count"] == 0
+            assert zero["done_reason"] == "length"
+            assert first
+        finally:
+            await runner.close()
+
+    run_async(body)

@@ -625,7 +625,7 @@ def test_template_bombs_stop_quickly_and_small(name: str) -> None:
     elapsed = time.perf_counter() - started
     assert error in str(caught.value)
     assert "\n" not in str(caught.value)
-    assert elapsed < 3.0
+    assert elapsed < 10.0  # the cap is 1 s; the margin absorbs a loaded CI machine
     assert _max_rss_mb() - rss_before < 200
 
 

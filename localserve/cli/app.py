@@ -1,8 +1,11 @@
 """The `localserve` command: one root composed from a module per command group.
 
 Commands stay thin (parse, one library or client call, render); errors become words
-in exactly one place, cli/errors.py. Heavy libraries are imported inside the
-commands that need them, so `localserve --help` starts fast.
+in exactly one place, cli/errors.py. Heavy libraries (pydantic, httpx, huggingface_hub,
+uvicorn, llama_cpp, prompt_toolkit) are imported inside the commands that need them,
+and help is plain text (Typer's rich help pulls in rich.markdown and friends), so
+`localserve --help` costs about as much as importing typer itself
+(benchmarks/cli_start.py measures it).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Annotated
 import typer
 
 from localserve import __version__
-from localserve.cli import daemon, models
+from localserve.cli import daemon, models, plan, ps, run
 from localserve.cli.errors import run_with_error_edge
 
 app = typer.Typer(
@@ -21,16 +24,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+# The order here is the order of `localserve --help`.
+app.add_typer(run.app)
 app.add_typer(models.app)
+app.add_typer(plan.app)
+app.add_typer(ps.app)
 app.add_typer(daemon.app)
 
 
 def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"localserve version {__version__}")
-        raise typer.Exit
+    if not value:
+        return
+    typer.echo(f"localserve version {__version__}")
+    from localserve.client import Client
+
+    with Client.from_settings(timeout=5.0) as client:
+        if client.ping():
+            typer.echo(f"localserve daemon version {client.version()} at {client.base_url}")
+        else:
+            typer.echo(f"no daemon answers at {client.base_url}", err=True)
+    raise typer.Exit
 
 
 @app.callback()
@@ -38,7 +54,11 @@ def root(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", "-v", callback=_version, is_eager=True, help="Print the version and exit."
+            "--version",
+            "-v",
+            callback=_version,
+            is_eager=True,
+            help="Print the version (and the running daemon's) and exit.",
         ),
     ] = False,
 ) -> None:

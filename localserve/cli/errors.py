@@ -2,7 +2,8 @@
 
 Exit codes (docs/cli.md):
   0 ok · 1 error · 2 bad input or usage · 3 not found · 4 Hugging Face or network
-  5 store integrity (bad GGUF, digest mismatch, disk full) · 130 interrupted (Ctrl+C)
+  5 store integrity (bad GGUF, digest mismatch, disk full) · 6 the daemon is not running
+  7 the daemon is busy (queue full) · 8 the model failed to load or run · 130 interrupted
 
 A traceback is printed only with LOCALSERVE_DEBUG=1.
 """
@@ -22,12 +23,17 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_NETWORK = 4
 EXIT_STORE = 5
+EXIT_NO_DAEMON = 6
+EXIT_BUSY = 7
+EXIT_ENGINE = 8
 EXIT_INTERRUPTED = 130
 
 # Most specific first: the first matching type decides the exit code.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (e.InvalidReferenceError, EXIT_USAGE),
     (e.InvalidOptionError, EXIT_USAGE),
+    (e.TemplateError, EXIT_USAGE),
+    (e.PromptTooLongError, EXIT_USAGE),
     (e.ModelNotFoundError, EXIT_NOT_FOUND),
     (e.RepoNotFoundError, EXIT_NOT_FOUND),
     (e.RevisionNotFoundError, EXIT_NOT_FOUND),
@@ -35,6 +41,10 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (e.ImportSourceError, EXIT_USAGE),
     (e.StoreError, EXIT_STORE),
     (e.HubError, EXIT_NETWORK),
+    (e.DaemonNotRunningError, EXIT_NO_DAEMON),
+    (e.ServerBusyError, EXIT_BUSY),
+    (e.ModelTooLargeError, EXIT_ENGINE),
+    (e.EngineError, EXIT_ENGINE),
     (e.LocalserveError, EXIT_ERROR),
 )
 

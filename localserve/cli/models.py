@@ -13,20 +13,12 @@ import typer
 
 from localserve.cli import output
 from localserve.cli.errors import EXIT_INTERRUPTED, report
+from localserve.cli.params import JsonOpt, ModelArg
 
 if TYPE_CHECKING:
     from localserve.store.store import ModelStore, StoredModel
 
 app = typer.Typer()
-
-ModelArg = Annotated[
-    str,
-    typer.Argument(
-        help="Model name: hf.co/OWNER/REPO[:QUANT], OWNER/REPO[:QUANT] or NAME[:TAG].",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _store() -> ModelStore:

@@ -1,4 +1,4 @@
-"""Rendering shared by commands: consoles, sizes, ages, and progress bars for store events."""
+"""Rendering shared by commands: consoles, sizes, ages, where a model runs, and progress bars."""
 
 from __future__ import annotations
 
@@ -52,6 +52,34 @@ def human_age(when: datetime, now: datetime | None = None) -> str:
             count = int(seconds // size)
             return f"{count} {unit}{'s' if count > 1 else ''} ago"
     return "just now"
+
+
+def human_until(when: datetime | None, now: datetime | None = None) -> str:
+    """When a loaded model goes: ``4 minutes from now``, ``Forever``, ``Stopping...``."""
+    if when is None:
+        return "Unknown"
+    if when.year >= 9000:  # a negative keep_alive: kept until the daemon stops
+        return "Forever"
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds <= 0:
+        return "Stopping..."
+    if seconds < 1:
+        return "Less than a second from now"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count > 1 else ''} from now"
+    raise AssertionError("unreachable")
+
+
+def processor(size: int, size_vram: int) -> str:
+    """Where a model's bytes live, as ``ollama ps`` says it: ``100% GPU``, ``35%/65% CPU/GPU``."""
+    if size_vram <= 0:
+        return "100% CPU"
+    if size_vram >= size:
+        return "100% GPU"
+    cpu = round((size - size_vram) / size * 100)
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
 
 
 def show_progress(events: Iterable[Progress], console: Console | None = None) -> None:

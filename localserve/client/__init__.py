@@ -1,5 +1,26 @@
 """The typed HTTP client for the daemon; the CLI talks to the daemon only through it."""
 
-from localserve.client.client import Client
+from localserve.client.client import AsyncClient, Client
+from localserve.client.types import (
+    ChatResponse,
+    GenerateResponse,
+    ListedModel,
+    Message,
+    ModelDetails,
+    ProgressResponse,
+    RunningModel,
+    ShowResponse,
+)
 
-__all__ = ["Client"]
+__all__ = [
+    "AsyncClient",
+    "ChatResponse",
+    "Client",
+    "GenerateResponse",
+    "ListedModel",
+    "Message",
+    "ModelDetails",
+    "ProgressResponse",
+    "RunningModel",
+    "ShowResponse",
+]

@@ -271,5 +271,8 @@ def _crash_reason(returncode: int | None, tail: collections.deque[str]) -> str:
         what = f"killed by {name}"
     else:
         what = f"exited with code {returncode}"
+    if returncode in (0, -signal.SIGKILL, -signal.SIGTERM):
+        return what  # stopped from outside: its last log line says nothing about why
+    # An abort or a crash inside llama.cpp: its last line (a GGML_ASSERT...) says why.
     last = next((line for line in reversed(tail) if line.strip()), "")
-    return f"{what}: {last}" if last and returncode != 0 else what
+    return f"{what}: {last}" if last else what

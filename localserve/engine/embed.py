@@ -39,7 +39,14 @@ class Embedder:
             num_batch=options.num_ctx,
             num_ubatch=options.num_ctx,
         )
-        self.context = Context(model, shape, n_threads=n_threads, embeddings=True, pooling=pooling)
+        self.context = Context(
+            model,
+            shape,
+            n_threads=n_threads,
+            embeddings=True,
+            pooling=pooling,
+            n_ctx=options.num_ctx,
+        )
         self.batch = Batch(self.context.shape.n_batch)
         self.capacity = self.context.shape.n_batch
         self.max_inputs = self.context.shape.n_seq_max

@@ -48,6 +48,7 @@ class Job:
     options: SamplingOptions
     grammar: str | None = None
     extra_done: dict[str, Any] = field(default_factory=dict)  # copied into the done event
+    want_context: bool = False  # return prompt + output token ids (Ollama's ``context``)
 
     # filled in by the engine
     slot: int = -1
@@ -56,6 +57,7 @@ class Job:
     sampler: Sampler | None = None
     last_token: int = -1
     generated: int = 0
+    output: list[int] = field(default_factory=list)
     generating: bool = False
     cancelled: bool = False
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
@@ -268,6 +270,9 @@ class Engine:
             if not job.generating:
                 job.generating = True
                 job.prompt_done_ns = now
+                if job.options.num_predict == 0:
+                    self._finish(job, "length", events)  # only the prompt was wanted
+                    continue
             assert job.sampler is not None
             token = job.sampler.sample(self.context, row)
             self._on_token(job, token, events)
@@ -310,6 +315,7 @@ class Engine:
             self._finish(job, "stop", events)
             return
         job.generated += 1
+        job.output.append(token)
         job.last_token = token
         self.stats.generated_tokens += 1
         assert job.stops is not None
@@ -341,6 +347,7 @@ class Engine:
                 "eval_duration": max(0, now - prompt_end) if job.prompt_done_ns else 0,
                 "queue_duration": max(0, (job.prompt_started_ns or now) - job.submitted_ns),
                 **job.extra_done,
+                **({"context": job.tokens + job.output} if job.want_context else {}),
             }
         )
         self._release(job)

@@ -186,10 +186,13 @@ class Context:
         n_threads: int,
         embeddings: bool = False,
         pooling: int | None = None,
+        n_ctx: int | None = None,
     ) -> None:
         params = L.llama_context_default_params()
         params.n_seq_max = options.num_parallel
-        params.n_ctx = options.num_ctx * options.num_parallel
+        # Unified KV: one pool of cells for all sequences (``n_ctx`` when given, e.g. for
+        # embeddings, where the inputs of one batch share a context's worth of cells).
+        params.n_ctx = n_ctx or options.num_ctx * options.num_parallel
         params.n_batch = options.num_batch
         params.n_ubatch = min(options.num_ubatch, options.num_batch)
         params.n_threads = n_threads

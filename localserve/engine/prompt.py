@@ -24,7 +24,7 @@ from typing import Any
 
 from localserve.engine.llama import Model
 from localserve.engine.templates import ChatTemplate, strip_leading_bos, validate_messages
-from localserve.errors import PromptTooLongError
+from localserve.errors import InvalidOptionError, PromptTooLongError
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,32 @@ class PromptBuilder:
             tokens.insert(0, self.model.bos)
         return tokens
 
-    def completion(self, prompt: str, *, system: str | None, raw: bool, num_ctx: int) -> Prompt:
-        if raw or not self.has_template:
-            text = f"{system}\n\n{prompt}" if system and not raw else prompt
-            tokens = self.model.tokenize(
-                text, add_special=self.model.add_bos and not raw, parse_special=True
+    def completion(
+        self,
+        prompt: str,
+        *,
+        system: str | None,
+        raw: bool,
+        num_ctx: int,
+        context: object = None,
+    ) -> Prompt:
+        if context:
+            # Ollama's ``context``: the token ids a previous /api/generate returned; the
+            # new prompt continues them (it already holds the BOS and the template).
+            if not isinstance(context, list) or not all(
+                isinstance(t, int) and 0 <= t < self.model.n_vocab for t in context
+            ):
+                raise InvalidOptionError(
+                    "context must be a list of token ids from a previous response"
+                )
+            tokens = list(context) + self.model.tokenize(
+                prompt, add_special=False, parse_special=True
             )
+        elif raw or not self.has_template:
+            # No template, but still the BOS the vocabulary asks for (as llama.cpp's
+            # server does): a model fed no BOS answers noticeably worse.
+            text = f"{system}\n\n{prompt}" if system and not raw else prompt
+            tokens = self.tokens_of(text)
         else:
             messages: list[dict[str, Any]] = []
             if system:

@@ -69,7 +69,7 @@ class Runner:
 
     def load(self, message: dict[str, Any]) -> dict[str, Any]:
         from localserve.engine.engine import Engine
-        from localserve.engine.llama import Model, supports_gpu_offload
+        from localserve.engine.llama import supports_gpu_offload
         from localserve.engine.options import LoadOptions, default_threads
         from localserve.engine.prompt import PromptBuilder
 
@@ -77,7 +77,8 @@ class Runner:
         options = LoadOptions.from_dict(message.get("options") or {})
         paths = [Path(p) for p in message["paths"]]
         self.n_threads = options.num_thread or default_threads()
-        self.model = Model(paths, n_gpu_layers=options.num_gpu)
+        memory = self._plan(paths, options)
+        self.model, gpu_layers, retried = self._load_model(paths, memory.gpu_layers)
         # Never more context per sequence than the model was trained for.
         num_ctx = min(options.num_ctx, self.model.n_ctx_train or options.num_ctx)
         if num_ctx != options.num_ctx:
@@ -96,7 +97,48 @@ class Runner:
             "has_template": self.builder.has_template,
             "gpu_offload": supports_gpu_offload(),
             "pid": os.getpid(),
+            # Where the model went, for /api/ps and the daemon log.
+            "plan": memory.summary() + (f"; {retried}" if retried else ""),
+            "gpu_layers": gpu_layers,
+            "n_layers": memory.n_layers,
+            "size": memory.total_bytes,
+            "size_vram": memory.size_vram * gpu_layers // max(1, memory.gpu_layers),
         }
+
+    def _plan(self, paths: list[Path], options: Any) -> Any:
+        """The memory plan (plan/planner.py): how many layers go to the GPU for
+        ``num_gpu`` -1, or a clear refusal before loading when RAM cannot hold it."""
+        from localserve.plan.devices import probe
+        from localserve.plan.planner import plan
+        from localserve.store.gguf import read_gguf_model
+
+        return plan(
+            read_gguf_model(paths),
+            num_ctx=options.num_ctx,
+            num_parallel=options.num_parallel,
+            num_batch=options.num_batch,
+            num_ubatch=options.num_ubatch,
+            devices=probe(),
+            num_gpu=options.num_gpu,
+        ).require_fit()
+
+    def _load_model(self, paths: list[Path], gpu_layers: int) -> tuple[Any, int, str]:
+        """Load with the planned layers; if that fails (out of GPU memory, say), retry
+        once with half as many and say so."""
+        from localserve.engine.llama import Model
+
+        try:
+            return Model(paths, n_gpu_layers=gpu_layers), gpu_layers, ""
+        except LocalserveError:
+            if gpu_layers <= 0:
+                raise
+        fewer = gpu_layers // 2
+        log.warning("loading with %d GPU layers failed; retrying with %d", gpu_layers, fewer)
+        return (
+            Model(paths, n_gpu_layers=fewer),
+            fewer,
+            f"retried with {fewer} GPU layers after the planned {gpu_layers} failed",
+        )
 
     # -------------------------------------------------------------- requests
 
@@ -146,9 +188,12 @@ class Runner:
                 system=message.get("system"),
                 raw=bool(message.get("raw")),
                 num_ctx=num_ctx,
+                context=message.get("context"),
             )
         extra = {"dropped_messages": prompt.dropped_messages} if prompt.dropped_messages else {}
-        self.engine.submit(Job(request_id, prompt.tokens, options, grammar, extra_done=extra))
+        job = Job(request_id, prompt.tokens, options, grammar, extra_done=extra)
+        job.want_context = bool(message.get("want_context"))
+        self.engine.submit(job)
 
     def _embed(self, request_id: str, message: dict[str, Any]) -> dict[str, Any]:
         from localserve.engine.embed import Embedder
@@ -211,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("LOCALSERVE_DEBUG", "") in ("1", "true")
         else logging.WARNING
     )
-    logging.basicConfig(level=level, stream=sys.stderr, format="runner %(process)d: %(message)s")
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
 
     runner = Runner(out_fd)
     reader = FrameReader()

@@ -350,7 +350,13 @@ class Scheduler:
         )
         resident.idle.set()
         self.resident[str(ref)] = resident
-        log.info("loaded %s in %.2fs (runner pid %d)", ref, elapsed, runner.pid)
+        log.info(
+            "loaded %s in %.2fs (runner pid %d): %s",
+            ref,
+            elapsed,
+            runner.pid,
+            runner.info.get("plan", "no memory plan"),
+        )
         return resident
 
     async def _unload(self, resident: Resident, reason: str = "the model was unloaded") -> None:

@@ -19,6 +19,15 @@ from localserve.config import parse_duration
 class Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # Ollama's Go decoder leaves a field at its default on null ("stream": null
+        # streams); clients that serialise every field rely on that.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
 
 def _model_from_name(data: Any) -> Any:
     # Older clients send "name" instead of "model".
@@ -48,6 +57,9 @@ class GenerateRequest(KeepAlive):
     stream: bool = True
     images: list[str] | None = None
     think: bool | str | None = None
+    # Token ids a previous /api/generate returned: the prompt continues them (deprecated
+    # in Ollama in favour of /api/chat, still sent by older clients).
+    context: list[int] | None = None
 
 
 class Message(Request):

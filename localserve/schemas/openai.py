@@ -8,15 +8,24 @@ context size.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from localserve.errors import InvalidOptionError
 
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # OpenAI documents most fields as "<type> or null"; null means the default.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 class StreamOptions(Request):
@@ -71,6 +80,10 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
 
+    def engine_messages(self) -> list[dict[str, Any]]:
+        """The messages in the forms chat templates know (the engine checks the rest)."""
+        return [_engine_message(m) if isinstance(m, dict) else m for m in self.messages]
+
     def output_format(self) -> str | dict[str, Any] | None:
         fmt = self.response_format
         if fmt is None or fmt.type == "text":
@@ -85,6 +98,31 @@ class ChatCompletionRequest(SamplingFields):
         return schema
 
 
+def _engine_message(message: dict[str, Any]) -> dict[str, Any]:
+    """``developer`` is OpenAI's newer name for the ``system`` role; tool-call arguments
+    come as a JSON string where templates expect an object (Ollama parses them too)."""
+    result = dict(message)
+    if result.get("role") == "developer":
+        result["role"] = "system"
+    calls = result.get("tool_calls")
+    if isinstance(calls, list):
+        result["tool_calls"] = [_parsed_arguments(call) for call in calls]
+    return result
+
+
+def _parsed_arguments(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"] or "{}")
+    except ValueError:
+        raise InvalidOptionError(
+            f"tool call arguments are not valid JSON: {function['arguments'][:100]!r}"
+        ) from None
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] = ""
     suffix: str | None = None
@@ -93,7 +131,7 @@ class CompletionRequest(SamplingFields):
 
 class EmbeddingRequest(Request):
     model: str = Field(min_length=1)
-    input: str | list[str]
+    input: str | list[str] = Field(min_length=1)  # OpenAI refuses an empty list
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None

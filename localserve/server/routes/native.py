@@ -81,6 +81,13 @@ async def tags(request: Request) -> dict[str, Any]:
     return {"models": [await asyncio.to_thread(tag_entry, request.app, m) for m in models]}
 
 
+@router.head("/api/version", include_in_schema=False)
+@router.head("/api/tags", include_in_schema=False)
+async def head() -> Response:
+    """Ollama answers HEAD here too; scripts probe the server with it."""
+    return Response(status_code=200)
+
+
 @router.get("/api/ps")
 async def ps(request: Request) -> dict[str, Any]:
     return {
@@ -102,13 +109,14 @@ def running_entry(app: Any, resident: Resident) -> dict[str, Any]:
     return {
         "name": resident.name,
         "model": resident.name,
-        "size": resident.manifest.size,
+        # Memory the runner's plan says it uses (weights, KV, compute), and the GPU's share.
+        "size": int(resident.runner.info.get("size", resident.manifest.size)),
         "digest": resident.manifest.digest,
         "details": details,
         "expires_at": timestamp(expires)
         if expires.year < 9999
         else "9999-12-31T23:59:59.000000000Z",
-        "size_vram": 0,
+        "size_vram": int(resident.runner.info.get("size_vram", 0)),
         "context_length": int(resident.runner.info.get("num_ctx", resident.options.num_ctx)),
     }
 
@@ -209,6 +217,8 @@ async def _stream(
                 else {"response": ""}
             )
             body.update(final_fields(event, time.perf_counter_ns() - started))
+            if "context" in event:
+                body["context"] = event["context"]
             yield body
 
 
@@ -246,6 +256,8 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         "raw": body.raw,
         "format": body.format or None,
         "options": sampling,
+        "context": body.context,
+        "want_context": True,
     }
     return await _respond(
         request,
@@ -283,7 +295,10 @@ async def chat(body: ChatRequest, request: Request) -> Response:
 @router.post("/api/embed")
 async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
     started = time.perf_counter_ns()
-    inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+    if isinstance(body.input, str):
+        inputs = [body.input] if body.input else []  # "" only loads, as in Ollama
+    else:
+        inputs = list(body.input)
     model, _ = model_request(request, body.model, body.options, body.keep_alive_seconds())
     if not inputs:
         _, load_ns = await _scheduler(request).load(model)

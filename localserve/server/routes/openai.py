@@ -132,7 +132,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     )
     engine_request = {
-        "messages": body.messages,
+        "messages": body.engine_messages(),
         "tools": body.tools,
         "format": body.output_format(),
     }

@@ -1,0 +1,153 @@
+"""`localserve plan`: where a model's bytes would go, and whether they fit, without loading it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from localserve.cli import output
+from localserve.cli.params import JsonOpt, ModelArg
+
+if TYPE_CHECKING:
+    from localserve.plan import Plan
+    from localserve.plan.source import ModelHeader
+
+app = typer.Typer()
+
+
+@app.command()
+def plan(
+    model: ModelArg,
+    ctx: Annotated[
+        int | None,
+        typer.Option(
+            "--ctx",
+            metavar="N",
+            min=16,
+            max=1 << 22,
+            help="Context per sequence [default: LOCALSERVE_CONTEXT_LENGTH, capped at "
+            "the model's training context].",
+            show_default=False,
+        ),
+    ] = None,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            "--parallel",
+            metavar="N",
+            min=1,
+            max=256,
+            help="Sequences decoded together [default: LOCALSERVE_NUM_PARALLEL].",
+            show_default=False,
+        ),
+    ] = None,
+    gpu_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu-memory",
+            metavar="SIZE",
+            help="Plan for one empty GPU of this size (24GiB, 512MiB, 8GB; 0 for none) "
+            "instead of this machine's GPUs.",
+            show_default=False,
+        ),
+    ] = None,
+    num_gpu: Annotated[
+        int | None,
+        typer.Option(
+            "--num-gpu",
+            metavar="N",
+            min=0,
+            help="Layers to offload, as the num_gpu option sets it [default: as many as fit].",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show how a model would be split between GPU and CPU memory, without loading it.
+
+    MODEL may be a Hugging Face reference that is not pulled yet: then only its GGUF
+    header is fetched, a few MB over HTTP Range requests.
+    """
+    from localserve.config import load_settings
+    from localserve.plan import parse_size, probe
+    from localserve.plan import plan as make_plan
+    from localserve.plan.source import load_header
+
+    simulated = parse_size(gpu_memory) if gpu_memory is not None else None
+    settings = load_settings()
+    header = load_header(model)
+    devices = probe() if simulated is None else probe(gpus=False).simulate_gpu(simulated)
+    result = make_plan(
+        header.info,
+        num_ctx=ctx or settings.context_length,
+        num_parallel=parallel or settings.num_parallel,
+        devices=devices,
+        num_gpu=-1 if num_gpu is None else num_gpu,
+    )
+    if as_json:
+        output.print_json(_entry(header, result))
+    else:
+        _render(header, result)
+    for note in result.notes:
+        output.stderr().print(f"note: {note}", markup=False)
+    result.require_fit()
+
+
+def _entry(header: ModelHeader, result: Plan) -> dict[str, Any]:
+    return {
+        "model": header.name,
+        "source": header.source,
+        "files": list(header.files),
+        "file_size": header.size,
+        "header_bytes_read": header.bytes_read,
+        **result.to_dict(),
+    }
+
+
+def _render(header: ModelHeader, result: Plan) -> None:
+    from rich.table import Table
+
+    size = output.human_size
+    console = output.stdout()
+    where = "the store"
+    if header.source == "hub":
+        where = (
+            f"Hugging Face, header only: {size(header.bytes_read)} read of "
+            f"{size(header.size)} in {header.requests} requests"
+        )
+    console.print(
+        f"model      {header.name} ({result.architecture or 'unknown'}, from {where})",
+        markup=False,
+    )
+    console.print(
+        f"context    {result.num_ctx} x {result.num_parallel} parallel = "
+        f"{result.kv_cells} KV cells ({result.kv_type}), batch {result.num_batch}, "
+        f"micro-batch {result.num_ubatch}"
+    )
+    console.print()
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    table.add_column("")
+    for device in result.devices:
+        table.add_column(device.name, justify="right", no_wrap=True)
+    table.add_column("TOTAL", justify="right", no_wrap=True)
+    rows = (
+        ("weights", "weights_bytes", result.weights_bytes),
+        ("KV cache", "kv_bytes", result.kv_bytes),
+        ("compute", "compute_bytes", result.compute_bytes),
+        ("overhead", "overhead_bytes", result.overhead_bytes),
+        ("total", "total_bytes", result.total_bytes),
+    )
+    for label, attribute, total in rows:
+        table.add_row(label, *(size(getattr(d, attribute)) for d in result.devices), size(total))
+    table.add_row("free", *(size(d.free_bytes) for d in result.devices), "")
+    table.add_row("layers", *(str(d.layers) for d in result.devices), str(result.n_layers))
+    console.print(table)
+    console.print()
+    console.print(
+        f"layers     {result.gpu_layers}/{result.n_layers} on the GPU (num_gpu "
+        f"{result.gpu_layers}; {result.n_layers - 1} blocks + the output layer, offloaded "
+        "from the output layer down)"
+    )
+    console.print(f"processor  {result.processor}")

@@ -1,0 +1,56 @@
+"""`localserve ps`: the models the daemon holds in memory right now."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from localserve.cli import output
+from localserve.cli.params import JsonOpt
+
+if TYPE_CHECKING:
+    from localserve.client import RunningModel
+
+app = typer.Typer()
+
+
+@app.command()
+def ps(as_json: JsonOpt = False) -> None:
+    """List the models loaded in the daemon, and when each will be unloaded."""
+    from localserve.client import Client
+
+    with Client.from_settings() as client:
+        running = client.ps()
+    if as_json:
+        output.print_json([_entry(m) for m in running])
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in ("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"):
+        table.add_column(column, no_wrap=True)
+    for m in running:
+        table.add_row(
+            m.name,
+            m.short_id,
+            output.human_size(m.size),
+            output.processor(m.size, m.size_vram),
+            str(m.context_length or ""),
+            output.human_until(m.expires_at),
+        )
+    output.stdout().print(table)
+
+
+def _entry(m: RunningModel) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "id": m.short_id,
+        "digest": m.digest,
+        "size": m.size,
+        "size_vram": m.size_vram,
+        "processor": output.processor(m.size, m.size_vram),
+        "context_length": m.context_length,
+        "expires_at": m.expires_at.isoformat() if m.expires_at else None,
+        "until": output.human_until(m.expires_at),
+    }

@@ -1,0 +1,234 @@
+"""A real localserve daemon for end-to-end tests: ``python -m localserve serve --foreground``.
+
+The daemon runs as its own process on a free loopback port, with its own
+LOCALSERVE_HOME holding the tiny model imported as ``tiny``. Stopping it sends
+SIGTERM and waits (SIGKILL after 15 s), then checks that it exited cleanly and
+that none of its runner children outlived it.
+
+Also a pytest plugin: fixtures ``daemon`` (one daemon per test module; tests must
+leave the model named ``tiny`` in place) and ``fresh_daemon`` (one per test, in the
+test's isolated home, for tests that break things on purpose).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from localserve.store.importing import import_gguf
+from localserve.store.store import ModelStore
+
+__all__ = [
+    "Daemon",
+    "daemon",
+    "daemon_env",
+    "free_port",
+    "fresh_daemon",
+    "running_daemon",
+    "start_daemon",
+    "stop_daemon",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+RUNNER_MODULE = "localserve.engine.runner"
+
+
+@dataclass
+class Daemon:
+    url: str
+    port: int
+    home: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def children(self) -> list[int]:
+        """Pids of the daemon's live child processes (its runners)."""
+        return [pid for pid in children_of(self.pid) if alive(pid)]
+
+    def kill_runners(self) -> list[int]:
+        """SIGKILL every runner of the daemon (a crash, as far as the daemon can tell)."""
+        killed = self.children()
+        for pid in killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return killed
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc/<pid>/task/*/children."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return sorted(set(found))
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def runners_of_home(home: Path) -> list[int]:
+    """Live runner processes anywhere on the machine started for this LOCALSERVE_HOME."""
+    marker = f"LOCALSERVE_HOME={home}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if RUNNER_MODULE.encode() not in cmdline:
+                continue
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def daemon_env(home: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALSERVE_")}
+    env.update(
+        {
+            "LOCALSERVE_HOME": str(home),
+            "LOCALSERVE_HOST": f"127.0.0.1:{port}",
+            "HF_HOME": str(home.parent / "hf-home"),
+            "HF_HUB_OFFLINE": "1",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def start_daemon(
+    home: Path, model: Path | None = None, *, env: dict[str, str] | None = None
+) -> Daemon:
+    """Import ``model`` as ``tiny`` into ``home``'s store, start the daemon, wait for GET /."""
+    if model is not None:
+        for _ in import_gguf(ModelStore(home / "models"), model, "tiny"):
+            pass
+    port = free_port()
+    log = home / "daemon-test.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "localserve", "serve", "--foreground"],
+            cwd=REPO_ROOT,
+            env=daemon_env(home, port, env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    started = Daemon(f"http://127.0.0.1:{port}", port, home, process, log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the daemon exited at start:\n{started.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(started.url + "/", timeout=1.0, trust_env=False).status_code == 200:
+                return started
+        time.sleep(0.05)
+    stop_daemon(started, check=False)
+    raise RuntimeError(
+        f"the daemon did not answer within {START_TIMEOUT:.0f}s:\n{started.log_tail()}"
+    )
+
+
+def stop_daemon(started: Daemon, *, check: bool = True) -> None:
+    """SIGTERM, wait (SIGKILL after STOP_TIMEOUT); then check nothing it started survives."""
+    process = started.process
+    runners = children_of(started.pid)
+    killed = False
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            killed = True
+            process.kill()
+            process.wait()
+    # Runners die with the daemon (PR_SET_PDEATHSIG) or are stopped by it; give a
+    # dying one a moment to go.
+    deadline = time.monotonic() + 5.0
+    survivors = [p for p in runners if alive(p)] + runners_of_home(started.home)
+    while survivors and time.monotonic() < deadline:
+        time.sleep(0.05)
+        survivors = [p for p in runners if alive(p)] + runners_of_home(started.home)
+    for pid in set(survivors):  # never leave one behind, even when the check fails
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if not check:
+        return
+    assert not killed, f"the daemon ignored SIGTERM for {STOP_TIMEOUT:.0f}s:\n{started.log_tail()}"
+    assert process.returncode == 0, (
+        f"the daemon exited with {process.returncode}:\n{started.log_tail()}"
+    )
+    assert not survivors, f"runner processes outlived the daemon: {sorted(set(survivors))}"
+
+
+@contextlib.contextmanager
+def running_daemon(
+    home: Path, model: Path | None = None, *, env: dict[str, str] | None = None
+) -> Iterator[Daemon]:
+    started = start_daemon(home, model, env=env)
+    try:
+        yield started
+    finally:
+        stop_daemon(started)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_gguf_path: Path) -> Iterator[Daemon]:
+    """One daemon for the whole test module, serving the tiny model as ``tiny``."""
+    home = tmp_path_factory.mktemp("daemon") / "localserve-home"
+    with running_daemon(home, tiny_gguf_path) as started:
+        yield started
+
+
+@pytest.fixture
+def fresh_daemon(isolated_home: Path, tiny_gguf_path: Path) -> Iterator[Daemon]:
+    """A daemon of this test's own, in its isolated home (LOCALSERVE_HOME)."""
+    with running_daemon(isolated_home, tiny_gguf_path) as started:
+        yield started

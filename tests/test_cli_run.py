@@ -1,0 +1,396 @@
+"""`run`, `ps`, `stop`, `--version` and `--help` as a user runs them: real processes
+against a real daemon serving the tiny model, plus unit tests of the pieces they use.
+
+The daemon fixture comes from tests/support/daemon.py (one per module). Every daemon a
+test starts itself (the auto-start test) is stopped by that test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from localserve.errors import InvalidOptionError
+from tests.support.daemon import Daemon, daemon, daemon_env, free_port
+from tests.support.fakehub import FakeHub
+from tests.support.tiny_gguf import write_tiny_gguf
+
+__all__ = ["daemon"]  # the module-scoped fixture, imported to be used here
+
+HEAVY = ("pydantic", "httpx", "huggingface_hub", "uvicorn", "llama_cpp", "prompt_toolkit")
+
+
+def cli(
+    *args: str,
+    env: dict[str, str],
+    stdin: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "localserve", *args],
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**env, "COLUMNS": "200"},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def env(daemon: Daemon) -> dict[str, str]:
+    """The environment of a user whose LOCALSERVE_HOST points at the test daemon."""
+    return daemon_env(daemon.home, daemon.port)
+
+
+def assert_one_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: "), result.stderr
+    assert result.stdout == ""
+    for needle in needles:
+        assert needle in result.stderr
+
+
+def stats(stderr: str) -> dict[str, str]:
+    """--verbose lines ("eval count:   5 token(s)") as a dict."""
+    rows = {}
+    for line in stderr.splitlines():
+        label, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            rows[label.strip()] = value.strip()
+    return rows
+
+
+# ------------------------------------------------------------------- one-shot
+
+
+def test_prompt_prints_only_the_answer(env: dict[str, str]) -> None:
+    result = cli("run", "tiny", "why", "is", "the", "sky", "blue", "-o", "num_predict=8", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.endswith("\n") and not result.stdout.endswith("\n\n")
+    assert result.stdout.strip()
+
+
+def test_piped_stdin_goes_before_the_prompt(env: dict[str, str]) -> None:
+    greedy = ("-o", "temperature=0", "-o", "num_predict=12")
+    piped = cli("run", "tiny", "summarize", *greedy, env=env, stdin="the file\n")
+    assert piped.returncode == 0, piped.stderr
+    joined = cli("run", "tiny", "the file\n\nsummarize", *greedy, env=env)
+    assert piped.stdout == joined.stdout  # greedy: the same prompt, the same answer
+    only_stdin = cli("run", "tiny", *greedy, env=env, stdin="the file\n\nsummarize")
+    assert only_stdin.stdout == joined.stdout
+
+
+def test_verbose_prints_timings_to_stderr(env: dict[str, str]) -> None:
+    result = cli("run", "tiny", "hello", "-o", "num_predict=5", "--verbose", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = stats(result.stderr)
+    for label in (
+        "total duration",
+        "load duration",
+        "time to first token",
+        "prompt eval count",
+        "prompt eval duration",
+        "prompt eval rate",
+        "eval count",
+        "eval duration",
+        "eval rate",
+    ):
+        assert label in rows, result.stderr
+    assert rows["eval count"] == "5 token(s)"
+    assert rows["eval rate"].endswith(" tokens/s")
+    assert "eval count" not in result.stdout
+
+
+def test_options_system_and_keepalive_reach_the_daemon(env: dict[str, str]) -> None:
+    base = ("-o", "num_predict=4", "--verbose")
+    plain = stats(cli("run", "tiny", "question one", *base, env=env).stderr)
+    with_system = cli(
+        "run", "tiny", "question one", "--system", "answer in one word", *base, env=env
+    )
+    assert with_system.returncode == 0, with_system.stderr
+    assert int(stats(with_system.stderr)["prompt eval count"].split()[0]) > int(
+        plain["prompt eval count"].split()[0]
+    )
+    stopped = cli(
+        "run", "tiny", "x", "-o", "stop=a", "-o", "stop=e", "-o", "seed=3", *base, env=env
+    )
+    assert stopped.returncode == 0, stopped.stderr
+    assert "a" not in stopped.stdout and "e" not in stopped.stdout
+
+
+def test_format_json(env: dict[str, str]) -> None:
+    result = cli("run", "tiny", "three colours", "--format", "json", "-o", "temperature=0", env=env)
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)
+
+
+def test_model_without_a_chat_template_still_answers(
+    daemon: Daemon, env: dict[str, str], tmp_path: Path
+) -> None:
+    from localserve.store.importing import import_gguf
+    from localserve.store.store import ModelStore
+
+    raw = write_tiny_gguf(tmp_path / "raw.gguf", chat_template=None)
+    for _ in import_gguf(ModelStore(daemon.home / "models"), raw, "raw"):
+        pass
+    result = cli("run", "raw", "hello", "-o", "num_predict=4", "--verbose", env=env)
+    assert result.returncode == 0, result.stderr
+    assert stats(result.stderr)["eval count"] == "4 token(s)"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["-o", "temprature=1"], "did you mean temperature?"),
+        (["-o", "num_predict=abc"], "num_predict must be an integer"),
+        (["-o", "top_p=7"], "top_p must be between"),
+        (["-o", "temperature"], "KEY=VALUE"),
+        (["-o", "stop="], "stop takes non-empty strings"),
+        (["--format", "yaml"], "unsupported format"),
+        (["--keepalive", "soon"], "invalid duration"),
+    ],
+)
+def test_bad_input_fails_before_any_request(args: list[str], needle: str, tmp_path: Path) -> None:
+    # No daemon at this address: a request (or an auto-start) would show in the result.
+    nowhere = daemon_env(tmp_path / "home", free_port())
+    result = cli("run", "tiny", "hi", *args, env=nowhere)
+    assert_one_error(result, 2, needle)
+    assert not (tmp_path / "home" / "state").exists()  # no daemon was started
+
+
+def test_unknown_model_is_not_found(env: dict[str, str]) -> None:
+    assert_one_error(cli("run", "nothere", "hi", env=env), 3, "not found", "localserve pull")
+
+
+# ------------------------------------------------------------- ps and stop
+
+
+def test_ps_table_json_keepalive_and_stop_model(env: dict[str, str]) -> None:
+    assert cli("run", "tiny", "hi", "-o", "num_predict=2", env=env).returncode == 0
+    table = cli("ps", env=env)
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.strip().splitlines()
+    assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    [row] = [r for r in rows if r.startswith("tiny:latest")]
+    assert "100% CPU" in row
+    assert row.rstrip().endswith("minutes from now")
+
+    [entry] = [
+        e for e in json.loads(cli("ps", "--json", env=env).stdout) if e["name"] == "tiny:latest"
+    ]
+    assert entry["processor"] == "100% CPU"
+    assert entry["context_length"] > 0
+    assert len(entry["id"]) == 12 and entry["digest"].startswith(entry["id"])
+
+    assert (
+        cli("run", "tiny", "hi", "-o", "num_predict=2", "--keepalive", "-1", env=env).returncode
+        == 0
+    )
+    [forever] = [r for r in cli("ps", env=env).stdout.splitlines() if r.startswith("tiny:latest")]
+    assert forever.rstrip().endswith("Forever")
+
+    stopped = cli("stop", "tiny", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "unloaded tiny" in stopped.stderr
+    assert "tiny:latest" not in cli("ps", env=env).stdout
+
+    assert (
+        cli("run", "tiny", "hi", "-o", "num_predict=2", "--keepalive", "0", env=env).returncode == 0
+    )
+    assert "tiny:latest" not in cli("ps", env=env).stdout  # unloaded right after answering
+
+
+def test_commands_without_a_daemon(tmp_path: Path) -> None:
+    nowhere = daemon_env(tmp_path / "home", free_port())
+    assert_one_error(cli("ps", env=nowhere), 6, "localserve is not running", "localserve serve")
+    assert_one_error(cli("stop", "tiny", env=nowhere), 6, "localserve is not running")
+    version = cli("--version", env=nowhere)
+    assert version.returncode == 0
+    assert version.stdout.splitlines() == ["localserve version 0.1.0"]
+    assert "no daemon answers" in version.stderr
+
+
+def test_version_names_the_daemon_too(env: dict[str, str], daemon: Daemon) -> None:
+    version = cli("--version", env=env)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.splitlines() == [
+        "localserve version 0.1.0",
+        f"localserve daemon version 0.1.0 at {daemon.url}",
+    ]
+
+
+# ------------------------------------------------------- auto-start and pull
+
+
+@contextlib.contextmanager
+def stopped_afterwards(home: Path) -> Iterator[None]:
+    """Whatever happens, stop a daemon the test caused to start in ``home``."""
+    try:
+        yield
+    finally:
+        pid_file = home / "state" / "localserve.pid"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            pid = int(json.loads(pid_file.read_text())["pid"])
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while pid_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
+def test_run_starts_the_daemon_when_none_answers(tmp_path: Path, tiny_gguf_path: Path) -> None:
+    home = tmp_path / "home"
+    user = daemon_env(home, free_port())
+    assert cli("import", str(tiny_gguf_path), "tiny", env=user).returncode == 0
+    with stopped_afterwards(home):
+        first = cli("run", "tiny", "hello", "-o", "num_predict=3", env=user)
+        assert first.returncode == 0, first.stderr
+        assert first.stderr.splitlines() == ["starting localserve daemon..."]
+        assert first.stdout.strip()
+        second = cli("run", "tiny", "hello", "-o", "num_predict=3", env=user)
+        assert second.returncode == 0 and second.stderr == ""  # already running
+        assert "tiny:latest" in cli("ps", env=user).stdout
+        stopped = cli("stop", env=user)
+        assert stopped.returncode == 0
+        assert "stopped localserve" in stopped.stderr
+    assert_one_error(cli("ps", env=user), 6, "not running")
+
+
+def test_run_pulls_a_hub_model_first(
+    daemon: Daemon, env: dict[str, str], fake_hub: FakeHub, tiny_gguf_path: Path
+) -> None:
+    fake_hub.add_repo("tester/run-GGUF", {"run-Q4_K_M.gguf": tiny_gguf_path})
+    user = {**env, "HF_ENDPOINT": fake_hub.url}
+    user.pop("HF_HUB_OFFLINE", None)
+    result = cli("run", "hf.co/tester/run-GGUF", "hi", "-o", "num_predict=3", env=user)
+    assert result.returncode == 0, result.stderr
+    assert "pulling manifest" in result.stderr and "success" in result.stderr
+    assert "run-Q4_K_M.gguf" in result.stderr  # the progress bar names the file
+    assert result.stdout.strip()
+    served = len(fake_hub.requests)
+    again = cli("run", "hf.co/tester/run-GGUF", "hi", "-o", "num_predict=3", env=user)
+    assert again.returncode == 0 and again.stderr == ""
+    assert len(fake_hub.requests) == served  # in the store now: no second pull
+
+
+# --------------------------------------------------------------- fast help
+
+
+def test_help_lists_every_command_and_imports_nothing_heavy() -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "localserve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for command in ("run", "pull", "import", "list", "ps", "show", "rm", "cp", "serve", "stop"):
+        assert f"  {command} " in result.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()}
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+
+def test_docs_match_the_app() -> None:
+    from localserve.cli import docs
+
+    assert docs.DOC_PATH.read_text() == docs.render(), (
+        "docs/cli.md is stale: run python -m localserve.cli.docs --write"
+    )
+
+
+def test_docs_list_every_exit_code() -> None:
+    from localserve.cli import docs, errors
+
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    for code in codes:
+        assert f"\n| {code} | " in docs.EXIT_CODES
+
+
+# ------------------------------------------------------------ unit pieces
+
+
+def test_option_parsing() -> None:
+    from localserve.cli.options import parse_pairs, parse_value, set_option
+
+    assert parse_value("42") == 42
+    assert parse_value("0.5") == 0.5
+    assert parse_value("true") is True
+    assert parse_value('["a", "b"]') == ["a", "b"]
+    assert parse_value("hello") == "hello"
+    assert parse_pairs(["temperature=0", "stop=a", "stop=b=c", "num_ctx=1024"]) == {
+        "temperature": 0,
+        "stop": ["a", "b=c"],
+        "num_ctx": 1024,
+    }
+    assert parse_pairs(['stop=["x", "y"]']) == {"stop": ["x", "y"]}
+    assert set_option({}, "stop", ["<end>", "###"]) == {"stop": ["<end>", "###"]}
+    for bad in (["seed=1.5"], ["temperature=hot"], ["nope=1"], ["=1"], ["top_k=true"]):
+        with pytest.raises(InvalidOptionError):
+            parse_pairs(bad)
+
+
+def test_word_wrapper_breaks_between_words() -> None:
+    from localserve.cli.answer import WordWrapper
+
+    def wrap(tokens: list[str], width: int = 21) -> str:  # 20 usable columns
+        out = io.StringIO()
+        wrapper = WordWrapper(out, width)
+        for token in tokens:
+            wrapper.write(token)
+        wrapper.end_line()
+        return out.getvalue()
+
+    assert wrap(["The quick", " brown fox", " jumps over", " the lazy", " dog\nagain"]) == (
+        "The quick brown fox \njumps over the lazy \ndog\nagain\n"
+    )
+    # "foxe" was already printed when "s" hit the edge: erased and printed again below.
+    assert wrap(["The quick brown fo", "xes run"]) == (
+        "The quick brown foxe\x1b[4D\x1b[K\nfoxes run\n"
+    )
+    assert wrap(["x" * 25]) == "x" * 20 + "\n" + "x" * 5 + "\n"  # longer than a line: cut
+    assert wrap(["done\n"]) == "done\n"  # never a second newline
+
+    raw = io.StringIO()
+    unwrapped = WordWrapper(raw, None)
+    unwrapped.write("a\x1b[31mb")
+    unwrapped.end_line()
+    assert raw.getvalue() == "a\x1b[31mb\n"  # piped: byte for byte (plus the newline)
+    shown = io.StringIO()
+    WordWrapper(shown, 80).write("a\x1b[31mb\r\n")
+    assert shown.getvalue() == "a\ufffd[31mb\n"  # a terminal never runs the model's escapes
+
+
+def test_ps_columns() -> None:
+    from localserve.cli.output import human_until, processor
+
+    assert processor(100, 0) == "100% CPU"
+    assert processor(100, 100) == "100% GPU"
+    assert processor(100, 65) == "35%/65% CPU/GPU"
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    assert human_until(now + timedelta(minutes=4, seconds=30), now) == "4 minutes from now"
+    assert human_until(now + timedelta(seconds=1), now) == "1 second from now"
+    assert human_until(datetime(9999, 12, 31, tzinfo=UTC), now) == "Forever"
+    assert human_until(now - timedelta(seconds=1), now) == "Stopping..."
+
+
+def test_durations() -> None:
+    from localserve.cli.answer import format_duration
+
+    assert format_duration(850_000) == "850.00µs"
+    assert format_duration(12_300_000) == "12.30ms"
+    assert format_duration(1_520_000_000) == "1.52s"
+    assert format_duration(123_400_000_000) == "2m3.4s"
+    assert format_duration(15) == "15ns"

@@ -1,0 +1,389 @@
+"""The official ``openai`` SDK against a real daemon's /v1 routes (tests/support/daemon.py).
+
+The SDK is the judge: its response models parse every answer. Raw httpx checks
+cover the SSE framing it hides. The model is the tiny random one, so checks are
+about shapes, counts and reasons, never about words.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from pydantic import BaseModel
+
+from tests.support.daemon import Daemon, daemon
+
+__all__ = ["daemon"]  # the module-scoped fixture, imported to be used here
+
+MODEL = "tiny"
+FULL_NAME = "tiny:latest"
+USER = [{"role": "user", "content": "Hello!"}]
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[openai.OpenAI]:
+    # No retries: a 5xx must show up as the error it is, not as a slow pass.
+    with openai.OpenAI(
+        base_url=daemon.url + "/v1", api_key="unused", max_retries=0, timeout=60
+    ) as client:
+        yield client
+
+
+def running_context_length(daemon: Daemon) -> int:
+    models = httpx.get(daemon.url + "/api/ps").json()["models"]
+    (tiny,) = [m for m in models if m["name"] == FULL_NAME]
+    return int(tiny["context_length"])
+
+
+# ------------------------------------------------------------------ models
+
+
+def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
+    models = {m.id: m for m in client.models.list()}
+    tiny = models[FULL_NAME]
+    assert tiny.object == "model" and tiny.owned_by == "localserve" and tiny.created > 0
+    assert client.models.retrieve(FULL_NAME).id == FULL_NAME
+    assert client.models.retrieve(MODEL).id == FULL_NAME
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+# -------------------------------------------------------- chat completions
+
+
+def test_chat_completion(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=8, temperature=0
+    )
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    (choice,) = completion.choices
+    assert choice.index == 0
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 8
+    assert completion.usage.prompt_tokens > 0
+    assert completion.usage.total_tokens == 8 + completion.usage.prompt_tokens
+
+
+def test_chat_completion_streamed(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=USER, max_tokens=6, temperature=0, stream=True
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
+    assert all(c.usage is None for c in chunks)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    whole = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=6, temperature=0)
+    assert streamed and streamed == whole.choices[0].message.content
+
+
+def test_stream_options_include_usage(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=USER,
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    *content, usage_chunk = chunks
+    assert usage_chunk.choices == []
+    assert usage_chunk.usage is not None and usage_chunk.usage.completion_tokens == 5
+    assert usage_chunk.usage.prompt_tokens > 0
+    assert content[-1].choices[0].finish_reason == "length"
+    assert all(c.usage is None for c in content)
+
+
+def test_sse_framing_ends_with_done(daemon: Daemon) -> None:
+    for path, body in [
+        ("/v1/chat/completions", {"model": MODEL, "messages": USER}),
+        ("/v1/completions", {"model": MODEL, "prompt": "Hello"}),
+    ]:
+        with httpx.stream(
+            "POST",
+            daemon.url + path,
+            json={**body, "max_tokens": 3, "stream": True},
+            timeout=60,
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].split(";")[0] == "text/event-stream"
+            text = response.read().decode()
+        events = [e for e in text.split("\n\n") if e]
+        assert all(e.startswith("data: ") for e in events)
+        assert events[-1] == "data: [DONE]"
+        assert text.endswith("data: [DONE]\n\n")
+        for event in events[:-1]:
+            json.loads(event.removeprefix("data: "))
+
+
+def test_null_fields_mean_the_default(daemon: Daemon) -> None:
+    nulls = {
+        "stream": None,
+        "stream_options": None,
+        "n": None,
+        "temperature": None,
+        "top_p": None,
+        "seed": None,
+        "stop": None,
+        "response_format": None,
+        "tools": None,
+        "user": None,
+    }
+    response = httpx.post(
+        daemon.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": USER, "max_tokens": 2, **nulls},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_max_completion_tokens(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model=MODEL, messages=USER, max_completion_tokens=4)
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens == 4
+
+
+def test_stop_sequences(client: openai.OpenAI) -> None:
+    free = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=30, temperature=0)
+    text = free.choices[0].message.content or ""
+    cut = next(ch for ch in text[3:] if ch.isalpha())  # a letter the answer does contain
+    stopped = client.chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=30, temperature=0, stop=[cut]
+    )
+    assert stopped.choices[0].finish_reason == "stop"
+    content = stopped.choices[0].message.content or ""
+    assert cut not in content and text.startswith(content)
+
+
+def test_same_seed_same_text(client: openai.OpenAI) -> None:
+    def sample(seed: int) -> str:
+        completion = client.chat.completions.create(
+            model=MODEL, messages=USER, max_tokens=24, temperature=1, seed=seed
+        )
+        return completion.choices[0].message.content or ""
+
+    first = sample(1234)
+    assert first and sample(1234) == first
+    assert any(sample(seed) != first for seed in (1, 2, 3))
+
+
+class Answer(BaseModel):
+    ok: bool
+
+
+def test_response_format_json_object(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Reply in JSON."}],
+        max_tokens=400,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    content = completion.choices[0].message.content or ""
+    assert content.lstrip().startswith("{")
+    if completion.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(content), dict)
+
+
+def test_response_format_json_schema(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Is the sky blue?"}],
+        max_tokens=200,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": Answer.model_json_schema(), "strict": True},
+        },
+    )
+    # This schema's grammar admits only short texts: the answer must end within 200 tokens.
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(
+        Answer.model_validate_json(completion.choices[0].message.content or "").ok, bool
+    )
+
+
+def test_the_sdks_parse_helper(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Is the sky blue?"}],
+        max_tokens=200,
+        temperature=0,
+        response_format=Answer,
+    )
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(completion.choices[0].message.parsed, Answer)
+
+
+@pytest.mark.parametrize(
+    "extra_body", [{"options": {"num_ctx": 512}}, {"num_ctx": 512}], ids=["options", "top-level"]
+)
+def test_context_size_from_extra_body(
+    client: openai.OpenAI, daemon: Daemon, extra_body: dict[str, object]
+) -> None:
+    client.chat.completions.create(model=MODEL, messages=USER, max_tokens=1, extra_body=extra_body)
+    assert running_context_length(daemon) == 512
+    client.chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=1, extra_body={"num_ctx": 1024}
+    )
+    assert running_context_length(daemon) == 1024
+
+
+def test_message_forms_the_sdk_sends(client: openai.OpenAI) -> None:
+    messages: list[dict[str, object]] = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "What is 1 + 2?"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "3"},
+    ]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "add",
+                "description": "Add two numbers.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                    "required": ["a", "b"],
+                },
+            },
+        }
+    ]
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        tools=tools,  # type: ignore[arg-type]
+        max_tokens=3,
+    )
+    assert completion.choices[0].message.role == "assistant"
+
+    # Arguments are parsed (templates expect an object), so broken JSON is a 400.
+    messages[2]["tool_calls"][0]["function"]["arguments"] = '{"a": 1,'  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="arguments"):
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=3)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------- completions
+
+
+def test_completions(client: openai.OpenAI) -> None:
+    completion = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=5)
+    assert completion.object == "text_completion"
+    (choice,) = completion.choices
+    assert choice.text and choice.finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens == 5
+
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt="Once upon",
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-2].choices[0].finish_reason == "length"
+
+
+# -------------------------------------------------------------- embeddings
+
+
+def test_embeddings_float_and_base64_agree(client: openai.OpenAI) -> None:
+    inputs = ["first text", "second text"]
+    floats = client.embeddings.create(model=MODEL, input=inputs, encoding_format="float")
+    default = client.embeddings.create(model=MODEL, input=inputs)  # the SDK asks for base64
+    assert floats.object == "list" and len(floats.data) == len(default.data) == 2
+    assert [d.index for d in floats.data] == [0, 1]
+    for a, b in zip(floats.data, default.data, strict=True):
+        assert len(a.embedding) == len(b.embedding) > 0
+        assert all(
+            math.isclose(x, y, abs_tol=1e-6) for x, y in zip(a.embedding, b.embedding, strict=True)
+        )
+        assert math.isclose(math.sqrt(sum(x * x for x in a.embedding)), 1.0, abs_tol=1e-4)
+    assert floats.usage.prompt_tokens > 0
+
+    single = client.embeddings.create(model=MODEL, input="first text", dimensions=8)
+    assert len(single.data) == 1 and len(single.data[0].embedding) == 8
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=MODEL, input=[])
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_missing_model_is_not_found(client: openai.OpenAI) -> None:
+    calls = [
+        lambda: client.chat.completions.create(model="no-such-model", messages=USER),
+        lambda: client.chat.completions.create(model="no-such-model", messages=USER, stream=True),
+        lambda: client.completions.create(model="no-such-model", prompt="Hi"),
+        lambda: client.embeddings.create(model="no-such-model", input="Hi"),
+    ]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError) as excinfo:
+            call()
+        assert excinfo.value.status_code == 404
+        body = excinfo.value.body
+        assert isinstance(body, dict) and body["type"] == "not_found_error"
+        assert "not found" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"temperature": 5},
+        {"top_p": 1.5},
+        {"max_tokens": -1},
+        {"extra_body": {"options": {"temperature": "hot"}}},
+        {"extra_body": {"options": {"no_such_option": 1}}},
+        {"extra_body": {"num_ctx": 1}},
+    ],
+    ids=["temperature", "top_p", "max_tokens", "option-type", "unknown-option", "num_ctx"],
+)
+def test_bad_values_are_bad_requests(client: openai.OpenAI, fields: dict[str, object]) -> None:
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        client.chat.completions.create(model=MODEL, messages=USER, **fields)  # type: ignore[call-overload]
+    body = excinfo.value.body
+    assert isinstance(body, dict) and body["type"] == "invalid_request_error"
+    assert isinstance(body["message"], str) and body["message"]
+
+
+def test_a_runner_crash_mid_stream_is_an_api_error(client: openai.OpenAI, daemon: Daemon) -> None:
+    raised: openai.APIError | None = None
+    for _ in range(3):  # the tiny model is fast: a run may end before the kill lands
+        try:
+            for _chunk in client.chat.completions.create(
+                model=MODEL, messages=USER, max_tokens=100000, stream=True
+            ):
+                daemon.kill_runners()
+        except openai.APIError as exc:
+            raised = exc
+            break
+    assert raised is not None and "runner" in raised.message
+    completion = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=2)
+    assert completion.choices[0].finish_reason == "length"
