@@ -204,8 +204,7 @@ class _Job:
                 if thread.is_alive():
                     thread.join(timeout=self.options.timeout + 5)
             client.close()
-            with self.cond:
-                self._save_state()
+            self._save_state()
             os.close(self.fd)
         self._finish()
 
@@ -247,9 +246,18 @@ class _Job:
             self._save_state()
         self.todo = deque(i for i in range(self.n_chunks) if i not in self.done)
 
-    def _save_state(self) -> None:
-        """Record the finished chunks; called with ``cond`` held."""
-        state = {"size": self.size, "chunk_size": self.chunk, "done": sorted(self.done)}
+    def _save_state(self, done: list[int] | None = None) -> None:
+        """Record the finished chunks (``done``: a snapshot taken under ``cond``).
+
+        Written outside the lock, so workers never wait on a file write; two threads
+        may race, and an older snapshot landing last only under-reports what is done,
+        which a resume simply downloads again.
+        """
+        state = {
+            "size": self.size,
+            "chunk_size": self.chunk,
+            "done": sorted(self.done) if done is None else done,
+        }
         with contextlib.suppress(OSError):
             # Not fsynced: a power cut may lose recent chunks' records (or even bytes
             # recorded as done), and the sha256 check at the end catches that.
@@ -400,8 +408,9 @@ class _Job:
                 data = received[: end - offset]
                 self._write(data, offset)
                 offset += len(data)
-                with self.cond:
-                    self.in_flight[index] = offset - index * self.chunk
+                # No lock per piece: only this worker writes this key, and a dict item
+                # assignment is atomic; readers take the lock to sum a consistent view.
+                self.in_flight[index] = offset - index * self.chunk
                 if offset >= end:
                     break
         if offset < end:
@@ -409,8 +418,9 @@ class _Job:
         with self.cond:
             del self.in_flight[index]
             self.done.add(index)
-            self._save_state()
+            snapshot = sorted(self.done)
             self.cond.notify_all()
+        self._save_state(snapshot)
 
     def _fetch_whole(self, client: httpx.Client) -> None:
         """The server ignores Range: take the whole body, writing the chunks not yet done."""
@@ -423,14 +433,17 @@ class _Job:
                 self._write_undone(data, offset)
                 offset += len(data)
                 full = self.n_chunks if offset >= self.size else offset // self.chunk
+                snapshot = None
                 with self.cond:
                     self.stream_offset = offset
                     fresh = [i for i in range(self.whole_full, full) if i not in self.done]
                     self.whole_full = max(self.whole_full, full)
                     if fresh:
                         self.done.update(fresh)
-                        self._save_state()
+                        snapshot = sorted(self.done)
                         self.cond.notify_all()
+                if snapshot is not None:
+                    self._save_state(snapshot)
                 if offset >= self.size:
                     break
         if offset < self.size:
