@@ -293,3 +293,44 @@ def test_embeddings_are_normalised_and_stable(model: Model) -> None:
         assert len(embedder.embed(["word " * 500], truncate=True).vectors) == 1
     finally:
         embedder.close()
+
+
+def test_no_kv_room_frees_idle_caches_and_retries(model: Model) -> None:
+    """llama_decode returning 1 (no KV slot): the loop drops idle cached prefixes,
+    least recently used first, and retries, as llama.cpp's server does."""
+    engine = Engine(model, LoadOptions(num_ctx=256, num_parallel=4), n_threads=2, kv_cells=256)
+    try:
+        options = SamplingOptions(temperature=0, num_predict=40)
+        engine.submit(job(model, "first", "alpha beta gamma delta " * 6, options))  # 104 tokens
+        run(engine)
+        [cached] = [s for s in engine.slots if s.tokens]
+        assert len(cached.tokens) > 140  # kept for the prefix cache
+        # Shares nothing with that cache (no BOS either), so it lands in another slot,
+        # and both together need more cells than the pool has.
+        tokens = model.tokenize("one two three four five " * 20, add_special=False)
+        engine.submit(Job("second", tokens, options))
+        _, done, _ = run(engine)
+        assert done["second"]["done_reason"] == "length"
+        assert done["second"]["eval_count"] == 40
+        assert engine.stats.kv_full_retries >= 1
+        assert cached.tokens == []  # the idle cache made room
+    finally:
+        engine.close()
+
+
+def test_kv_pool_too_small_for_a_running_job_fails_it_cleanly(model: Model) -> None:
+    engine = Engine(model, LoadOptions(num_ctx=512, num_parallel=2), n_threads=2, kv_cells=256)
+    try:
+        options = SamplingOptions(temperature=0, num_predict=400, ignore_eos=True)
+        engine.submit(job(model, "a", "x " * 60, options))
+        engine.submit(job(model, "b", "y " * 60, options))
+        events = [e for _ in range(2000) if engine.has_work() for e in engine.step()]
+        errors = [e for e in events if e["type"] == "error"]
+        assert errors
+        assert "KV cache is full" in errors[0]["message"]
+        assert not engine.has_work()
+        engine.submit(job(model, "after", "hello", SamplingOptions(temperature=0, num_predict=4)))
+        _, done, _ = run(engine)
+        assert done["after"]["eval_count"] == 4  # the engine still works
+    finally:
+        engine.close()

@@ -273,3 +273,37 @@ def test_context_tokens_round_trip_and_num_predict_zero(tiny_gguf_path: Path) ->
             await runner.close()
 
     run_async(body)
+
+
+def test_runner_plans_memory_before_loading(tiny_gguf_path: Path) -> None:
+    async def body() -> dict[str, Any]:
+        runner = await RunnerClient.start([tiny_gguf_path], SMALL)
+        try:
+            return dict(runner.info)
+        finally:
+            await runner.close()
+
+    info = run_async(body)
+    assert info["gpu_layers"] == 0  # a CPU-only build: everything stays on the CPU
+    assert info["size_vram"] == 0
+    assert info["size"] > tiny_gguf_path.stat().st_size  # weights plus KV and compute
+    assert "layers on GPU" in info["plan"]
+    assert "100% CPU" in info["plan"]
+
+
+def test_runner_refuses_what_ram_cannot_hold(
+    tiny_gguf_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before llama.cpp is asked to load anything."""
+    from localserve.engine import runner as runner_module
+    from localserve.errors import ModelTooLargeError
+    from localserve.plan import devices
+
+    monkeypatch.setattr(devices, "probe", lambda **_: devices.Devices.cpu_only(64 << 20))
+    loader = runner_module.Runner(out_fd=-1)
+    monkeypatch.setattr(loader, "_load_model", lambda *_: pytest.fail("loaded despite the plan"))
+    with pytest.raises(ModelTooLargeError) as caught:
+        loader.load(
+            {"paths": [str(tiny_gguf_path)], "options": {"num_ctx": 4096, "num_parallel": 64}}
+        )
+    assert caught.value.needed_bytes > caught.value.available_bytes

@@ -91,7 +91,10 @@ class Embedder:
             # Every token's output is needed for pooling.
             self.batch.add(tokens, 0, seq, True)
             self.batch.logits[self.batch.n_tokens - len(tokens) : self.batch.n_tokens] = 1
-        rc = self.context.decode(self.batch)
+        if self.model.has_encoder and not self.model.has_decoder:
+            rc = self.context.encode(self.batch)
+        else:
+            rc = self.context.decode(self.batch)
         if rc != 0:
             raise EngineError(f"llama_decode failed for embeddings ({rc})")
         return [self.context.embedding(seq) for seq in range(len(group))]

@@ -98,10 +98,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class Engine:
     """Owns one llama.cpp context and runs the batching loop (call ``step`` repeatedly)."""
 
-    def __init__(self, model: Model, options: LoadOptions, *, n_threads: int) -> None:
+    def __init__(
+        self, model: Model, options: LoadOptions, *, n_threads: int, kv_cells: int | None = None
+    ) -> None:
         self.model = model
         self.options = options
-        self.context = Context(model, options, n_threads=n_threads)
+        # ``kv_cells`` below num_ctx x num_parallel is only for tests of the no-room path.
+        self.context = Context(model, options, n_threads=n_threads, n_ctx=kv_cells)
         shape = self.context.shape
         self.num_ctx = min(options.num_ctx, shape.n_ctx)
         self.batch = Batch(shape.n_batch)

@@ -85,6 +85,7 @@ class Model:
         self.n_swa = int(L.llama_model_n_swa(handle))
         self.is_recurrent = bool(L.llama_model_is_recurrent(handle))
         self.has_encoder = bool(L.llama_model_has_encoder(handle))
+        self.has_decoder = bool(L.llama_model_has_decoder(handle))
         self._pieces: dict[int, bytes] = {}
         self._eog: list[int] | None = None
 
@@ -230,6 +231,10 @@ class Context:
 
     def decode(self, batch: Batch) -> int:
         return int(L.llama_decode(self.handle, batch.struct))
+
+    def encode(self, batch: Batch) -> int:
+        """For encoder-only models (BERT-style embedders), which cannot ``decode``."""
+        return int(L.llama_encode(self.handle, batch.struct))
 
     # KV memory, by sequence id. Only the engine thread may call these (rule 7).
 

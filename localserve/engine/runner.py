@@ -155,8 +155,8 @@ class Runner:
                 return []
             if op == "embed":
                 return [self._embed(request_id, message)]
-            if op == "stats":
-                return [{"id": request_id, "type": "stats", **self.engine.describe()}]
+            if op in ("stats", "health"):
+                return [{"id": request_id, "type": op, **self.engine.describe()}]
             return [
                 {
                     "id": request_id,

@@ -99,19 +99,23 @@ def sse(chunks: AsyncIterator[dict[str, Any]], path: str) -> StreamingResponse:
 
 
 async def first_then_rest(
-    chunks: AsyncIterator[dict[str, Any]],
+    chunks: AsyncIterator[dict[str, Any]], count: int = 1
 ) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
-    """Pull the first chunk before answering, so errors that happen before any output
-    (unknown model, bad options, a failed load, a full queue) get a real status code."""
+    """Pull the first ``count`` chunks before answering, so errors that happen before
+    any output (unknown model, bad options, a failed load, a full queue) get a real
+    status code; returns the first chunk and an iterator over everything."""
     iterator = chunks.__aiter__()
-    try:
-        first = await iterator.__anext__()
-    except StopAsyncIteration:
-        return None, iterator
+    held: list[dict[str, Any]] = []
+    for _ in range(count):
+        try:
+            held.append(await iterator.__anext__())
+        except StopAsyncIteration:
+            break
 
     async def rest() -> AsyncIterator[dict[str, Any]]:
-        yield first
+        for chunk in held:
+            yield chunk
         async for chunk in iterator:
             yield chunk
 
-    return first, rest()
+    return (held[0] if held else None), rest()

@@ -153,7 +153,9 @@ async def pull(body: PullRequest, request: Request) -> Response:
             yield event.to_wire()
 
     if body.stream:
-        _, rest = await first_then_rest(chunks())
+        # Hold "pulling manifest" until the Hub has answered, so an unknown repository
+        # or quantization is a 404 with a status, not an error line after a 200.
+        _, rest = await first_then_rest(chunks(), count=2)
         return ndjson(rest, request.url.path)
     async for _ in chunks():
         pass
