@@ -243,10 +243,12 @@ async def main() -> None:
         s.name: {n: [] for n in args.streams} for s in servers
     }
     chat: dict[str, dict[str, list[float]]] = {s.name: {"cold": [], "turn2": []} for s in servers}
-    for server in servers:
-        await server.start()
-    idle_rss = servers[1].rss_mb()  # the daemon before any model is loaded
+    started: list[Any] = []
     try:
+        for server in servers:
+            await server.start()
+            started.append(server)
+        idle_rss = servers[1].rss_mb()  # the daemon before any model is loaded
         for server in servers:  # warm up (page cache, thread pools)
             await server.stream("Hello", 8)
         for rep in range(args.reps):
@@ -276,7 +278,7 @@ async def main() -> None:
                 first, _ = await server.stream(cold, 8)
                 chat[server.name]["cold"].append(first - t0)
     finally:
-        for server in servers:
+        for server in started:  # never leave a server running, whatever failed
             await server.close()
 
     summary: dict[str, Any] = {
