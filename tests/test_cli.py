@@ -12,22 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import cli
 from tests.support.fakehub import FakeHub
 
 REPO = "tester/cli-GGUF"
-
-
-def cli(
-    *args: str, timeout: float = 60, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "localserve", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        check=False,
-    )
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:

@@ -16,39 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 90
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "localserve", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        check=False,
-    )
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        found += [int(p) for p in task.read_text().split()]
-    return found
+from tests.support.cli import cli
+from tests.support.daemon import alive, children_of, free_port
 
 
 def wait_until(condition: object, timeout: float = 20) -> bool:
@@ -154,7 +123,7 @@ def test_sigterm_ends_streams_with_an_error_line(
         for line in response.iter_lines():
             lines.append(json.loads(line))
             if len(lines) == 3:
-                runners = children(daemon)
+                runners = children_of(daemon)
                 assert runners, "no runner process"
                 os.kill(daemon, signal.SIGTERM)
     assert lines[-1].get("error"), lines[-3:]
@@ -173,7 +142,7 @@ def test_sigkilled_daemon_takes_its_runners_and_restarts_cleanly(
         timeout=60,
     )
     assert answer.status_code == 200
-    runners = children(daemon)
+    runners = children_of(daemon)
     assert runners
     os.kill(daemon, signal.SIGKILL)
     assert wait_until(lambda: not alive(daemon))

@@ -20,6 +20,7 @@ from localserve.errors import (
     PromptTooLongError,
     RunnerCrashedError,
 )
+from tests.support.daemon import alive
 
 T = TypeVar("T")
 SMALL = LoadOptions(num_ctx=256, num_parallel=2, num_thread=2)
@@ -193,7 +194,7 @@ def test_runner_dies_with_its_parent(tiny_gguf_path: Path, tmp_path: Path) -> No
         parent.wait()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if not _alive(runner_pid):
+            if not alive(runner_pid):
                 break
             time.sleep(0.05)
         else:
@@ -205,15 +206,6 @@ def test_runner_dies_with_its_parent(tiny_gguf_path: Path, tmp_path: Path) -> No
             parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
-
-
-def _alive(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie waiting for init to reap it."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def test_long_chat_drops_oldest_turns_but_keeps_system_and_latest(tiny_gguf_path: Path) -> None:

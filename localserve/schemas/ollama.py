@@ -11,22 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from localserve.config import parse_duration
-
-
-class Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_is_absent(cls, data: Any) -> Any:
-        # Ollama's Go decoder leaves a field at its default on null ("stream": null
-        # streams); clients that serialise every field rely on that.
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
-        return data
+from localserve.schemas.base import Request
 
 
 def _model_from_name(data: Any) -> Any:
