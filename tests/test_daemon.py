@@ -114,7 +114,7 @@ def test_sigterm_ends_streams_with_an_error_line(
         "model": with_tiny,
         "prompt": "Once",
         "raw": True,
-        "options": {"num_predict": 1_000_000},
+        "options": {"num_predict": 1_000_000, "ignore_eos": True},  # never ends by itself
     }
     lines: list[dict[str, object]] = []
     with httpx.stream(

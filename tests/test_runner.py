@@ -134,10 +134,13 @@ def test_bad_requests_are_errors_not_crashes(tiny_gguf_path: Path) -> None:
 
 def test_killed_runner_fails_its_streams_at_once(tiny_gguf_path: Path) -> None:
     async def body() -> None:
-        runner = await RunnerClient.start([tiny_gguf_path], SMALL)
-        stream = runner.generate(
-            {"prompt": "Once", "raw": True, "options": {"temperature": 0, "num_predict": 100_000}}
+        # The whole training context and no end-of-generation: the stream is still
+        # running when the kill lands.
+        runner = await RunnerClient.start(
+            [tiny_gguf_path], LoadOptions(num_ctx=2048, num_parallel=1, num_thread=2)
         )
+        options = {"temperature": 0, "num_predict": 100_000, "ignore_eos": True}
+        stream = runner.generate({"prompt": "Once", "raw": True, "options": options})
         await stream.__anext__()
         os.kill(runner.pid, signal.SIGKILL)
         started = time.monotonic()
