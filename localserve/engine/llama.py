@@ -67,6 +67,13 @@ class Model:
         init_backend()
         params = L.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        # With no layers offloaded, llama.cpp would still create a GPU context and
+        # compute buffers on it (op offload): ~0.5 GiB of VRAM that /api/ps cannot
+        # show, measured on an H200. An empty, NULL-terminated device list keeps a
+        # CPU-only load off the GPU entirely. The list is read during the load only.
+        no_devices = (ctypes.c_void_p * 1)(None)
+        if n_gpu_layers == 0:
+            params.devices = ctypes.addressof(no_devices)
         if len(paths) == 1:
             handle = L.llama_model_load_from_file(str(paths[0]).encode(), params)
         else:

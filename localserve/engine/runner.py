@@ -118,7 +118,9 @@ class Runner:
             num_parallel=options.num_parallel,
             num_batch=options.num_batch,
             num_ubatch=options.num_ubatch,
-            devices=probe(),
+            # num_gpu 0 asks for the CPU alone: asking a GPU for its free memory
+            # would create a GPU context in this process for nothing.
+            devices=probe(gpus=options.num_gpu != 0),
             num_gpu=options.num_gpu,
         ).require_fit()
 
