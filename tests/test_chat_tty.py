@@ -18,6 +18,7 @@ import fcntl
 import os
 import re
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -198,8 +199,9 @@ def test_prompt_answer_multiline_commands_and_bye(chat: Terminal, long_daemon: D
 
     chat.line("/bye")
     assert chat.process.wait(30) == 0
-    history = (long_daemon.home / "state" / "history").read_text()
-    assert "hello there" in history  # kept for the next session
+    history = long_daemon.home / "state" / "history"
+    assert "hello there" in history.read_text()  # kept for the next session
+    assert stat.S_IMODE(history.stat().st_mode) == 0o600  # what was typed is private
 
 
 def test_ctrl_c_stops_the_answer_and_frees_the_slot(chat: Terminal, long_daemon: Daemon) -> None:

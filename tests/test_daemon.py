@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -63,7 +64,11 @@ def test_serve_twice_then_stop(daemon: int, port: int, isolated_home: Path) -> N
     again = cli("serve")
     assert again.returncode == 0
     assert f"already running at http://127.0.0.1:{port} (pid {daemon})" in again.stderr
-    assert (isolated_home / "state" / "logs" / "daemon.log").is_file()
+    log = isolated_home / "state" / "logs" / "daemon.log"
+    assert log.is_file()
+    # Other local users may not read the pid file, lock or log.
+    assert stat.S_IMODE((isolated_home / "state").stat().st_mode) == 0o700
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
     stopped = cli("stop")
     assert stopped.returncode == 0 and f"pid {daemon}" in stopped.stderr
     assert wait_until(lambda: not alive(daemon))

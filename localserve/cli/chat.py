@@ -96,7 +96,9 @@ def chat(client: Client, conversation: Conversation, history: Path) -> None:
 
     from localserve.cli import output
 
-    history.parent.mkdir(parents=True, exist_ok=True)
+    # The history holds everything typed into chats: owner-only, like a shell's.
+    history.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    history.touch(mode=0o600, exist_ok=True)
     session: PromptSession[str] = PromptSession(history=FileHistory(str(history)))
     err = output.stderr()
     load_model(client, conversation, err)

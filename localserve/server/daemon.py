@@ -118,7 +118,8 @@ def serve_foreground(settings: Settings) -> None:
 
     check_bind(settings)
     host, port = settings.bind
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # Owner-only: the pid file, the lock and the log are nobody else's business.
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = FileLock(str(settings.state_dir / "localserve.lock"))
     try:
         lock.acquire(timeout=0)
@@ -178,8 +179,10 @@ def start_detached(settings: Settings, timeout: float = 60.0) -> DaemonInfo:
     check_bind(settings)
     host, port = settings.bind
     log_file = log_path(settings)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
+    # Owner-only (mkdir's mode applies to the last directory only, hence two calls).
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_file.parent.mkdir(mode=0o700, exist_ok=True)
+    with open(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "localserve", "serve", "--foreground"],
             stdin=subprocess.DEVNULL,
