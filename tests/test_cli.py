@@ -105,6 +105,7 @@ def test_import_then_run_show(tiny_gguf_path: Path) -> None:
         (["import", "/nonexistent/file.gguf", "x"], 2, "no such file"),
         (["import", "/etc/hostname", "x"], 5, "not a valid GGUF"),
         (["cp", "a", "b/../../c"], 2, "invalid model name"),
+        (["stop", "../x"], 2, "invalid model name"),  # checked before looking for a daemon
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], code: int, needle: str) -> None:
@@ -116,6 +117,11 @@ def test_bad_input_is_one_clear_line(args: list[str], code: int, needle: str) ->
 def test_hub_errors(hub: FakeHub) -> None:
     assert_clean_error(cli("pull", "hf.co/tester/missing"), 3, "not found")
     assert_clean_error(cli("pull", f"hf.co/{REPO}:Q8_0"), 3, "Q4_K_M")  # lists what exists
+
+
+def test_offline_mode_is_a_network_error(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert_clean_error(cli("pull", f"hf.co/{REPO}"), 4, "HF_HUB_OFFLINE is set")
 
 
 def test_debug_shows_the_traceback() -> None:

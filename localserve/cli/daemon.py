@@ -53,6 +53,9 @@ def stop(
     settings = load_settings()
     if model is not None:
         from localserve.client import Client
+        from localserve.store.refs import parse_ref
+
+        parse_ref(model)  # a bad name is a usage error, daemon or not
 
         with Client.from_settings(settings) as client:
             client.unload(model)

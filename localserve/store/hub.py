@@ -130,6 +130,11 @@ def _model_info(
             ) from exc
         except hf_errors.RevisionNotFoundError as exc:
             raise RevisionNotFoundError(f"{repo_id} has no main revision") from exc
+        except hf_errors.OfflineModeIsEnabled as exc:
+            raise HubUnavailableError(
+                f"HF_HUB_OFFLINE is set, so {repo_id} cannot be looked up on {endpoint}",
+                hint="unset HF_HUB_OFFLINE to pull; stored models work offline",
+            ) from exc
         except hf_errors.HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             if status in (401, 403):
