@@ -17,6 +17,7 @@ the server's exception handlers); nothing below matches on message text.
     ├── StoreError
     │   ├── InvalidGGUFError (ValueError)        not a GGUF we are willing to hand to llama.cpp
     │   ├── DigestMismatchError                  bytes on disk do not hash to their digest
+    │   ├── DamagedModelError                    a stored model's file changed since it was verified
     │   ├── DiskFullError (OSError)              no room to write a download or import
     │   └── ImportSourceError (OSError)          a file given to `import` we cannot read
     └── HubError
@@ -125,6 +126,18 @@ class DigestMismatchError(StoreError):
         )
         self.expected = expected
         self.actual = actual
+
+
+class DamagedModelError(StoreError):
+    """A stored model's file is missing, or no longer what was verified when it came in.
+
+    The message names the model and says how to repair it (pull it again, or import
+    it again): over HTTP the message is all a client sees.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class DiskFullError(StoreError, OSError):

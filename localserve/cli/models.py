@@ -1,6 +1,7 @@
 """Commands on the model store: pull, import, list, show, rm, cp.
 
-These work on the store directly and need no daemon.
+These work on the store directly and need no daemon; `rm` also asks a daemon running
+on this machine to let go of the model (see rm).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from localserve.cli.errors import EXIT_INTERRUPTED, report
 from localserve.cli.params import JsonOpt, ModelArg
 
 if TYPE_CHECKING:
+    from localserve.client import Client
     from localserve.store.store import ModelStore, StoredModel
 
 app = typer.Typer()
@@ -38,8 +40,11 @@ def pull(
     from localserve.store.download import DownloadOptions
     from localserve.store.pull import hub_ref, pull_model
 
-    hub_ref(model)  # a bad name fails here, before anything touches the network
-    events = pull_model(_store(), model, options=DownloadOptions(connections=connections))
+    store = _store()
+    # A bad name fails here, before anything touches the network; so does a damaged
+    # local model, with how to repair it.
+    hub_ref(model, store)
+    events = pull_model(store, model, options=DownloadOptions(connections=connections))
     try:
         with contextlib.closing(events):
             output.show_progress(events)
@@ -186,15 +191,49 @@ def rm(
     """Delete models; a file goes only when no other name still uses it."""
     store = _store()
     failed = 0
-    for name in models:
-        try:
-            ref, _ = store.remove(name)
-        except Exception as exc:
-            failed = failed or report(exc)
-            continue
-        output.stderr().print(f"deleted '{ref}'")
+    with contextlib.ExitStack() as stack:
+        daemon = _local_daemon()
+        if daemon is not None:
+            stack.enter_context(daemon)
+        for name in models:
+            try:
+                ref = _remove(store, daemon, name)
+            except Exception as exc:
+                failed = failed or report(exc)
+                continue
+            output.stderr().print(f"deleted '{ref}'")
     if failed:
         raise typer.Exit(failed)
+
+
+def _local_daemon() -> Client | None:
+    """A client of the daemon running on this machine, if one answers."""
+    from localserve.cli.run import is_local
+    from localserve.client import Client
+    from localserve.config import load_settings
+
+    settings = load_settings()
+    if not is_local(settings.bind[0]):
+        return None  # a daemon elsewhere has a store of its own
+    client = Client.from_settings(settings, timeout=60.0)
+    if client.ping():
+        return client
+    client.close()
+    return None
+
+
+def _remove(store: ModelStore, daemon: Client | None, name: str) -> str:
+    """Delete ``name``; through a running daemon, so that it unloads the model first
+    (a runner must not keep the deleted files open, nor load them again)."""
+    from localserve.errors import ModelNotFoundError
+
+    ref, _ = store.get(name)
+    if daemon is not None:
+        with contextlib.suppress(ModelNotFoundError):  # that daemon serves another store
+            daemon.delete(str(ref))
+    if store.find(ref) is not None:
+        store.remove(str(ref))
+    return str(ref)
 
 
 @app.command()

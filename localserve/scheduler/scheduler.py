@@ -15,6 +15,12 @@ All concurrency rules of the daemon live here; routes take no locks.
   next gets ServerBusyError at once (the server answers 503).
 - A runner that dies fails its in-flight requests (the client raises
   RunnerCrashedError); the next request finds it dead and starts a fresh one.
+- Before a load, every file of the model is checked against its verification
+  stamp (store/verify.py): a file changed on disk refuses the load with
+  DamagedModelError, before any other model is unloaded to make room.
+- A model deleted from the store (DELETE /api/delete, `localserve rm`, by hand)
+  is unloaded at once; its in-flight requests end with an error saying so, and
+  new requests get ModelNotFoundError.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from localserve.engine.options import LoadOptions
-from localserve.errors import ServerBusyError
+from localserve.errors import ModelNotFoundError, ServerBusyError
 from localserve.store.manifest import Manifest
 from localserve.store.refs import ModelRef
 from localserve.store.store import ModelStore
+from localserve.store.verify import check_model
 
 log = logging.getLogger("localserve.scheduler")
 
@@ -216,6 +223,19 @@ class Scheduler:
         await self._unload(resident)
         return True
 
+    async def forget(self, ref: ModelRef) -> bool:
+        """Unload a model that was just deleted from the store, now: its in-flight
+        requests end with an error. False if it was not loaded."""
+        resident = self.resident.get(str(ref))
+        if resident is None:
+            return False
+        reason = f"model '{ref}' was deleted"
+        await self._unload(resident, reason)
+        # The expiry loop may have begun this unload first; either way, return only
+        # once no runner holds the deleted files.
+        await resident.runner.close(reason=reason)
+        return True
+
     async def stats(self, name: str) -> Event | None:
         ref, _ = self.store.get(name)
         resident = self.resident.get(str(ref))
@@ -279,6 +299,10 @@ class Scheduler:
                     and self._same_load(resident.options, model.load)
                 ):
                     continue  # someone loaded it while we waited for the lock
+                # Read again: while this request waited, the model may have been deleted
+                # or pulled anew. Then check its files before anything is unloaded for it.
+                ref, manifest = self.store.get(ref)
+                await asyncio.to_thread(check_model, self.store, manifest)
                 if resident is not None:
                     # Different load options (or a re-pulled file): reload once it is idle.
                     await self._wait_idle(resident)
@@ -336,6 +360,9 @@ class Scheduler:
         if self.closing:  # close() ran during the load: this runner must not outlive it
             await runner.close(reason=self.closing)
             raise ServerBusyError(self.closing)
+        if self.store.find(ref) is None:  # deleted during the load
+            await runner.close(reason=f"model '{ref}' was deleted")
+            raise ModelNotFoundError(str(ref))
         elapsed = time.perf_counter() - started
         self.load_durations.append(elapsed)
         keep = self.default_keep_alive if model.keep_alive is None else model.keep_alive
@@ -374,9 +401,13 @@ class Scheduler:
             now = time.time()
             for resident in list(self.resident.values()):
                 expired = resident.expires_at is not None and resident.expires_at <= now
-                # A runner that died while idle is forgotten too.
-                if resident.busy == 0 and (expired or not resident.runner.alive):
-                    try:
+                try:
+                    # Deleted from the store by anyone (another process, by hand): no
+                    # runner may go on holding its files.
+                    if self.store.find(resident.ref) is None:
+                        await self._unload(resident, f"model '{resident.name}' was deleted")
+                    # A runner that died while idle is forgotten too.
+                    elif resident.busy == 0 and (expired or not resident.runner.alive):
                         await self._unload(resident)
-                    except Exception:  # one bad runner must not stop expiry for the rest
-                        log.exception("unloading %s failed", resident.name)
+                except Exception:  # one bad runner must not stop expiry for the rest
+                    log.exception("unloading %s failed", resident.name)

@@ -1,17 +1,24 @@
 """What the daemon says about stored models: /api/tags entries and /api/show.
 
 GGUF headers are read once per blob digest and kept in ``app.state.details``:
-a header parse is tens of milliseconds for a large vocabulary.
+a header parse is tens of milliseconds for a large vocabulary. A header that cannot
+be read because the file changed on disk is reported as the model being damaged
+(with the repair step); /api/tags still lists such a model, with what its manifest says.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from localserve.errors import StoreError
 from localserve.schemas.ollama import timestamp
 from localserve.store.gguf import GGUFInfo, parameter_size_label, read_gguf_model
 from localserve.store.manifest import Manifest
 from localserve.store.store import ModelStore, StoredModel
+from localserve.store.verify import check_model
+
+log = logging.getLogger("localserve.server")
 
 
 def gguf_info(app: Any, manifest: Manifest) -> GGUFInfo:
@@ -19,7 +26,11 @@ def gguf_info(app: Any, manifest: Manifest) -> GGUFInfo:
     info = cache.get(manifest.digest)
     if info is None:
         store: ModelStore = app.state.store
-        info = read_gguf_model(store.blob_paths(manifest))
+        try:
+            info = read_gguf_model(store.blob_paths(manifest))
+        except (StoreError, OSError):
+            check_model(store, manifest)  # a file that changed on disk: say so, and how to repair
+            raise
         cache[manifest.digest] = info
     return info
 
@@ -38,13 +49,26 @@ def model_details(app: Any, manifest: Manifest) -> dict[str, Any]:
 
 
 def tag_entry(app: Any, stored: StoredModel) -> dict[str, Any]:
+    try:
+        details = model_details(app, stored.manifest)
+    except (StoreError, OSError) as exc:
+        # One damaged model must not break the list; loading it says what is wrong.
+        log.warning("cannot read the GGUF header of %s: %s", stored.name, exc)
+        details = {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "unknown",
+            "families": ["unknown"],
+            "parameter_size": "",
+            "quantization_level": stored.manifest.quantization or "",
+        }
     return {
         "name": stored.name,
         "model": stored.name,
         "modified_at": timestamp(stored.modified_at),
         "size": stored.manifest.size,
         "digest": stored.manifest.digest,
-        "details": model_details(app, stored.manifest),
+        "details": details,
     }
 
 

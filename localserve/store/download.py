@@ -14,19 +14,25 @@ follows the finished prefix and feeds sha256 as the download goes, so verifying
 costs almost nothing at the end. A server that ignores Range gets one worker that
 writes the whole body sequentially.
 
-Only after the digest matches is the partial renamed into blobs/. A mismatch
-deletes the partial and its state: those bytes can never become right.
+Only after the digest matches is the partial renamed into blobs/ (and stamped as
+verified, see verify.py). A mismatch deletes the partial and its state: those bytes
+can never become right. A blob already in the store is checked against its stamp
+first, and downloaded again if it changed on disk: that is how `pull` repairs a
+damaged model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
+import time
 from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -43,6 +49,9 @@ from localserve.errors import (
     HubError,
 )
 from localserve.store.store import ModelStore, atomic_write
+from localserve.store.verify import blob_problem
+
+log = logging.getLogger("localserve.store")
 
 MiB = 1 << 20
 
@@ -85,26 +94,65 @@ def download_blob(
 
     Returns when the blob is verified and in place. Two processes pulling the same
     blob take turns on a lock; the second then finds the blob and returns at once.
+    A blob already stored is checked against its stamp (verify.py) and downloaded
+    again if it changed on disk.
     """
-    from filelock import FileLock, Timeout
-
     store.ensure_dirs()
-    lock = FileLock(str(store.partial_path(sha256, ".lock")))
-    while True:
-        try:
-            lock.acquire(timeout=0.2)
-            break
-        except Timeout:
-            # Someone else is downloading this blob: show their progress while we wait.
-            yield _state_progress(store, sha256, size)
+    lock = _BlobLock(store.partial_path(sha256, ".lock"))
+    while not lock.try_acquire():
+        # Someone else is downloading this blob: show their progress while we wait.
+        yield _state_progress(store, sha256, size)
+        time.sleep(0.2)
     try:
-        if store.has_blob(sha256, size):
-            yield size
-            return
+        if store.has_blob(sha256):
+            problem = blob_problem(store, sha256, size)
+            if problem is None:
+                yield size
+                return
+            log.info("blob sha256-%s %s: downloading it again", sha256[:12], problem)
         job = _Job(store, url, size, sha256, headers or {}, options or DownloadOptions(), label)
         yield from job.run()
     finally:
         lock.release()
+
+
+class _BlobLock:
+    """Who downloads a blob: an exclusive flock on ``partial/sha256-<hex>.lock``, and
+    the file goes when the lock is released, so a finished store holds no lock files.
+
+    Deleting a lock file is safe only because a waiter that wins the lock checks that
+    the path still names the file it locked; if the holder deleted it meanwhile, the
+    waiter lets go and tries again on the new file (filelock leaves its files behind
+    instead). The kernel drops the lock of a killed process; its file is reused.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        held = False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            on_disk, locked = os.stat(self.path), os.fstat(fd)
+            held = (on_disk.st_dev, on_disk.st_ino) == (locked.st_dev, locked.st_ino)
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        finally:
+            if not held:
+                os.close(fd)
+        if held:
+            self._fd = fd
+        return held
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # while still holding the lock: see the class docstring
+        os.close(fd)
 
 
 def _state_progress(store: ModelStore, sha256: str, size: int) -> int:
@@ -276,8 +324,11 @@ class _Job:
                 hint="the partial download was deleted; run the pull again",
             )
         self.store.commit_blob(self.partial, self.sha256)
-        with contextlib.suppress(FileNotFoundError):
-            self.state_path.unlink()
+        # The state, and any temporary copy of it a killed process left half-written.
+        leftovers = self.state_path.parent.glob(f".{self.state_path.name}.*.tmp")
+        for path in (self.state_path, *leftovers):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def _fail(self, exc: BaseException) -> None:
         with self.cond:

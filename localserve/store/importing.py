@@ -6,7 +6,8 @@ disk), else copied with progress. Either way it is hashed and enters blobs/ by a
 atomic rename; a split model (``x-00001-of-00003.gguf``) brings all its parts.
 
 A hard link shares the bytes with the original file: editing that file in place
-would change the blob too, which the digest check at load time would report.
+would change the blob too, which the check before each load reports (verify.py).
+Importing the file again repairs a blob that changed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from localserve.store.manifest import BlobEntry, ImportSource, Manifest
 from localserve.store.progress import Progress
 from localserve.store.refs import parse_ref
 from localserve.store.store import ModelStore
+from localserve.store.verify import blob_problem, record_verified
 
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 _BLOCK = 8 << 20
@@ -126,9 +128,15 @@ def _stage_blob(store: ModelStore, source: Path) -> Generator[Progress, None, st
                 if writer is not None:
                     writer.close()
         digest = sha.hexdigest()
-        if store.has_blob(digest):
+        blob = store.blob_path(digest)
+        if store.has_blob(digest) and os.path.samefile(staged, blob):
+            # Imported before by a hard link: the very bytes just hashed. Stamp after the
+            # unlink, which changes the file's ctime.
             staged.unlink()
-        else:
+            record_verified(store, digest)
+        elif store.has_blob(digest) and blob_problem(store, digest, size) is None:
+            staged.unlink()
+        else:  # new, or the stored copy changed on disk: these checked bytes replace it
             store.commit_blob(staged, digest)
         return digest
     finally:

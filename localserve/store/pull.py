@@ -6,12 +6,13 @@ resolve the reference with the Hub ("pulling manifest"), download each missing b
 ("verifying sha256 digest"), write the manifest ("writing manifest"), "success".
 
 The manifest is written last, under the store lock, so a name never points at
-something half-downloaded.
+something half-downloaded. Pulling a model that is already stored downloads only
+the files that are missing or changed on disk since they were verified (verify.py),
+so `pull` is also how a damaged model is repaired.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Generator
 
 from localserve.errors import InvalidGGUFError, InvalidReferenceError
@@ -21,17 +22,40 @@ from localserve.store.manifest import BlobEntry, HubSource, Manifest
 from localserve.store.progress import Progress
 from localserve.store.refs import ModelRef, parse_ref
 from localserve.store.store import ModelStore
+from localserve.store.verify import check_model, pull_name
+
+_HUB_FORM = (
+    "hf.co/OWNER/REPO[:QUANT], e.g. localserve pull hf.co/unsloth/gemma-3-270m-it-GGUF:Q4_K_M"
+)
 
 
-def hub_ref(name: str) -> ModelRef:
-    """Parse a name that must point at Hugging Face."""
+def hub_ref(name: str, store: ModelStore | None = None) -> ModelRef:
+    """Parse a name that must point at Hugging Face.
+
+    Given the ``store``, a local name that is stored (imported, or a copy) gets a
+    precise answer: DamagedModelError saying how to repair it if its file changed on
+    disk (this may hash it), else why there is nothing to pull under that name.
+    """
     ref = parse_ref(name)
-    if not ref.is_hub:
+    if ref.is_hub:
+        return ref
+    found = store.find(ref) if store is not None else None
+    if store is None or found is None:
         raise InvalidReferenceError(
-            f"{name!r} is a local name; pull fetches from Hugging Face",
-            hint="use hf.co/OWNER/REPO[:QUANT], e.g. localserve pull hf.co/unsloth/gemma-3-270m-it-GGUF:Q4_K_M",
+            f"{name!r} is a local name; pull fetches from Hugging Face", hint=f"use {_HUB_FORM}"
         )
-    return ref
+    _, manifest = store.get(found)
+    check_model(store, manifest)
+    source = manifest.source
+    if source.type == "huggingface":
+        raise InvalidReferenceError(
+            f"'{found}' is a local name for a model from hf.co/{source.repo}",
+            hint=f"to pull its file again: localserve pull {pull_name(manifest, source.repo)}",
+        )
+    raise InvalidReferenceError(
+        f"'{found}' was imported from a local file; there is nothing to pull",
+        hint=f"pull fetches from Hugging Face: use {_HUB_FORM}",
+    )
 
 
 def pull_model(
@@ -43,7 +67,7 @@ def pull_model(
     options: DownloadOptions | None = None,
 ) -> Generator[Progress]:
     """Pull ``name`` into ``store``, yielding progress. Raises LocalserveError subclasses."""
-    ref = hub_ref(name)
+    ref = hub_ref(name, store)
     yield Progress("pulling manifest")
     options = options or DownloadOptions()
     resolved = resolve(ref, endpoint=endpoint, token=token, backoff=options.backoff)
@@ -109,7 +133,6 @@ def _check_gguf(store: ModelStore, entries: tuple[BlobEntry, ...]) -> str:
             used = {e.digest for m in store.list_models() for e in m.manifest.files}
             for entry in entries:
                 if entry.digest not in used:
-                    with contextlib.suppress(FileNotFoundError):
-                        store.blob_path(entry.digest).unlink()
+                    store.delete_blob(entry.digest)
         raise InvalidGGUFError(entries[0].filename, exc.reason) from exc
     return info.quantization

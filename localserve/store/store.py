@@ -9,11 +9,13 @@
       partial/sha256-<64 hex>.partial               a download in progress (never listed)
       partial/sha256-<64 hex>.json                  its resume state
       partial/sha256-<64 hex>.lock                  held by the process writing it
+      verified/sha256-<64 hex>.json                 the blob's stat when its sha256 last matched
       store.lock                                    held while manifests change or blobs go
 
 A blob only ever appears by an atomic rename after its sha256 was checked, and a
 manifest only after all its blobs are in place, so a crash at any moment leaves
-either the old state or the new one, plus at most a resumable partial.
+either the old state or the new one, plus at most a resumable partial. What happens
+to a blob afterwards (a disk fault, an edit of an imported file) is verify.py's job.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class ModelStore:
         self.blobs_dir = self.root / "blobs"
         self.manifests_dir = self.root / "manifests"
         self.partial_dir = self.root / "partial"
+        self.verified_dir = self.root / "verified"
 
     @classmethod
     def from_settings(cls) -> ModelStore:
@@ -81,6 +84,12 @@ class ModelStore:
     def partial_path(self, digest: str, suffix: str) -> Path:
         return self._inside(
             self.partial_dir, self.partial_dir / f"sha256-{parse_digest(digest)}{suffix}"
+        )
+
+    def stamp_path(self, digest: str) -> Path:
+        """Where verify.py records that blob ``digest`` was verified (and as of which stat)."""
+        return self._inside(
+            self.verified_dir, self.verified_dir / f"sha256-{parse_digest(digest)}.json"
         )
 
     def manifest_path(self, ref: ModelRef) -> Path:
@@ -195,8 +204,7 @@ class ModelStore:
             removed = []
             for entry in manifest.files:
                 if entry.digest not in still_used:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.blob_path(entry.digest).unlink()
+                    self.delete_blob(entry.digest)
                     removed.append(entry.digest)
         return ref, removed
 
@@ -222,14 +230,25 @@ class ModelStore:
         return [self.blob_path(entry.digest) for entry in manifest.files]
 
     def commit_blob(self, staged: Path, digest: str) -> Path:
-        """Move a verified file into blobs/ under its digest (atomic, same filesystem)."""
+        """Move a verified file into blobs/ under its digest (atomic, same filesystem),
+        and stamp it as verified."""
+        from localserve.store.verify import record_verified
+
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         target = self.blob_path(digest)
         with open(staged, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(staged, target)
         _fsync_dir(self.blobs_dir)
+        # After the rename: a rename changes the file's ctime, which the stamp records.
+        record_verified(self, digest)
         return target
+
+    def delete_blob(self, digest: str) -> None:
+        """Remove a blob and its verification stamp (call under the store lock)."""
+        for path in (self.blob_path(digest), self.stamp_path(digest)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def iter_partials(self) -> Iterator[Path]:
         if self.partial_dir.is_dir():
