@@ -22,6 +22,7 @@ from localserve.errors import (
     LocalserveError,
     ModelNotFoundError,
     ServerBusyError,
+    StoreError,
 )
 
 Options = Mapping[str, Any]
@@ -73,6 +74,8 @@ def raise_for_error(
         raise InvalidOptionError(text)
     if status == 503:
         raise ServerBusyError(text, hint="the daemon's queue is full; try again in a moment")
+    if status in (409, 422, 507):  # a damaged or invalid model file, a full disk
+        raise StoreError(text)
     if status >= 500:
         raise failure(text)
     raise LocalserveError(text)

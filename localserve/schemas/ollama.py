@@ -13,8 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from localserve.config import parse_duration
-from localserve.schemas.base import Request
+from localserve.schemas.base import Request, keep_alive_seconds
 
 
 def _model_from_name(data: Any) -> Any:
@@ -28,9 +27,7 @@ class KeepAlive(Request):
     keep_alive: str | float | int | None = None
 
     def keep_alive_seconds(self) -> float | None:
-        if self.keep_alive is None:
-            return None
-        return parse_duration(self.keep_alive)
+        return keep_alive_seconds(self.keep_alive)
 
 
 class GenerateRequest(KeepAlive):

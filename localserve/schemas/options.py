@@ -56,6 +56,15 @@ def split_options(
     for key in LOAD_KEYS & set(given):
         if given[key] is not None:
             load_values[key] = given[key]
+    batch = load_values.get("num_batch")
+    if isinstance(batch, int) and not isinstance(batch, bool) and 0 < batch < num_parallel:
+        # llama.cpp aborts the whole runner (GGML_ASSERT on n_outputs_max) when a decode
+        # call cannot hold one token of every sequence.
+        raise InvalidOptionError(
+            f"num_batch must be at least {num_parallel}, the sequences decoded together, "
+            f"got {batch}",
+            hint="raise num_batch or lower LOCALSERVE_NUM_PARALLEL",
+        )
     sampling_values = {k: given[k] for k in SAMPLING_KEYS & set(given) if given[k] is not None}
     if "stop" in sampling_values:
         stop = sampling_values["stop"]

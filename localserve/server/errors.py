@@ -9,11 +9,13 @@ streaming.py); these handlers cover everything before that.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from localserve import errors as e
@@ -36,8 +38,43 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (e.DownloadInterruptedError, 502),
     (e.DiskFullError, 507),
     (e.InvalidGGUFError, 422),
+    # The stored file no longer matches what was verified: the request is fine, the
+    # store is not, and the message says how to repair it.
+    (e.DamagedModelError, 409),
     (e.LocalserveError, 500),
 )
+
+
+class OllamaError(BaseModel):
+    """The error body of every route outside /v1."""
+
+    error: str
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """The error body of /v1 routes, as OpenAI answers."""
+
+    error: OpenAIErrorDetail
+
+
+def documented_errors(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a router, for its OpenAPI schema: 400 for bad input, and
+    every other status (401, 403, 404, 413, 500, 503...) with the same body."""
+    return {
+        400: {"model": model, "description": "Invalid JSON, fields, options or model name"},
+        "default": {"model": model, "description": "An error (docs/api.md lists the statuses)"},
+    }
+
+
+OLLAMA_ERRORS = documented_errors(OllamaError)
+OPENAI_ERRORS = documented_errors(OpenAIError)
 
 
 def status_of(exc: BaseException) -> int:
@@ -73,15 +110,24 @@ def error_body(path: str, status: int, message: str) -> dict[str, Any]:
     return {"error": message}
 
 
+# Sent with error 503s (a full queue, a daemon stopping): a slot usually frees within a
+# second. Ollama sends none; clients that honour it back off instead of hammering.
+RETRY_AFTER_SECONDS = 1
+
+
 def error_response(request: Request, status: int, message: str) -> JSONResponse:
-    return JSONResponse(error_body(request.url.path, status, message), status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    return JSONResponse(
+        error_body(request.url.path, status, message), status_code=status, headers=headers
+    )
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.LocalserveError)
     async def localserve_error(request: Request, exc: e.LocalserveError) -> JSONResponse:
         status = status_of(exc)
-        if status >= 500:
+        # A damaged store is the operator's business too, whatever the status says.
+        if status >= 500 or isinstance(exc, e.DamagedModelError):
             log.error("%s %s: %s", request.method, request.url.path, exc)
         return error_response(request, status, message_of(exc))
 
@@ -99,15 +145,35 @@ def install(app: FastAPI) -> None:
         return error_response(request, 500, f"internal error: {type(exc).__name__}")
 
 
+# Where pydantic names the member of a union it tried (``keep_alive.str``), not a field.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|list\[.*|dict\[.*|literal\[.*|.*-.*\[.*)$")
+
+
 def describe_validation(problems: Any) -> str:
     """One line for a pydantic/FastAPI validation failure: the first problem and where."""
     if not problems:
         return "invalid request"
     first = problems[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    loc = tuple(first.get("loc", ()))
     kind = first.get("type", "")
     if kind == "json_invalid":
         return "invalid JSON in the request body"
+    if loc == ("body",):
+        if kind == "missing":
+            return "the request body is empty: send a JSON object"
+        if isinstance(first.get("input"), bytes):
+            # FastAPI leaves a body without a JSON Content-Type unparsed.
+            return "the request body must be JSON, sent with Content-Type: application/json"
+        if kind in ("model_attributes_type", "model_type", "dict_type"):
+            return "the request body must be a JSON object"
+    # A value that matches no member of a union: one error per member, same place.
+    if len(loc) > 1 and isinstance(loc[-1], str) and _UNION_MEMBER.match(loc[-1]):
+        members = [p for p in problems if tuple(p.get("loc", ()))[:-1] == loc[:-1]]
+        if len(members) > 1:
+            loc = loc[:-1]
+            expected = [str(p.get("msg", "")).removeprefix("Input should be ") for p in members]
+            first = {**first, "msg": "Input should be " + " or ".join(expected)}
+    where = ".".join(str(p) for p in loc if p != "body")
     if kind == "missing":
         return f"missing field {where!r}"
     message = str(first.get("msg", "invalid value"))

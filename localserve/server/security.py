@@ -11,6 +11,7 @@
   a ``text/plain`` fetch that skips preflight) gets 403. Scripts and curl send no
   Origin and are unaffected, so ``curl -d '{...}'`` keeps working as with Ollama.
 - Bodies: at most MAX_BODY bytes (413), counted as they arrive.
+- Paths: no control characters (400), percent-encoded or not.
 - Metrics: each response is counted by route and status.
 """
 
@@ -37,6 +38,7 @@ MAX_BODY = 16 << 20  # 16 MiB: a long chat fits many times over
 PUBLIC_PATHS = {"/", "/health"}
 LOCAL_ORIGIN = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def is_loopback(host: str) -> bool:
@@ -130,6 +132,10 @@ class Guard:
 
     def _refuse(self, scope: Scope, headers: dict[str, bytes]) -> tuple[int, str] | None:
         path = scope["path"]
+        if _CONTROL.search(path):
+            # Routes match with Python's `$`, which also matches before a final newline:
+            # /v1/models/tiny%0A would otherwise answer for "tiny".
+            return 400, "control characters in the URL path"
         if self.check_host:
             host = headers.get("host", b"").decode("latin-1").lower()
             name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"

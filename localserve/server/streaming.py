@@ -9,6 +9,7 @@ iterator, which cancels its request in the runner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -35,17 +36,22 @@ async def iterate_in_thread(generator: Generator[T]) -> AsyncIterator[T]:
     queue: asyncio.Queue[Any] = asyncio.Queue()
     stop = threading.Event()
 
+    def post(item: Any) -> None:
+        # The loop may have closed (the consumer raised and left): nobody listens then.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
     def pump() -> None:
         try:
             for item in generator:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+                post(item)
                 if stop.is_set():
                     break
         except BaseException as exc:
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
+            post(exc)
         finally:
             generator.close()
-            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            post(_DONE)
 
     thread = threading.Thread(target=pump, name="localserve-pull", daemon=True)
     thread.start()
@@ -61,8 +67,19 @@ async def iterate_in_thread(generator: Generator[T]) -> AsyncIterator[T]:
         stop.set()
 
 
+# JSON may leave these raw inside strings, but Python's str.splitlines, and with it
+# httpx's iter_lines (the ollama package's client and ours), breaks lines at them.
+_SPLITLINES_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _json(obj: dict[str, Any]) -> bytes:
+    """Compact JSON on one line for every line reader (generated text can hold anything)."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return text.translate(_SPLITLINES_BREAKS).encode()
+
+
 def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return _json(obj) + b"\n"
 
 
 async def _ndjson(chunks: AsyncIterator[dict[str, Any]], path: str) -> AsyncIterator[bytes]:
@@ -81,11 +98,7 @@ def ndjson(chunks: AsyncIterator[dict[str, Any]], path: str) -> StreamingRespons
 async def _sse(chunks: AsyncIterator[dict[str, Any]], path: str) -> AsyncIterator[bytes]:
     try:
         async for chunk in chunks:
-            yield (
-                b"data: "
-                + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()
-                + b"\n\n"
-            )
+            yield b"data: " + _json(chunk) + b"\n\n"
     except Exception as exc:
         log.warning("stream on %s ended with an error: %s", path, exc)
         yield b"data: " + json.dumps(error_body(path, 500, message_of(exc))).encode() + b"\n\n"

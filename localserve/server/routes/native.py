@@ -31,11 +31,20 @@ from localserve.schemas.ollama import (
     timestamp,
 )
 from localserve.schemas.options import split_options
+from localserve.server.errors import OLLAMA_ERRORS
 from localserve.server.models import model_details, show_model, tag_entry
 from localserve.server.streaming import first_then_rest, iterate_in_thread, ndjson
 from localserve.store.store import ModelStore
 
-router = APIRouter()
+router = APIRouter(responses=OLLAMA_ERRORS)
+# For the OpenAPI schema: what these routes answer with besides JSON.
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One JSON object, or with stream (the default) NDJSON lines",
+        "content": {"application/x-ndjson": {}},
+    }
+}
+EMPTY: dict[int | str, dict[str, Any]] = {200: {"description": "Done (an empty body)"}}
 
 
 def _scheduler(request: Request) -> Scheduler:
@@ -103,9 +112,9 @@ def running_entry(app: Any, resident: Resident) -> dict[str, Any]:
     if resident.busy or resident.expires_at is None:
         expires = datetime.max.replace(tzinfo=UTC) if resident.keep_alive < 0 else datetime.now(UTC)
         if resident.keep_alive > 0:
-            expires = datetime.fromtimestamp(time.time() + resident.keep_alive, UTC)
+            expires = _moment(time.time() + resident.keep_alive)
     else:
-        expires = datetime.fromtimestamp(resident.expires_at, UTC)
+        expires = _moment(resident.expires_at)
     return {
         "name": resident.name,
         "model": resident.name,
@@ -121,31 +130,43 @@ def running_entry(app: Any, resident: Resident) -> dict[str, Any]:
     }
 
 
+def _moment(epoch_seconds: float) -> datetime:
+    """A wall-clock time; one beyond what datetime holds (LOCALSERVE_KEEP_ALIVE of
+    centuries) is as good as forever."""
+    try:
+        return datetime.fromtimestamp(epoch_seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return datetime.max.replace(tzinfo=UTC)
+
+
 @router.post("/api/show")
 async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
     return await asyncio.to_thread(show_model, request.app, body.model, body.verbose)
 
 
-@router.delete("/api/delete")
+@router.delete("/api/delete", response_class=Response, responses=EMPTY)
 async def delete(body: NameRequest, request: Request) -> Response:
-    store = _store(request)
-    ref, _ = store.get(body.model)
-    await _scheduler(request).unload(str(ref))
-    await asyncio.to_thread(store.remove, str(ref))
+    # Delete first, so that no new request can load the model again, then unload it:
+    # its in-flight requests end with an error (docs/store.md). Answers once no runner
+    # holds its files.
+    ref, _ = await asyncio.to_thread(_store(request).remove, body.model)
+    await _scheduler(request).forget(ref)
     return Response(status_code=200)
 
 
-@router.post("/api/copy")
+@router.post("/api/copy", response_class=Response, responses=EMPTY)
 async def copy(body: CopyRequest, request: Request) -> Response:
     await asyncio.to_thread(_store(request).copy, body.source, body.destination)
     return Response(status_code=200)
 
 
-@router.post("/api/pull", response_model=None)
+@router.post("/api/pull", response_model=None, responses=STREAMED)
 async def pull(body: PullRequest, request: Request) -> Response:
     from localserve.store.pull import hub_ref, pull_model
 
-    hub_ref(body.model)  # a bad name is a 400 before anything streams
+    # A bad name is a 400 before anything streams; a damaged local model says how to
+    # repair it (checking it may hash a file, so not on the event loop).
+    await asyncio.to_thread(hub_ref, body.model, _store(request))
     events = pull_model(_store(request), body.model)
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
@@ -244,13 +265,17 @@ async def _respond(
     return JSONResponse(final)
 
 
-@router.post("/api/generate", response_model=None)
+@router.post("/api/generate", response_model=None, responses=STREAMED)
 async def generate(body: GenerateRequest, request: Request) -> Response:
     started = time.perf_counter_ns()
     if body.images:
         raise InvalidOptionError("images are not supported: localserve runs text models")
+    if body.suffix:
+        # Ollama answers the same for a model without an infill template; ignoring it
+        # would answer a different question.
+        raise InvalidOptionError("suffix is not supported: localserve has no fill-in-the-middle")
     model, sampling = model_request(request, body.model, body.options, body.keep_alive_seconds())
-    if not body.prompt and not body.suffix:
+    if not body.prompt:
         return JSONResponse(await _load_only(request, model, started, response=""))
     engine_request = {
         "prompt": body.prompt,
@@ -269,7 +294,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     )
 
 
-@router.post("/api/chat", response_model=None)
+@router.post("/api/chat", response_model=None, responses=STREAMED)
 async def chat(body: ChatRequest, request: Request) -> Response:
     started = time.perf_counter_ns()
     model, sampling = model_request(request, body.model, body.options, body.keep_alive_seconds())

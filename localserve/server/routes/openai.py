@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from localserve.config import parse_duration
+from localserve.errors import InvalidOptionError
+from localserve.schemas.base import keep_alive_seconds
 from localserve.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -20,14 +21,18 @@ from localserve.schemas.openai import (
     finish_reason,
     usage,
 )
+from localserve.server.errors import OPENAI_ERRORS
 from localserve.server.routes.native import _scheduler, _shorten, _store, model_request
 from localserve.server.streaming import first_then_rest, sse
 
-router = APIRouter(prefix="/v1")
-
-
-def _keep_alive(value: str | float | int | None) -> float | None:
-    return None if value is None else parse_duration(value)
+router = APIRouter(prefix="/v1", responses=OPENAI_ERRORS)
+# For the OpenAPI schema: with stream true, server-sent events.
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One JSON object, or with stream true server-sent events",
+        "content": {"text/event-stream": {}},
+    }
+}
 
 
 @router.get("/models")
@@ -60,7 +65,11 @@ async def _events(
     request: Request, body: Any, engine_request: dict[str, Any], max_tokens: int | None
 ) -> AsyncIterator[dict[str, Any]]:
     model_req, sampling = model_request(
-        request, body.model, body.options, _keep_alive(body.keep_alive), body.overrides(max_tokens)
+        request,
+        body.model,
+        body.options,
+        keep_alive_seconds(body.keep_alive),
+        body.overrides(max_tokens),
     )
     metrics = request.app.state.metrics
     started = time.perf_counter_ns()
@@ -124,7 +133,7 @@ async def _after_first_event(
         yield item
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=STREAMED)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
@@ -188,8 +197,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     )
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, responses=STREAMED)
 async def completions(body: CompletionRequest, request: Request) -> Response:
+    if body.suffix:
+        raise InvalidOptionError("suffix is not supported: localserve has no fill-in-the-middle")
     completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
@@ -229,7 +240,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
     inputs = [body.input] if isinstance(body.input, str) else list(body.input)
-    model_req, _ = model_request(request, body.model, body.options, _keep_alive(body.keep_alive))
+    model_req, _ = model_request(
+        request, body.model, body.options, keep_alive_seconds(body.keep_alive)
+    )
     result = await _scheduler(request).embed(model_req, inputs, truncate=True)
     vectors = result["embeddings"]
     if body.dimensions is not None:

@@ -3,17 +3,24 @@ come from FastAPI.)"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from localserve.server.errors import OLLAMA_ERRORS
 from localserve.server.metrics import CONTENT_TYPE
 
-router = APIRouter()
+router = APIRouter(responses=OLLAMA_ERRORS)
+# Documented by hand: response_class=PlainTextResponse would document the errors as text too.
+TEXT: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Plain text", "content": {"text/plain": {"schema": {"type": "string"}}}}
+}
 
 
-@router.get("/", response_class=PlainTextResponse)
-async def root() -> str:
-    return "localserve is running"
+@router.get("/", response_model=None, responses=TEXT)
+async def root() -> Response:
+    return PlainTextResponse("localserve is running")
 
 
 @router.head("/", include_in_schema=False)
@@ -21,7 +28,10 @@ async def root_head() -> Response:
     return PlainTextResponse("localserve is running")
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={503: {"description": "A model is loading (the same body, status loading)"}},
+)
 async def health(request: Request) -> JSONResponse:
     """200 when ready; 503 while a model is loading (as llama.cpp's server answers)."""
     scheduler = request.app.state.scheduler
@@ -34,6 +44,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503 if scheduler.loading else 200)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_model=None, responses=TEXT)
 async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
