@@ -1,17 +1,27 @@
-"""Throughput and time to first token: localserve's engine against llama-server, one run.
+"""Side by side: localserve against llama-server and llama_cpp.server, one run.
 
     python benchmarks/engine.py [--model PATH] [--streams 1 4 8 16] [--reps 3] [--tokens 64]
+        [--peers localserve llama-server llama-cpp-python] [--skip chat prefill load ceiling]
+        [--json FILE]
 
-Same GGUF (default Gemma 3 270M Q4_K_M), same llama.cpp (llama-server is built from
-the pinned llama-cpp-python's vendor/llama.cpp, see peers.py), same threads, greedy,
-a fixed number of new tokens per request (end-of-generation ignored), distinct
-prompts per stream. localserve is driven through its runner process
-(engine/client.py: the engine plus its pipe to the daemon), llama-server through
-its HTTP streaming /completion endpoint. Runs alternate between the two and the
-medians are reported, with the ratio localserve / llama-server.
+Same GGUF (default Gemma 3 270M Q4_K_M), same llama.cpp (llama-server and
+llama-batched-bench are built from the pinned llama-cpp-python's vendor/llama.cpp, see
+peers.py; llama_cpp.server is that package), same threads, the same context per
+slot, greedy, a fixed number of new tokens per request, distinct prompts per stream.
+The servers are in servers.py; runs alternate between them and medians are reported.
+The localserve daemon (HTTP) always runs; --peers picks the others ("localserve" is
+its engine driven directly, without HTTP).
 
-Also measures the turn-2 time to first token of a chat (~600-token history) against
-a cold prompt of the same length.
+Measured:
+- aggregate output tok/s and time to first token (p50, p95) at each stream count,
+  and per-stream decode tok/s (tokens after the first over the time after the first);
+- resident memory of every process after the throughput runs (the daemon idle, too);
+- chat: turn-2 time to first token (a ~600-token history just processed) against a
+  cold prompt of the same length;
+- prefill: a ~1500-token prompt nobody has cached, one new token; the request's time
+  is the common measure, plus each server's own prompt rate where it reports one;
+- model load time, cold and warm page cache (load_time.py);
+- the llama.cpp ceiling from llama-batched-bench at the same sizes (ceiling.py).
 """
 
 from __future__ import annotations
@@ -22,308 +32,220 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.peers import start_llama_server, stop  # noqa: E402
+from benchmarks import report  # noqa: E402
+from benchmarks.prompts import Tokenizer, history, long_prompt, prompt  # noqa: E402
+from benchmarks.servers import SERVERS, LocalserveHTTP, Server, Stream  # noqa: E402
 
-TOPICS = ["the ocean", "a lighthouse", "mountains", "a city at night", "the first computer", "autumn leaves", "a train journey", "the moon",
-          "a bakery", "old libraries", "desert winds", "a chess match", "rain in spring", "a jazz club", "glaciers", "a market day"]  # fmt: skip
-
-
-def prompt(i: int) -> str:
-    return f"Write a long, detailed essay about {TOPICS[i % len(TOPICS)]} (variant {i}).\n\n"
-
-
-Result = tuple[float, float]  # (ttft seconds, end seconds) relative to the start
+DAEMON = report.DAEMON
+PEERS = ("localserve", "llama-server", "llama-cpp-python")
+PARTS = ("chat", "prefill", "load", "ceiling")
 
 
-async def run_streams(
-    one: Callable[[int], Awaitable[Result]], streams: int, tokens: int
-) -> dict[str, float]:
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run_streams(server: Server, prompts: list[str], tokens: int) -> dict[str, float]:
+    """All ``prompts`` at once; aggregate and per-stream numbers of this one run."""
     start = time.perf_counter()
-    results = await asyncio.gather(*(one(i) for i in range(streams)))
-    ttfts = sorted(r[0] - start for r in results)
-    end = max(r[1] for r in results) - start
+    streams: list[Stream] = await asyncio.gather(*(server.stream(p, tokens) for p in prompts))
+    elapsed = max(s.end for s in streams) - start
+    ttfts = [s.first - start for s in streams]
+    decode = [r for s in streams if (r := s.decode_tok_s) is not None]
     return {
-        "tok_s": streams * tokens / end,
+        "tok_s": sum(s.tokens for s in streams) / elapsed,
         "ttft_p50": statistics.median(ttfts),
-        "ttft_p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+        "ttft_p95": percentile(ttfts, 0.95),
+        "decode_tok_s": statistics.median(decode) if decode else 0.0,
+        "tokens": sum(s.tokens for s in streams),
+        "wanted": sum(s.wanted for s in streams),
     }
 
 
-class Localserve:
-    name = "localserve"
-
-    def __init__(self, model: Path, parallel: int, ctx: int, threads: int) -> None:
-        self.args = (model, parallel, ctx, threads)
-        self.runner: Any = None
-
-    async def start(self) -> None:
-        from localserve.engine.client import RunnerClient
-        from localserve.engine.options import LoadOptions
-
-        model, parallel, ctx, threads = self.args
-        self.runner = await RunnerClient.start(
-            [model], LoadOptions(num_ctx=ctx, num_parallel=parallel, num_thread=threads)
-        )
-
-    async def stream(self, text: str, tokens: int) -> Result:
-        first = 0.0
-        async for event in self.runner.generate(
-            {
-                "prompt": text,
-                "raw": True,
-                "options": {"temperature": 0, "num_predict": tokens, "ignore_eos": True},
-            }
-        ):
-            if event["type"] == "text" and not first:
-                first = time.perf_counter()
-            if event["type"] == "done":
-                assert event["eval_count"] == tokens, event
-        return first, time.perf_counter()
-
-    async def close(self) -> None:
-        await self.runner.close()
+def stream_prompts(streams: int, rep: int) -> list[str]:
+    """The prompts of one throughput run: none seen before by any server."""
+    return [prompt(i + 100 * streams + 10000 * rep) for i in range(streams)]
 
 
-class LocalserveHTTP:
-    """The whole daemon: HTTP, routes, scheduler, runner. Same engine as above."""
-
-    name = "localserve-http"
-
-    def __init__(self, model: Path, parallel: int, ctx: int, threads: int) -> None:
-        self.args = (model, parallel, ctx, threads)
-
-    async def start(self) -> None:
-        import os
-        import subprocess
-        import tempfile
-
-        import httpx
-
-        from benchmarks.peers import free_port, wait_http
-
-        model, parallel, ctx, threads = self.args
-        self.home = tempfile.mkdtemp(prefix="localserve-bench-")
-        port = free_port()
-        env = {**os.environ, "LOCALSERVE_HOME": self.home, "LOCALSERVE_HOST": f"127.0.0.1:{port}",
-               "LOCALSERVE_NUM_PARALLEL": str(parallel), "LOCALSERVE_CONTEXT_LENGTH": str(ctx)}  # fmt: skip
-        subprocess.run(
-            [sys.executable, "-m", "localserve", "import", str(model), "bench"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "localserve", "serve", "--foreground"],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        self.url = f"http://127.0.0.1:{port}"
-        wait_http(self.url + "/")
-        self.threads = threads
-        self.client = httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64))
-
-    async def stream(self, text: str, tokens: int) -> Result:
-        first = 0.0
-        options = {
-            "temperature": 0,
-            "num_predict": tokens,
-            "ignore_eos": True,
-            "num_thread": self.threads,
-        }
-        body = {"model": "bench", "prompt": text, "raw": True, "options": options}
-        async with self.client.stream("POST", self.url + "/api/generate", json=body) as response:
-            async for line in response.aiter_lines():
-                event = json.loads(line)
-                if event.get("response") and not first:
-                    first = time.perf_counter()
-                if event.get("done"):
-                    assert event["eval_count"] == tokens, event
-        return first, time.perf_counter()
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    async def close(self) -> None:
-        import shutil
-
-        from benchmarks.peers import stop
-
-        await self.client.aclose()
-        stop(self.process)  # type: ignore[arg-type]
-        shutil.rmtree(self.home, ignore_errors=True)
+def alternate(servers: list[Any], rep: int) -> list[Any]:
+    """Forward on even repetitions, backward on odd: no server always goes first."""
+    return servers if rep % 2 == 0 else servers[::-1]
 
 
-class LlamaServer:
-    name = "llama-server"
-
-    def __init__(self, model: Path, parallel: int, ctx: int, threads: int) -> None:
-        self.args = (model, parallel, ctx, threads)
-
-    async def start(self) -> None:
-        import httpx
-
-        model, parallel, ctx, threads = self.args
-        self.process, self.url = start_llama_server(
-            model, parallel=parallel, ctx_per_slot=ctx, threads=threads
-        )
-        # No keep-alive: llama-server drops idle connections, and a POST on a stale one fails.
-        self.client = httpx.AsyncClient(
-            timeout=600, limits=httpx.Limits(max_connections=64, max_keepalive_connections=0)
-        )
-
-    async def stream(self, text: str, tokens: int) -> Result:
-        first = 0.0
-        body = {
-            "prompt": text,
-            "n_predict": tokens,
-            "temperature": 0,
-            "stream": True,
-            "ignore_eos": True,
-            "cache_prompt": True,
-        }
-        async with self.client.stream("POST", self.url + "/completion", json=body) as response:
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                event = json.loads(line[6:])
-                if event.get("content") and not first:
-                    first = time.perf_counter()
-                if event.get("stop"):
-                    assert event["timings"]["predicted_n"] == tokens, event["timings"]
-        return first, time.perf_counter()
-
-    async def close(self) -> None:
-        await self.client.aclose()
-        stop(self.process)
+async def throughput(
+    servers: list[Server], streams: list[int], reps: int, tokens: int
+) -> dict[str, dict[int, list[dict[str, float]]]]:
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {
+        s.name: {n: [] for n in streams} for s in servers
+    }
+    for rep in range(reps):
+        for n in streams:
+            prompts = stream_prompts(n, rep)
+            for server in alternate(servers, rep):
+                runs[server.name][n].append(await run_streams(server, prompts, tokens))
+    return runs
 
 
-def history(turns: int) -> str:
-    lines = []
-    for i in range(turns):
-        lines.append(f"User: Tell me something interesting about {TOPICS[i % len(TOPICS)]}.")
-        lines.append(
-            f"Assistant: Here is a fact about {TOPICS[i % len(TOPICS)]}: "
-            + "it is remarkable in many ways, " * 6
-        )
-    return "\n".join(lines) + "\n"
+async def chat(servers: list[Server], reps: int) -> dict[str, dict[str, list[float]]]:
+    times: dict[str, dict[str, list[float]]] = {s.name: {"cold": [], "turn2": []} for s in servers}
+    for rep in range(reps):
+        for server in alternate(servers, rep):
+            # Turn 2 of a conversation: the ~600-token history was just processed.
+            base = history(8) + f"(session {rep})\nUser: hello\nAssistant:"
+            await server.stream(base, 16)
+            t0 = time.perf_counter()
+            turn2 = await server.stream(base + " ok\nUser: and more?\nAssistant:", 8)
+            times[server.name]["turn2"].append(turn2.first - t0)
+            cold = (
+                history(8).replace("fact", "note")
+                + f"(other {rep})\nUser: hello\nAssistant: ok\nUser: and more?\nAssistant:"
+            )
+            t0 = time.perf_counter()
+            first = await server.stream(cold, 8)
+            times[server.name]["cold"].append(first.first - t0)
+    return times
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None)
+async def prefill(
+    servers: list[Server], prompts: list[list[tuple[str, int]]]
+) -> dict[str, dict[str, list[float]]]:
+    """One new token after a long prompt nobody has cached (``prompts[rep][server]``)."""
+    results: dict[str, dict[str, list[float]]] = {
+        s.name: {"tokens": [], "seconds": [], "tok_s": [], "server_tok_s": []} for s in servers
+    }
+    for rep, texts in enumerate(prompts):
+        for index, server in alternate(list(enumerate(servers)), rep):
+            text, n = texts[index]
+            t0 = time.perf_counter()
+            done = await server.stream(text, 1)
+            seconds = done.end - t0
+            result = results[server.name]
+            result["tokens"].append(n)
+            result["seconds"].append(seconds)
+            result["tok_s"].append(n / seconds)
+            if done.server_prefill_tok_s is not None:
+                result["server_tok_s"].append(done.server_prefill_tok_s)
+    return results
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="a GGUF (default: Gemma 3 270M)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--ctx", type=int, default=1024, help="context per slot")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
+    parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prefill-tokens", type=int, default=1500)
+    parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS),
+                        help="servers to run besides the localserve daemon")  # fmt: skip
+    parser.add_argument("--skip", nargs="+", choices=PARTS, default=[], help="parts to leave out")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    if "prefill" not in args.skip and args.ctx < args.prefill_tokens + 64:
+        parser.error(f"--ctx {args.ctx} is too small for --prefill-tokens {args.prefill_tokens}")
     if args.model is None:
         from tests.support.tiny_gguf import gemma_path
 
         args.model = gemma_path()
+    return args
 
+
+async def main() -> None:
+    args = parse_args()
     parallel = max(args.streams)
-    servers = [
-        Localserve(args.model, parallel, args.ctx, args.threads),
-        LocalserveHTTP(args.model, parallel, args.ctx, args.threads),
-        LlamaServer(args.model, parallel, args.ctx, args.threads),
-    ]
-    results: dict[str, dict[int, list[dict[str, float]]]] = {
-        s.name: {n: [] for n in args.streams} for s in servers
-    }
-    chat: dict[str, dict[str, list[float]]] = {s.name: {"cold": [], "turn2": []} for s in servers}
-    started: list[Any] = []
-    try:
-        for server in servers:
-            await server.start()
-            started.append(server)
-        idle_rss = servers[1].rss_mb()  # the daemon before any model is loaded
-        for server in servers:  # warm up (page cache, thread pools)
-            await server.stream("Hello", 8)
-        for rep in range(args.reps):
-            for n in args.streams:
-                for server in servers if rep % 2 == 0 else reversed(servers):
-                    results[server.name][n].append(
-                        await run_streams(
-                            lambda i, s=server, r=rep: s.stream(prompt(i + 100 * r), args.tokens),
-                            n,
-                            args.tokens,
-                        )
-                    )
-            for server in servers:
-                # Turn 2 of a conversation: the ~600-token history was just processed.
-                base = history(8) + f"(session {rep})\n"
-                await server.stream(base + "User: hello\nAssistant:", 16)
-                t0 = time.perf_counter()
-                first, _ = await server.stream(
-                    base + "User: hello\nAssistant:" + " ok\nUser: and more?\nAssistant:", 8
-                )
-                chat[server.name]["turn2"].append(first - t0)
-                cold = (
-                    history(8).replace("fact", "note")
-                    + f"(other {rep})\nUser: hello\nAssistant: ok\nUser: and more?\nAssistant:"
-                )
-                t0 = time.perf_counter()
-                first, _ = await server.stream(cold, 8)
-                chat[server.name]["cold"].append(first - t0)
-    finally:
-        for server in started:  # never leave a server running, whatever failed
-            await server.close()
-
+    names = [n for n in ("localserve", DAEMON, "llama-server", "llama-cpp-python")
+             if n == DAEMON or n in args.peers]  # fmt: skip
     summary: dict[str, Any] = {
         "model": args.model.name,
         "threads": args.threads,
         "tokens": args.tokens,
         "reps": args.reps,
-        "streams": {},
+        "ctx_per_slot": args.ctx,
+        "slots": parallel,
+        "servers": names,
     }
-    print(
-        f"model {args.model.name}, {args.threads} threads, {args.tokens} new tokens per stream, {args.reps} reps, medians"
+
+    # The tokenizer is needed only to size prompts; free it before load times are taken.
+    tokenizer = Tokenizer(args.model)
+    short_prompt_tokens = statistics.median_low(
+        tokenizer.count(text)
+        for n in args.streams
+        for rep in range(args.reps)
+        for text in stream_prompts(n, rep)
     )
-    print("tok/s: aggregate output tokens per second; ttft: seconds to first token (p50, p95)")
-    print("engine = localserve's runner driven directly; daemon = the same through HTTP")
-    header = f"{'streams':>7} | {'engine':>7} {'ttft':>6} | {'daemon':>7} {'ttft':>6} {'p95':>6} | {'llama-srv':>9} {'ttft':>6} {'p95':>6} | daemon/llama tok/s ttft | daemon/engine"
-    print(header)
-    for n in args.streams:
-        row = {}
-        for name in results:
-            runs = results[name][n]
-            row[name] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        engine, ours, theirs = row["localserve"], row["localserve-http"], row["llama-server"]
-        ratio = ours["tok_s"] / theirs["tok_s"]
-        ttft_ratio = ours["ttft_p50"] / theirs["ttft_p50"]
-        overhead = ours["tok_s"] / engine["tok_s"]
-        summary["streams"][n] = {
-            **row,
-            "ratio_tok_s": ratio,
-            "ratio_ttft_p50": ttft_ratio,
-            "http_over_engine": overhead,
-        }
-        print(
-            f"{n:>7} | {engine['tok_s']:>7.1f} {engine['ttft_p50']:>6.3f} | {ours['tok_s']:>7.1f} {ours['ttft_p50']:>6.3f} {ours['ttft_p95']:>6.3f} | "
-            f"{theirs['tok_s']:>9.1f} {theirs['ttft_p50']:>6.3f} {theirs['ttft_p95']:>6.3f} | {ratio:>18.2f} {ttft_ratio:>4.2f} | {overhead:>13.2f}"
+    long_prompts = [
+        [long_prompt(tokenizer, f"r{rep}s{i}", args.prefill_tokens) for i in range(len(names))]
+        for rep in range(args.reps)
+    ]
+    tokenizer.close()
+
+    servers: list[Any] = [SERVERS[name](args.model, parallel, args.ctx, args.threads) for name in names]  # fmt: skip
+    daemon: LocalserveHTTP = servers[names.index(DAEMON)]
+    started: list[Any] = []
+    try:
+        for server in servers:
+            await server.start()
+            started.append(server)
+        summary["rss_mb_idle_daemon"] = daemon.rss_mb()["daemon"]  # no model loaded yet
+        for server in servers:  # warm up (page cache, thread pools, the daemon's runner)
+            await server.stream("Hello", 8)
+        print(f"throughput: {args.reps} reps x streams {args.streams} ...", flush=True)
+        runs = await throughput(servers, args.streams, args.reps, args.tokens)
+        summary["rss_mb"] = {s.name: s.rss_mb() for s in servers}
+        if "chat" not in args.skip:
+            print("chat turn 2 ...", flush=True)
+            chats = await chat(servers, args.reps)
+        if "prefill" not in args.skip:
+            print("prefill ...", flush=True)
+            prefills = await prefill(servers, long_prompts)
+    finally:
+        for server in started:  # never leave a server running, whatever failed
+            await server.close()
+    if "load" not in args.skip:
+        from benchmarks import load_time
+
+        print("load times ...", flush=True)
+        loads = await load_time.measure(
+            args.model, args.peers, parallel, args.ctx, args.threads, args.reps
         )
-    for name, values in chat.items():
-        cold, turn2 = statistics.median(values["cold"]), statistics.median(values["turn2"])
-        summary[f"chat_{name}"] = {"cold_ttft": cold, "turn2_ttft": turn2, "ratio": turn2 / cold}
-        print(
-            f"{name}: chat turn-2 TTFT {turn2 * 1000:.0f} ms vs cold {cold * 1000:.0f} ms (ratio {turn2 / cold:.2f})"
+    if "ceiling" not in args.skip:
+        from benchmarks.ceiling import batched_bench
+
+        print("llama-batched-bench ...", flush=True)
+        ceiling = batched_bench(
+            args.model,
+            prompt_tokens=short_prompt_tokens,
+            new_tokens=args.tokens,
+            levels=args.streams,
+            ctx=args.ctx * parallel,
+            threads=args.threads,
+            reps=args.reps,
         )
-    summary["daemon_idle_rss_mb"] = idle_rss
-    print(f"daemon RSS with no model loaded: {idle_rss:.0f} MB")
+
+    report.header(args, parallel)
+    summary["streams"] = report.throughput(runs, args.streams, names)
+    summary["targets"] = report.targets(summary["streams"])
+    report.memory(summary["rss_mb_idle_daemon"], summary["rss_mb"])
+    if "chat" not in args.skip:
+        summary["chat"] = report.chat(chats)
+    if "prefill" not in args.skip:
+        summary["prefill"] = report.prefill(prefills, args.prefill_tokens)
+    if "load" not in args.skip:
+        summary["load"] = report.load(loads)
+    if "ceiling" not in args.skip:
+        summary["ceiling"] = report.ceiling(ceiling, summary["streams"], short_prompt_tokens)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))
+        print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 
 They come from the source release of the llama-cpp-python version pyproject.toml
 pins (its vendor/llama.cpp), downloaded with pip and built with CMake under
-benchmarks/.work/ (ignored by git; nothing built is committed).
+benchmarks/.work/ (ignored by git; nothing built is committed). The third peer,
+llama-cpp-python's own server (``python -m llama_cpp.server``), is that pinned
+package itself, installed with the ``server`` extra.
 """
 
 from __future__ import annotations
@@ -82,18 +84,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 120.0) -> None:
+def wait_http(
+    url: str, timeout: float = 120.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until GET ``url`` answers 200. Polls often (50 ms) with one client (a new
+    one per poll costs tens of ms): load times are timed by it."""
     import httpx
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{url}: the server exited with status {process.returncode}")
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
     raise TimeoutError(f"{url} did not come up")
+
+
+def _wait_or_kill(process: subprocess.Popen[bytes], url: str) -> None:
+    try:
+        wait_http(url, process=process)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
 
 
 def start_llama_server(
@@ -109,12 +127,26 @@ def start_llama_server(
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health")
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
+    _wait_or_kill(process, url + "/health")
+    return process, url
+
+
+def start_llama_cpp_python(
+    model: Path, *, ctx: int, threads: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """llama-cpp-python's own server (the same llama.cpp build localserve uses). It
+    serves one request at a time; ``--interrupt_requests False`` makes a new request
+    wait for the current one instead of cutting its stream short."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+         "--n_ctx", str(ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+         "--interrupt_requests", "False", "--use_mlock", "False", "--verbose", "False"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    _wait_or_kill(process, url + "/v1/models")
     return process, url
 
 

@@ -1,6 +1,6 @@
 """Plots for docs/performance.md from benchmarks/engine.py's --json output.
 
-python benchmarks/plot.py benchmarks/.work/engine.json   # writes docs/img/*.png (needs matplotlib)
+python benchmarks/plot.py benchmarks/.work/engine.json [OUT_DIR]   # writes docs/img/*.png (needs matplotlib)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ LABELS = {
     "localserve-http": "localserve (daemon, HTTP)",
     "localserve": "localserve engine (no HTTP)",
     "llama-server": "llama-server -kvu",
+    "llama-cpp-python": "llama_cpp.server",
 }
 
 
@@ -22,21 +23,29 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     data = json.loads(Path(sys.argv[1]).read_text())
     streams = sorted(int(n) for n in data["streams"])
-    out = ROOT / "docs" / "img"
+    out = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "docs" / "img"
     out.mkdir(parents=True, exist_ok=True)
-    for key, ylabel, filename in (
-        ("tok_s", "aggregate output tokens/s", "throughput.png"),
-        ("ttft_p50", "time to first token, p50 (s)", "ttft.png"),
+    for key, ylabel, filename, scale in (
+        ("tok_s", "aggregate output tokens/s", "throughput.png", "linear"),
+        # Log: llama_cpp.server serves one stream at a time, so its TTFT grows ~linearly.
+        ("ttft_p50", "time to first token, p50 (s)", "ttft.png", "log"),
     ):
         figure, axes = plt.subplots(figsize=(6, 4))
         for server, label in LABELS.items():
+            if server not in data["streams"][str(streams[0])]:
+                continue  # not run (engine.py --peers)
             values = [data["streams"][str(n)][server][key] for n in streams]
             axes.plot(streams, values, marker="o", label=label)
         axes.set_xlabel("concurrent streams")
         axes.set_ylabel(ylabel)
+        axes.set_yscale(scale)
+        # Plain numbers on the axis (0.2, 0.4), not powers of ten.
+        axes.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        axes.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
         axes.set_xticks(streams)
         axes.set_title(
             f"{data['model']}, {data['threads']} threads, {data['tokens']} tokens/stream"
