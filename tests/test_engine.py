@@ -295,6 +295,42 @@ def test_embeddings_are_normalised_and_stable(model: Model) -> None:
         embedder.close()
 
 
+def test_embedding_packs_are_bounded_by_logit_bytes(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large-vocabulary model would reserve n_vocab floats per packed token: packs
+    stay under PACK_BYTES, a longer input still goes whole, and results don't change."""
+    from localserve.engine import embed
+
+    texts = ["hello there", "general kenobi", "a b c d e f g h i j k l", "x"]
+    whole = Embedder(model, LoadOptions(num_ctx=128), n_threads=2)
+    try:
+        together = whole.embed(texts, truncate=True).vectors
+    finally:
+        whole.close()
+    monkeypatch.setattr(embed, "PACK_BYTES", 4 * model.n_vocab * 6)  # six tokens a pack
+    small = Embedder(model, LoadOptions(num_ctx=128), n_threads=2)
+    groups: list[tuple[int, int]] = []  # (inputs, tokens) per decode
+    original = small._embed_group
+
+    def counted(group: list[list[int]]) -> list[list[float]]:
+        groups.append((len(group), sum(len(tokens) for tokens in group)))
+        return original(group)
+
+    monkeypatch.setattr(small, "_embed_group", counted)
+    try:
+        assert small.capacity == 6
+        packed = small.embed(texts, truncate=True).vectors
+    finally:
+        small.close()
+    assert len(groups) > 1
+    assert all(tokens <= 6 or inputs == 1 for inputs, tokens in groups)
+    assert (1, max(tokens for _, tokens in groups)) in groups  # the long one went whole
+    assert max(tokens for _, tokens in groups) > 6
+    for a, b in zip(packed, together, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
 def test_no_kv_room_frees_idle_caches_and_retries(model: Model) -> None:
     """llama_decode returning 1 (no KV slot): the loop drops idle cached prefixes,
     least recently used first, and retries, as llama.cpp's server does."""

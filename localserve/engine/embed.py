@@ -18,6 +18,8 @@ from localserve.errors import EngineError, PromptTooLongError
 
 POOLING_NONE = 0
 POOLING_MEAN = 1
+# Logit bytes one packed embedding batch may cost (see Embedder.capacity).
+PACK_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,12 @@ class Embedder:
             n_ctx=options.num_ctx,
         )
         self.batch = Batch(self.context.shape.n_batch)
-        self.capacity = self.context.shape.n_batch
+        # llama.cpp keeps a row of logits per token of an embedding batch and computes
+        # the output layer for each (n_vocab floats: 1 MiB a token for Gemma 3's 262k
+        # vocabulary), and the buffer only grows. Packing inputs up to the whole
+        # context would cost GiBs; a smaller pack bounds it. A longer input still goes
+        # alone, whole, as pooling needs it in one step.
+        self.capacity = min(self.context.shape.n_batch, max(1, PACK_BYTES // (4 * model.n_vocab)))
         self.max_inputs = self.context.shape.n_seq_max
 
     def close(self) -> None:
