@@ -331,10 +331,75 @@ def test_embedding_packs_are_bounded_by_logit_bytes(
         assert a == pytest.approx(b, abs=1e-4)
 
 
+def test_idle_sequences_are_parked_then_restored_exactly(model: Model) -> None:
+    """Admitting a job moves the other idle sequences out of the KV cache (host memory);
+    a job continuing a parked conversation gets its cells back instead of re-reading
+    them, and generates exactly what a fresh engine would."""
+    first = model.tokenize("alpha beta gamma delta " * 6, add_special=True)
+    engine = Engine(model, LoadOptions(num_ctx=256, num_parallel=4), n_threads=2)
+    try:
+        engine.submit(Job("a", first, GREEDY))
+        run(engine)
+        [held] = [s for s in engine.slots if s.tokens]
+        conversation = list(held.tokens)  # the prompt and the answer
+        engine.submit(job(model, "b", "one two three four five " * 4))
+        engine.step()  # admission
+        assert engine.stats.parked == 1 and len(engine.parked) == 1
+        assert [s.index for s in engine.slots if s.tokens] == [engine.jobs["b"].slot]
+        assert engine.parked_bytes > 0
+        run(engine)
+
+        follow_up = [*conversation, *model.tokenize(" and then", add_special=False)]
+        engine.submit(Job("c", follow_up, GREEDY))
+        texts, done, _ = run(engine)
+        assert engine.stats.restored == 1
+        assert done["c"]["prompt_cached"] == len(conversation)
+        assert len(engine.parked) == 1  # "b" is parked now
+    finally:
+        engine.close()
+
+    fresh = Engine(model, LoadOptions(num_ctx=256, num_parallel=4), n_threads=2)
+    try:
+        fresh.submit(Job("c", follow_up, GREEDY))
+        fresh_texts, fresh_done, _ = run(fresh)
+        assert fresh_done["c"]["prompt_cached"] == 0
+        assert fresh_texts["c"] == texts["c"]
+    finally:
+        fresh.close()
+
+
+def test_parked_sequences_are_bounded_oldest_first(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localserve.engine import engine as engine_module
+
+    engine = Engine(model, LoadOptions(num_ctx=256, num_parallel=2), n_threads=2)
+    try:
+        engine.submit(job(model, "a", "alpha " * 20))
+        run(engine)
+        engine.submit(job(model, "b", "beta " * 20))
+        run(engine)  # "a" parked
+        one = engine.parked_bytes
+        assert one > 0
+        monkeypatch.setattr(engine_module, "PARK_BYTES", int(one * 1.5))
+        engine.submit(job(model, "c", "gamma " * 20))
+        run(engine)  # "b" parked, "a" dropped to stay under the bound
+        assert len(engine.parked) == 1
+        assert engine.parked_bytes <= engine_module.PARK_BYTES
+        [(tokens, _)] = engine.parked.values()
+        assert tokens[: len(model.tokenize("beta " * 20, add_special=True))] == model.tokenize(
+            "beta " * 20, add_special=True
+        )
+    finally:
+        engine.close()
+
+
 def test_no_kv_room_frees_idle_caches_and_retries(model: Model) -> None:
     """llama_decode returning 1 (no KV slot): the loop drops idle cached prefixes,
     least recently used first, and retries, as llama.cpp's server does."""
-    engine = Engine(model, LoadOptions(num_ctx=256, num_parallel=4), n_threads=2, kv_cells=256)
+    engine = Engine(
+        model, LoadOptions(num_ctx=256, num_parallel=4), n_threads=2, kv_cells=256, park_idle=False
+    )
     try:
         options = SamplingOptions(temperature=0, num_predict=40)
         engine.submit(job(model, "first", "alpha beta gamma delta " * 6, options))  # 104 tokens

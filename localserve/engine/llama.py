@@ -254,6 +254,19 @@ class Context:
     def seq_pos_max(self, seq: int) -> int:
         return int(L.llama_memory_seq_pos_max(self.memory, seq))
 
+    def seq_state(self, seq: int) -> bytes:
+        """A copy of one sequence's KV cells, to keep in host memory."""
+        size = int(L.llama_state_seq_get_size(self.handle, seq))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(L.llama_state_seq_get_data(self.handle, buffer, size, seq))
+        return bytes(memoryview(buffer)[:written])
+
+    def set_seq_state(self, seq: int, state: bytes) -> bool:
+        """Put a copy from ``seq_state`` back as ``seq``; False when llama.cpp finds no
+        room for it (it needs a contiguous run of free cells)."""
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        return int(L.llama_state_seq_set_data(self.handle, buffer, len(state), seq)) > 0
+
     def clear(self) -> None:
         L.llama_memory_clear(self.memory, True)
 
