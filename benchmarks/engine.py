@@ -103,9 +103,12 @@ async def chat(servers: list[Server], reps: int) -> dict[str, dict[str, list[flo
             t0 = time.perf_counter()
             turn2 = await server.stream(base + " ok\nUser: and more?\nAssistant:", 8)
             times[server.name]["turn2"].append(turn2.first - t0)
+            # Different from its first token on, so that no cache (slot, parked or
+            # host-RAM prompt cache) holds any of it, not even from an earlier rep.
             cold = (
-                history(8).replace("fact", "note")
-                + f"(other {rep})\nUser: hello\nAssistant: ok\nUser: and more?\nAssistant:"
+                f"(other {rep})\n"
+                + history(8).replace("fact", "note")
+                + "User: hello\nAssistant: ok\nUser: and more?\nAssistant:"
             )
             t0 = time.perf_counter()
             first = await server.stream(cold, 8)
