@@ -183,6 +183,15 @@ def test_prompt_answer_multiline_commands_and_bye(chat: Terminal, long_daemon: D
     assert answer.count("\neval count:") == 1
     assert "... " not in answer.split("second line", 1)[1]
 
+    # A multi-line system message, as in Ollama: the command takes the whole block.
+    chat.line('/set system """You are terse.')
+    chat.expect(r"\.\.\. ")
+    chat.line('Answer in one word."""')
+    chat.expect(r"Set system message\.")
+    chat.expect_prompt()
+    chat.line("/show system")
+    assert re.search(r"You are terse\.\r?\nAnswer in one word\.", chat.expect_prompt())
+
     chat.line("/show info")
     assert "architecture        llama" in chat.expect_prompt()
     chat.line("/show parameters")

@@ -49,6 +49,7 @@ Use """ to begin a multi-line message.
 SET_HELP = """Available commands:
   /set parameter KEY VALUE   Set a model option (/set parameter to list them)
   /set system TEXT           Set the system message
+  /set system \"\"\"            ...a multi-line one, up to a line ending with \"\"\"
   /set format json           Answer in JSON
   /set noformat              Answer in plain text again
   /set verbose               Show timings after each answer
@@ -87,6 +88,11 @@ PARAMETER_HELP = """Parameters:
   /set parameter repeat_last_n INT   How far back repeat_penalty looks
   /set parameter stop STRING ...     Stop sequences
 """
+
+
+def _opens_system_block(line: str) -> bool:
+    """A /set system line that opens a fence and does not close it: more lines follow."""
+    return line.lower().startswith("/set system") and line.count(FENCE) == 1
 
 
 def chat(client: Client, conversation: Conversation, history: Path) -> None:
@@ -156,10 +162,19 @@ class Chat:
         except KeyboardInterrupt:
             self.say("Use Ctrl + d or /bye to exit.")
             return None
-        if not line.lstrip().startswith(FENCE):
-            return line.strip()
-        # Multi-line: everything up to a line that ends with the closing fence.
-        first = line.lstrip()[len(FENCE) :]
+        stripped = line.lstrip()
+        if stripped.startswith(FENCE):
+            # Multi-line: everything up to a line that ends with the closing fence.
+            return self._read_fenced(stripped[len(FENCE) :])
+        if _opens_system_block(stripped):
+            # `/set system """` then lines, as in Ollama: the command gets the block.
+            head, _, first = stripped.partition(FENCE)
+            body = self._read_fenced(first)
+            return None if body is None else f"{head}{FENCE}{body}{FENCE}"
+        return line.strip()
+
+    def _read_fenced(self, first: str) -> str | None:
+        """The text after an opening fence, up to a line ending with the closing one."""
         if first.rstrip().endswith(FENCE):
             return first.rstrip()[: -len(FENCE)]
         lines = [first] if first else []
@@ -184,7 +199,9 @@ class Chat:
             if not text:
                 continue
             try:
-                if text.startswith("/") and "\n" not in text:
+                if text.startswith("/") and (
+                    "\n" not in text or text.lower().startswith("/set system")
+                ):
                     if not self.command(text):
                         return
                     continue
@@ -200,6 +217,9 @@ class Chat:
     def command(self, line: str) -> bool:
         """Run a slash command; False means leave the chat."""
         name, *args = line.split()
+        if name.lower() == "/set" and args and args[0].lower() == "system":
+            # The text as typed: a multi-line system message keeps its line breaks.
+            return self.set_system(line.split(None, 2)[2] if len(args) > 1 else "")
         handler = self.commands.get(name.lower())
         if handler is None:
             self.say(f"Unknown command '{name}'. Type /? for help")
@@ -212,6 +232,17 @@ class Chat:
         self.say(texts.get(topic, HELP))
         return True
 
+    def set_system(self, text: str) -> bool:
+        text = text.strip()
+        if text.startswith(FENCE) and text.endswith(FENCE) and len(text) >= 2 * len(FENCE):
+            text = text[len(FENCE) : -len(FENCE)].strip()
+        if not text:
+            self.say('Usage: /set system TEXT, or /set system """ and lines up to """')
+            return True
+        self.conversation.system = text
+        self.say("Set system message.")
+        return True
+
     def set(self, args: list[str]) -> bool:
         c = self.conversation
         what = args[0].lower() if args else ""
@@ -221,15 +252,6 @@ class Chat:
                 return True
             c.options = options.set_option(c.options, args[1], args[2:])
             self.say(f"Set parameter '{args[1]}' to '{' '.join(args[2:])}'")
-        elif what == "system":
-            text = " ".join(args[1:]).strip()
-            if text.startswith(FENCE) and text.endswith(FENCE) and len(text) >= 2 * len(FENCE):
-                text = text[len(FENCE) : -len(FENCE)].strip()
-            if not text:
-                self.say("Usage: /set system TEXT")
-                return True
-            c.system = text
-            self.say("Set system message.")
         elif what == "format" and len(args) == 2 and args[1].lower() == "json":
             c.format = "json"
             self.say("Set format to 'json' mode.")
