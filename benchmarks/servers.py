@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import httpx
 
 from benchmarks.peers import free_port, start_llama_cpp_python, start_llama_server, stop, wait_http
+from tests.support.daemon import children_of, rss_kib
 
 
 @dataclass
@@ -69,27 +70,7 @@ class Server(Protocol):
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def children(pid: int, needle: str) -> list[int]:
-    """Child processes of ``pid`` whose command line contains ``needle``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue  # it exited while we looked
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == pid and needle in cmdline:
-            found.append(int(entry.name))
-    return found
+    return (rss_kib(pid) or 0) / 1024
 
 
 def _prefill_rate(count: int, cached: int, duration_ns: int) -> float | None:
@@ -211,7 +192,7 @@ class LocalserveHTTP:
         assert not self.runner_pids(), "the runner is still there after keep_alive 0"
 
     def runner_pids(self) -> list[int]:
-        return children(self.process.pid, "localserve.engine.runner")
+        return children_of(self.process.pid)  # a daemon's only children are its runners
 
     def rss_mb(self) -> dict[str, float]:
         rss = {"daemon": rss_mb(self.process.pid)}

@@ -41,7 +41,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.daemon import Daemon, children_of, start_daemon, stop_daemon  # noqa: E402
+from tests.support.daemon import Daemon, children_of, rss_kib, start_daemon, stop_daemon  # noqa: E402
 
 MODEL = "tiny"  # the name start_daemon imports the model under
 REQUEST_TIMEOUT = 120.0
@@ -63,19 +63,6 @@ class Sample:
     runner_pid: int | None
     runner_kib: int | None
     requests: int
-
-
-def rss_kib(pid: int | None) -> int | None:
-    """VmRSS of ``pid`` in KiB, None when it is gone."""
-    if pid is None:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 # ------------------------------------------------------------------ the request mix

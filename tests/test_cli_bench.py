@@ -8,14 +8,12 @@ tiny model gives are meaningless as speeds, but they must still be consistent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from localserve import bench
 from localserve.errors import InvalidOptionError, ModelNotFoundError
 from tests.support.cli import cli
-from tests.support.daemon import Daemon, daemon, daemon_env, free_port
+from tests.support.daemon import Daemon, daemon, daemon_env, free_port, stopped_afterwards
 
 __all__ = ["daemon"]  # the module-scoped fixture, imported to be used here
 
@@ -197,21 +195,6 @@ def test_ctrl_c_stops_the_streams_and_exits_130(daemon: Daemon, env: dict[str, s
         time.sleep(0.05)
     again = cli("bench", "tiny", *SMALL, "--concurrency", "1", "--json", env=env)
     assert again.returncode == 0, again.stderr
-
-
-@contextlib.contextmanager
-def stopped_afterwards(home: Path) -> Iterator[None]:
-    """Whatever happens, stop a daemon the test caused to start in ``home``."""
-    try:
-        yield
-    finally:
-        pid_file = home / "state" / "localserve.pid"
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            pid = int(json.loads(pid_file.read_text())["pid"])
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while pid_file.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
 
 
 def test_starts_the_daemon_when_none_answers(tmp_path: Path, tiny_gguf_path: Path) -> None:

@@ -7,22 +7,17 @@ test starts itself (the auto-start test) is stopped by that test.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from localserve.errors import InvalidOptionError
-from tests.support.daemon import Daemon, daemon, daemon_env, free_port
+from tests.support.daemon import Daemon, daemon, daemon_env, free_port, stopped_afterwards
 from tests.support.fakehub import FakeHub
 from tests.support.tiny_gguf import write_tiny_gguf
 
@@ -235,21 +230,6 @@ def test_version_names_the_daemon_too(env: dict[str, str], daemon: Daemon) -> No
 
 
 # ------------------------------------------------------- auto-start and pull
-
-
-@contextlib.contextmanager
-def stopped_afterwards(home: Path) -> Iterator[None]:
-    """Whatever happens, stop a daemon the test caused to start in ``home``."""
-    try:
-        yield
-    finally:
-        pid_file = home / "state" / "localserve.pid"
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            pid = int(json.loads(pid_file.read_text())["pid"])
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while pid_file.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
 
 
 def test_run_starts_the_daemon_when_none_answers(tmp_path: Path, tiny_gguf_path: Path) -> None:

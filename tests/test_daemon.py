@@ -10,7 +10,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,16 +17,7 @@ import httpx
 import pytest
 
 from tests.support.cli import cli
-from tests.support.daemon import alive, children_of, free_port
-
-
-def wait_until(condition: object, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
+from tests.support.daemon import alive, children_of, free_port, wait_until
 
 
 @pytest.fixture

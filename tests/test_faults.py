@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from tests.support.daemon import (
     running_daemon,
     start_daemon,
     stop_daemon,
+    wait_until,
 )
 from tests.support.fakehub import FakeHub
 from tests.support.tiny_gguf import write_tiny_gguf
@@ -79,15 +79,6 @@ def flip_a_byte(path: Path) -> None:
 
 def truncate_half(path: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def generate(daemon: Daemon, model: str, **extra: Any) -> httpx.Response:

@@ -13,13 +13,14 @@ test's isolated home, for tests that break things on purpose).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,12 @@ __all__ = [
     "daemon_env",
     "free_port",
     "fresh_daemon",
+    "rss_kib",
     "running_daemon",
     "start_daemon",
     "stop_daemon",
+    "stopped_afterwards",
+    "wait_until",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +93,40 @@ def children_of(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             found += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
     return sorted(set(found))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll ``condition`` every 50 ms until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def rss_kib(pid: int | None) -> int | None:
+    """VmRSS of ``pid`` in KiB, None when it is gone."""
+    if pid is None:
+        return None
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+@contextlib.contextmanager
+def stopped_afterwards(home: Path) -> Iterator[None]:
+    """Whatever happens, stop a daemon the test caused to start in ``home``."""
+    try:
+        yield
+    finally:
+        pid_file = home / "state" / "localserve.pid"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            pid = int(json.loads(pid_file.read_text())["pid"])
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: not pid_file.exists(), timeout=15)
 
 
 def alive(pid: int) -> bool:
