@@ -394,6 +394,22 @@ def test_parked_sequences_are_bounded_oldest_first(
         engine.close()
 
 
+def test_parked_tokens_never_exceed_the_kv_cells(model: Model) -> None:
+    """Host memory for parked sequences stays within the KV cache's own size."""
+    engine = Engine(model, LoadOptions(num_ctx=128, num_parallel=2), n_threads=2)
+    try:
+        cells = engine.context.shape.n_ctx
+        for word in ("alpha", "beta", "gamma", "delta", "epsilon"):
+            engine.submit(job(model, word, f"{word} " * 12))
+            run(engine)
+            assert 0 < engine.parked_tokens <= cells or word == "alpha"
+        assert engine.stats.parked >= 4
+        assert len(engine.parked) < engine.stats.parked  # the oldest were dropped
+        assert engine.parked_tokens == sum(len(t) for t, _ in engine.parked.values())
+    finally:
+        engine.close()
+
+
 def test_no_kv_room_frees_idle_caches_and_retries(model: Model) -> None:
     """llama_decode returning 1 (no KV slot): the loop drops idle cached prefixes,
     least recently used first, and retries, as llama.cpp's server does."""

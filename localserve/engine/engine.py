@@ -23,7 +23,9 @@ attention spans every used cell of the unified cache, masked or not; 16 idle
 conversations made a cold 540-token prompt 1.3x slower on Gemma 3 270M. A later job
 that continues a parked conversation gets it back (``llama_state_seq_set_data``)
 instead of reading it again. llama-server keeps a host-RAM prompt cache for the same
-reason. Parked copies are bounded by ``PARK_BYTES``, oldest dropped first.
+reason. Parked copies hold at most as many tokens as the KV cache has cells (so host
+memory for them never exceeds the KV cache's own size) and at most ``PARK_BYTES``,
+oldest dropped first.
 
 The KV pool holds ``num_ctx x num_parallel`` cells and no job may grow past
 ``num_ctx`` positions, so jobs that hold a slot always fit; jobs beyond the slots
@@ -139,6 +141,7 @@ class Engine:
         # Parked sequences, oldest first: id -> (tokens, llama.cpp's copy of the cells).
         self.parked: OrderedDict[int, tuple[list[int], bytes]] = OrderedDict()
         self.parked_bytes = 0
+        self.parked_tokens = 0
         self._park_ids = itertools.count(1)
 
     def close(self) -> None:
@@ -270,10 +273,13 @@ class Engine:
             return
         self.parked[next(self._park_ids)] = (list(slot.tokens), state)
         self.parked_bytes += len(state)
+        self.parked_tokens += len(slot.tokens)
         self.stats.parked += 1
-        while self.parked_bytes > PARK_BYTES:
-            _, (_, dropped) = self.parked.popitem(last=False)
+        cells = self.context.shape.n_ctx
+        while self.parked_bytes > PARK_BYTES or self.parked_tokens > cells:
+            _, (tokens, dropped) = self.parked.popitem(last=False)
             self.parked_bytes -= len(dropped)
+            self.parked_tokens -= len(tokens)
 
     def _restore(self, slot: Slot, prompt: Sequence[int], have: int) -> bool:
         """Bring back into ``slot`` the parked sequence sharing most with ``prompt``,
@@ -287,6 +293,7 @@ class Engine:
             return False
         tokens, state = self.parked.pop(best)
         self.parked_bytes -= len(state)
+        self.parked_tokens -= len(tokens)
         self._set_aside(slot)
         self.context.seq_rm(slot.index)
         if not self.context.set_seq_state(slot.index, state):
