@@ -235,7 +235,7 @@ def test_ctrl_c_stops_the_answer_and_frees_the_slot(chat: Terminal, long_daemon:
     assert chat.process.poll() is None  # still chatting
     # The client closed the stream; the daemon cancels the generation and frees the slot.
     while health(long_daemon)["busy_slots"] != 0:
-        assert time.monotonic() - interrupted_at < 5, "the slot is still busy"
+        assert time.monotonic() - interrupted_at < 15, "the slot is still busy"
         time.sleep(0.05)
     assert [m["name"] for m in httpx.get(long_daemon.url + "/api/ps").json()["models"]] == [
         "tiny:latest"

@@ -515,7 +515,8 @@ def test_throttling(fake_hub: FakeHub, client: httpx.Client) -> None:
     body = client.get(url).content
     elapsed = time.monotonic() - began
     assert body == data
-    assert 0.4 < elapsed < 1.5, elapsed
+    # 1 MB at 2 MB/s: not faster than the throttle; the upper bound only catches a hang.
+    assert 0.4 < elapsed < 30, elapsed
 
 
 def _cdn_url_for(hub: FakeHub, client: httpx.Client, repo_id: str, path: str) -> str:

@@ -147,7 +147,7 @@ def test_killed_runner_fails_its_streams_at_once(tiny_gguf_path: Path) -> None:
         with pytest.raises(RunnerCrashedError, match="SIGKILL"):
             async for _ in stream:
                 pass
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 30  # noticed, not waited out by a timeout
         assert runner.process.returncode == -signal.SIGKILL  # reaped: no zombie
         assert not runner.alive
         with pytest.raises(RunnerCrashedError):

@@ -549,7 +549,7 @@ BOMBS: dict[str, tuple[str, str]] = {
     ),
     "joining a shared big string": (
         "{{ (['a' * 1000000] * 100000) | join }}",
-        "join would make 100000000000 characters",
+        "join would make",
     ),
     "tojson of a shared big string": (
         "{{ (['a' * 1000000] * 100000) | tojson }}",
@@ -617,16 +617,46 @@ def _max_rss_mb() -> float:
 @pytest.mark.parametrize("name", list(BOMBS))
 def test_template_bombs_stop_quickly_and_small(name: str) -> None:
     source, error = BOMBS[name]
+    # A bomb that a size check stops must be stopped by that check on any machine: the
+    # render time limit is raised for it, so on a slow machine the time limit cannot
+    # fire first and hide a missing or late size check. The elapsed bound below still
+    # says it was found quickly.
+    timed = "took longer than" in error
+    limits = TemplateLimits() if timed else TemplateLimits(seconds=60.0)
     rss_before = _max_rss_mb()
     started = time.perf_counter()
-    template = ChatTemplate(source)  # compiling runs Python too: it is measured as well
+    template = ChatTemplate(source, limits=limits)  # compiling is measured as well
     with pytest.raises(TemplateError) as caught:
         template.render([{"role": "user", "content": "hi"}])
     elapsed = time.perf_counter() - started
     assert error in str(caught.value)
     assert "\n" not in str(caught.value)
-    assert elapsed < 10.0  # the cap is 1 s; the margin absorbs a loaded CI machine
+    # A bound whose failure means a real bug (a bomb run to its end), not a slow machine:
+    # the time-limited bombs stop at 1 s, the others on their first oversized step.
+    assert elapsed < 20.0
     assert _max_rss_mb() - rss_before < 200
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ ('a' * 1000000).join(items) }}", "{{ items | join('a' * 1000000) }}"],
+    ids=["join method", "join filter"],
+)
+def test_join_refuses_before_draining_its_items(source: str) -> None:
+    # Counted work instead of time: the separator alone passes the cap after
+    # cap / len(separator) items, so the join must stop there, not drain all 10**5.
+    consumed = 0
+
+    def items() -> Any:
+        nonlocal consumed
+        for i in range(100_000):
+            consumed += 1
+            yield str(i)
+
+    with pytest.raises(TemplateError, match="join would make"):
+        ChatTemplate(source, limits=TemplateLimits(seconds=60.0)).render([], items=items())
+    cap = TemplateLimits().max_output_chars
+    assert consumed <= cap // 1_000_000 + 2
 
 
 # Expressions whose operators and filters the sandbox checks or replaces: each must
@@ -672,7 +702,8 @@ def test_limits_are_configurable() -> None:
     started = time.perf_counter()
     with pytest.raises(TemplateError, match=r"took longer than 0\.2 s"):
         fast.render([])
-    assert time.perf_counter() - started < 1.0
+    # Generous: without the limit these loops would run for hours.
+    assert time.perf_counter() - started < 10.0
 
     small = ChatTemplate(CHATML_TEMPLATE, limits=TemplateLimits(max_output_chars=100))
     assert small.render(CHAT[1:2]) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"

@@ -512,6 +512,11 @@ _SEQUENCES = (str, bytes, bytearray, list, tuple)
 _CONTAINERS = (list, tuple, set, frozenset, deque, KeysView, ValuesView, ItemsView)
 
 
+def _text_length(item: Any) -> int:
+    """Length a str.join counts for an item (anything else makes join raise)."""
+    return len(item) if isinstance(item, str | bytes) else 0
+
+
 def _measure(value: object, limit: int) -> int:
     """About how many characters ``str(value)`` (or its JSON) would take, counting a
     shared item once per appearance, as printing does; stops early past ``limit``."""
@@ -967,9 +972,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
         self, text: str | bytes, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[Any, ...]:
         if name == "join" and len(args) == 1:
-            items = list(args[0])
-            size = sum(len(i) for i in items if isinstance(i, str | bytes))
-            self.check_size(size + len(text) * max(len(items) - 1, 0), "join")
+            items, _ = self._join_items(args[0], len(text), _text_length)
             return (items,)
         if name == "replace" and len(args) >= 2:
             count = args[2] if len(args) > 2 else kwargs.get("count", -1)
@@ -983,6 +986,21 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
             longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
             self.check_size(len(text) * max(longest, 1), "translate")
         return args
+
+    def _join_items(
+        self, items: Iterable[Any], separator_length: int, measure: Callable[[Any], int]
+    ) -> tuple[list[Any], int]:
+        """Collect a join's items, refusing the join as soon as the text so far passes
+        the cap. Measuring after ``list(items)`` would first drain a huge lazy
+        iterable (``range(10**5) | map(...)``) through the tracer, and on a slow
+        machine the render time limit would fire before the size check could."""
+        kept: list[Any] = []
+        size = 0
+        for item in items:
+            size += measure(item) + (separator_length if kept else 0)
+            self.check_size(size, "join")
+            kept.append(item)
+        return kept, size
 
     # -- filters
 
@@ -1035,12 +1053,9 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
     @pass_eval_context
     def _join(self, eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
         self.check_printable(d)
-        items = list(value)
         if attribute is not None:
-            items = list(map(make_attrgetter(self, attribute), items))
-        size = sum(self.check_printable(item) for item in items)
-        size += len(str(d)) * max(len(items) - 1, 0)
-        self.check_size(size, "join")
+            value = map(make_attrgetter(self, attribute), value)
+        items, size = self._join_items(value, len(str(d)), self.check_printable)
         self.charge(size)
         return str(d).join([str(item) for item in items])
 
