@@ -94,24 +94,22 @@ class Localserve:
         )
 
     async def stream(self, text: str, tokens: int) -> Stream:
+        from localserve.engine.options import SamplingOptions
+        from localserve.engine.protocol import DoneEvent, GenerateJob, TextEvent
+
         first = last = 0.0
-        done: dict[str, Any] = {}
+        done: DoneEvent | None = None
+        options = SamplingOptions(temperature=0, num_predict=tokens, ignore_eos=True)
         async for event in self.runner.generate(
-            {
-                "prompt": text,
-                "raw": True,
-                "options": {"temperature": 0, "num_predict": tokens, "ignore_eos": True},
-            }
+            GenerateJob(prompt=text, raw=True, options=options)
         ):
-            if event["type"] == "text":
+            if isinstance(event, TextEvent):
                 last = time.perf_counter()
                 first = first or last
-            if event["type"] == "done":
+            if isinstance(event, DoneEvent):
                 done = event
-        assert done["eval_count"] == tokens, done
-        rate = _prefill_rate(
-            done["prompt_eval_count"], done["prompt_cached"], done["prompt_eval_duration"]
-        )
+        assert done is not None and done.eval_count == tokens, done
+        rate = _prefill_rate(done.prompt_eval_count, done.prompt_cached, done.prompt_eval_duration)
         return Stream.finished(first, last, tokens, tokens, rate)
 
     def rss_mb(self) -> dict[str, float]:
@@ -157,6 +155,7 @@ class LocalserveHTTP:
         self.client = httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64))
 
     async def stream(self, text: str, tokens: int) -> Stream:
+
         first = last = 0.0
         final: dict[str, Any] = {}
         options = {**self.options, "temperature": 0, "num_predict": tokens, "ignore_eos": True}
@@ -226,6 +225,7 @@ class LlamaServer:
         )
 
     async def stream(self, text: str, tokens: int) -> Stream:
+
         first = last = 0.0
         timings: dict[str, Any] = {}
         body = {
@@ -275,6 +275,7 @@ class LlamaCppPython:
         )
 
     async def stream(self, text: str, tokens: int) -> Stream:
+
         first = last = 0.0
         pieces = 0
         reason = None

@@ -354,11 +354,8 @@ def test_word_wrapper_breaks_between_words() -> None:
 
 
 def test_ps_columns() -> None:
-    from localserve.cli.output import human_until, processor
+    from localserve.cli.output import human_until
 
-    assert processor(100, 0) == "100% CPU"
-    assert processor(100, 100) == "100% GPU"
-    assert processor(100, 65) == "35%/65% CPU/GPU"
     now = datetime(2025, 1, 1, tzinfo=UTC)
     assert human_until(now + timedelta(minutes=4, seconds=30), now) == "4 minutes from now"
     assert human_until(now + timedelta(seconds=1), now) == "1 second from now"

@@ -22,9 +22,9 @@ import ollama
 import pytest
 from pydantic import BaseModel
 
-from tests.support.daemon import Daemon, daemon
+from tests.support.daemon import Daemon, daemon, tool_models
 
-__all__ = ["daemon"]  # the module-scoped fixture, imported to be used here
+__all__ = ["daemon", "tool_models"]  # the module-scoped fixture, imported to be used here
 
 MODEL = "tiny"
 FULL_NAME = "tiny:latest"
@@ -141,7 +141,7 @@ def test_chat_streamed(client: ollama.Client) -> None:
     assert chunks[-1].done_reason == "length" and chunks[-1].eval_count == 8
 
 
-def test_chat_with_history_and_tools(client: ollama.Client) -> None:
+def test_chat_with_history_and_tools(client: ollama.Client, tool_models: dict[str, str]) -> None:
     def add(a: int, b: int) -> int:
         """Add two numbers.
 
@@ -160,8 +160,39 @@ def test_chat_with_history_and_tools(client: ollama.Client) -> None:
         },
         {"role": "tool", "content": "3", "tool_name": "add"},
     ]
-    result = client.chat(MODEL, messages, tools=[add], options={"num_predict": 4})
+    # The history (a call and its result) renders through a template that takes tools.
+    result = client.chat("tiny-tools", messages, tools=[add], options={"num_predict": 4, **GREEDY})
     assert result.message.role == "assistant" and result.done
+    assert result.eval_count == 4 and result.done_reason == "length"
+
+    # A model whose template has no tools refuses them, as Ollama does.
+    with pytest.raises(ollama.ResponseError, match="tiny does not support tools") as refused:
+        client.chat(MODEL, messages, tools=[add])
+    assert refused.value.status_code == 400
+
+
+def test_thinking_is_split_from_the_answer(
+    client: ollama.Client, tool_models: dict[str, str]
+) -> None:
+    # tiny-r1's prompt opens a <think> block: a random model never closes it, so its
+    # whole answer is reasoning.
+    question = [{"role": "user", "content": "Why?"}]
+    options = {"num_predict": 12, **GREEDY}
+    result = client.chat("tiny-r1", question, think=True, options=options)
+    assert result.message.thinking and result.message.content == ""
+    streamed = list(client.chat("tiny-r1", question, think=True, options=options, stream=True))
+    assert "".join(c.message.thinking or "" for c in streamed) == result.message.thinking
+    assert all(not c.message.content for c in streamed)
+    hidden = client.chat("tiny-r1", question, think=False, options=options)
+    assert hidden.message.thinking is None and hidden.message.content == ""
+    generated = client.generate("tiny-r1", "Why?", think=True, options=options)
+    assert generated.thinking == result.message.thinking and generated.response == ""
+
+    with pytest.raises(ollama.ResponseError, match="tiny does not support thinking") as refused:
+        client.chat(MODEL, question, think=True)
+    assert refused.value.status_code == 400
+    with pytest.raises(ollama.ResponseError, match="think must be"):
+        client.chat("tiny-r1", question, think="extreme")  # type: ignore[arg-type]
 
 
 class Answer(BaseModel):
@@ -488,3 +519,16 @@ def test_a_runner_crash_mid_stream_ends_with_an_error_line(
     result = client.generate(MODEL, "Hi", options={"num_predict": 3})
     assert result.done_reason == "length" and result.eval_count == 3
     assert daemon.children() and set(daemon.children()).isdisjoint(before)
+
+
+def test_show_capabilities_come_from_the_template(
+    client: ollama.Client, tool_models: dict[str, str]
+) -> None:
+    assert client.show(MODEL).capabilities == ["completion", "embedding"]
+    assert client.show("tiny-tools").capabilities == [
+        "completion",
+        "tools",
+        "thinking",
+        "embedding",
+    ]
+    assert client.show("tiny-r1").capabilities == ["completion", "thinking", "embedding"]

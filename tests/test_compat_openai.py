@@ -16,9 +16,9 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.support.daemon import Daemon, daemon
+from tests.support.daemon import Daemon, daemon, tool_models
 
-__all__ = ["daemon"]  # the module-scoped fixture, imported to be used here
+__all__ = ["daemon", "tool_models"]  # the module-scoped fixture, imported to be used here
 
 MODEL = "tiny"
 FULL_NAME = "tiny:latest"
@@ -242,7 +242,7 @@ def test_context_size_from_extra_body(
     assert running_context_length(daemon) == 1024
 
 
-def test_message_forms_the_sdk_sends(client: openai.OpenAI) -> None:
+def test_message_forms_the_sdk_sends(client: openai.OpenAI, tool_models: dict[str, str]) -> None:
     messages: list[dict[str, object]] = [
         {"role": "developer", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "What is 1 + 2?"}]},
@@ -274,12 +274,15 @@ def test_message_forms_the_sdk_sends(client: openai.OpenAI) -> None:
         }
     ]
     completion = client.chat.completions.create(
-        model=MODEL,
+        model="tiny-tools",
         messages=messages,  # type: ignore[arg-type]
         tools=tools,  # type: ignore[arg-type]
         max_tokens=3,
     )
     assert completion.choices[0].message.role == "assistant"
+    assert completion.usage is not None and completion.usage.completion_tokens == 3
+    with pytest.raises(openai.BadRequestError, match="tiny does not support tools"):
+        client.chat.completions.create(model=MODEL, messages=messages, tools=tools)  # type: ignore[arg-type]
 
     # Arguments are parsed (templates expect an object), so broken JSON is a 400.
     messages[2]["tool_calls"][0]["function"]["arguments"] = '{"a": 1,'  # type: ignore[index]
@@ -387,3 +390,148 @@ def test_a_runner_crash_mid_stream_is_an_api_error(client: openai.OpenAI, daemon
     assert raised is not None and "runner" in raised.message
     completion = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=2)
     assert completion.choices[0].finish_reason == "length"
+
+
+# ------------------------------------------------------------ tools, thinking
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                # Every part bounded, so even random weights finish the call within
+                # max_tokens (a free string could run on for ever).
+                "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+                # llama-cpp-python's schema converter does not enforce minimum and
+                # maximum, and counts maxLength in bytes of a random model's broken
+                # UTF-8 (docs/api.md): the test sticks to what it enforces exactly.
+                "days": {"type": "integer"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "days", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 8}},
+        },
+    },
+}
+ASK = [{"role": "user", "content": "Weather in Paris for 3 days?"}]
+
+
+def assert_weather_arguments(arguments: str) -> None:
+    """What the tool's schema says, checked by hand."""
+    parsed = json.loads(arguments)
+    assert set(parsed) == {"city", "days", "unit"}
+    assert parsed["city"] in ("Paris", "Rome", "Oslo")
+    assert isinstance(parsed["days"], int) and not isinstance(parsed["days"], bool)
+    assert parsed["unit"] in ("celsius", "fahrenheit")
+
+
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_enforced_tool_choice_gives_a_valid_call_even_from_random_weights(
+    client: openai.OpenAI, tool_models: dict[str, str], choice: object
+) -> None:
+    tools = [WEATHER_TOOL] if choice == "required" else [TIME_TOOL, WEATHER_TOOL]
+    for seed in (1, 2, 3):  # sampled, not greedy: the grammar holds for any draw
+        completion = client.chat.completions.create(
+            model="tiny-tools",
+            messages=ASK,  # type: ignore[arg-type]
+            tools=tools,  # type: ignore[arg-type]
+            tool_choice=choice,  # type: ignore[arg-type]
+            parallel_tool_calls=False,
+            max_tokens=300,
+            seed=seed,
+            temperature=1.0,
+        )
+        (answer,) = completion.choices
+        assert answer.finish_reason == "tool_calls", answer
+        assert answer.message.content is None
+        (call,) = answer.message.tool_calls or []
+        assert call.type == "function" and call.id
+        assert call.function.name == "get_weather"
+        assert_weather_arguments(call.function.arguments)
+
+
+def test_streamed_tool_call_deltas(client: openai.OpenAI, tool_models: dict[str, str]) -> None:
+    stream = client.chat.completions.create(
+        model="tiny-tools",
+        messages=ASK,  # type: ignore[arg-type]
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=300,
+        stream=True,
+    )
+    name, arguments, ids, finish = "", "", set(), None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        for call in delta.tool_calls or []:
+            assert call.index == 0
+            if call.id:
+                ids.add(call.id)
+            if call.function and call.function.name:
+                assert not arguments, "the name comes before the arguments"
+                name += call.function.name
+            if call.function and call.function.arguments:
+                arguments += call.function.arguments
+        finish = chunk.choices[0].finish_reason or finish
+    assert (name, len(ids), finish) == ("get_weather", 1, "tool_calls")
+    assert_weather_arguments(arguments)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not among tools"),
+        ({"tools": [{"type": "function", "function": {"description": "x"}}]}, "no function name"),
+        ({"tool_choice": "required", "tools": []}, "at least one tool"),
+        ({"tool_choice": {"type": "function"}}, "tool_choice must be"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+    ],
+)
+def test_bad_tool_requests_are_400s(
+    client: openai.OpenAI, tool_models: dict[str, str], body: dict[str, object], message: str
+) -> None:
+    request = {"model": "tiny-tools", "messages": ASK, "tools": [WEATHER_TOOL], **body}
+    answer = httpx.post(str(client.base_url) + "chat/completions", json=request, timeout=60)
+    assert answer.status_code == 400, answer.text
+    assert message in answer.json()["error"]["message"]
+
+
+def test_reasoning_content(client: openai.OpenAI, tool_models: dict[str, str]) -> None:
+    completion = client.chat.completions.create(
+        model="tiny-r1", messages=USER, max_tokens=10, temperature=0
+    )
+    message = completion.choices[0].message
+    reasoning = getattr(message, "reasoning_content", None)
+    assert reasoning and not message.content
+    stream = client.chat.completions.create(
+        model="tiny-r1", messages=USER, max_tokens=10, temperature=0, stream=True
+    )
+    streamed = "".join(
+        getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in stream if c.choices
+    )
+    assert streamed == reasoning
+    off = client.chat.completions.create(
+        model="tiny-r1",
+        messages=USER,
+        max_tokens=10,
+        temperature=0,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    assert getattr(off.choices[0].message, "reasoning_content", None) is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -14,6 +13,7 @@ from localserve.engine.engine import Engine, Job
 from localserve.engine.grammar import grammar_for
 from localserve.engine.llama import Model
 from localserve.engine.options import LoadOptions, SamplingOptions
+from localserve.engine.protocol import DoneEvent, Event, TextEvent
 from localserve.errors import InvalidOptionError, PromptTooLongError
 
 GREEDY = SamplingOptions(temperature=0.0, num_predict=24)
@@ -48,21 +48,21 @@ def job(
 
 def run(
     engine: Engine, max_steps: int = 10_000
-) -> tuple[dict[str, str], dict[str, dict[str, Any]], list[list[dict[str, Any]]]]:
+) -> tuple[dict[str, str], dict[str, DoneEvent], list[list[Event]]]:
     """Step until idle: text per job, done event per job, and the events of every step."""
     texts: dict[str, str] = {}
-    done: dict[str, dict[str, Any]] = {}
-    steps: list[list[dict[str, Any]]] = []
+    done: dict[str, DoneEvent] = {}
+    steps: list[list[Event]] = []
     for _ in range(max_steps):
         if not engine.has_work():
             break
         events = engine.step()
         steps.append(events)
         for event in events:
-            if event["type"] == "text":
-                texts[event["id"]] = texts.get(event["id"], "") + event["text"]
-            elif event["type"] == "done":
-                done[event["id"]] = event
+            if isinstance(event, TextEvent):
+                texts[event.id] = texts.get(event.id, "") + event.text
+            elif isinstance(event, DoneEvent):
+                done[event.id] = event
             else:
                 raise AssertionError(event)
     assert not engine.has_work()
@@ -77,7 +77,7 @@ def test_concurrent_jobs_share_decode_steps(engine: Engine, model: Model) -> Non
         engine.submit(job(model, str(i), prompt))
     texts, done, _ = run(engine)
     assert sorted(done) == ["0", "1", "2", "3"]
-    assert all(d["done_reason"] == "length" and d["eval_count"] == 24 for d in done.values())
+    assert all(d.done_reason == "length" and d.eval_count == 24 for d in done.values())
     assert engine.stats.max_jobs_in_step == 4  # all four in one llama_decode
     assert engine.stats.steps <= 26  # not 4 x 24: they were decoded together
     assert all(texts.get(str(i)) for i in range(4))
@@ -99,9 +99,9 @@ def test_late_joiner_enters_the_running_batch(engine: Engine, model: Model) -> N
         engine.step()
     engine.submit(job(model, "late", PROMPTS[1]))
     _, done, steps = run(engine)
-    shared = [s for s in steps if {e["id"] for e in s if e["type"] == "text"} == {"early", "late"}]
+    shared = [s for s in steps if {e.id for e in s if e.type == "text"} == {"early", "late"}]
     assert shared, "the late request never decoded in the same step as the running one"
-    assert done["late"]["queue_duration"] < done["early"]["eval_duration"]
+    assert done["late"].queue_duration < done["early"].eval_duration
 
 
 def test_more_jobs_than_slots_wait_their_turn(model: Model) -> None:
@@ -129,9 +129,9 @@ def test_cancel_leaves_within_one_step_and_frees_the_slot(engine: Engine, model:
         engine.step()
     engine.cancel("a")
     events = engine.step()
-    assert {"id": "a", "type": "done"}.items() <= next(e for e in events if e["id"] == "a").items()
-    assert next(e for e in events if e["id"] == "a")["done_reason"] == "cancel"
-    assert not any(e["id"] == "a" and e["type"] == "text" for e in events)
+    assert next(e for e in events if e.id == "a").type == "done"
+    assert next(e for e in events if e.id == "a").done_reason == "cancel"
+    assert not any(e.id == "a" and e.type == "text" for e in events)
     assert engine.busy_slots() == 1
     engine.cancel("b")
     run(engine)
@@ -142,11 +142,11 @@ def test_prefix_cache_reuses_a_finished_conversation(engine: Engine, model: Mode
     first = "System: be brief.\nUser: tell me a story about a dragon\nAssistant:"
     engine.submit(job(model, "turn1", first))
     texts, done, _ = run(engine)
-    assert done["turn1"]["prompt_cached"] == 0
+    assert done["turn1"].prompt_cached == 0
     second = first + texts["turn1"] + "\nUser: and then?\nAssistant:"
     engine.submit(job(model, "turn2", second))
     _, done, _ = run(engine)
-    assert done["turn2"]["prompt_cached"] >= len(model.tokenize(first, add_special=True)) - 1
+    assert done["turn2"].prompt_cached >= len(model.tokenize(first, add_special=True)) - 1
     assert engine.stats.prefix_hits == 1
 
 
@@ -165,7 +165,7 @@ def test_shared_system_prompt_is_copied_between_slots(engine: Engine, model: Mod
     engine.submit(job(model, "y", system + "Question: what is rain?"))
     _, done, _ = run(engine)
     shared = len(model.tokenize(system, add_special=True)) - 2
-    assert done["y"]["prompt_cached"] >= shared  # copied from x's slot while x was running
+    assert done["y"].prompt_cached >= shared  # copied from x's slot while x was running
 
 
 def test_seed_makes_sampling_repeatable(engine: Engine, model: Model) -> None:
@@ -184,7 +184,7 @@ def test_seed_makes_sampling_repeatable(engine: Engine, model: Model) -> None:
 def test_stop_string_across_tokens_is_never_leaked(engine: Engine, model: Model) -> None:
     engine.submit(job(model, "free", PROMPTS[1], SamplingOptions(temperature=0, num_predict=40)))
     free, _, steps = run(engine)
-    pieces = [e["text"] for s in steps for e in s if e["type"] == "text"]
+    pieces = [e.text for s in steps for e in s if e.type == "text"]
     assert len(pieces) > 5
     # A stop string that starts inside one token's text and ends inside a later one.
     start = len(pieces[0]) + len(pieces[1]) - 1
@@ -198,12 +198,12 @@ def test_stop_string_across_tokens_is_never_leaked(engine: Engine, model: Model)
         )
     )
     stopped, done, steps = run(engine)
-    assert done["stopped"]["done_reason"] == "stop"
+    assert done["stopped"].done_reason == "stop"
     assert stopped["stopped"] == free["free"][: free["free"].index(stop)]
     for step in steps:
         for event in step:
-            if event["type"] == "text":
-                assert stop not in event["text"]
+            if event.type == "text":
+                assert stop not in event.text
 
 
 def test_num_ctx_end_stops_with_length(model: Model) -> None:
@@ -213,9 +213,9 @@ def test_num_ctx_end_stops_with_length(model: Model) -> None:
             job(model, "long", PROMPTS[0], SamplingOptions(temperature=0, num_predict=-1))
         )
         _, done, _ = run(engine)
-        assert done["long"]["done_reason"] in ("length", "stop")
-        if done["long"]["done_reason"] == "length":
-            assert done["long"]["prompt_eval_count"] + done["long"]["eval_count"] == 40
+        assert done["long"].done_reason in ("length", "stop")
+        if done["long"].done_reason == "length":
+            assert done["long"].prompt_eval_count + done["long"].eval_count == 40
     finally:
         engine.close()
 
@@ -246,7 +246,7 @@ def test_json_schema_output_parses(engine: Engine, model: Model) -> None:
         )
     )
     texts, done, _ = run(engine)
-    assert done["j"]["done_reason"] == "stop"
+    assert done["j"].done_reason == "stop"
     value = json.loads(texts["j"])
     assert isinstance(value["ok"], bool) and isinstance(value["n"], int)
 
@@ -262,7 +262,7 @@ def test_json_mode_output_parses(engine: Engine, model: Model) -> None:
         )
     )
     texts, done, _ = run(engine)
-    if done["j"]["done_reason"] == "stop":  # a random model may ramble past num_predict
+    if done["j"].done_reason == "stop":  # a random model may ramble past num_predict
         json.loads(texts["j"])
     else:
         assert texts["j"].lstrip().startswith(("{", "["))
@@ -353,7 +353,7 @@ def test_idle_sequences_are_parked_then_restored_exactly(model: Model) -> None:
         engine.submit(Job("c", follow_up, GREEDY))
         texts, done, _ = run(engine)
         assert engine.stats.restored == 1
-        assert done["c"]["prompt_cached"] == len(conversation)
+        assert done["c"].prompt_cached == len(conversation)
         assert len(engine.parked) == 1  # "b" is parked now
     finally:
         engine.close()
@@ -362,7 +362,7 @@ def test_idle_sequences_are_parked_then_restored_exactly(model: Model) -> None:
     try:
         fresh.submit(Job("c", follow_up, GREEDY))
         fresh_texts, fresh_done, _ = run(fresh)
-        assert fresh_done["c"]["prompt_cached"] == 0
+        assert fresh_done["c"].prompt_cached == 0
         assert fresh_texts["c"] == texts["c"]
     finally:
         fresh.close()
@@ -427,8 +427,8 @@ def test_no_kv_room_frees_idle_caches_and_retries(model: Model) -> None:
         tokens = model.tokenize("one two three four five " * 20, add_special=False)
         engine.submit(Job("second", tokens, options))
         _, done, _ = run(engine)
-        assert done["second"]["done_reason"] == "length"
-        assert done["second"]["eval_count"] == 40
+        assert done["second"].done_reason == "length"
+        assert done["second"].eval_count == 40
         assert engine.stats.kv_full_retries >= 1
         assert cached.tokens == []  # the idle cache made room
     finally:
@@ -442,12 +442,12 @@ def test_kv_pool_too_small_for_a_running_job_fails_it_cleanly(model: Model) -> N
         engine.submit(job(model, "a", "x " * 60, options))
         engine.submit(job(model, "b", "y " * 60, options))
         events = [e for _ in range(2000) if engine.has_work() for e in engine.step()]
-        errors = [e for e in events if e["type"] == "error"]
+        errors = [e for e in events if e.type == "error"]
         assert errors
-        assert "KV cache is full" in errors[0]["message"]
+        assert "KV cache is full" in errors[0].message
         assert not engine.has_work()
         engine.submit(job(model, "after", "hello", SamplingOptions(temperature=0, num_predict=4)))
         _, done, _ = run(engine)
-        assert done["after"]["eval_count"] == 4  # the engine still works
+        assert done["after"].eval_count == 4  # the engine still works
     finally:
         engine.close()

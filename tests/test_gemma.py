@@ -11,17 +11,19 @@ import pytest
 
 from localserve.engine.client import RunnerClient
 from localserve.engine.options import LoadOptions
+from localserve.engine.protocol import DoneEvent, GenerateJob, TextEvent, event_to_wire
 
 pytestmark = pytest.mark.slow
 
 
 async def collect(runner: RunnerClient, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A job given in its wire form: the answer's text and the done event's fields."""
     text, done = "", {}
-    async for event in runner.generate(request):
-        if event["type"] == "text":
-            text += event["text"]
-        else:
-            done = event
+    async for event in runner.generate(GenerateJob.from_wire(request)):
+        if isinstance(event, TextEvent):
+            text += event.text
+        elif isinstance(event, DoneEvent):
+            done = event_to_wire(event)
     return text, done
 
 
@@ -78,6 +80,21 @@ def test_gemma_batches_caches_and_chats(gemma_gguf_path: Path) -> None:
                 },
             )
             assert done["eval_count"] >= 1 and isinstance(chat, str)
+
+            # A base model in the fallback format goes on with the next "User:" turn
+            # after its answer; the answer must end there, not run to num_predict.
+            few_shot = [
+                {"role": "user", "content": "What is 2 + 2?"},
+                {"role": "assistant", "content": "4"},
+                {"role": "user", "content": "What is 3 + 3?"},
+                {"role": "assistant", "content": "6"},
+                {"role": "user", "content": "What is 5 + 5?"},
+            ]
+            answer, done = await collect(
+                runner, {"messages": few_shot, "options": {"temperature": 0, "num_predict": 64}}
+            )
+            assert done["done_reason"] == "stop" and done["eval_count"] < 64, (answer, done)
+            assert "User:" not in answer and answer.strip()
         finally:
             await runner.close()
 

@@ -14,6 +14,7 @@ import pytest
 
 from localserve.engine.client import RunnerClient
 from localserve.engine.options import LoadOptions
+from localserve.engine.protocol import DoneEvent, GenerateJob, TextEvent, event_to_wire
 from localserve.errors import (
     EngineError,
     InvalidOptionError,
@@ -31,13 +32,13 @@ def run_async(body: Callable[[], Awaitable[T]]) -> T:
 
 
 async def collect(runner: RunnerClient, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    text = ""
-    done: dict[str, Any] = {}
-    async for event in runner.generate(request):
-        if event["type"] == "text":
-            text += event["text"]
-        else:
-            done = event
+    """A job given in its wire form: the answer's text and the done event's fields."""
+    text, done = "", {}
+    async for event in runner.generate(GenerateJob.from_wire(request)):
+        if isinstance(event, TextEvent):
+            text += event.text
+        elif isinstance(event, DoneEvent):
+            done = event_to_wire(event)
     return text, done
 
 
@@ -82,7 +83,7 @@ def test_concurrent_streams_and_a_cancelled_one(tiny_gguf_path: Path) -> None:
                 "raw": True,
                 "options": {"temperature": 0, "num_predict": 200},
             }
-            stream = runner.generate(long)
+            stream = runner.generate(GenerateJob.from_wire(long))
             await stream.__anext__()
             await stream.aclose()  # the client went away
             results = await asyncio.gather(
@@ -140,7 +141,9 @@ def test_killed_runner_fails_its_streams_at_once(tiny_gguf_path: Path) -> None:
             [tiny_gguf_path], LoadOptions(num_ctx=2048, num_parallel=1, num_thread=2)
         )
         options = {"temperature": 0, "num_predict": 100_000, "ignore_eos": True}
-        stream = runner.generate({"prompt": "Once", "raw": True, "options": options})
+        stream = runner.generate(
+            GenerateJob.from_wire({"prompt": "Once", "raw": True, "options": options})
+        )
         await stream.__anext__()
         os.kill(runner.pid, signal.SIGKILL)
         started = time.monotonic()

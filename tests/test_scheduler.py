@@ -11,17 +11,16 @@ and for "nothing happens" checks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from localserve.engine.options import LoadOptions
+from localserve.engine.options import LoadOptions, SamplingOptions
+from localserve.engine.protocol import DoneEvent, Event, TextEvent
 from localserve.errors import (
     EngineError,
     ModelNotFoundError,
@@ -32,140 +31,15 @@ from localserve.scheduler.scheduler import ModelRequest, Resident, Scheduler
 from localserve.store.manifest import BlobEntry, HubSource, Manifest
 from localserve.store.refs import parse_ref
 from localserve.store.store import ModelStore
+from tests.support.fake_runner import FakeFactory, GatedJob
 
 T = TypeVar("T")
 
 OPTIONS = LoadOptions(num_ctx=2048, num_parallel=2)
 TICK = 0.05  # the expiry loop's interval in these tests
-_pids = itertools.count(50_000)
 
 
 # ------------------------------------------------------------------ the fake
-
-
-class FakeRunner:
-    """One "runner process": generations wait for their request's ``gate``; ``kill()``
-    and ``close()`` fail every generation in flight, as the real client does."""
-
-    def __init__(self, paths: Sequence[Path], options: LoadOptions) -> None:
-        self.paths = list(paths)
-        self.options = options
-        self.info: dict[str, Any] = {"num_parallel": options.num_parallel, "n_ctx": options.num_ctx}
-        self._pid = next(_pids)
-        self._slots = asyncio.Semaphore(options.num_parallel)
-        self._stopped = asyncio.Event()
-        self.exit_reason: str | None = None
-        self._closing: str | None = None
-        self.requests: list[dict[str, Any]] = []  # every generate() received
-        self.active = 0  # generations holding a slot
-        self.cancelled = 0  # generations the caller stopped before their done event
-        self.close_reasons: list[str] = []
-
-    @property
-    def alive(self) -> bool:
-        return self.exit_reason is None
-
-    @property
-    def pid(self) -> int:
-        return self._pid
-
-    def kill(self, why: str = "killed by SIGKILL") -> None:
-        """The process dies: in-flight requests fail, ``alive`` turns false."""
-        self.exit_reason = why
-        self._stopped.set()
-
-    def _message(self) -> str:
-        return self._closing or f"the model runner stopped: {self.exit_reason}"
-
-    async def _until(self, awaitable: Awaitable[T]) -> T:
-        """``awaitable``'s result, or RunnerCrashedError if the runner stops first."""
-        work = asyncio.ensure_future(awaitable)
-        stop = asyncio.ensure_future(self._stopped.wait())
-        try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (work, stop):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-        if not work.done() or work.cancelled() or self._stopped.is_set():
-            raise RunnerCrashedError(self._message())
-        return work.result()
-
-    async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        if not self.alive:
-            raise RunnerCrashedError(self._message())
-        self.requests.append(request)
-        finished = False
-        await self._until(self._slots.acquire())
-        self.active += 1
-        try:
-            yield {"type": "text", "text": "Hello"}
-            gate: asyncio.Event | None = request.get("gate")
-            if gate is not None:
-                await self._until(gate.wait())
-            if not self.alive:
-                raise RunnerCrashedError(self._message())
-            yield {"type": "text", "text": " world"}
-            finished = True
-            yield {"type": "done", "done_reason": "stop", "eval_count": 2}
-        finally:
-            self.active -= 1
-            self._slots.release()
-            if not finished and self.alive:
-                self.cancelled += 1
-
-    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        if not self.alive:
-            raise RunnerCrashedError(self._message())
-        if op == "embed":
-            return {"type": "embed", "embeddings": [[0.5, 0.5] for _ in fields["inputs"]]}
-        return {"type": op, "active": self.active}
-
-    async def close(self, timeout: float = 5.0, *, reason: str = "the model was unloaded") -> None:
-        self.close_reasons.append(reason)
-        self._closing = reason
-        self.exit_reason = reason
-        self._stopped.set()
-        await asyncio.sleep(0)
-
-
-class FakeFactory:
-    """The ``runner_factory``: records every load; loads can be held or made to fail."""
-
-    def __init__(self) -> None:
-        self.loads: list[tuple[list[Path], LoadOptions]] = []
-        self.runners: list[FakeRunner] = []
-        self.hold = False  # each load waits for its own event in ``held``
-        self.held: list[asyncio.Event] = []
-        self.failures = 0  # this many next loads raise EngineError
-        self.loading = 0
-        self.max_loading = 0
-
-    async def __call__(self, paths: Sequence[Path], options: LoadOptions) -> FakeRunner:
-        self.loads.append((list(paths), options))
-        self.loading += 1
-        self.max_loading = max(self.max_loading, self.loading)
-        try:
-            if self.hold:
-                gate = asyncio.Event()
-                self.held.append(gate)
-                await gate.wait()
-            else:
-                await asyncio.sleep(0.001)  # a load takes time
-            if self.failures:
-                self.failures -= 1
-                raise EngineError("the model failed to load: out of memory")
-        finally:
-            self.loading -= 1
-        runner = FakeRunner(paths, options)
-        self.runners.append(runner)
-        return runner
-
-    @property
-    def options(self) -> list[LoadOptions]:
-        return [options for _, options in self.loads]
 
 
 # ----------------------------------------------------------------- helpers
@@ -221,7 +95,7 @@ def scheduler_for(
     )
 
 
-def run(main: Callable[[], Coroutine[Any, Any, T]], timeout: float = 10.0) -> T:
+def run(main: Callable[[], Coroutine[Any, Any, T]], timeout: float = 120.0) -> T:
     return asyncio.run(asyncio.wait_for(main(), timeout))
 
 
@@ -247,16 +121,21 @@ class Stream:
     """One generation consumed by a task; it blocks after its first token until ``finish()``."""
 
     def __init__(
-        self, scheduler: Scheduler, model: ModelRequest, *, gated: bool = True, **extra: Any
+        self,
+        scheduler: Scheduler,
+        model: ModelRequest,
+        *,
+        gated: bool = True,
+        options: SamplingOptions | None = None,
     ) -> None:
         self.gate = asyncio.Event()
         if not gated:
             self.gate.set()
-        self.request = {"prompt": "hi", "gate": self.gate, **extra}
-        self.events: list[dict[str, Any]] = []
+        self.request = GatedJob(prompt="hi", options=options or SamplingOptions(), gate=self.gate)
+        self.events: list[Event] = []
         self.task = asyncio.create_task(self._consume(scheduler, model))
 
-    async def _consume(self, scheduler: Scheduler, model: ModelRequest) -> list[dict[str, Any]]:
+    async def _consume(self, scheduler: Scheduler, model: ModelRequest) -> list[Event]:
         async for event in scheduler.generate(model, self.request):
             self.events.append(event)
         return self.events
@@ -268,15 +147,16 @@ class Stream:
     def finish(self) -> None:
         self.gate.set()
 
-    async def result(self) -> dict[str, Any]:
+    async def result(self) -> DoneEvent:
         """The done event, after checking the stream's shape."""
         events = await self.task
-        assert [e["type"] for e in events] == ["text", "text", "done"]
-        assert "".join(e["text"] for e in events[:-1]) == "Hello world"
+        assert [e.type for e in events] == ["text", "text", "done"]
+        assert "".join(e.text for e in events[:-1] if isinstance(e, TextEvent)) == "Hello world"
+        assert isinstance(events[-1], DoneEvent)
         return events[-1]
 
 
-async def generate_once(scheduler: Scheduler, model: ModelRequest) -> dict[str, Any]:
+async def generate_once(scheduler: Scheduler, model: ModelRequest) -> DoneEvent:
     return await Stream(scheduler, model, gated=False).result()
 
 
@@ -348,11 +228,11 @@ def test_resident_runner_is_reused_and_only_the_loader_reports_load_duration(
         await settle()
         factory.held[0].set()
         first = await loader.result()
-        assert first["load_duration"] >= 50_000_000  # it waited for the load (settle: 50 ms)
-        assert first["eval_count"] == 2  # the runner's own fields pass through
-        assert (await waiter.result())["load_duration"] == 0  # waited, but did not load
+        assert first.load_duration >= 50_000_000  # it waited for the load (settle: 50 ms)
+        assert first.eval_count == 2  # the runner's own fields pass through
+        assert (await waiter.result()).load_duration == 0  # waited, but did not load
         again = await generate_once(scheduler, req("alpha"))
-        assert again["load_duration"] == 0
+        assert again.load_duration == 0
         assert len(factory.loads) == 1
         assert len(factory.runners[0].requests) == 3
         embedded = await scheduler.embed(req("alpha"), ["a", "b"], truncate=True)
@@ -568,7 +448,7 @@ def test_bounded_queue_refuses_at_once_and_admitted_requests_complete(
         for stream in [*holders, *queued]:
             stream.finish()
         for stream in [*holders, *queued]:
-            assert (await stream.result())["done_reason"] == "stop"
+            assert (await stream.result()).done_reason == "stop"
         assert len(runner.requests) == 5
         assert scheduler.waiting() == 0
         assert scheduler.busy_slots() == 0
@@ -597,9 +477,9 @@ def test_different_load_options_reload_after_in_flight_requests_finish(
         assert first.alive and first.close_reasons == []
         assert not bigger.task.done()
         old.finish()
-        assert (await old.result())["done_reason"] == "stop"  # finished, not cut off
+        assert (await old.result()).done_reason == "stop"  # finished, not cut off
         done = await bigger.result()
-        assert done["load_duration"] > 0
+        assert done.load_duration > 0
         assert first.close_reasons == ["the model was unloaded"]
         assert len(factory.loads) == 2
         assert factory.options[1] == LoadOptions(num_ctx=8192, num_parallel=2)
@@ -645,18 +525,21 @@ def test_same_options_and_sampling_options_never_reload(
         await scheduler.start()
         await generate_once(scheduler, req("alpha"))
         streams = [
-            Stream(scheduler, req("alpha"), gated=False, options={"temperature": t, "seed": s})
+            Stream(
+                scheduler,
+                req("alpha"),
+                gated=False,
+                options=SamplingOptions(temperature=t, seed=s),
+            )
             for t, s in ((0.0, 1), (0.7, 2), (1.5, 3))
         ]
         for stream in streams:
-            assert (await stream.result())["load_duration"] == 0
+            assert (await stream.result()).load_duration == 0
         await generate_once(scheduler, ModelRequest("alpha", LoadOptions(**OPTIONS.to_dict())))
         assert len(factory.loads) == 1
-        assert [r.get("options") for r in factory.runners[0].requests[1:4]] == [
-            {"temperature": 0.0, "seed": 1},
-            {"temperature": 0.7, "seed": 2},
-            {"temperature": 1.5, "seed": 3},
-        ]
+        assert [
+            (r.options.temperature, r.options.seed) for r in factory.runners[0].requests[1:4]
+        ] == [(0.0, 1), (0.7, 2), (1.5, 3)]
         await scheduler.close()
 
     run(main)
@@ -678,11 +561,11 @@ def test_runner_crash_fails_in_flight_and_next_request_starts_a_fresh_runner(
         for stream in streams:
             with pytest.raises(RunnerCrashedError, match="killed by SIGKILL"):
                 await stream.task
-            assert [e["type"] for e in stream.events] == ["text"]
+            assert [e.type for e in stream.events] == ["text"]
         assert scheduler.running() == []
         assert scheduler.busy_slots() == 0
         done = await generate_once(scheduler, req("alpha"))
-        assert done["load_duration"] > 0
+        assert done.load_duration > 0
         assert len(factory.loads) == 2
         assert factory.runners[1].alive
         assert dead.close_reasons  # the dead runner was reaped, not leaked
@@ -723,7 +606,7 @@ def test_unload_waits_for_in_flight_requests(store: ModelStore, factory: FakeFac
         runner = factory.runners[0]
         assert runner.close_reasons == []
         stream.finish()
-        assert (await stream.result())["done_reason"] == "stop"
+        assert (await stream.result()).done_reason == "stop"
         assert await unloading is True
         assert runner.close_reasons == ["the model was unloaded"]
         assert scheduler.resident == {}
@@ -828,7 +711,7 @@ def test_load_failure_surfaces_and_the_next_request_tries_again(
         assert scheduler.in_flight == 0
         assert factory.runners == []
         done = await generate_once(scheduler, req("alpha"))
-        assert done["load_duration"] > 0
+        assert done.load_duration > 0
         assert len(factory.loads) == 2
         assert names(scheduler) == [key(store, "alpha")]
 
@@ -907,9 +790,9 @@ def test_a_stream_stopped_early_cancels_in_the_runner_at_once(
         scheduler = scheduler_for(store, factory)
         await scheduler.start()
         gate = asyncio.Event()
-        stream = scheduler.generate(req("alpha"), {"prompt": "hi", "gate": gate})
+        stream = scheduler.generate(req("alpha"), GatedJob(prompt="hi", gate=gate))
         first = await anext(stream)
-        assert first == {"type": "text", "text": "Hello"}
+        assert first == TextEvent("r1", "Hello")
         runner = factory.runners[0]
         assert runner.active == 1
         await stream.aclose()

@@ -47,6 +47,8 @@ class Conversation:
     keep_alive: str | None = None
     verbose: bool = False
     wordwrap: bool = True
+    think: bool | str | None = None  # None: the model's default
+    hide_thinking: bool = False
     messages: list[Message] = field(default_factory=list)
 
     def request(self, prompt: str) -> list[Message]:
@@ -65,6 +67,8 @@ class Conversation:
             out=out,
             err=err,
             wrap=self.wordwrap,
+            think=self.think,
+            show_thinking=not self.hide_thinking,
         )
         # Keep the turn even when interrupted: the partial answer stands in for the
         # reply, so roles keep alternating (some chat templates refuse two user turns).
@@ -191,9 +195,18 @@ def stream_answer(
     out: TextIO,
     err: Console,
     wrap: bool = True,
+    think: bool | str | None = None,
+    show_thinking: bool = True,
 ) -> Answer:
-    """Send one chat request and print the answer as it streams; Ctrl+C stops it."""
+    """Send one chat request and print the answer as it streams; Ctrl+C stops it.
+
+    A thinking model's reasoning comes first, between ``Thinking...`` and ``...done
+    thinking.`` as Ollama shows it, dimmed on a terminal; ``show_thinking`` off
+    leaves it out (it is never part of the answer kept in the history).
+    """
     writer = WordWrapper(out, terminal_width(out) if wrap else None)
+    dim = out.isatty() if hasattr(out, "isatty") else False
+    thinking = False
     parts: list[str] = []
     final: ChatResponse | None = None
     first_token: float | None = None
@@ -202,16 +215,31 @@ def stream_answer(
     spinner = Spinner(err).start()
     try:
         chunks = client.chat(
-            model, messages, options=options, format=format, keep_alive=keep_alive, stream=True
+            model,
+            messages,
+            options=options,
+            format=format,
+            keep_alive=keep_alive,
+            think=think,
+            stream=True,
         )
         # Closing the stream closes the connection: that is what cancels the daemon's work.
         with contextlib.closing(chunks):
             for chunk in chunks:
-                piece = chunk.message.content
+                reasoning, piece = chunk.message.thinking, chunk.message.content
+                if ((reasoning and show_thinking) or piece) and first_token is None:
+                    first_token = time.perf_counter() - started
+                    spinner.stop()
+                if reasoning and show_thinking:
+                    if not thinking:
+                        thinking = True
+                        _styled(out, "Thinking...\n", dim)
+                    _styled(out, reasoning, dim, writer)
                 if piece:
-                    if first_token is None:
-                        first_token = time.perf_counter() - started
-                        spinner.stop()
+                    if thinking:
+                        thinking = False
+                        writer.end_line()
+                        _styled(out, "...done thinking.\n\n", dim)
                     writer.write(piece)
                     parts.append(piece)
                 if chunk.done:
@@ -222,6 +250,23 @@ def stream_answer(
         spinner.stop()
     writer.end_line()
     return Answer("".join(parts), final, first_token, interrupted)
+
+
+_DIM, _PLAIN = "\x1b[2m", "\x1b[0m"
+
+
+def _styled(out: TextIO, text: str, dim: bool, writer: WordWrapper | None = None) -> None:
+    """Thinking text: dimmed on a terminal (the model's own text goes through the
+    writer, which neutralises its control characters), plain when piped."""
+    if dim:
+        out.write(_DIM)
+    if writer is not None:
+        writer.write(text)
+    else:
+        out.write(text)
+    if dim:
+        out.write(_PLAIN)
+    out.flush()
 
 
 def format_duration(ns: int | float) -> str:

@@ -56,6 +56,10 @@ SET_HELP = """Available commands:
   /set quiet                 Do not show timings
   /set wordwrap              Break lines between words
   /set nowordwrap            Do not break lines
+  /set think [LEVEL]         Let a thinking model think (LEVEL: low, medium, high)
+  /set nothink               Answer without thinking
+  /set hidethinking          Think, but do not show it
+  /set nohidethinking        Show the thinking again
 """
 
 SHOW_HELP = """Available commands:
@@ -264,6 +268,19 @@ class Chat:
         elif what in ("wordwrap", "nowordwrap"):
             c.wordwrap = what == "wordwrap"
             self.say("Set 'wordwrap' mode." if c.wordwrap else "Set 'nowordwrap' mode.")
+        elif what == "think" and len(args) <= 2:
+            level = args[1].lower() if len(args) == 2 else None
+            if level is not None and level not in ("low", "medium", "high"):
+                self.say("Usage: /set think [low|medium|high]")
+                return True
+            c.think = level or True
+            self.say(f"Set 'think' mode{f' to {level}' if level else ''}.")
+        elif what == "nothink":
+            c.think = False
+            self.say("Set 'nothink' mode.")
+        elif what in ("hidethinking", "nohidethinking"):
+            c.hide_thinking = what == "hidethinking"
+            self.say(f"Set '{what}' mode.")
         else:
             self.say(SET_HELP)
         return True

@@ -141,6 +141,7 @@ def show(
         "embedding_length": info.embedding_length,
         "layers": info.block_count,
         "chat_template": info.chat_template,
+        "capabilities": [*_capabilities(info.chat_template), "embedding"],
         "license": info.license,
         "source": manifest.source.model_dump(),
     }
@@ -168,6 +169,7 @@ def show(
     ):
         table.add_row(label, str(facts[key]) if facts[key] is not None else "unknown")
     table.add_row("chat template", "yes" if info.chat_template else "none (raw completion)")
+    table.add_row("capabilities", ", ".join(facts["capabilities"]))
     table.add_row("size", output.human_size(manifest.size))
     source = manifest.source
     table.add_row(
@@ -182,6 +184,19 @@ def show(
     if info.license:
         first = info.license.strip().splitlines()[0] if info.license.strip() else ""
         console.print(f"\n  [bold]License[/bold]\n    {first}")
+
+
+def _capabilities(template: str | None) -> tuple[str, ...]:
+    """What the chat template can do (tools, thinking), found by rendering it as the
+    daemon does for /api/show."""
+    from localserve.engine.chat.formats import PLAIN, detect
+    from localserve.engine.templates import ChatTemplate
+    from localserve.errors import TemplateError
+
+    try:
+        return (detect(ChatTemplate(template)) if template else PLAIN).capabilities
+    except TemplateError:
+        return PLAIN.capabilities
 
 
 @app.command()

@@ -72,16 +72,6 @@ def human_until(when: datetime | None, now: datetime | None = None) -> str:
     raise AssertionError("unreachable")
 
 
-def processor(size: int, size_vram: int) -> str:
-    """Where a model's bytes live, as ``ollama ps`` says it: ``100% GPU``, ``35%/65% CPU/GPU``."""
-    if size_vram <= 0:
-        return "100% CPU"
-    if size_vram >= size:
-        return "100% GPU"
-    cpu = round((size - size_vram) / size * 100)
-    return f"{cpu}%/{100 - cpu}% CPU/GPU"
-
-
 def show_progress(events: Iterable[Progress], console: Console | None = None) -> None:
     """Draw one bar per blob (percent, size, speed, time left) and a line per step."""
     from rich.progress import (

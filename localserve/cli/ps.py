@@ -8,6 +8,7 @@ import typer
 
 from localserve.cli import output
 from localserve.cli.params import JsonOpt
+from localserve.plan.planner import processor_label
 
 if TYPE_CHECKING:
     from localserve.client import RunningModel
@@ -35,7 +36,7 @@ def ps(as_json: JsonOpt = False) -> None:
             m.name,
             m.short_id,
             output.human_size(m.size),
-            output.processor(m.size, m.size_vram),
+            processor_label(m.size, m.size_vram),
             str(m.context_length or ""),
             output.human_until(m.expires_at),
         )
@@ -49,7 +50,7 @@ def _entry(m: RunningModel) -> dict[str, Any]:
         "digest": m.digest,
         "size": m.size,
         "size_vram": m.size_vram,
-        "processor": output.processor(m.size, m.size_vram),
+        "processor": processor_label(m.size, m.size_vram),
         "context_length": m.context_length,
         "expires_at": m.expires_at.isoformat() if m.expires_at else None,
         "until": output.human_until(m.expires_at),

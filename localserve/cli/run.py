@@ -82,6 +82,19 @@ def run(
     nowordwrap: Annotated[
         bool, typer.Option("--nowordwrap", help="Do not break lines between words.")
     ] = False,
+    think: Annotated[
+        bool | None,
+        typer.Option(
+            "--think/--no-think",
+            help="Have a thinking model reason before it answers, or not (default: the "
+            "model's own).",
+            show_default=False,
+        ),
+    ] = None,
+    hidethinking: Annotated[
+        bool,
+        typer.Option("--hidethinking", help="Let a thinking model think, but do not show it."),
+    ] = False,
 ) -> None:
     """Chat with a model, or have it answer one prompt (starts the daemon, pulls if needed)."""
     from localserve.cli import options
@@ -114,6 +127,8 @@ def run(
         keep_alive=keepalive,
         verbose=verbose,
         wordwrap=not nowordwrap,
+        think=think,
+        hide_thinking=hidethinking,
     )
     with Client.from_settings(settings) as client:
         ensure_daemon(client, settings)

@@ -287,6 +287,7 @@ class Client(_Base):
         format: wire.Format = None,
         options: wire.Options | None = None,
         keep_alive: wire.KeepAlive = None,
+        think: bool | str | None = None,
         stream: Literal[False] = False,
     ) -> ChatResponse: ...
     @overload
@@ -298,6 +299,7 @@ class Client(_Base):
         format: wire.Format = None,
         options: wire.Options | None = None,
         keep_alive: wire.KeepAlive = None,
+        think: bool | str | None = None,
         stream: Literal[True],
     ) -> Generator[ChatResponse]: ...
     def chat(
@@ -308,11 +310,19 @@ class Client(_Base):
         format: wire.Format = None,
         options: wire.Options | None = None,
         keep_alive: wire.KeepAlive = None,
+        think: bool | str | None = None,
         stream: bool = False,
     ) -> ChatResponse | Generator[ChatResponse]:
-        """Answer the conversation ``messages`` (no messages only loads the model)."""
+        """Answer the conversation ``messages`` (no messages only loads the model);
+        ``think`` turns a thinking model's reasoning on or off (None: its default)."""
         body = wire.chat_body(
-            model, messages, format=format, options=options, keep_alive=keep_alive, stream=stream
+            model,
+            messages,
+            format=format,
+            options=options,
+            keep_alive=keep_alive,
+            stream=stream,
+            think=think,
         )
         if stream:
             return _typed(self.stream("/api/chat", body, model=model), ChatResponse.from_wire)
@@ -523,6 +533,7 @@ class AsyncClient(_Base):
         format: wire.Format = None,
         options: wire.Options | None = None,
         keep_alive: wire.KeepAlive = None,
+        think: bool | str | None = None,
         stream: Literal[False] = False,
     ) -> ChatResponse: ...
     @overload
@@ -534,6 +545,7 @@ class AsyncClient(_Base):
         format: wire.Format = None,
         options: wire.Options | None = None,
         keep_alive: wire.KeepAlive = None,
+        think: bool | str | None = None,
         stream: Literal[True],
     ) -> AsyncGenerator[ChatResponse]: ...
     async def chat(
@@ -544,10 +556,17 @@ class AsyncClient(_Base):
         format: wire.Format = None,
         options: wire.Options | None = None,
         keep_alive: wire.KeepAlive = None,
+        think: bool | str | None = None,
         stream: bool = False,
     ) -> ChatResponse | AsyncGenerator[ChatResponse]:
         body = wire.chat_body(
-            model, messages, format=format, options=options, keep_alive=keep_alive, stream=stream
+            model,
+            messages,
+            format=format,
+            options=options,
+            keep_alive=keep_alive,
+            stream=stream,
+            think=think,
         )
         if stream:
             chunks = self.stream("/api/chat", body, model=model)

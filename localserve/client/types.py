@@ -41,6 +41,7 @@ def _int(value: Any) -> int | None:
 class Message:
     role: str
     content: str
+    thinking: str = ""  # a thinking model's reasoning (never sent back in a history)
 
     def to_wire(self) -> dict[str, Any]:
         return {"role": self.role, "content": self.content}
@@ -48,7 +49,11 @@ class Message:
     @classmethod
     def from_wire(cls, data: Any) -> Message:
         data = data if isinstance(data, dict) else {}
-        return cls(str(data.get("role", "assistant")), str(data.get("content") or ""))
+        return cls(
+            str(data.get("role", "assistant")),
+            str(data.get("content") or ""),
+            str(data.get("thinking") or ""),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -174,6 +174,9 @@ def chat_body(
     options: Options | None,
     keep_alive: KeepAlive,
     stream: bool,
+    think: bool | str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in messages]}
+    if think is not None:
+        body["think"] = think
     return body | _common(stream, format, options, keep_alive)

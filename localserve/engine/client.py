@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from localserve.engine.options import LoadOptions
-from localserve.engine.protocol import HEADER, decode_body, encode
+from localserve.engine.protocol import (
+    HEADER,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    GenerateJob,
+    decode_body,
+    encode,
+    event_from_wire,
+)
 from localserve.errors import (
     EngineError,
     InvalidOptionError,
@@ -33,7 +42,7 @@ from localserve.errors import (
 
 log = logging.getLogger("localserve.runner")
 
-Event = dict[str, Any]
+Reply = dict[str, Any]  # the one answer to ``embed``, ``stats``, ``health``
 _END = object()
 
 
@@ -113,24 +122,27 @@ class RunnerClient:
 
     # -------------------------------------------------------------- requests
 
-    async def generate(self, request: dict[str, Any]) -> AsyncIterator[Event]:
-        """Stream a generation: ``text`` events, then one ``done`` event.
+    async def generate(self, job: GenerateJob) -> AsyncIterator[Event]:
+        """Stream a generation: text, thinking and tool-call events, then one DoneEvent.
 
         Stopping the iteration early (the client went away) cancels the request in
         the runner, which frees its slot within one engine step.
         """
-        request_id, queue = await self._send({**request, "op": "generate"})
+        request_id, queue = await self._send({"op": "generate", "job": job.to_wire()})
         finished = False
         try:
             while True:
-                event = await queue.get()
-                if event is _END:
+                entry = await queue.get()
+                if entry is _END:
                     raise RunnerCrashedError(self._stopped_message())
-                if event["type"] == "error":
+                event = event_from_wire(entry)
+                if event is None:
+                    continue  # not an event of a generation: ignore it
+                if isinstance(event, ErrorEvent):
                     finished = True
                     raise _error_of(event)
                 yield event
-                if event["type"] == "done":
+                if isinstance(event, DoneEvent):
                     finished = True
                     return
         finally:
@@ -139,18 +151,19 @@ class RunnerClient:
                 with contextlib.suppress(Exception):
                     await self._write({"op": "cancel", "id": request_id})
 
-    async def call(self, op: str, **fields: Any) -> Event:
+    async def call(self, op: str, **fields: Any) -> Reply:
         """A request with one answer (``embed``, ``stats``)."""
         request_id, queue = await self._send({**fields, "op": op})
         try:
-            event = await queue.get()
+            reply = await queue.get()
         finally:
             self._queues.pop(request_id, None)
-        if event is _END:
+        if reply is _END:
             raise RunnerCrashedError(self._stopped_message())
-        if event["type"] == "error":
-            raise _error_of(event)
-        return dict(event)
+        error = event_from_wire(reply)
+        if isinstance(error, ErrorEvent):
+            raise _error_of(error)
+        return dict(reply)
 
     def _stopped_message(self) -> str:
         if self._closing:
@@ -228,10 +241,9 @@ _ERRORS: dict[str, type[Exception]] = {
 }
 
 
-def _error_of(event: Event) -> Exception:
+def _error_of(event: ErrorEvent) -> Exception:
     """The exception for an error event (its ``kind`` names the type, see runner.py)."""
-    kind = _ERRORS.get(str(event.get("kind")), EngineError)
-    return kind(str(event.get("message", "runner error")))
+    return _ERRORS.get(event.kind, EngineError)(event.message or "runner error")
 
 
 async def _read_frame(stream: asyncio.StreamReader) -> dict[str, Any] | None:

@@ -37,16 +37,30 @@ from __future__ import annotations
 import itertools
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from localserve.engine.llama import Batch, Context, Model, Sampler
 from localserve.engine.options import LoadOptions, SamplingOptions
+from localserve.engine.protocol import DoneEvent, ErrorEvent, Event, TextEvent
 from localserve.engine.text import StopMatcher, Utf8Stream
 from localserve.errors import EngineError, PromptTooLongError
 
-Event = dict[str, Any]
+
+class OutputParser:
+    """Turns a job's answer text into events. This one passes it through as text;
+    engine/chat/ has the parsers that split out thinking and tool calls."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+    def feed(self, text: str) -> list[Event]:
+        return [TextEvent(self.job_id, text)] if text else []
+
+    def flush(self) -> list[Event]:
+        return []
+
 
 # Host memory for parked sequences (Gemma 3 270M: ~18 KB a token, so ~29k tokens).
 PARK_BYTES = 512 * 1024 * 1024
@@ -62,8 +76,14 @@ class Job:
     tokens: list[int]  # the whole prompt
     options: SamplingOptions
     grammar: str | None = None
-    extra_done: dict[str, Any] = field(default_factory=dict)  # copied into the done event
+    grammar_triggers: tuple[str, ...] = ()  # a lazy grammar's trigger regexes
+    dropped_messages: int = 0  # reported in the done event
     want_context: bool = False  # return prompt + output token ids (Ollama's ``context``)
+    # Makes the answer's events; None: plain text. A factory, so that it gets the id.
+    parser_factory: Callable[[str], OutputParser] | None = None
+    # Tokens whose text the parser needs although llama.cpp calls them special
+    # (``[TOOL_CALLS]``, ``<|channel|>``): rendered instead of dropped.
+    preserved_tokens: frozenset[int] = frozenset()
 
     # filled in by the engine
     slot: int = -1
@@ -77,6 +97,7 @@ class Job:
     cancelled: bool = False
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
     stops: StopMatcher | None = None
+    parser: OutputParser | None = None
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
     prompt_started_ns: int = 0
     prompt_done_ns: int = 0
@@ -165,8 +186,9 @@ class Engine:
             )
         if job.id in self.jobs:
             raise EngineError(f"duplicate request id {job.id}")
-        job.sampler = Sampler(self.model, job.options, job.grammar)
+        job.sampler = Sampler(self.model, job.options, job.grammar, job.grammar_triggers)
         job.stops = StopMatcher(job.options.stop)
+        job.parser = (job.parser_factory or OutputParser)(job.id)
         self.jobs[job.id] = job
         self.waiting.append(job)
 
@@ -408,9 +430,11 @@ class Engine:
         job.last_token = token
         self.stats.generated_tokens += 1
         assert job.stops is not None
-        text = job.stops.feed(job.utf8.feed(self.model.piece(token)))
+        assert job.parser is not None
+        piece = self.model.piece(token, special=token in job.preserved_tokens)
+        text = job.stops.feed(job.utf8.feed(piece))
         if text:
-            events.append({"id": job.id, "type": "text", "text": text})
+            events.extend(job.parser.feed(text))
         if job.stops.stopped:
             self._finish(job, "stop", events)
         elif 0 <= job.options.num_predict <= job.generated or job.n_past + 1 >= self.num_ctx:
@@ -418,31 +442,32 @@ class Engine:
 
     def _finish(self, job: Job, reason: str, events: list[Event]) -> None:
         assert job.stops is not None
+        assert job.parser is not None
         tail = job.stops.feed(job.utf8.flush())
         tail += job.stops.flush()
-        if tail and reason != "cancel":
-            events.append({"id": job.id, "type": "text", "text": tail})
+        if reason != "cancel":
+            events.extend(job.parser.feed(tail))
+            events.extend(job.parser.flush())
         now = time.perf_counter_ns()
         prompt_end = job.prompt_done_ns or now
         events.append(
-            {
-                "id": job.id,
-                "type": "done",
-                "done_reason": reason,
-                "prompt_eval_count": len(job.tokens),
-                "prompt_cached": job.cached,
-                "prompt_eval_duration": max(0, prompt_end - (job.prompt_started_ns or prompt_end)),
-                "eval_count": job.generated,
-                "eval_duration": max(0, now - prompt_end) if job.prompt_done_ns else 0,
-                "queue_duration": max(0, (job.prompt_started_ns or now) - job.submitted_ns),
-                **job.extra_done,
-                **({"context": job.tokens + job.output} if job.want_context else {}),
-            }
+            DoneEvent(
+                id=job.id,
+                done_reason=reason,
+                prompt_eval_count=len(job.tokens),
+                prompt_cached=job.cached,
+                prompt_eval_duration=max(0, prompt_end - (job.prompt_started_ns or prompt_end)),
+                eval_count=job.generated,
+                eval_duration=max(0, now - prompt_end) if job.prompt_done_ns else 0,
+                queue_duration=max(0, (job.prompt_started_ns or now) - job.submitted_ns),
+                dropped_messages=job.dropped_messages,
+                context=job.tokens + job.output if job.want_context else None,
+            )
         )
         self._release(job)
 
     def _fail(self, job: Job, message: str, events: list[Event]) -> None:
-        events.append({"id": job.id, "type": "error", "message": message})
+        events.append(ErrorEvent(job.id, message))
         if job.slot >= 0:
             # Its cells may hold a half-applied batch: drop them rather than trust them.
             self.context.seq_rm(job.slot)

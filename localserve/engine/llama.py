@@ -334,7 +334,13 @@ class Sampler:
     own server does: sample freely, and only when the token breaks the grammar,
     apply the grammar to the whole vocabulary and sample again."""
 
-    def __init__(self, model: Model, options: SamplingOptions, grammar: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        options: SamplingOptions,
+        grammar: str | None = None,
+        triggers: Sequence[str] = (),
+    ) -> None:
         self.model = model
         self.chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if options.ignore_eos:
@@ -377,7 +383,16 @@ class Sampler:
             L.llama_sampler_chain_add(self.chain, L.llama_sampler_init_dist(seed))
         self.grammar = None
         if grammar is not None:
-            self.grammar = L.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            if triggers:
+                # Lazy: inactive until the generated text matches a trigger regex; from
+                # then on constrained, starting at the regex's first capture group.
+                patterns = (ctypes.c_char_p * len(triggers))(*[t.encode() for t in triggers])
+                no_tokens = (L.llama_token * 1)()
+                self.grammar = L.llama_sampler_init_grammar_lazy_patterns(
+                    model.vocab, grammar.encode(), b"root", patterns, len(triggers), no_tokens, 0
+                )
+            else:
+                self.grammar = L.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
             if not self.grammar:
                 self.close()
                 raise EngineError("the output format's grammar could not be compiled")

@@ -31,6 +31,11 @@ from localserve.errors import InvalidOptionError, PromptTooLongError
 class Prompt:
     tokens: list[int]
     dropped_messages: int = 0
+    # The end of the rendered text: whether the template opened a thinking block.
+    tail: str = ""
+
+
+TAIL_CHARS = 64
 
 
 def reserve_for_answer(num_ctx: int) -> int:
@@ -69,7 +74,9 @@ class PromptBuilder:
         raw: bool,
         num_ctx: int,
         context: object = None,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> Prompt:
+        tail = ""
         if context:
             # Ollama's ``context``: the token ids a previous /api/generate returned; the
             # new prompt continues them (it already holds the BOS and the template).
@@ -92,13 +99,17 @@ class PromptBuilder:
             if system:
                 messages.append({"role": "system", "content": system})
             messages.append({"role": "user", "content": prompt})
-            tokens = self.tokens_of(self.template.render(messages, add_generation_prompt=True))
+            rendered = self.template.render(
+                messages, add_generation_prompt=True, **dict(template_kwargs or {})
+            )
+            tail = rendered[-TAIL_CHARS:]
+            tokens = self.tokens_of(rendered)
         if len(tokens) >= num_ctx:
             raise PromptTooLongError(
                 f"the prompt is {len(tokens)} tokens, but the context holds {num_ctx}",
                 hint="shorten the prompt or raise num_ctx",
             )
-        return Prompt(tokens)
+        return Prompt(tokens, tail=tail)
 
     def chat(
         self,
@@ -106,8 +117,11 @@ class PromptBuilder:
         *,
         num_ctx: int,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> Prompt:
         turns = validate_messages(messages)
+        kwargs = dict(template_kwargs or {})
+        tails: dict[int, str] = {}
         budget = num_ctx - reserve_for_answer(num_ctx)
         # Shorter and shorter versions of the chat (each drops the oldest droppable
         # turns); more dropped never means longer, so a binary search finds the
@@ -118,18 +132,19 @@ class PromptBuilder:
 
         def tokens_at(index: int) -> list[int]:
             rendered = self.template.render(
-                versions[index], add_generation_prompt=True, tools=tools
+                versions[index], add_generation_prompt=True, tools=tools, **kwargs
             )
+            tails[index] = rendered[-TAIL_CHARS:]
             return self.tokens_of(rendered)
 
         tokens = tokens_at(0)
         if len(tokens) <= budget:
-            return Prompt(tokens)
+            return Prompt(tokens, tail=tails[0])
         low, high = 1, len(versions) - 1  # the answer lies in [low, high]
         best = tokens_at(high)
         if len(best) > budget:
-            if len(best) < num_ctx:
-                return Prompt(best, len(turns) - len(versions[high]))  # tight, but it fits
+            if len(best) < num_ctx:  # tight, but it fits
+                return Prompt(best, len(turns) - len(versions[high]), tails[high])
             raise PromptTooLongError(
                 f"the latest message with the system prompt is {len(best)} tokens, "
                 f"but the context holds {num_ctx}",
@@ -142,7 +157,7 @@ class PromptBuilder:
                 high, best = middle, candidate
             else:
                 low = middle + 1
-        return Prompt(best, len(turns) - len(versions[high]))
+        return Prompt(best, len(turns) - len(versions[high]), tails[high])
 
 
 def _drop_oldest(turns: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

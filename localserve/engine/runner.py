@@ -22,11 +22,25 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from localserve.engine.protocol import FrameReader, encode
-from localserve.errors import LocalserveError, PromptTooLongError, TemplateError
+from localserve.engine.protocol import (
+    ErrorEvent,
+    FrameReader,
+    GenerateJob,
+    encode,
+    event_to_wire,
+)
+from localserve.engine.templates import FALLBACK_STOPS
+from localserve.errors import (
+    InvalidOptionError,
+    LocalserveError,
+    PromptTooLongError,
+    TemplateError,
+)
 
 log = logging.getLogger("localserve.runner")
 
@@ -55,6 +69,8 @@ class Runner:
         self.engine: Any = None
         self.embedder: Any = None
         self.builder: Any = None
+        self.chat: Any = None  # engine/chat/formats.py ChatFormat of the template
+        self.preserved: frozenset[int] = frozenset()
         self.model: Any = None
         self.load_options: Any = None
         self.n_threads = 1
@@ -68,6 +84,7 @@ class Runner:
     # ------------------------------------------------------------------ load
 
     def load(self, message: dict[str, Any]) -> dict[str, Any]:
+        from localserve.engine.chat.formats import detect
         from localserve.engine.engine import Engine
         from localserve.engine.llama import supports_gpu_offload
         from localserve.engine.options import LoadOptions, default_threads
@@ -86,6 +103,8 @@ class Runner:
         self.load_options = options
         self.engine = Engine(self.model, options, n_threads=self.n_threads)
         self.builder = PromptBuilder(self.model, self.model.chat_template())
+        self.chat = detect(self.builder.template)
+        self.preserved = self._preserved_tokens(self.chat.markers)
         return {
             "load_duration": time.perf_counter_ns() - started,
             "num_ctx": self.engine.num_ctx,
@@ -95,6 +114,7 @@ class Runner:
             "n_embd": self.model.n_embd,
             "n_threads": self.n_threads,
             "has_template": self.builder.has_template,
+            "capabilities": list(self.chat.capabilities),
             "gpu_offload": supports_gpu_offload(),
             "pid": os.getpid(),
             # Where the model went, for /api/ps and the daemon log.
@@ -104,6 +124,16 @@ class Runner:
             "size": memory.total_bytes,
             "size_vram": memory.size_vram * gpu_layers // max(1, memory.gpu_layers),
         }
+
+    def _preserved_tokens(self, markers: tuple[str, ...]) -> frozenset[int]:
+        """Markers that are one token each: rendered even when llama.cpp calls them
+        special (``[TOOL_CALLS]``), or the answer parser would never see them."""
+        found = set()
+        for marker in markers:
+            tokens = self.model.tokenize(marker, add_special=False, parse_special=True)
+            if len(tokens) == 1:
+                found.add(tokens[0])
+        return frozenset(found)
 
     def _plan(self, paths: list[Path], options: Any) -> Any:
         """The memory plan (plan/planner.py): how many layers go to the GPU for
@@ -145,12 +175,12 @@ class Runner:
     # -------------------------------------------------------------- requests
 
     def handle(self, message: dict[str, Any]) -> list[dict[str, Any]]:
-        """Act on one request; returns events to send at once (errors, results)."""
+        """Act on one request; returns wire entries to send at once (errors, replies)."""
         op = message.get("op")
         request_id = str(message.get("id", ""))
         try:
             if op == "generate":
-                self._generate(request_id, message)
+                self._generate(request_id, GenerateJob.from_wire(message.get("job") or {}))
                 return []
             if op == "cancel":
                 self.engine.cancel(request_id)
@@ -159,55 +189,98 @@ class Runner:
                 return [self._embed(request_id, message)]
             if op in ("stats", "health"):
                 return [{"id": request_id, "type": op, **self.engine.describe()}]
-            return [
-                {
-                    "id": request_id,
-                    "type": "error",
-                    "kind": "invalid",
-                    "message": f"unknown op {op!r}",
-                }
-            ]
+            error = ErrorEvent(request_id, f"unknown op {op!r}", "invalid")
         except LocalserveError as exc:
-            return [
-                {"id": request_id, "type": "error", "kind": error_kind(exc), "message": str(exc)}
-            ]
+            error = ErrorEvent(request_id, str(exc), error_kind(exc))
+        except TypeError as exc:  # a job with fields of the wrong shape: a daemon bug
+            error = ErrorEvent(request_id, f"malformed request: {exc}", "invalid")
+        return [event_to_wire(error)]
 
-    def _generate(self, request_id: str, message: dict[str, Any]) -> None:
+    def _generate(self, request_id: str, request: GenerateJob) -> None:
         from localserve.engine.engine import Job
         from localserve.engine.grammar import grammar_for
-        from localserve.engine.options import SamplingOptions
 
-        options = SamplingOptions.from_dict(message.get("options") or {})
-        grammar = grammar_for(message.get("format"))
+        chat = self.chat
+        wants_tools = bool(request.tools) and request.tool_choice != "none"
+        if wants_tools and chat.tools is None:
+            raise InvalidOptionError("the model does not support tools")
+        if request.think and not chat.thinks:
+            raise InvalidOptionError("the model does not support thinking")
+        kwargs = _template_kwargs(request)
+        tools = request.tools if wants_tools else None
         num_ctx = self.engine.num_ctx
-        if message.get("messages") is not None:
+        if request.messages is not None:
             prompt = self.builder.chat(
-                message["messages"], num_ctx=num_ctx, tools=message.get("tools")
+                request.messages, num_ctx=num_ctx, tools=tools, template_kwargs=kwargs
             )
         else:
             prompt = self.builder.completion(
-                str(message.get("prompt") or ""),
-                system=message.get("system"),
-                raw=bool(message.get("raw")),
+                request.prompt or "",
+                system=request.system,
+                raw=request.raw,
                 num_ctx=num_ctx,
-                context=message.get("context"),
+                context=request.context,
+                template_kwargs=kwargs,
             )
-        extra = {"dropped_messages": prompt.dropped_messages} if prompt.dropped_messages else {}
-        job = Job(request_id, prompt.tokens, options, grammar, extra_done=extra)
-        job.want_context = bool(message.get("want_context"))
+        grammar = grammar_for(request.format)
+        triggers: tuple[str, ...] = ()
+        if tools:
+            from localserve.engine.chat.tool_grammar import tool_grammar
+
+            enforced = tool_grammar(
+                chat.tools,
+                tools,
+                choice=request.tool_choice,
+                parallel=request.parallel_tool_calls,
+            )
+            # A format grammar (JSON mode) wins over the lazy one for "auto".
+            if enforced is not None and (request.tool_choice != "auto" or grammar is None):
+                grammar, triggers = enforced.gbnf, enforced.triggers
+        parses = not request.raw and bool(tools or chat.thinks)
+        options = request.options
+        if request.messages is not None and not self.builder.has_template:
+            options = replace(options, stop=(*options.stop, *FALLBACK_STOPS))
+        job = Job(
+            request_id,
+            prompt.tokens,
+            options,
+            grammar,
+            grammar_triggers=triggers,
+            dropped_messages=prompt.dropped_messages,
+            want_context=request.want_context,
+            parser_factory=self._parser_factory(request, tools, prompt.tail) if parses else None,
+            preserved_tokens=self.preserved if parses else frozenset(),
+        )
         self.engine.submit(job)
+
+    def _parser_factory(
+        self, request: GenerateJob, tools: list[dict[str, Any]] | None, prompt_tail: str
+    ) -> Callable[[str], Any]:
+        from localserve.engine.chat.parse import AnswerParser, HarmonyParser
+
+        chat = self.chat
+        names = [str((t.get("function") or {}).get("name", "")) for t in tools or []]
+        show = request.think is not False
+        if chat.harmony:
+            return lambda job_id: HarmonyParser(job_id, tool_names=names, show_thinking=show)
+        opened = bool(chat.thinking) and prompt_tail.rstrip().endswith(chat.thinking.open)
+        return lambda job_id: AnswerParser(
+            job_id,
+            tools=chat.tools if tools else None,
+            tool_names=names,
+            thinking=chat.thinking,
+            in_thinking=opened,
+            show_thinking=show,
+        )
 
     def _embed(self, request_id: str, message: dict[str, Any]) -> dict[str, Any]:
         from localserve.engine.embed import Embedder
 
         inputs = message.get("inputs")
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-            return {
-                "id": request_id,
-                "type": "error",
-                "kind": "invalid",
-                "message": "inputs must be a list of strings",
-            }
+            return event_to_wire(
+                ErrorEvent(request_id, "inputs must be a list of strings", "invalid")
+            )
         started = time.perf_counter_ns()
         if self.embedder is None:
             self.embedder = Embedder(self.model, self.load_options, n_threads=self.n_threads)
@@ -236,7 +309,7 @@ class Runner:
                         return
                     events.extend(self.handle(message))
             if self.engine.has_work():
-                events.extend(self.engine.step())
+                events.extend(event_to_wire(e) for e in self.engine.step())
             if events:
                 self.send({"events": events})
 
@@ -244,6 +317,18 @@ class Runner:
         for part in (self.embedder, self.engine, self.model):
             if part is not None:
                 part.close()
+
+
+def _template_kwargs(request: GenerateJob) -> dict[str, Any]:
+    """Variables for the chat template: the request's own (``chat_template_kwargs``),
+    and the thinking switch under the names templates read."""
+    kwargs = dict(request.template_kwargs)
+    if request.think is not None:
+        kwargs.setdefault("enable_thinking", bool(request.think))
+        kwargs.setdefault("thinking", bool(request.think))
+    if isinstance(request.think, str):
+        kwargs.setdefault("reasoning_effort", request.think)
+    return kwargs
 
 
 def main(argv: list[str] | None = None) -> int:

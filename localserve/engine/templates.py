@@ -57,7 +57,9 @@ Fallback format (``FALLBACK_TEMPLATE``), for models without a chat template (Gem
 - a user message is ``User: <text>``, an assistant message ``Assistant: <text>``, a
   tool result ``Tool: <text>``;
 - with ``add_generation_prompt`` (the default) a last block ``Assistant:`` follows,
-  with no trailing space or newline.
+  with no trailing space or newline;
+- the answer ends where the model starts another ``User:`` turn (``FALLBACK_STOPS``):
+  a base model continues the pattern with both sides of the talk otherwise.
 
 For example, a system prompt and two user turns with one answer render as::
 
@@ -124,6 +126,7 @@ from localserve.errors import InvalidOptionError, TemplateError
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "FALLBACK_STOPS",
     "FALLBACK_TEMPLATE",
     "ROLES",
     "ChatTemplate",
@@ -150,6 +153,10 @@ FALLBACK_TEMPLATE = (
     "Assistant:"
     "{%- endif -%}"
 )
+
+# Where a base model's answer in the fallback format ends: at the next turn it would
+# otherwise invent (the runner adds it to a chat's stop strings).
+FALLBACK_STOPS = ("\nUser:",)
 
 ROLES = ("system", "user", "assistant", "tool")
 

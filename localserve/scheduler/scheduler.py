@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from localserve.engine.options import LoadOptions
+from localserve.engine.protocol import DoneEvent, Event, GenerateJob
 from localserve.errors import ModelNotFoundError, ServerBusyError
 from localserve.store.manifest import Manifest
 from localserve.store.refs import ModelRef
@@ -43,7 +44,7 @@ from localserve.store.verify import check_model
 
 log = logging.getLogger("localserve.scheduler")
 
-Event = dict[str, Any]
+Reply = dict[str, Any]  # a runner's one answer to embed / stats
 
 
 class Runner(Protocol):
@@ -57,9 +58,9 @@ class Runner(Protocol):
     @property
     def pid(self) -> int: ...
 
-    def generate(self, request: dict[str, Any]) -> AsyncIterator[Event]: ...
+    def generate(self, job: GenerateJob) -> AsyncIterator[Event]: ...
 
-    async def call(self, op: str, **fields: Any) -> Event: ...
+    async def call(self, op: str, **fields: Any) -> Reply: ...
 
     async def close(self, timeout: float = 5.0, *, reason: str = ...) -> None: ...
 
@@ -173,21 +174,17 @@ class Scheduler:
 
     # --------------------------------------------------------------- requests
 
-    async def generate(self, model: ModelRequest, request: dict[str, Any]) -> AsyncIterator[Event]:
+    async def generate(self, model: ModelRequest, job: GenerateJob) -> AsyncIterator[Event]:
         """Stream a generation on ``model``, loading it first if needed.
 
-        The ``done`` event gains ``load_duration`` (ns this request waited for a load).
+        The done event gains ``load_duration`` (ns this request waited for a load).
         """
         async with self._admitted():
             resident, load_ns = await self._acquire(model)
-            events = resident.runner.generate(request)
+            events = resident.runner.generate(job)
             try:
                 async for event in events:
-                    yield (
-                        {**event, "load_duration": load_ns}
-                        if event.get("type") == "done"
-                        else event
-                    )
+                    yield event.with_load(load_ns) if isinstance(event, DoneEvent) else event
             finally:
                 try:
                     # Stopped early (the client went away): close the runner's stream
@@ -197,7 +194,7 @@ class Scheduler:
                 finally:
                     await self._release(resident, model.keep_alive)
 
-    async def embed(self, model: ModelRequest, inputs: list[str], *, truncate: bool) -> Event:
+    async def embed(self, model: ModelRequest, inputs: list[str], *, truncate: bool) -> Reply:
         async with self._admitted():
             resident, load_ns = await self._acquire(model)
             try:
@@ -236,7 +233,7 @@ class Scheduler:
         await resident.runner.close(reason=reason)
         return True
 
-    async def stats(self, name: str) -> Event | None:
+    async def stats(self, name: str) -> Reply | None:
         ref, _ = self.store.get(name)
         resident = self.resident.get(str(ref))
         if resident is None or not resident.runner.alive:

@@ -13,7 +13,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from localserve.engine.options import SamplingOptions
+from localserve.engine.protocol import DoneEvent, GenerateJob
 from localserve.schemas.base import Request, keep_alive_seconds
+from localserve.schemas.tools import check_think, check_tools, history_message
 
 
 def _model_from_name(data: Any) -> Any:
@@ -46,6 +49,18 @@ class GenerateRequest(KeepAlive):
     # in Ollama in favour of /api/chat, still sent by older clients).
     context: list[int] | None = None
 
+    def to_job(self, options: SamplingOptions) -> GenerateJob:
+        return GenerateJob(
+            prompt=self.prompt,
+            system=self.system,
+            raw=self.raw,
+            format=self.format or None,
+            think=check_think(self.think),
+            options=options,
+            context=self.context,
+            want_context=True,
+        )
+
 
 class Message(Request):
     role: str
@@ -53,6 +68,9 @@ class Message(Request):
     images: list[str] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     name: str | None = None
+    thinking: str | None = None
+    tool_name: str | None = None  # on a tool result: the function it answers
+    tool_call_id: str | None = None
 
 
 class ChatRequest(KeepAlive):
@@ -63,6 +81,16 @@ class ChatRequest(KeepAlive):
     options: dict[str, Any] | None = None
     stream: bool = True
     think: bool | str | None = None
+
+    def to_job(self, options: SamplingOptions) -> GenerateJob:
+        check_tools(self.tools, "auto")
+        return GenerateJob(
+            messages=[history_message(m.model_dump(exclude_none=True)) for m in self.messages],
+            tools=self.tools or None,
+            format=self.format or None,
+            think=check_think(self.think),
+            options=options,
+        )
 
 
 class EmbedRequest(KeepAlive):
@@ -107,15 +135,15 @@ def timestamp(when: datetime | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}000Z"
 
 
-def final_fields(done: dict[str, Any], total_ns: int) -> dict[str, Any]:
+def final_fields(done: DoneEvent, total_ns: int) -> dict[str, Any]:
     """The timing fields of a final chunk, from the engine's done event."""
     return {
         "done": True,
-        "done_reason": done.get("done_reason", "stop"),
+        "done_reason": done.done_reason,
         "total_duration": total_ns,
-        "load_duration": int(done.get("load_duration", 0)),
-        "prompt_eval_count": int(done.get("prompt_eval_count", 0)),
-        "prompt_eval_duration": int(done.get("prompt_eval_duration", 0)),
-        "eval_count": int(done.get("eval_count", 0)),
-        "eval_duration": int(done.get("eval_duration", 0)),
+        "load_duration": done.load_duration,
+        "prompt_eval_count": done.prompt_eval_count,
+        "prompt_eval_duration": done.prompt_eval_duration,
+        "eval_count": done.eval_count,
+        "eval_duration": done.eval_duration,
     }

@@ -8,13 +8,15 @@ context size.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import Field
 
+from localserve.engine.options import SamplingOptions
+from localserve.engine.protocol import DoneEvent, GenerateJob
 from localserve.errors import InvalidOptionError
 from localserve.schemas.base import Request
+from localserve.schemas.tools import THINK_LEVELS, check_tools, history_message
 
 
 class StreamOptions(Request):
@@ -67,7 +69,48 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=0)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    # llama.cpp's server and vLLM take these: extra variables for the chat template.
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def to_job(self, options: SamplingOptions) -> GenerateJob:
+        choice = self.choice()
+        check_tools(self.tools, choice)
+        return GenerateJob(
+            messages=self.engine_messages(),
+            tools=self.tools or None,
+            tool_choice=choice,
+            parallel_tool_calls=self.parallel_tool_calls,
+            format=self.output_format(),
+            think=self.think(),
+            template_kwargs=dict(self.chat_template_kwargs or {}),
+            options=options,
+        )
+
+    def choice(self) -> str:
+        """``tool_choice`` as "none", "auto", "required" or the function's name."""
+        if self.tool_choice is None:
+            return "auto" if self.tools else "none"
+        if isinstance(self.tool_choice, str):
+            return self.tool_choice
+        function = self.tool_choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if self.tool_choice.get("type") != "function" or not isinstance(name, str) or not name:
+            raise InvalidOptionError(
+                'tool_choice must be "none", "auto", "required" or '
+                '{"type": "function", "function": {"name": ...}}'
+            )
+        return name
+
+    def think(self) -> bool | str | None:
+        """Thinking from ``reasoning_effort`` or ``chat_template_kwargs.enable_thinking``."""
+        switch = (self.chat_template_kwargs or {}).get("enable_thinking")
+        if self.reasoning_effort is not None:
+            level = self.reasoning_effort if self.reasoning_effort in THINK_LEVELS else "low"
+            return level if switch is not False else False
+        return switch if isinstance(switch, bool) else None
 
     def engine_messages(self) -> list[dict[str, Any]]:
         """The messages in the forms chat templates know (the engine checks the rest)."""
@@ -90,26 +133,10 @@ class ChatCompletionRequest(SamplingFields):
 def _engine_message(message: dict[str, Any]) -> dict[str, Any]:
     """``developer`` is OpenAI's newer name for the ``system`` role; tool-call arguments
     come as a JSON string where templates expect an object (Ollama parses them too)."""
-    result = dict(message)
+    result = history_message(message)
     if result.get("role") == "developer":
         result["role"] = "system"
-    calls = result.get("tool_calls")
-    if isinstance(calls, list):
-        result["tool_calls"] = [_parsed_arguments(call) for call in calls]
     return result
-
-
-def _parsed_arguments(call: Any) -> Any:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
-        return call
-    try:
-        arguments = json.loads(function["arguments"] or "{}")
-    except ValueError:
-        raise InvalidOptionError(
-            f"tool call arguments are not valid JSON: {function['arguments'][:100]!r}"
-        ) from None
-    return {**call, "function": {**function, "arguments": arguments}}
 
 
 class CompletionRequest(SamplingFields):
@@ -128,15 +155,15 @@ class EmbeddingRequest(Request):
     keep_alive: str | float | int | None = None
 
 
-def usage(done: dict[str, Any]) -> dict[str, int]:
-    prompt = int(done.get("prompt_eval_count", 0))
-    completion = int(done.get("eval_count", 0))
+def usage(done: DoneEvent) -> dict[str, int]:
     return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "prompt_tokens": done.prompt_eval_count,
+        "completion_tokens": done.eval_count,
+        "total_tokens": done.prompt_eval_count + done.eval_count,
     }
 
 
-def finish_reason(done: dict[str, Any]) -> str:
-    return "length" if done.get("done_reason") == "length" else "stop"
+def finish_reason(done: DoneEvent, called: bool = False) -> str:
+    if done.done_reason == "length":
+        return "length"
+    return "tool_calls" if called else "stop"

@@ -5,6 +5,7 @@ app.state.store      the ModelStore
 app.state.scheduler  the Scheduler (all load/unload/queue rules)
 app.state.metrics    the Prometheus collectors (metrics.py)
 app.state.details    GGUF facts per blob digest, read once (for /api/tags and /api/show)
+app.state.formats    what each blob's chat template can do (tools, thinking), found once
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def create_app(
     app.state.scheduler = scheduler
     app.state.metrics = Metrics(scheduler)
     app.state.details = {}
+    app.state.formats = {}
     errors.install(app)
     security.install(app, settings)
     app.include_router(ops.router)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
+    from localserve.engine.protocol import DoneEvent
     from localserve.scheduler.scheduler import Scheduler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -57,16 +58,14 @@ class Metrics:
         loaded = Gauge("localserve_loaded_models", "Models resident", registry=r)
         loaded.set_function(lambda: float(len(scheduler.running())))
 
-    def record_done(self, done: dict[str, Any]) -> None:
-        self.prompt_tokens.inc(int(done.get("prompt_eval_count", 0)))
-        self.generated_tokens.inc(int(done.get("eval_count", 0)))
-        cached = int(done.get("prompt_cached", 0))
-        if cached:
+    def record_done(self, done: DoneEvent) -> None:
+        self.prompt_tokens.inc(done.prompt_eval_count)
+        self.generated_tokens.inc(done.eval_count)
+        if done.prompt_cached:
             self.prefix_hits.inc()
-            self.prefix_tokens.inc(cached)
-        load_ns = int(done.get("load_duration", 0))
-        if load_ns:
-            self.load_seconds.observe(load_ns / 1e9)
+            self.prefix_tokens.inc(done.prompt_cached)
+        if done.load_duration:
+            self.load_seconds.observe(done.load_duration / 1e9)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

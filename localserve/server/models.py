@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from localserve.errors import StoreError
+from localserve.engine.chat.formats import PLAIN, ChatFormat, detect
+from localserve.engine.templates import ChatTemplate
+from localserve.errors import StoreError, TemplateError
 from localserve.schemas.ollama import timestamp
 from localserve.store.gguf import GGUFInfo, parameter_size_label, read_gguf_model
 from localserve.store.manifest import Manifest
@@ -33,6 +35,25 @@ def gguf_info(app: Any, manifest: Manifest) -> GGUFInfo:
             raise
         cache[manifest.digest] = info
     return info
+
+
+def chat_format(app: Any, manifest: Manifest) -> ChatFormat:
+    """What the model's chat template can do (tools, thinking), found by rendering it
+    (engine/chat/formats.py); cached per blob digest like the header."""
+    cache: dict[str, ChatFormat] = app.state.formats
+    found = cache.get(manifest.digest)
+    if found is None:
+        source = gguf_info(app, manifest).chat_template
+        try:
+            found = detect(ChatTemplate(source)) if source else PLAIN
+        except TemplateError:
+            found = PLAIN  # a template that does not compile: loading it says why
+        cache[manifest.digest] = found
+    return found
+
+
+def capabilities(app: Any, manifest: Manifest) -> list[str]:
+    return [*(chat_format(app, manifest).capabilities or ("completion",)), "embedding"]
 
 
 def model_details(app: Any, manifest: Manifest) -> dict[str, Any]:
@@ -90,7 +111,7 @@ def show_model(app: Any, name: str, verbose: bool) -> dict[str, Any]:
         "template": info.chat_template or "",
         "details": model_details(app, manifest),
         "model_info": model_info,
-        "capabilities": ["completion", "embedding"],
+        "capabilities": capabilities(app, manifest),
         "modified_at": timestamp(manifest.created_at),
         "source": source,
     }

@@ -180,6 +180,12 @@ def daemon_env(home: Path, port: int, extra: dict[str, str] | None = None) -> di
     return env
 
 
+def add_model(home: Path, model: Path, name: str) -> None:
+    """Import another model into a (running) daemon's store under ``name``."""
+    for _ in import_gguf(ModelStore(home / "models"), model, name):
+        pass
+
+
 def start_daemon(
     home: Path, model: Path | None = None, *, env: dict[str, str] | None = None
 ) -> Daemon:
@@ -263,6 +269,23 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_gguf_path: Path) -> It
     home = tmp_path_factory.mktemp("daemon") / "localserve-home"
     with running_daemon(home, tiny_gguf_path) as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def tool_models(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny models with templates that take tools and think, added to ``daemon``:
+    ``tiny-tools`` (Qwen 3 style: Hermes calls, <think>) and ``tiny-r1`` (the prompt
+    opens the thinking block, so every answer starts as reasoning)."""
+    from tests.support import chat_templates
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    folder = tmp_path_factory.mktemp("tool-models")
+    models = {"tiny-tools": chat_templates.QWEN3, "tiny-r1": chat_templates.R1}
+    for name, template in models.items():
+        add_model(
+            daemon.home, write_tiny_gguf(folder / f"{name}.gguf", chat_template=template), name
+        )
+    return {name: name for name in models}
 
 
 @pytest.fixture

@@ -16,8 +16,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from localserve import __version__
+from localserve.engine.protocol import (
+    DoneEvent,
+    GenerateJob,
+    TextEvent,
+    ThinkingEvent,
+    ToolCallEvent,
+)
 from localserve.errors import InvalidOptionError
-from localserve.scheduler.scheduler import ModelRequest, Resident, Scheduler
+from localserve.scheduler.scheduler import ModelRequest, Resident
 from localserve.schemas.ollama import (
     ChatRequest,
     CopyRequest,
@@ -30,11 +37,16 @@ from localserve.schemas.ollama import (
     final_fields,
     timestamp,
 )
-from localserve.schemas.options import split_options
 from localserve.server.errors import OLLAMA_ERRORS
 from localserve.server.models import model_details, show_model, tag_entry
+from localserve.server.routes.deps import (
+    check_capabilities,
+    model_request,
+    scheduler,
+    shorten,
+    store,
+)
 from localserve.server.streaming import first_then_rest, iterate_in_thread, ndjson
-from localserve.store.store import ModelStore
 
 router = APIRouter(responses=OLLAMA_ERRORS)
 # For the OpenAPI schema: what these routes answer with besides JSON.
@@ -47,34 +59,6 @@ STREAMED: dict[int | str, dict[str, Any]] = {
 EMPTY: dict[int | str, dict[str, Any]] = {200: {"description": "Done (an empty body)"}}
 
 
-def _scheduler(request: Request) -> Scheduler:
-    scheduler: Scheduler = request.app.state.scheduler
-    return scheduler
-
-
-def _store(request: Request) -> ModelStore:
-    store: ModelStore = request.app.state.store
-    return store
-
-
-def model_request(
-    request: Request,
-    name: str,
-    options: dict[str, Any] | None,
-    keep_alive: float | None,
-    overrides: dict[str, Any] | None = None,
-) -> tuple[ModelRequest, dict[str, Any]]:
-    """The model to run on (with its load options) and the sampling options as a dict."""
-    settings = request.app.state.settings
-    split = split_options(
-        options,
-        num_ctx=settings.context_length,
-        num_parallel=settings.num_parallel,
-        overrides=overrides,
-    )
-    return ModelRequest(name, split.load, keep_alive), split.sampling.to_dict()
-
-
 # ------------------------------------------------------------------ basics
 
 
@@ -85,8 +69,7 @@ async def version() -> dict[str, str]:
 
 @router.get("/api/tags")
 async def tags(request: Request) -> dict[str, Any]:
-    store = _store(request)
-    models = await asyncio.to_thread(store.list_models)
+    models = await asyncio.to_thread(store(request).list_models)
     return {"models": [await asyncio.to_thread(tag_entry, request.app, m) for m in models]}
 
 
@@ -102,7 +85,7 @@ async def ps(request: Request) -> dict[str, Any]:
     return {
         "models": [
             await asyncio.to_thread(running_entry, request.app, r)
-            for r in _scheduler(request).running()
+            for r in scheduler(request).running()
         ]
     }
 
@@ -149,14 +132,14 @@ async def delete(body: NameRequest, request: Request) -> Response:
     # Delete first, so that no new request can load the model again, then unload it:
     # its in-flight requests end with an error (docs/store.md). Answers once no runner
     # holds its files.
-    ref, _ = await asyncio.to_thread(_store(request).remove, body.model)
-    await _scheduler(request).forget(ref)
+    ref, _ = await asyncio.to_thread(store(request).remove, body.model)
+    await scheduler(request).forget(ref)
     return Response(status_code=200)
 
 
 @router.post("/api/copy", response_class=Response, responses=EMPTY)
 async def copy(body: CopyRequest, request: Request) -> Response:
-    await asyncio.to_thread(_store(request).copy, body.source, body.destination)
+    await asyncio.to_thread(store(request).copy, body.source, body.destination)
     return Response(status_code=200)
 
 
@@ -166,8 +149,8 @@ async def pull(body: PullRequest, request: Request) -> Response:
 
     # A bad name is a 400 before anything streams; a damaged local model says how to
     # repair it (checking it may hash a file, so not on the event loop).
-    await asyncio.to_thread(hub_ref, body.model, _store(request))
-    events = pull_model(_store(request), body.model)
+    await asyncio.to_thread(hub_ref, body.model, store(request))
+    events = pull_model(store(request), body.model)
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async for event in iterate_in_thread(events):
@@ -204,45 +187,67 @@ async def _load_only(
     request: Request, model: ModelRequest, started: int, **extra: Any
 ) -> dict[str, Any]:
     """An empty prompt or message list: load (or, with keep_alive 0, unload) the model."""
-    scheduler = _scheduler(request)
+    daemon_scheduler = scheduler(request)
     if model.keep_alive == 0:
-        await scheduler.unload(model.name)
+        await daemon_scheduler.unload(model.name)
         return _final_or_load(model.name, "unload", 0, started, **extra)
-    _, load_ns = await scheduler.load(model)
+    _, load_ns = await daemon_scheduler.load(model)
     return _final_or_load(model.name, "load", load_ns, started, **extra)
 
 
 async def _stream(
-    request: Request, model: ModelRequest, engine_request: dict[str, Any], shape: str, started: int
+    request: Request, model: ModelRequest, job: GenerateJob, shape: str, started: int
 ) -> AsyncIterator[dict[str, Any]]:
+    """Engine events as Ollama chunks: text and thinking as they come, each tool call
+    once complete, then the final chunk with the timings."""
     metrics = request.app.state.metrics
     first_token = True
-    async for event in _scheduler(request).generate(model, engine_request):
-        if event["type"] == "text":
-            if first_token:
-                metrics.ttft.observe((time.perf_counter_ns() - started) / 1e9)
-                first_token = False
-            piece = event["text"]
-            body: dict[str, Any] = {"model": model.name, "created_at": timestamp()}
-            body.update(
-                {"message": {"role": "assistant", "content": piece}}
-                if shape == "chat"
-                else {"response": piece}
-            )
-            body["done"] = False
-            yield body
-        elif event["type"] == "done":
+    async for event in scheduler(request).generate(model, job):
+        if isinstance(event, DoneEvent):
             metrics.record_done(event)
-            body = {"model": model.name, "created_at": timestamp()}
-            body.update(
-                {"message": {"role": "assistant", "content": ""}}
-                if shape == "chat"
-                else {"response": ""}
-            )
+            body = _chunk(model.name, shape, "")
             body.update(final_fields(event, time.perf_counter_ns() - started))
-            if "context" in event:
-                body["context"] = event["context"]
+            if event.context is not None:
+                body["context"] = event.context
             yield body
+            continue
+        if first_token:
+            metrics.ttft.observe((time.perf_counter_ns() - started) / 1e9)
+            first_token = False
+        if isinstance(event, TextEvent):
+            yield _chunk(model.name, shape, event.text)
+        elif isinstance(event, ThinkingEvent):
+            yield _chunk(model.name, shape, "", thinking=event.text)
+        elif isinstance(event, ToolCallEvent):
+            yield _chunk(model.name, shape, "", calls=[event])
+
+
+def _chunk(
+    name: str,
+    shape: str,
+    text: str,
+    *,
+    thinking: str | None = None,
+    calls: list[ToolCallEvent] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": name, "created_at": timestamp()}
+    if shape == "chat":
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
+        if calls:
+            message["tool_calls"] = [_tool_call(c) for c in calls]
+        body["message"] = message
+    else:
+        body["response"] = text
+        if thinking:
+            body["thinking"] = thinking
+    body["done"] = False
+    return body
+
+
+def _tool_call(call: ToolCallEvent) -> dict[str, Any]:
+    return {"function": {"index": call.index, "name": call.name, "arguments": call.arguments}}
 
 
 async def _respond(
@@ -252,16 +257,28 @@ async def _respond(
         _, rest = await first_then_rest(chunks)
         return ndjson(rest, request.url.path)
     text: list[str] = []
+    thinking: list[str] = []
+    calls: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
     async for chunk in chunks:
         if chunk["done"]:
             final = chunk
-        else:
-            text.append(chunk["message"]["content"] if shape == "chat" else chunk["response"])
+            continue
+        part = chunk["message"] if shape == "chat" else chunk
+        text.append(part["content"] if shape == "chat" else part["response"])
+        thinking.append(part.get("thinking", ""))
+        calls.extend(part.get("tool_calls", ()))
     if shape == "chat":
-        final["message"] = {"role": "assistant", "content": "".join(text)}
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
+        if any(thinking):
+            message["thinking"] = "".join(thinking)
+        if calls:
+            message["tool_calls"] = calls
+        final["message"] = message
     else:
         final["response"] = "".join(text)
+        if any(thinking):
+            final["thinking"] = "".join(thinking)
     return JSONResponse(final)
 
 
@@ -277,20 +294,10 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     model, sampling = model_request(request, body.model, body.options, body.keep_alive_seconds())
     if not body.prompt:
         return JSONResponse(await _load_only(request, model, started, response=""))
-    engine_request = {
-        "prompt": body.prompt,
-        "system": body.system,
-        "raw": body.raw,
-        "format": body.format or None,
-        "options": sampling,
-        "context": body.context,
-        "want_context": True,
-    }
+    job = body.to_job(sampling)
+    await check_capabilities(request, body.model, job)
     return await _respond(
-        request,
-        _stream(request, model, engine_request, "generate", started),
-        body.stream,
-        "generate",
+        request, _stream(request, model, job, "generate", started), body.stream, "generate"
     )
 
 
@@ -304,15 +311,10 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         )
     if any(m.images for m in body.messages):
         raise InvalidOptionError("images are not supported: localserve runs text models")
-    messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    engine_request = {
-        "messages": messages,
-        "tools": body.tools,
-        "format": body.format or None,
-        "options": sampling,
-    }
+    job = body.to_job(sampling)
+    await check_capabilities(request, body.model, job)
     return await _respond(
-        request, _stream(request, model, engine_request, "chat", started), body.stream, "chat"
+        request, _stream(request, model, job, "chat", started), body.stream, "chat"
     )
 
 
@@ -328,7 +330,7 @@ async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
         inputs = list(body.input)
     model, _ = model_request(request, body.model, body.options, body.keep_alive_seconds())
     if not inputs:
-        _, load_ns = await _scheduler(request).load(model)
+        _, load_ns = await scheduler(request).load(model)
         return {
             "model": body.model,
             "embeddings": [],
@@ -336,10 +338,10 @@ async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
             "load_duration": load_ns,
             "prompt_eval_count": 0,
         }
-    result = await _scheduler(request).embed(model, inputs, truncate=body.truncate)
+    result = await scheduler(request).embed(model, inputs, truncate=body.truncate)
     vectors = result["embeddings"]
     if body.dimensions is not None:
-        vectors = [_shorten(v, body.dimensions) for v in vectors]
+        vectors = [shorten(v, body.dimensions) for v in vectors]
     return {
         "model": body.model,
         "embeddings": vectors,
@@ -349,18 +351,11 @@ async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
     }
 
 
-def _shorten(vector: list[float], dimensions: int) -> list[float]:
-    """Matryoshka-style truncation, renormalised (what Ollama does for ``dimensions``)."""
-    head = vector[:dimensions]
-    norm = sum(x * x for x in head) ** 0.5
-    return [x / norm for x in head] if norm > 0 else head
-
-
 @router.post("/api/embeddings")
 async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
     model, _ = model_request(request, body.model, body.options, body.keep_alive_seconds())
     if not body.prompt:
-        await _scheduler(request).load(model)
+        await scheduler(request).load(model)
         return {"embedding": []}
-    result = await _scheduler(request).embed(model, [body.prompt], truncate=True)
+    result = await scheduler(request).embed(model, [body.prompt], truncate=True)
     return {"embedding": result["embeddings"][0]}

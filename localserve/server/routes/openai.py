@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import struct
 import time
 import uuid
@@ -12,18 +14,35 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from localserve.engine.protocol import (
+    DoneEvent,
+    Event,
+    GenerateJob,
+    TextEvent,
+    ThinkingEvent,
+    ToolCallEvent,
+)
 from localserve.errors import InvalidOptionError
 from localserve.schemas.base import keep_alive_seconds
 from localserve.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    SamplingFields,
     finish_reason,
     usage,
 )
 from localserve.server.errors import OPENAI_ERRORS
-from localserve.server.routes.native import _scheduler, _shorten, _store, model_request
+from localserve.server.routes.deps import (
+    Answer,
+    check_capabilities,
+    model_request,
+    scheduler,
+    shorten,
+    store,
+)
 from localserve.server.streaming import first_then_rest, sse
+from localserve.store.store import StoredModel
 
 router = APIRouter(prefix="/v1", responses=OPENAI_ERRORS)
 # For the OpenAPI schema: with stream true, server-sent events.
@@ -35,24 +54,7 @@ STREAMED: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/models")
-async def models(request: Request) -> dict[str, Any]:
-    data = [
-        {
-            "id": m.name,
-            "object": "model",
-            "created": int(m.modified_at.timestamp()),
-            "owned_by": "localserve",
-        }
-        for m in _store(request).list_models()
-    ]
-    return {"object": "list", "data": data}
-
-
-@router.get("/models/{name:path}")
-async def model(name: str, request: Request) -> dict[str, Any]:
-    ref, _ = _store(request).get(name)
-    stored = next(m for m in _store(request).list_models() if m.ref == ref)
+def _model_entry(stored: StoredModel) -> dict[str, Any]:
     return {
         "id": stored.name,
         "object": "model",
@@ -61,9 +63,23 @@ async def model(name: str, request: Request) -> dict[str, Any]:
     }
 
 
+@router.get("/models")
+async def models(request: Request) -> dict[str, Any]:
+    stored = await asyncio.to_thread(store(request).list_models)
+    return {"object": "list", "data": [_model_entry(m) for m in stored]}
+
+
+@router.get("/models/{name:path}")
+async def model(name: str, request: Request) -> dict[str, Any]:
+    ref, _ = await asyncio.to_thread(store(request).get, name)
+    stored = await asyncio.to_thread(store(request).list_models)
+    return _model_entry(next(m for m in stored if m.ref == ref))
+
+
 async def _events(
-    request: Request, body: Any, engine_request: dict[str, Any], max_tokens: int | None
-) -> AsyncIterator[dict[str, Any]]:
+    request: Request, body: SamplingFields, build: Any, max_tokens: int | None
+) -> AsyncIterator[Event]:
+    """The engine's events for a request; ``build(sampling)`` makes its job."""
     model_req, sampling = model_request(
         request,
         body.model,
@@ -71,52 +87,18 @@ async def _events(
         keep_alive_seconds(body.keep_alive),
         body.overrides(max_tokens),
     )
+    job: GenerateJob = build(sampling)
+    await check_capabilities(request, body.model, job)
     metrics = request.app.state.metrics
     started = time.perf_counter_ns()
     first = True
-    async for event in _scheduler(request).generate(
-        model_req, {**engine_request, "options": sampling}
-    ):
-        if event["type"] == "text" and first:
+    async for event in scheduler(request).generate(model_req, job):
+        if isinstance(event, DoneEvent):
+            metrics.record_done(event)
+        elif first:
             metrics.ttft.observe((time.perf_counter_ns() - started) / 1e9)
             first = False
-        if event["type"] == "done":
-            metrics.record_done(event)
         yield event
-
-
-async def _finish(
-    request: Request,
-    events: AsyncIterator[dict[str, Any]],
-    *,
-    stream: bool,
-    include_usage: bool,
-    chunk: Any,
-    whole: Any,
-) -> Response:
-    """Shape engine events with ``chunk(text=, done=)`` (streaming) or ``whole(text, done)``."""
-    if stream:
-
-        async def chunks() -> AsyncIterator[dict[str, Any]]:
-            yield chunk(text=None, done=None)  # the role chunk OpenAI sends first
-            async for event in events:
-                if event["type"] == "text":
-                    yield chunk(text=event["text"], done=None)
-                elif event["type"] == "done":
-                    yield chunk(text=None, done=event)
-                    if include_usage:
-                        yield {**chunk(text=None, done=None), "choices": [], "usage": usage(event)}
-
-        _, rest = await first_then_rest(_after_first_event(chunks()))
-        return sse(rest, request.url.path)
-    text: list[str] = []
-    done: dict[str, Any] = {}
-    async for event in events:
-        if event["type"] == "text":
-            text.append(event["text"])
-        elif event["type"] == "done":
-            done = event
-    return JSONResponse(whole("".join(text), done))
 
 
 async def _after_first_event(
@@ -133,68 +115,121 @@ async def _after_first_event(
         yield item
 
 
-@router.post("/chat/completions", response_model=None, responses=STREAMED)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    created = int(time.time())
-    max_tokens = (
-        body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    )
-    engine_request = {
-        "messages": body.engine_messages(),
-        "tools": body.tools,
-        "format": body.output_format(),
-    }
-    events = _events(request, body, engine_request, max_tokens)
+async def _stream(request: Request, chunks: AsyncIterator[dict[str, Any]]) -> Response:
+    _, rest = await first_then_rest(_after_first_event(chunks))
+    return sse(rest, request.url.path)
 
-    def chunk(text: str | None, done: dict[str, Any] | None) -> dict[str, Any]:
-        delta: dict[str, Any] = {}
-        if text is None and done is None:
-            delta = {"role": "assistant", "content": ""}
-        elif text is not None:
-            delta = {"content": text}
+
+# ------------------------------------------------------------------------- chat
+
+
+class _ChatShape:
+    """Chat completion objects and chunks for one request."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {
-            "id": completion_id,
+            "id": self.id,
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": body.model,
+            "created": self.created,
+            "model": self.model,
             "system_fingerprint": "localserve",
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": delta,
-                    "logprobs": None,
-                    "finish_reason": finish_reason(done) if done else None,
-                }
-            ],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
 
-    def whole(text: str, done: dict[str, Any]) -> dict[str, Any]:
+    def whole(self, answer: Answer) -> dict[str, Any]:
+        done = answer.done or DoneEvent("", "stop")
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": answer.content if answer.content or not answer.calls else None,
+        }
+        if answer.reasoning:
+            message["reasoning_content"] = answer.reasoning
+        if answer.calls:
+            message["tool_calls"] = [_openai_call(c) for c in answer.calls]
         return {
-            "id": completion_id,
+            "id": self.id,
             "object": "chat.completion",
-            "created": created,
-            "model": body.model,
+            "created": self.created,
+            "model": self.model,
             "system_fingerprint": "localserve",
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": finish_reason(done),
+                    "finish_reason": finish_reason(done, bool(answer.calls)),
                 }
             ],
             "usage": usage(done),
         }
 
-    return await _finish(
-        request,
-        events,
-        stream=body.stream,
-        include_usage=body.include_usage,
-        chunk=chunk,
-        whole=whole,
+
+def _call_id(call: ToolCallEvent) -> str:
+    return call.call_id or f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _openai_call(call: ToolCallEvent) -> dict[str, Any]:
+    return {
+        "id": _call_id(call),
+        "type": "function",
+        "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+    }
+
+
+@router.post("/chat/completions", response_model=None, responses=STREAMED)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    max_tokens = (
+        body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     )
+    events = _events(request, body, body.to_job, max_tokens)
+    shape = _ChatShape(body.model)
+    if not body.stream:
+        answer = Answer()
+        async for event in events:
+            answer.add(event)
+        return JSONResponse(shape.whole(answer))
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        yield shape.chunk({"role": "assistant", "content": ""})  # OpenAI sends the role first
+        called = False
+        async for event in events:
+            if isinstance(event, TextEvent):
+                yield shape.chunk({"content": event.text})
+            elif isinstance(event, ThinkingEvent):
+                yield shape.chunk({"reasoning_content": event.text})
+            elif isinstance(event, ToolCallEvent):
+                called = True
+                # As OpenAI streams a call: its id and name first, then the arguments.
+                head = {"id": _call_id(event), "type": "function"}
+                yield shape.chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": event.index,
+                                **head,
+                                "function": {"name": event.name, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+                arguments = json.dumps(event.arguments)
+                yield shape.chunk(
+                    {"tool_calls": [{"index": event.index, "function": {"arguments": arguments}}]}
+                )
+            elif isinstance(event, DoneEvent):
+                yield shape.chunk({}, finish_reason(event, called))
+                if body.include_usage:
+                    yield {**shape.chunk({}), "choices": [], "usage": usage(event)}
+
+    return await _stream(request, chunks())
+
+
+# ------------------------------------------------------------------ completions
 
 
 @router.post("/completions", response_model=None, responses=STREAMED)
@@ -204,10 +239,14 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
-    events = _events(request, body, {"prompt": prompt, "raw": True}, body.max_tokens)
-    prefix = prompt if body.echo else ""
+    events = _events(
+        request,
+        body,
+        lambda sampling: GenerateJob(prompt=prompt, raw=True, options=sampling),
+        body.max_tokens,
+    )
 
-    def chunk(text: str | None, done: dict[str, Any] | None) -> dict[str, Any]:
+    def chunk(text: str, done: DoneEvent | None) -> dict[str, Any]:
         return {
             "id": completion_id,
             "object": "text_completion",
@@ -217,24 +256,32 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             "choices": [
                 {
                     "index": 0,
-                    "text": text or "",
+                    "text": text,
                     "logprobs": None,
                     "finish_reason": finish_reason(done) if done else None,
                 }
             ],
         }
 
-    def whole(text: str, done: dict[str, Any]) -> dict[str, Any]:
-        return {**chunk(prefix + text, done), "usage": usage(done)}
+    if not body.stream:
+        answer = Answer()
+        async for event in events:
+            answer.add(event)
+        done = answer.done or DoneEvent("", "stop")
+        prefix = prompt if body.echo else ""
+        return JSONResponse({**chunk(prefix + answer.content, done), "usage": usage(done)})
 
-    return await _finish(
-        request,
-        events,
-        stream=body.stream,
-        include_usage=body.include_usage,
-        chunk=chunk,
-        whole=whole,
-    )
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        yield chunk("", None)
+        async for event in events:
+            if isinstance(event, TextEvent):
+                yield chunk(event.text, None)
+            elif isinstance(event, DoneEvent):
+                yield chunk("", event)
+                if body.include_usage:
+                    yield {**chunk("", None), "choices": [], "usage": usage(event)}
+
+    return await _stream(request, chunks())
 
 
 @router.post("/embeddings")
@@ -243,10 +290,10 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
     model_req, _ = model_request(
         request, body.model, body.options, keep_alive_seconds(body.keep_alive)
     )
-    result = await _scheduler(request).embed(model_req, inputs, truncate=True)
+    result = await scheduler(request).embed(model_req, inputs, truncate=True)
     vectors = result["embeddings"]
     if body.dimensions is not None:
-        vectors = [_shorten(v, body.dimensions) for v in vectors]
+        vectors = [shorten(v, body.dimensions) for v in vectors]
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
         for i, v in enumerate(vectors)

@@ -1,0 +1,140 @@
+"""Grammars that make tool calls well-formed, from the tools' JSON schemas.
+
+- ``tool_choice: "required"`` or a named function: the whole answer is constrained
+  to one call (or several, with ``parallel_tool_calls``) in the model's own call
+  syntax, the arguments matching the tool's parameter schema. Even a weak model then
+  writes a call that validates; Ollama has no equivalent.
+- ``"auto"``: the same grammar, made lazy: it stays inactive until the model writes
+  the format's call marker (llama.cpp's lazy grammar, triggered by a regex over the
+  generated text), so free text is untouched but a started call always completes.
+
+The JSON parts come from llama-cpp-python's JSON-schema converter
+(``llama_cpp.llama_grammar.SchemaConverter``); only the call syntax around them is
+ours. Formats whose arguments are not JSON (Qwen3-Coder's XML) and DeepSeek's get no
+grammar: their calls are parsed but not enforced (docs/api.md says so).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from localserve.engine.chat.formats import ToolFormat
+from localserve.errors import InvalidOptionError
+
+MAX_SCHEMA_BYTES = 64 << 10
+_SPACE = "[ \\t\\n]{0,8}"
+
+
+@dataclass(frozen=True)
+class ToolGrammar:
+    gbnf: str
+    # Regexes over the generated text that switch a lazy grammar on; empty: always on.
+    triggers: tuple[str, ...] = ()
+
+
+def enforced_kinds() -> frozenset[str]:
+    return frozenset({"hermes", "generic", "llama3", "mistral", "mistral_args", "harmony"})
+
+
+def tool_grammar(
+    tools_format: ToolFormat,
+    tools: Sequence[dict[str, Any]],
+    *,
+    choice: str,
+    parallel: bool,
+) -> ToolGrammar | None:
+    """The grammar for ``choice`` ("auto", "required" or a function name), or None
+    when this format has none (then calls are parsed, not enforced)."""
+    if choice == "none" or tools_format.kind not in enforced_kinds():
+        return None
+    chosen = (
+        [t for t in tools if _name(t) == choice]
+        if choice not in ("auto", "required")
+        else list(tools)
+    )
+    if not chosen:
+        return None
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+    key = tools_format.arguments_key
+    calls: list[str] = []
+    for index, tool in enumerate(chosen):
+        name, parameters = _name(tool), _parameters(tool)
+        try:
+            schema = converter.resolve_refs(parameters, f"tool{index}")
+            arguments = converter.visit(schema, f"tool{index}-arguments")
+        except RecursionError:
+            raise InvalidOptionError(f"the parameters of tool {name!r} nest too deeply") from None
+        except Exception as exc:  # the converter raises whatever its parsing hits
+            raise InvalidOptionError(f"the parameters of tool {name!r}: {exc}") from None
+        calls.append(_call_rule(tools_format, name, key, arguments))
+    call = " | ".join(f"( {c} )" for c in calls)
+    lines = [converter.format_grammar(), f"call ::= {call}"]
+    kind = tools_format.kind
+    if kind == "mistral":
+        repeat = f'( "," {_SPACE} call )*' if parallel else ""
+        lines.append(f'root ::= "[TOOL_CALLS]" {_SPACE} "[" {_SPACE} call {repeat} {_SPACE} "]"')
+    elif parallel and kind in ("hermes", "generic", "mistral_args"):
+        lines.append(f"root ::= call ( {_SPACE} call )*")
+    else:
+        lines.append("root ::= call")
+    gbnf = "\n".join(lines)
+    triggers: tuple[str, ...] = ()
+    if choice == "auto":
+        if kind == "llama3":
+            triggers = (r"[\s]*(\{[\s\S]*)",)
+        else:
+            triggers = (r"[\s\S]*?(" + re.escape(tools_format.starts[0]) + r"[\s\S]*)",)
+    return ToolGrammar(gbnf, triggers)
+
+
+def _call_rule(tools_format: ToolFormat, name: str, key: str, arguments: str) -> str:
+    """One call of ``name`` in the format's syntax; ``arguments`` is the rule of its
+    arguments object."""
+    kind = tools_format.kind
+    quoted = _literal(json.dumps(name))
+    json_call = (
+        f'"{{" {_SPACE} "\\"name\\"" {_SPACE} ":" {_SPACE} {quoted} {_SPACE} "," {_SPACE} '
+        f'{_literal(json.dumps(key))} {_SPACE} ":" {_SPACE} {arguments} {_SPACE} "}}"'
+    )
+    if kind == "hermes":
+        return f'"<tool_call>" {_SPACE} {json_call} {_SPACE} "</tool_call>"'
+    if kind == "generic":
+        end = f" {_SPACE} {_literal(tools_format.end)}" if tools_format.end else ""
+        return f"{_literal(tools_format.starts[0])} {_SPACE} {json_call}{end}"
+    if kind in ("llama3", "mistral"):
+        return json_call
+    if kind == "mistral_args":
+        return f'"[TOOL_CALLS]" {_literal(name)} "[ARGS]" {arguments}'
+    # harmony: the prompt ends with <|start|>assistant
+    return (
+        f'"<|channel|>commentary to=functions." {_literal(name)} '
+        f'" <|constrain|>json<|message|>" {arguments}'
+    )
+
+
+def _literal(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _name(tool: dict[str, Any]) -> str:
+    function = tool.get("function") or {}
+    return str(function.get("name", ""))
+
+
+def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
+    function = tool.get("function") or {}
+    parameters = function.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        return {"type": "object"}
+    if len(json.dumps(parameters)) > MAX_SCHEMA_BYTES:
+        raise InvalidOptionError(f"the parameters of tool {_name(tool)!r} are over 64 KiB")
+    return parameters

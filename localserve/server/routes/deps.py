@@ -1,0 +1,102 @@
+"""What the Ollama and OpenAI routes share: the app's scheduler and store, the
+model and options a request asks for, the capability checks made before a model
+loads, and the answer a non-streamed response collects from engine events."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from localserve.engine.options import SamplingOptions
+from localserve.engine.protocol import (
+    DoneEvent,
+    Event,
+    GenerateJob,
+    TextEvent,
+    ThinkingEvent,
+    ToolCallEvent,
+)
+from localserve.errors import InvalidOptionError
+from localserve.scheduler.scheduler import ModelRequest, Scheduler
+from localserve.schemas.options import split_options
+from localserve.server.models import chat_format
+from localserve.store.store import ModelStore
+
+
+def scheduler(request: Request) -> Scheduler:
+    found: Scheduler = request.app.state.scheduler
+    return found
+
+
+def store(request: Request) -> ModelStore:
+    found: ModelStore = request.app.state.store
+    return found
+
+
+def model_request(
+    request: Request,
+    name: str,
+    options: dict[str, Any] | None,
+    keep_alive: float | None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[ModelRequest, SamplingOptions]:
+    """The model to run on (with its load options) and the sampling options."""
+    settings = request.app.state.settings
+    split = split_options(
+        options,
+        num_ctx=settings.context_length,
+        num_parallel=settings.num_parallel,
+        overrides=overrides,
+    )
+    return ModelRequest(name, split.load, keep_alive), split.sampling
+
+
+async def check_capabilities(request: Request, name: str, job: GenerateJob) -> None:
+    """Refuse, before anything loads, what the model's template cannot do (as Ollama:
+    ``MODEL does not support tools``)."""
+    if not job.tools and not job.think:
+        return
+    _, manifest = await asyncio.to_thread(store(request).get, name)
+    found = await asyncio.to_thread(chat_format, request.app, manifest)
+    if job.tools and job.tool_choice != "none" and found.tools is None:
+        raise InvalidOptionError(f"{name} does not support tools")
+    if job.think and not found.thinks:
+        raise InvalidOptionError(f"{name} does not support thinking")
+
+
+@dataclass
+class Answer:
+    """A whole answer gathered from engine events (for responses that do not stream)."""
+
+    text: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    calls: list[ToolCallEvent] = field(default_factory=list)
+    done: DoneEvent | None = None
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, TextEvent):
+            self.text.append(event.text)
+        elif isinstance(event, ThinkingEvent):
+            self.thinking.append(event.text)
+        elif isinstance(event, ToolCallEvent):
+            self.calls.append(event)
+        elif isinstance(event, DoneEvent):
+            self.done = event
+
+    @property
+    def content(self) -> str:
+        return "".join(self.text)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.thinking)
+
+
+def shorten(vector: list[float], dimensions: int) -> list[float]:
+    """Matryoshka-style truncation, renormalised (what Ollama does for ``dimensions``)."""
+    head = vector[:dimensions]
+    norm = sum(x * x for x in head) ** 0.5
+    return [x / norm for x in head] if norm > 0 else head

@@ -1,0 +1,163 @@
+"""A scripted stand-in for engine/client.py's RunnerClient: the scheduler's and the
+routes' tests run in-process against it, with no llama.cpp.
+
+Every generation yields ``TextEvent("Hello")``, waits for its job's ``gate`` (an
+``asyncio.Event`` on a :class:`GatedJob`), then yields the runner's ``script`` (by
+default ``" world"``) and a done event with ``eval_count`` 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from localserve.engine.options import LoadOptions
+from localserve.engine.protocol import DoneEvent, Event, GenerateJob, TextEvent
+from localserve.errors import EngineError, RunnerCrashedError
+
+T = TypeVar("T")
+ID = "r1"  # the request id on the fake's events (the real client's are per request)
+_pids = itertools.count(50_000)
+
+
+@dataclass(frozen=True, eq=False)
+class GatedJob(GenerateJob):
+    """A job whose generation holds after its first token until ``gate`` is set."""
+
+    gate: asyncio.Event | None = field(default=None, compare=False)
+
+
+class FakeRunner:
+    """One "runner process": generations wait for their request's ``gate``; ``kill()``
+    and ``close()`` fail every generation in flight, as the real client does."""
+
+    def __init__(
+        self, paths: Sequence[Path], options: LoadOptions, script: Sequence[Event] | None = None
+    ) -> None:
+        self.paths = list(paths)
+        self.options = options
+        self.info: dict[str, Any] = {"num_parallel": options.num_parallel, "n_ctx": options.num_ctx}
+        self._pid = next(_pids)
+        self._slots = asyncio.Semaphore(options.num_parallel)
+        self._stopped = asyncio.Event()
+        self.exit_reason: str | None = None
+        self._closing: str | None = None
+        self.requests: list[GenerateJob] = []  # every generate() received
+        self.active = 0  # generations holding a slot
+        self.cancelled = 0  # generations the caller stopped before their done event
+        self.close_reasons: list[str] = []
+        # What each generation yields after its first token and its gate (then done).
+        self.script: list[Event] = list(script) if script is not None else [TextEvent(ID, " world")]
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_reason is None
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def kill(self, why: str = "killed by SIGKILL") -> None:
+        """The process dies: in-flight requests fail, ``alive`` turns false."""
+        self.exit_reason = why
+        self._stopped.set()
+
+    def _message(self) -> str:
+        return self._closing or f"the model runner stopped: {self.exit_reason}"
+
+    async def _until(self, awaitable: Awaitable[T]) -> T:
+        """``awaitable``'s result, or RunnerCrashedError if the runner stops first."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, stop):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if not work.done() or work.cancelled() or self._stopped.is_set():
+            raise RunnerCrashedError(self._message())
+        return work.result()
+
+    async def generate(self, job: GenerateJob) -> AsyncIterator[Event]:
+        if not self.alive:
+            raise RunnerCrashedError(self._message())
+        self.requests.append(job)
+        finished = False
+        await self._until(self._slots.acquire())
+        self.active += 1
+        try:
+            yield TextEvent(ID, "Hello")
+            gate: asyncio.Event | None = getattr(job, "gate", None)
+            if gate is not None:
+                await self._until(gate.wait())
+            if not self.alive:
+                raise RunnerCrashedError(self._message())
+            for event in self.script:
+                yield event
+            finished = True
+            yield DoneEvent(ID, "stop", eval_count=2)
+        finally:
+            self.active -= 1
+            self._slots.release()
+            if not finished and self.alive:
+                self.cancelled += 1
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        if not self.alive:
+            raise RunnerCrashedError(self._message())
+        if op == "embed":
+            return {"type": "embed", "embeddings": [[0.5, 0.5] for _ in fields["inputs"]]}
+        return {"type": op, "active": self.active}
+
+    async def close(self, timeout: float = 5.0, *, reason: str = "the model was unloaded") -> None:
+        self.close_reasons.append(reason)
+        self._closing = reason
+        self.exit_reason = reason
+        self._stopped.set()
+        await asyncio.sleep(0)
+
+
+class FakeFactory:
+    """The ``runner_factory``: records every load; loads can be held or made to fail."""
+
+    def __init__(self) -> None:
+        self.loads: list[tuple[list[Path], LoadOptions]] = []
+        self.runners: list[FakeRunner] = []
+        self.hold = False  # each load waits for its own event in ``held``
+        self.held: list[asyncio.Event] = []
+        self.failures = 0  # this many next loads raise EngineError
+        self.loading = 0
+        self.max_loading = 0
+        self.script: Sequence[Event] | None = None  # given to every runner (FakeRunner.script)
+
+    async def __call__(self, paths: Sequence[Path], options: LoadOptions) -> FakeRunner:
+        self.loads.append((list(paths), options))
+        self.loading += 1
+        self.max_loading = max(self.max_loading, self.loading)
+        try:
+            if self.hold:
+                gate = asyncio.Event()
+                self.held.append(gate)
+                await gate.wait()
+            else:
+                await asyncio.sleep(0.001)  # a load takes time
+            if self.failures:
+                self.failures -= 1
+                raise EngineError("the model failed to load: out of memory")
+        finally:
+            self.loading -= 1
+        runner = FakeRunner(paths, options, self.script)
+        self.runners.append(runner)
+        return runner
+
+    @property
+    def options(self) -> list[LoadOptions]:
+        return [options for _, options in self.loads]
