@@ -15,6 +15,7 @@ from localserve.engine.llama import Model
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.protocol import DoneEvent, Event, TextEvent
 from localserve.errors import InvalidOptionError, PromptTooLongError
+from tests.support.json_prefix import is_json_prefix
 
 GREEDY = SamplingOptions(temperature=0.0, num_predict=24)
 
@@ -262,10 +263,13 @@ def test_json_mode_output_parses(engine: Engine, model: Model) -> None:
         )
     )
     texts, done, _ = run(engine)
-    if done["j"].done_reason == "stop":  # a random model may ramble past num_predict
-        json.loads(texts["j"])
+    # A random model may ramble past num_predict: then the text must still be the
+    # beginning of a JSON document; either way the grammar is checked on every run.
+    if done["j"].done_reason == "stop":
+        json.loads(texts["j"], strict=False)
     else:
-        assert texts["j"].lstrip().startswith(("{", "["))
+        assert done["j"].done_reason == "length" and texts["j"].lstrip()
+        assert is_json_prefix(texts["j"]), texts["j"]
 
 
 @pytest.mark.parametrize(

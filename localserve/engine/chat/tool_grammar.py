@@ -6,7 +6,8 @@
   writes a call that validates; Ollama has no equivalent.
 - ``"auto"``: the same grammar, made lazy: it stays inactive until the model writes
   the format's call marker (llama.cpp's lazy grammar, triggered by a regex over the
-  generated text), so free text is untouched but a started call always completes.
+  generated text), so free text is untouched but a started call always completes;
+  after the calls the text is free again.
 
 The JSON parts come from llama-cpp-python's JSON-schema converter
 (``llama_cpp.llama_grammar.SchemaConverter``); only the call syntax around them is
@@ -85,8 +86,13 @@ def tool_grammar(
         lines.append(f"root ::= call ( {_SPACE} call )*")
     else:
         lines.append("root ::= call")
-    gbnf = "\n".join(lines)
     triggers: tuple[str, ...] = ()
+    if choice == "auto":
+        # After the calls, anything: the model ends its turn its own way (a GGUF whose
+        # end-of-turn marker is not an end-of-generation token writes it as text).
+        lines[-1] = lines[-1].replace("root ::= ", "root ::= ( ", 1) + " ) tail"
+        lines.append("tail ::= [^\\x00]*")
+    gbnf = "\n".join(lines)
     if choice == "auto":
         if kind == "llama3":
             triggers = (r"[\s]*(\{[\s\S]*)",)
