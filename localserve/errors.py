@@ -61,11 +61,16 @@ class ModelNotFoundError(LocalserveError, LookupError):
     """No model is stored under the given name."""
 
     def __init__(self, name: str, *, hint: str | None = None) -> None:
-        super().__init__(
-            f"model {name!r} not found",
-            hint=hint or f"pull it first: localserve pull {name}",
-        )
+        super().__init__(f"model {name!r} not found", hint=hint or _missing_model_hint(name))
         self.name = name
+
+
+def _missing_model_hint(name: str) -> str:
+    """The next step that fits the name: a Hub reference (``OWNER/REPO``, ``hf.co/...``)
+    can be pulled; a local name can only be one the user made."""
+    if "/" in name:
+        return f"pull it first: localserve pull {name}"
+    return "see `localserve list` for the models you have, or `localserve import FILE NAME`"
 
 
 class TemplateError(LocalserveError, ValueError):

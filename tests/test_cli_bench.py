@@ -132,7 +132,7 @@ def test_prompt_longer_than_the_context_is_refused(env: dict[str, str]) -> None:
 
 
 def test_unknown_model_is_not_found(env: dict[str, str]) -> None:
-    assert_one_error(cli("bench", "nothere", *SMALL, env=env), 3, "not found", "localserve pull")
+    assert_one_error(cli("bench", "nothere", *SMALL, env=env), 3, "not found", "localserve list")
 
 
 @pytest.mark.parametrize(

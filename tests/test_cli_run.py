@@ -17,11 +17,18 @@ from pathlib import Path
 import pytest
 
 from localserve.errors import InvalidOptionError
-from tests.support.daemon import Daemon, daemon, daemon_env, free_port, stopped_afterwards
+from tests.support.daemon import (
+    Daemon,
+    daemon,
+    daemon_env,
+    free_port,
+    stopped_afterwards,
+    tool_models,
+)
 from tests.support.fakehub import FakeHub
 from tests.support.tiny_gguf import write_tiny_gguf
 
-__all__ = ["daemon"]  # the module-scoped fixture, imported to be used here
+__all__ = ["daemon", "tool_models"]  # the module-scoped fixture, imported to be used here
 
 HEAVY = ("pydantic", "httpx", "huggingface_hub", "uvicorn", "llama_cpp", "prompt_toolkit")
 
@@ -168,8 +175,31 @@ def test_bad_input_fails_before_any_request(args: list[str], needle: str, tmp_pa
     assert not (tmp_path / "home" / "state").exists()  # no daemon was started
 
 
-def test_unknown_model_is_not_found(env: dict[str, str]) -> None:
-    assert_one_error(cli("run", "nothere", "hi", env=env), 3, "not found", "localserve pull")
+def test_thinking_is_shown_apart_hidden_or_off(
+    env: dict[str, str], tool_models: dict[str, str]
+) -> None:
+    # tiny-r1's prompt opens a thinking block: a random model's whole answer is thought.
+    shown = cli(
+        "run", "tiny-r1", "hi", "--think", "-o", "num_predict=6", "-o", "temperature=0", env=env
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("Thinking...\n") and len(shown.stdout) > len("Thinking...\n")
+    hidden = cli("run", "tiny-r1", "hi", "--hidethinking", "-o", "num_predict=6", env=env)
+    assert hidden.returncode == 0 and "Thinking..." not in hidden.stdout
+    assert hidden.stdout.strip() == ""  # all of it was thinking
+    refused = cli("run", "tiny", "hi", "--think", env=env)
+    assert_one_error(refused, 2, "tiny does not support thinking")
+
+
+def test_unknown_model_is_not_found(env: dict[str, str], tmp_path: Path) -> None:
+    # A local name cannot be pulled: the hint points at what the user has.
+    assert_one_error(cli("run", "nothere", "hi", env=env), 3, "not found", "localserve list")
+    # And it is refused before any daemon is started for it.
+    nowhere = daemon_env(tmp_path / "home", free_port())
+    result = cli("run", "nosuch:1", "hi", env=nowhere)
+    assert_one_error(result, 3, "'nosuch:1' not found", "localserve import")
+    assert "localserve pull" not in result.stderr
+    assert not (tmp_path / "home" / "state").exists()
 
 
 # ------------------------------------------------------------- ps and stop

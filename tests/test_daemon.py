@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -64,6 +65,59 @@ def test_serve_twice_then_stop(daemon: int, port: int, isolated_home: Path) -> N
     assert wait_until(lambda: not alive(daemon))
     assert not pid_file.exists()
     assert "not running" in cli("stop").stderr
+
+
+def test_racing_starts_all_report_the_daemon_that_serves(
+    port: int, isolated_home: Path, with_tiny: str
+) -> None:
+    """Three `serve` and two `run` at the same moment (a login script and a user):
+    one daemon starts, and every racer names its pid."""
+    commands = [["serve"]] * 3 + [["run", with_tiny, "hi", "-o", "num_predict=1"]] * 2
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "localserve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        for args in commands
+    ]
+    pid_file = isolated_home / "state" / "localserve.pid"
+    try:
+        results = [racer.communicate(timeout=120) for racer in racers]
+        assert all(r.returncode == 0 for r in racers), results
+        serving = json.loads(pid_file.read_text())["pid"]
+        assert alive(serving)
+        for racer, (_, err) in zip(racers, results, strict=True):
+            if racer.args[3] == "serve":
+                pids = re.findall(r"\(pid (\d+)\)", err)
+                assert pids == [str(serving)], err
+        # The losers' children found the lock held and exited; one daemon is left.
+        every = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+        daemons = [
+            p
+            for p in every
+            if "serve --foreground" in _cmdline(p) and _environ_host(p).endswith(f":{port}")
+        ]
+        assert set(daemons) == {serving}
+    finally:
+        cli("stop")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _environ_host(pid: int) -> str:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    return next((e.decode() for e in environ if e.startswith(b"LOCALSERVE_HOST=")), "")
 
 
 def test_stale_pid_file_does_not_block_a_start(port: int, isolated_home: Path) -> None:

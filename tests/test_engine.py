@@ -455,3 +455,45 @@ def test_kv_pool_too_small_for_a_running_job_fails_it_cleanly(model: Model) -> N
         assert done["after"].eval_count == 4  # the engine still works
     finally:
         engine.close()
+
+
+def test_importing_the_engine_leaves_no_unclosed_file() -> None:
+    # llama-cpp-python opens /dev/null at import and never closes it; the engine
+    # closes it at exit, so no process ends with a ResourceWarning.
+    import subprocess
+    import sys
+
+    code = "import localserve.engine.llama"
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ResourceWarning" not in done.stderr, done.stderr
+
+
+def test_lazy_tool_grammar_waits_for_the_call_marker(model: Model) -> None:
+    """``tool_choice: auto``: free text until the model writes ``<tool_call>``, then
+    only what continues a valid call."""
+    import llama_cpp.llama_cpp as L
+
+    from localserve.engine.chat.formats import ToolFormat
+    from localserve.engine.chat.tool_grammar import tool_grammar
+    from localserve.engine.llama import Sampler
+
+    hermes = ToolFormat("hermes", starts=("<tool_call>",), end="</tool_call>")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    lazy = tool_grammar(hermes, tools, choice="auto", parallel=True)
+    assert lazy is not None and lazy.triggers
+    sampler = Sampler(model, SamplingOptions(temperature=0), lazy.gbnf, lazy.triggers)
+    try:
+        letter = model.tokenize("x", add_special=False)[-1]
+        assert sampler._grammar_allows(letter)  # free text before the marker
+        for token in model.tokenize("Sure. <tool_call>", add_special=False, parse_special=True):
+            L.llama_sampler_accept(sampler.grammar, token)
+        assert not sampler._grammar_allows(letter)  # now a call must follow
+        brace = model.tokenize("{", add_special=False)[-1]
+        assert sampler._grammar_allows(brace)
+    finally:
+        sampler.close()
+    strict = tool_grammar(hermes, tools, choice="required", parallel=False)
+    assert strict is not None and not strict.triggers

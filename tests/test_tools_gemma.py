@@ -112,8 +112,9 @@ def client(gemma_daemon: Daemon) -> Iterator[ollama.Client]:
 
 
 @pytest.fixture
-def oai(gemma_daemon: Daemon) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gemma_daemon.url + "/v1", api_key="unused", timeout=120)
+def oai(gemma_daemon: Daemon) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gemma_daemon.url + "/v1", api_key="unused", timeout=120) as client:
+        yield client
 
 
 def test_ollama_auto_tool_call_whole_and_streamed(client: ollama.Client) -> None:
@@ -189,10 +190,13 @@ def test_langchain_bind_tools(gemma_daemon: Daemon) -> None:
             AIMessage(answer),
         ]
     history.append(HumanMessage("What is the weather in Paris?"))
-    chat = ChatOllama(
+    llm = ChatOllama(
         model=MODEL, base_url=gemma_daemon.url, temperature=0, num_predict=60, stop=STOP
-    ).bind_tools([get_weather])
-    reply = chat.invoke(history)
+    )
+    try:
+        reply = llm.bind_tools([get_weather]).invoke(history)
+    finally:
+        llm._client.close()  # ChatOllama never closes its ollama.Client (an open socket)
     assert [(c["name"], c["args"]) for c in reply.tool_calls] == [
         ("get_weather", {"city": "Paris"})
     ]

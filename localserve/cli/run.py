@@ -131,6 +131,7 @@ def run(
         hide_thinking=hidethinking,
     )
     with Client.from_settings(settings) as client:
+        check_local_name(settings, model)
         ensure_daemon(client, settings)
         ensure_model(client, settings, model)
         if interactive:
@@ -177,6 +178,19 @@ def ensure_daemon(client: Client, settings: Settings) -> None:
     except LocalserveError:
         if not client.ping():  # another `run` may have started one at the same moment
             raise
+
+
+def check_local_name(settings: Settings, name: str) -> None:
+    """A local name (no ``/``) that is not in the store fails here, before a daemon is
+    started for nothing; a Hub reference is pulled by ``ensure_model`` instead."""
+    from localserve.errors import ModelNotFoundError
+    from localserve.store.refs import parse_ref
+    from localserve.store.store import ModelStore
+
+    ref = parse_ref(name)
+    host, _ = settings.bind
+    if not ref.is_hub and is_local(host) and ModelStore(settings.models_dir).find(ref) is None:
+        raise ModelNotFoundError(name)
 
 
 def ensure_model(client: Client, settings: Settings, name: str) -> None:

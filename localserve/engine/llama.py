@@ -23,6 +23,23 @@ import numpy as np
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.errors import EngineError
 
+
+def _close_devnull_at_exit() -> None:
+    """llama-cpp-python opens /dev/null twice when it is imported (llama_cpp._utils,
+    for its high-level classes' output suppression) and never closes it, so every
+    process that imports it ends with "ResourceWarning: unclosed file". Close them at
+    exit, once nothing can use them any more."""
+    import atexit
+
+    from llama_cpp import _utils
+
+    for handle in (getattr(_utils, "outnull_file", None), getattr(_utils, "errnull_file", None)):
+        if handle is not None:
+            atexit.register(handle.close)
+
+
+_close_devnull_at_exit()
+
 log = logging.getLogger("localserve.llama")
 
 _backend_lock = threading.Lock()

@@ -3,7 +3,8 @@
 ::
 
     <state dir>/localserve.pid     {"pid", "host", "port", "version"} of the running daemon
-    <state dir>/localserve.lock    held by the running daemon (two can never start at once)
+    <state dir>/localserve.lock    held by the running daemon (two can never run at once)
+    <state dir>/localserve.start.lock  held while one process starts the daemon
     <state dir>/logs/daemon.log    a detached daemon's output
 
 A pid file whose process is gone (the daemon was killed) is stale and ignored.
@@ -175,12 +176,29 @@ def _write_pid(settings: Settings, info: DaemonInfo) -> None:
 
 
 def start_detached(settings: Settings, timeout: float = 60.0) -> DaemonInfo:
-    """Start ``localserve serve --foreground`` in its own session; return once it answers."""
+    """Start ``localserve serve --foreground`` in its own session; return once it answers.
+
+    Starting is atomic: a start lock is held from the check for a running daemon until
+    the new one answers, so several ``serve`` or ``run`` started at the same moment
+    start one daemon, and every one of them reports that daemon's pid (without the
+    lock each spawned a child, the losers' children exited, and their pids were
+    printed all the same).
+    """
+    from filelock import FileLock
+
     check_bind(settings)
-    host, port = settings.bind
-    log_file = log_path(settings)
     # Owner-only (mkdir's mode applies to the last directory only, hence two calls).
     settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with FileLock(str(settings.state_dir / "localserve.start.lock"), timeout=timeout):
+        running = running_daemon(settings)
+        if running is not None and answers(running.host, running.port):
+            return running  # another starter won the race: this is the daemon
+        return _spawn(settings, timeout)
+
+
+def _spawn(settings: Settings, timeout: float) -> DaemonInfo:
+    host, port = settings.bind
+    log_file = log_path(settings)
     log_file.parent.mkdir(mode=0o700, exist_ok=True)
     with open(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         process = subprocess.Popen(
@@ -198,7 +216,9 @@ def start_detached(settings: Settings, timeout: float = 60.0) -> DaemonInfo:
                 f"the daemon exited at start: {_last_line(log_file)}", hint=f"see {log_file}"
             )
         if answers(host, port, timeout=0.5):
-            return DaemonInfo(process.pid, host, port)
+            # The pid file names the process that serves (ours, unless a daemon
+            # started outside this lock got the port first).
+            return running_daemon(settings) or DaemonInfo(process.pid, host, port)
         time.sleep(0.1)
     process.terminate()
     raise DaemonError(f"the daemon did not answer within {timeout:.0f}s", hint=f"see {log_file}")
