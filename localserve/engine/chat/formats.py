@@ -76,6 +76,8 @@ class ToolFormat:
     starts: tuple[str, ...] = ()
     end: str = ""  # text that ends one call (or the section); "" = the answer's end
     arguments_key: str = "arguments"  # "parameters" for Llama 3
+    # DeepSeek: "r1" (function<sep>NAME then a ```json block) or "v3.1" (NAME<sep>{...}).
+    variant: str = ""
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -173,7 +175,10 @@ def _tool_format(template: ChatTemplate, harmony: bool) -> ToolFormat | None:
             return ToolFormat("mistral_args", starts=("[TOOL_CALLS]",))
         return ToolFormat("mistral", starts=("[TOOL_CALLS]",))
     if DEEPSEEK_SEP in answer or "tool▁call" in answer:
-        return ToolFormat("deepseek", starts=(DEEPSEEK_CALLS_BEGIN,), end=DEEPSEEK_CALLS_END)
+        variant = "r1" if f"function{DEEPSEEK_SEP}" in answer else "v3.1"
+        return ToolFormat(
+            "deepseek", starts=(DEEPSEEK_CALLS_BEGIN,), end=DEEPSEEK_CALLS_END, variant=variant
+        )
     if "<tool_call>" in answer and "</tool_call>" in answer:
         return ToolFormat("hermes", starts=("<tool_call>",), end="</tool_call>")
     return _json_format(answer)

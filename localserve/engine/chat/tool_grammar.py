@@ -11,8 +11,8 @@
 
 The JSON parts come from llama-cpp-python's JSON-schema converter
 (``llama_cpp.llama_grammar.SchemaConverter``); only the call syntax around them is
-ours. Formats whose arguments are not JSON (Qwen3-Coder's XML) and DeepSeek's get no
-grammar: their calls are parsed but not enforced (docs/api.md says so).
+ours. Qwen3-Coder's XML calls get one ``<parameter=...>`` block per property (strings
+as raw text without ``<``, other types as JSON values).
 """
 
 from __future__ import annotations
@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from localserve.engine.chat.formats import ToolFormat
+from localserve.engine.chat.formats import (
+    DEEPSEEK_CALL_BEGIN,
+    DEEPSEEK_CALL_END,
+    DEEPSEEK_CALLS_BEGIN,
+    DEEPSEEK_CALLS_END,
+    DEEPSEEK_SEP,
+    ToolFormat,
+)
 from localserve.errors import InvalidOptionError
 
 MAX_SCHEMA_BYTES = 64 << 10
@@ -38,7 +45,10 @@ class ToolGrammar:
 
 
 def enforced_kinds() -> frozenset[str]:
-    return frozenset({"hermes", "generic", "llama3", "mistral", "mistral_args", "harmony"})
+    return frozenset(
+        {"hermes", "generic", "llama3", "mistral", "mistral_args", "harmony", "deepseek"}
+        | {"qwen3_coder"}
+    )
 
 
 def tool_grammar(
@@ -70,7 +80,10 @@ def tool_grammar(
         name, parameters = _name(tool), _parameters(tool)
         try:
             schema = converter.resolve_refs(parameters, f"tool{index}")
-            arguments = converter.visit(schema, f"tool{index}-arguments")
+            if tools_format.kind == "qwen3_coder":
+                arguments = _xml_parameters(converter, schema, index)
+            else:
+                arguments = converter.visit(schema, f"tool{index}-arguments")
         except RecursionError:
             raise InvalidOptionError(f"the parameters of tool {name!r} nest too deeply") from None
         except Exception as exc:  # the converter raises whatever its parsing hits
@@ -82,7 +95,10 @@ def tool_grammar(
     if kind == "mistral":
         repeat = f'( "," {_SPACE} call )*' if parallel else ""
         lines.append(f'root ::= "[TOOL_CALLS]" {_SPACE} "[" {_SPACE} call {repeat} {_SPACE} "]"')
-    elif parallel and kind in ("hermes", "generic", "mistral_args"):
+    elif kind == "deepseek":
+        repeat = "call*" if parallel else ""
+        lines.append(f'root ::= "{DEEPSEEK_CALLS_BEGIN}" call {repeat} "{DEEPSEEK_CALLS_END}"')
+    elif parallel and kind in ("hermes", "generic", "mistral_args", "qwen3_coder"):
         lines.append(f"root ::= call ( {_SPACE} call )*")
     else:
         lines.append("root ::= call")
@@ -119,11 +135,40 @@ def _call_rule(tools_format: ToolFormat, name: str, key: str, arguments: str) ->
         return json_call
     if kind == "mistral_args":
         return f'"[TOOL_CALLS]" {_literal(name)} "[ARGS]" {arguments}'
+    if kind == "qwen3_coder":
+        return f'"<tool_call>\\n<function=" {_literal(name)} ">\\n" {arguments} "</function>\\n</tool_call>"'
+    if kind == "deepseek":
+        if tools_format.variant == "r1":
+            head = f'"{DEEPSEEK_CALL_BEGIN}function{DEEPSEEK_SEP}" {_literal(name)}'
+            return f'{head} "\\n```json\\n" {arguments} "\\n```{DEEPSEEK_CALL_END}"'
+        return (
+            f'"{DEEPSEEK_CALL_BEGIN}" {_literal(name)} "{DEEPSEEK_SEP}" {arguments} '
+            f'"{DEEPSEEK_CALL_END}"'
+        )
     # harmony: the prompt ends with <|start|>assistant
     return (
         f'"<|channel|>commentary to=functions." {_literal(name)} '
         f'" <|constrain|>json<|message|>" {arguments}'
     )
+
+
+def _xml_parameters(converter: Any, schema: dict[str, Any], index: int) -> str:
+    """Qwen3-Coder's parameters: ``<parameter=KEY>\\nVALUE\\n</parameter>\\n`` for each
+    property, in order, optional ones optional; a string is raw text, anything else
+    a JSON value of its schema."""
+    properties = schema.get("properties") or {}
+    required = set(schema.get("required") or ())
+    parts: list[str] = []
+    for position, (key, given) in enumerate(properties.items()):
+        value_schema = given if isinstance(given, dict) else {}
+        if value_schema.get("type") == "string" and "enum" not in value_schema:
+            value = "xml-text"
+        else:
+            value = converter.visit(value_schema, f"tool{index}-p{position}")
+        block = f'"<parameter=" {_literal(key)} ">\\n" {value} "\\n</parameter>\\n"'
+        parts.append(block if key in required else f"( {block} )?")
+    converter._rules["xml-text"] = "[^<]*"  # a raw string value: anything but a tag
+    return " ".join(parts) or '""'
 
 
 def _literal(text: str) -> str:
