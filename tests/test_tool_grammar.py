@@ -101,3 +101,27 @@ def test_required_call_is_valid_for_every_format(engine: Engine, family: str) ->
         else:
             assert call.name == "noop" and isinstance(call.arguments, dict)
         assert not [e for e in events if e.type == "text" and e.text.strip()], (family, events)
+
+
+def test_required_after_an_opened_thinking_block(engine: Engine) -> None:
+    """The prompt opened <think> (DeepSeek R1, QwQ): the model reasons freely, and once
+    it closes the block, only a call may follow."""
+    import llama_cpp.llama_cpp as L
+
+    from localserve.engine.llama import Sampler
+
+    found = detect(ChatTemplate(chat_templates.HERMES))
+    assert found.tools is not None
+    grammar = tool_grammar(found.tools, [TOOL], choice="required", parallel=False, after="</think>")
+    assert grammar is not None and grammar.triggers
+    model = engine.model
+    sampler = Sampler(model, SamplingOptions(temperature=0), grammar.gbnf, grammar.triggers)
+    try:
+        letter = model.tokenize("x", add_special=False)[-1]
+        assert sampler._grammar_allows(letter)  # thinking is free
+        for token in model.tokenize("Let me think.\n</think>\n", add_special=False):
+            L.llama_sampler_accept(sampler.grammar, token)
+        assert not sampler._grammar_allows(letter)  # the call must come now
+        assert sampler._grammar_allows(model.tokenize("<", add_special=False)[-1])
+    finally:
+        sampler.close()

@@ -224,6 +224,7 @@ class Runner:
             )
         grammar = grammar_for(request.format)
         triggers: tuple[str, ...] = ()
+        opened = bool(chat.thinking) and prompt.tail.rstrip().endswith(chat.thinking.open)
         if tools:
             from localserve.engine.chat.tool_grammar import tool_grammar
 
@@ -232,6 +233,8 @@ class Runner:
                 tools,
                 choice=request.tool_choice,
                 parallel=request.parallel_tool_calls,
+                # The prompt opened a thinking block: the call comes after its end.
+                after=chat.thinking.close if opened and request.think is not False else "",
             )
             # A format grammar (JSON mode) wins over the lazy one for "auto".
             if enforced is not None and (request.tool_choice != "auto" or grammar is None):
@@ -248,13 +251,13 @@ class Runner:
             grammar_triggers=triggers,
             dropped_messages=prompt.dropped_messages,
             want_context=request.want_context,
-            parser_factory=self._parser_factory(request, tools, prompt.tail) if parses else None,
+            parser_factory=self._parser_factory(request, tools, opened) if parses else None,
             preserved_tokens=self.preserved if parses else frozenset(),
         )
         self.engine.submit(job)
 
     def _parser_factory(
-        self, request: GenerateJob, tools: list[dict[str, Any]] | None, prompt_tail: str
+        self, request: GenerateJob, tools: list[dict[str, Any]] | None, opened: bool
     ) -> Callable[[str], Any]:
         from localserve.engine.chat.parse import AnswerParser, HarmonyParser
 
@@ -263,7 +266,6 @@ class Runner:
         show = request.think is not False
         if chat.harmony:
             return lambda job_id: HarmonyParser(job_id, tool_names=names, show_thinking=show)
-        opened = bool(chat.thinking) and prompt_tail.rstrip().endswith(chat.thinking.open)
         return lambda job_id: AnswerParser(
             job_id,
             tools=chat.tools if tools else None,

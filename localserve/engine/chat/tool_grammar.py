@@ -57,9 +57,14 @@ def tool_grammar(
     *,
     choice: str,
     parallel: bool,
+    after: str = "",
 ) -> ToolGrammar | None:
     """The grammar for ``choice`` ("auto", "required" or a function name), or None
-    when this format has none (then calls are parsed, not enforced)."""
+    when this format has none (then calls are parsed, not enforced).
+
+    ``after``: for an enforced call, text the model writes freely first and that then
+    starts the constrained part: the closing think tag when the prompt opened a
+    thinking block (DeepSeek R1, QwQ), so the model reasons, then must call."""
     if choice == "none" or tools_format.kind not in enforced_kinds():
         return None
     chosen = (
@@ -108,6 +113,11 @@ def tool_grammar(
         # end-of-turn marker is not an end-of-generation token writes it as text).
         lines[-1] = lines[-1].replace("root ::= ", "root ::= ( ", 1) + " ) tail"
         lines.append("tail ::= [^\\x00]*")
+    elif after:
+        lines[-1] = (
+            lines[-1].replace("root ::= ", f"root ::= {_literal(after)} {_SPACE} ( ", 1) + " )"
+        )
+        triggers = (r"[\s\S]*?(" + re.escape(after) + r"[\s\S]*)",)
     gbnf = "\n".join(lines)
     if choice == "auto":
         if kind == "llama3":
