@@ -92,6 +92,18 @@ def test_import_then_run_show(tiny_gguf_path: Path) -> None:
     assert json.loads(cli("list", "--json").stdout)[0]["name"] == "mine:v1"
 
 
+def test_show_lists_capabilities_from_the_template(tmp_path: Path) -> None:
+    from tests.support import chat_templates
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    model = write_tiny_gguf(tmp_path / "qwen3.gguf", chat_template=chat_templates.QWEN3)
+    assert cli("import", str(model), "thinker").returncode == 0
+    shown = cli("show", "thinker")
+    assert "completion, tools, thinking, embedding" in shown.stdout, shown.stdout
+    facts = json.loads(cli("show", "thinker", "--json").stdout)
+    assert facts["capabilities"] == ["completion", "tools", "thinking", "embedding"]
+
+
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [

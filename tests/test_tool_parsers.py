@@ -239,3 +239,20 @@ def test_random_text_never_raises(name: str, text: str, piece: int, opened: bool
         shown = "".join(e.text for e in events if isinstance(e, TextEvent))
         if found.thinking is None:
             assert shown == text
+
+
+def test_think_switch_reaches_the_template() -> None:
+    from localserve.engine.protocol import GenerateJob
+    from localserve.engine.runner import _template_kwargs
+
+    assert _template_kwargs(GenerateJob(think=None)) == {}
+    off = _template_kwargs(GenerateJob(think=False))
+    assert off == {"enable_thinking": False, "thinking": False}
+    assert _template_kwargs(GenerateJob(think="high"))["reasoning_effort"] == "high"
+    # The request's own template variables win.
+    mine = _template_kwargs(GenerateJob(think=False, template_kwargs={"enable_thinking": True}))
+    assert mine["enable_thinking"] is True
+    qwen3 = ChatTemplate(templates.QWEN3)
+    rendered = qwen3.render([{"role": "user", "content": "hi"}], **off)
+    assert rendered.endswith("<think>\n\n</think>\n\n")
+    assert not qwen3.render([{"role": "user", "content": "hi"}]).endswith("</think>\n\n")
