@@ -1,17 +1,16 @@
-"""What parsing tool calls and thinking costs while streaming: 8 concurrent chats with
-tools (answer parser and lazy tool grammar on) against the same chats without, on one
-daemon, in the same run.
+"""What parsing tool calls costs while streaming: 8 concurrent chats with tools (the
+answer parser and the lazy tool grammar on) against the very same prompts sent raw
+(no parser, no grammar), on one daemon, in the same run.
 
     python benchmarks/tools_overhead.py [--streams 8] [--tokens 64] [--reps 5]
 
-Gemma 3 270M gets a Hermes chat template (tools, no thinking), so without tools no
-answer parser runs at all, and with tools every token goes through the answer parser
-and the lazy grammar's trigger check.
-Every request generates exactly ``--tokens`` tokens (end of generation ignored,
-greedy), so both sides decode the same amount; the rate is generated tokens over the
-wall time of the whole round (prompts included: the tool definitions add ~90 prompt
-tokens, cached after the first round). Rounds alternate; the ratio of the medians is
-with tools / without (goal >= 0.97).
+Gemma 3 270M gets a Hermes chat template (tools, no thinking). With tools, each
+request is an /api/chat with ``tools``; without, the same conversation rendered by
+the same template with the same tools, sent to /api/generate with ``raw``: the same
+prompt tokens, so the difference is the parser and the grammar alone. Every request
+generates exactly ``--tokens`` tokens (end of generation ignored, greedy). The rate is
+generated tokens over the wall time of a whole round; rounds alternate; the ratio of
+the medians is with tools / without (goal >= 0.97).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from localserve.engine.templates import ChatTemplate
 from tests.support import chat_templates
 from tests.support.daemon import add_model, start_daemon, stop_daemon
 from tests.support.tiny_gguf import gemma_path
@@ -37,29 +37,40 @@ from tests.test_tools_gemma import WEATHER, with_template
 QUESTIONS = [f"Tell me a story about the number {i}." for i in range(64)]
 
 
+def rendered(question: str) -> str:
+    """The prompt /api/chat builds for ``question`` with the tools, as text."""
+    template = ChatTemplate(chat_templates.HERMES)
+    return template.render([{"role": "user", "content": question}], tools=[WEATHER])
+
+
 async def round_of(
     client: httpx.AsyncClient, streams: int, tokens: int, tools: bool, offset: int
 ) -> float:
-    """Aggregate generated tok/s of ``streams`` concurrent streamed chats."""
+    """Aggregate generated tok/s of ``streams`` concurrent streamed requests."""
 
     async def one(i: int) -> None:
-        body = {
-            "model": "gemma-tools",
-            "messages": [{"role": "user", "content": QUESTIONS[(offset + i) % len(QUESTIONS)]}],
-            "max_tokens": tokens,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "options": {"ignore_eos": True},
-            **({"tools": [WEATHER]} if tools else {}),
-        }
-        usage = None
-        async with client.stream("POST", "/v1/chat/completions", json=body) as answer:
+        question = QUESTIONS[(offset + i) % len(QUESTIONS)]
+        options = {"temperature": 0, "num_predict": tokens, "ignore_eos": True}
+        if tools:
+            path = "/api/chat"
+            body: dict[str, object] = {
+                "model": "gemma-tools",
+                "messages": [{"role": "user", "content": question}],
+                "tools": [WEATHER],
+                "options": options,
+            }
+        else:
+            path = "/api/generate"
+            body = {"model": "gemma-tools", "prompt": rendered(question), "raw": True}
+            body["options"] = options
+        final: dict[str, object] = {}
+        async with client.stream("POST", path, json=body) as answer:
             answer.raise_for_status()
             async for line in answer.aiter_lines():
-                if line.startswith("data: {") and '"usage"' in line:
-                    usage = json.loads(line[6:]).get("usage") or usage
-        assert usage and usage["completion_tokens"] == tokens, usage
+                chunk = json.loads(line)
+                if chunk.get("done"):
+                    final = chunk
+        assert final.get("eval_count") == tokens, final
 
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(streams)))
@@ -71,9 +82,11 @@ async def measure(
 ) -> tuple[list[float], list[float]]:
     rates: dict[bool, list[float]] = {True: [], False: []}
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        await round_of(client, streams, tokens, True, 0)  # load the model, warm caches
+        for tools in (True, False):  # load the model, warm both paths
+            await round_of(client, streams, tokens, tools, 0)
         for rep in range(reps):
             for tools in (True, False) if rep % 2 == 0 else (False, True):  # alternate
+                # Both sides of a rep ask the same questions: the same prompt tokens.
                 rates[tools].append(await round_of(client, streams, tokens, tools, rep * streams))
     return rates[True], rates[False]
 

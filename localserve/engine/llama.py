@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -399,6 +400,12 @@ class Sampler:
             seed = L.LLAMA_DEFAULT_SEED if options.seed < 0 else options.seed & 0xFFFFFFFF
             L.llama_sampler_chain_add(self.chain, L.llama_sampler_init_dist(seed))
         self.grammar = None
+        # A lazy grammar constrains nothing until a trigger matches the generated text:
+        # until then the fast path samples (one C call, no copy of the vocabulary's
+        # logits) and the grammar only watches. llama.cpp does not say when it has
+        # triggered, so the same regexes are matched here on the same text.
+        self._waiting = [re.compile(t, re.DOTALL) for t in triggers]
+        self._seen = ""
         if grammar is not None:
             if triggers:
                 # Lazy: inactive until the generated text matches a trigger regex; from
@@ -426,6 +433,13 @@ class Sampler:
         if self.grammar is None:
             # Samples and accepts in one C call.
             return int(L.llama_sampler_sample(self.chain, context.handle, row))
+        if self._waiting:
+            token = int(L.llama_sampler_sample(self.chain, context.handle, row))
+            L.llama_sampler_accept(self.grammar, token)
+            self._seen += self.model.piece(token, special=True).decode("utf-8", "replace")
+            if any(pattern.fullmatch(self._seen) for pattern in self._waiting):
+                self._waiting, self._seen = [], ""  # triggered: constrained from now on
+            return token
         token = self._sample_with(context, row, grammar_first=False)
         if not self._grammar_allows(token):
             token = self._sample_with(context, row, grammar_first=True)
