@@ -178,6 +178,17 @@ def test_malformed_calls_come_back_as_text(name: str, text: str) -> None:
         assert "".join(e.text for e in events if isinstance(e, TextEvent)) == text
 
 
+def test_harmony_recipient_in_the_role_part() -> None:
+    text = (
+        "<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.get_time"
+        '<|channel|>commentary <|constrain|>json<|message|>{"zone": "UTC"}<|call|>'
+    )
+    assert merged(parse(parser_for("HARMONY"), text, 3))[-1] == (
+        "call",
+        (0, "get_time", {"zone": "UTC"}),
+    )
+
+
 def test_harmony_analysis_is_thinking_and_final_is_text() -> None:
     text = (
         "<|channel|>analysis<|message|>think<|end|><|start|>assistant<|channel|>final<|message|>Hi!"

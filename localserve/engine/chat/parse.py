@@ -219,7 +219,8 @@ class HarmonyParser:
                     return events
                 # Anything before a header (<|start|>assistant) is framing.
                 self._channel = match.group(1)
-                self._recipient = _recipient(match.group(2))
+                # The recipient may sit in the role part too: <|start|>assistant to=...
+                self._recipient = _recipient(self._buffer[: match.end()])
                 self._buffer = self._buffer[match.end() :]
             at, marker = _first(self._buffer, self._ENDS)
             if at < 0 and not final:
