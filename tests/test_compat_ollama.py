@@ -535,3 +535,28 @@ def test_show_capabilities_come_from_the_template(
         "embedding",
     ]
     assert client.show("tiny-r1").capabilities == ["completion", "thinking", "embedding"]
+
+
+def test_logprobs(client: ollama.Client) -> None:
+    options = {"num_predict": 6, **GREEDY}
+    result = client.generate(MODEL, "Hello", options=options, logprobs=True, top_logprobs=3)
+    entries = result.logprobs or []
+    assert len(entries) == 6
+    assert "".join(e.token for e in entries) == result.response
+    for entry in entries:
+        top = entry.top_logprobs or []
+        assert len(top) == 3 and top[0].token == entry.token  # greedy: the likeliest
+        assert entry.logprob == pytest.approx(top[0].logprob) and entry.logprob <= 0
+
+    chunks = list(
+        client.chat(
+            MODEL, [{"role": "user", "content": "Hi"}], options=options, logprobs=True, stream=True
+        )
+    )
+    streamed = [e for c in chunks for e in c.logprobs or []]
+    assert len(streamed) == 6
+    assert "".join(e.token for e in streamed) == "".join(c.message.content for c in chunks)
+    assert all(not e.top_logprobs for e in streamed)  # none asked for
+
+    plain = client.generate(MODEL, "Hello", options=options)
+    assert plain.logprobs is None  # only when asked

@@ -551,3 +551,56 @@ def test_reasoning_content(client: openai.OpenAI, tool_models: dict[str, str]) -
         extra_body={"chat_template_kwargs": {"enable_thinking": False}},
     )
     assert getattr(off.choices[0].message, "reasoning_content", None) is None
+
+
+def test_logprobs_chat_and_completions(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
+    (choice,) = completion.choices
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    content = choice.logprobs.content
+    assert len(content) == 5 and "".join(t.token for t in content) == choice.message.content
+    for token in content:
+        assert len(token.top_logprobs) == 2 and token.top_logprobs[0].token == token.token
+        assert token.bytes is not None and token.logprob <= 0
+
+    stream = client.chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=5, temperature=0, logprobs=True, stream=True
+    )
+    streamed = [
+        t
+        for c in stream
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content or []
+    ]
+    assert [t.token for t in streamed] == [t.token for t in content]
+
+    legacy = client.completions.create(
+        model=MODEL, prompt="Once upon", max_tokens=4, temperature=0, logprobs=3, echo=False
+    )
+    logprobs = legacy.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens and len(logprobs.tokens) == 4
+    assert "".join(logprobs.tokens) == legacy.choices[0].text
+    assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(4)]
+    assert logprobs.top_logprobs and all(len(alt) <= 3 for alt in logprobs.top_logprobs)
+    assert (
+        client.chat.completions.create(model=MODEL, messages=USER, max_tokens=2).choices[0].logprobs
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("chat/completions", {"messages": USER, "top_logprobs": 2}, "top_logprobs needs logprobs"),
+        ("completions", {"prompt": "x", "echo": True, "logprobs": 1}, "echo with logprobs"),
+        ("chat/completions", {"messages": USER, "n": 2}, "n"),
+    ],
+)
+def test_documented_refusals(
+    client: openai.OpenAI, path: str, body: dict[str, object], message: str
+) -> None:
+    answer = httpx.post(str(client.base_url) + path, json={"model": MODEL, **body}, timeout=60)
+    assert answer.status_code == 400, answer.text
+    assert message in answer.json()["error"]["message"]

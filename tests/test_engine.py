@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -497,3 +498,57 @@ def test_lazy_tool_grammar_waits_for_the_call_marker(model: Model) -> None:
         sampler.close()
     strict = tool_grammar(hermes, tools, choice="required", parallel=False)
     assert strict is not None and not strict.triggers
+
+
+def test_logprobs_greedy_token_is_the_top_one_and_batch_independent(model: Model) -> None:
+    """Greedy: the chosen token is the top-1 alternative and its logprob the maximum;
+    a sequence's logprobs are the same alone and in a batch of 8 (tiny F32 model)."""
+    from localserve.engine.protocol import LogprobsEvent
+
+    def logprobs_of(engine: Engine, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        found: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        while engine.has_work():
+            for event in engine.step():
+                if isinstance(event, LogprobsEvent):
+                    found[event.id].extend(event.entries)
+        return found
+
+    options = SamplingOptions(temperature=0, num_predict=12, ignore_eos=True)
+    alone = Engine(model, LoadOptions(num_ctx=256, num_parallel=8), n_threads=2)
+    try:
+        first = job(model, "solo", PROMPTS[0], options)
+        first.logprobs = 3
+        alone.submit(first)
+        solo = logprobs_of(alone, ["solo"])["solo"]
+    finally:
+        alone.close()
+    assert len(solo) == 12
+    for entry in solo:
+        top = entry["top_logprobs"]
+        assert len(top) == 3 and top[0]["token"] == entry["token"]
+        assert entry["logprob"] == pytest.approx(top[0]["logprob"])
+        assert entry["logprob"] <= 0 and [t["logprob"] for t in top] == sorted(
+            (t["logprob"] for t in top), reverse=True
+        )
+        assert bytes(entry["bytes"]).decode("utf-8", "replace") == entry["token"]
+        assert all(math.isfinite(t["logprob"]) for t in top)
+
+    batched = Engine(model, LoadOptions(num_ctx=256, num_parallel=8), n_threads=2)
+    try:
+        ids = [f"b{i}" for i in range(8)]
+        for i, name in enumerate(ids):
+            other = job(model, name, PROMPTS[0] if i == 3 else PROMPTS[i % 3 + 1], options)
+            other.logprobs = 3
+            batched.submit(other)
+        together = logprobs_of(batched, ids)["b3"]
+    finally:
+        batched.close()
+    assert [e["token"] for e in together] == [e["token"] for e in solo]
+    for a, b in zip(together, solo, strict=True):
+        assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-4)
+
+
+def test_no_logprobs_events_unless_asked(engine: Engine, model: Model) -> None:
+    engine.submit(job(model, "plain", PROMPTS[1], SamplingOptions(temperature=0, num_predict=6)))
+    _, _, steps = run(engine)
+    assert all(event.type in ("text", "done") for step in steps for event in step)

@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localserve.engine.llama import Batch, Context, Model, Sampler
+from localserve.engine.logprobs import token_logprob
 from localserve.engine.options import LoadOptions, SamplingOptions
-from localserve.engine.protocol import DoneEvent, ErrorEvent, Event, TextEvent
+from localserve.engine.protocol import DoneEvent, ErrorEvent, Event, LogprobsEvent, TextEvent
 from localserve.engine.text import StopMatcher, Utf8Stream
 from localserve.errors import EngineError, PromptTooLongError
 
@@ -84,6 +85,7 @@ class Job:
     # Tokens whose text the parser needs although llama.cpp calls them special
     # (``[TOOL_CALLS]``, ``<|channel|>``): rendered instead of dropped.
     preserved_tokens: frozenset[int] = frozenset()
+    logprobs: int = -1  # -1: none; else log-probabilities with this many alternatives
 
     # filled in by the engine
     slot: int = -1
@@ -386,7 +388,7 @@ class Engine:
                     continue
             assert job.sampler is not None
             token = job.sampler.sample(self.context, row)
-            self._on_token(job, token, events)
+            self._on_token(job, token, events, row)
         return events
 
     def _fill_batch(
@@ -421,10 +423,13 @@ class Engine:
         idle[0].tokens = []
         return True
 
-    def _on_token(self, job: Job, token: int, events: list[Event]) -> None:
+    def _on_token(self, job: Job, token: int, events: list[Event], row: int) -> None:
         if self.model.is_eog(token) and not job.options.ignore_eos:
             self._finish(job, "stop", events)
             return
+        if job.logprobs >= 0:
+            entry = token_logprob(self.model, self.context.logits(row), token, job.logprobs)
+            events.append(LogprobsEvent(job.id, [entry]))
         job.generated += 1
         job.output.append(token)
         job.last_token = token

@@ -106,6 +106,8 @@ class GenerateJob:
     options: SamplingOptions = field(default_factory=SamplingOptions)
     context: list[int] | None = None  # Ollama's token ids of an earlier answer
     want_context: bool = False  # return prompt + output ids in the done event
+    logprobs: bool = False  # a LogprobsEvent for every generated token
+    top_logprobs: int = 0  # with that many likeliest alternatives (0-20)
 
     def to_wire(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -154,6 +156,16 @@ class ToolCallEvent:
 
 
 @dataclass(frozen=True)
+class LogprobsEvent:
+    """Log-probabilities of generated tokens (engine/logprobs.py), sent before the
+    text they belong to; routes attach them to the next chunk they write."""
+
+    id: str
+    entries: list[dict[str, Any]]
+    type: Literal["logprobs"] = "logprobs"
+
+
+@dataclass(frozen=True)
 class DoneEvent:
     """The end of a generation, with its counts and timings (nanoseconds)."""
 
@@ -184,8 +196,9 @@ class ErrorEvent:
     type: Literal["error"] = "error"
 
 
-Event = TextEvent | ThinkingEvent | ToolCallEvent | DoneEvent | ErrorEvent
+Event = TextEvent | ThinkingEvent | ToolCallEvent | LogprobsEvent | DoneEvent | ErrorEvent
 _EVENT_TYPES: dict[str, type[Any]] = {
+    "logprobs": LogprobsEvent,
     "text": TextEvent,
     "thinking": ThinkingEvent,
     "tool_call": ToolCallEvent,

@@ -253,6 +253,7 @@ class Runner:
             want_context=request.want_context,
             parser_factory=self._parser_factory(request, tools, opened) if parses else None,
             preserved_tokens=self.preserved if parses else frozenset(),
+            logprobs=request.top_logprobs if request.logprobs else -1,
         )
         self.engine.submit(job)
 

@@ -48,6 +48,8 @@ class GenerateRequest(KeepAlive):
     # Token ids a previous /api/generate returned: the prompt continues them (deprecated
     # in Ollama in favour of /api/chat, still sent by older clients).
     context: list[int] | None = None
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20)
 
     def to_job(self, options: SamplingOptions) -> GenerateJob:
         return GenerateJob(
@@ -59,6 +61,8 @@ class GenerateRequest(KeepAlive):
             options=options,
             context=self.context,
             want_context=True,
+            logprobs=self.logprobs or self.top_logprobs > 0,
+            top_logprobs=self.top_logprobs,
         )
 
 
@@ -81,6 +85,8 @@ class ChatRequest(KeepAlive):
     options: dict[str, Any] | None = None
     stream: bool = True
     think: bool | str | None = None
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20)
 
     def to_job(self, options: SamplingOptions) -> GenerateJob:
         check_tools(self.tools, "auto")
@@ -90,6 +96,8 @@ class ChatRequest(KeepAlive):
             format=self.format or None,
             think=check_think(self.think),
             options=options,
+            logprobs=self.logprobs or self.top_logprobs > 0,
+            top_logprobs=self.top_logprobs,
         )
 
 

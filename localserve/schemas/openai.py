@@ -74,10 +74,14 @@ class ChatCompletionRequest(SamplingFields):
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     # llama.cpp's server and vLLM take these: extra variables for the chat template.
     chat_template_kwargs: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     def to_job(self, options: SamplingOptions) -> GenerateJob:
         choice = self.choice()
         check_tools(self.tools, choice)
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidOptionError("top_logprobs needs logprobs: true")
         return GenerateJob(
             messages=self.engine_messages(),
             tools=self.tools or None,
@@ -87,6 +91,8 @@ class ChatCompletionRequest(SamplingFields):
             think=self.think(),
             template_kwargs=dict(self.chat_template_kwargs or {}),
             options=options,
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs or 0,
         )
 
     def choice(self) -> str:
@@ -143,6 +149,23 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[str] = ""
     suffix: str | None = None
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)  # the legacy form: top count
+
+    def to_job(self, options: SamplingOptions) -> GenerateJob:
+        if self.echo and self.logprobs is not None:
+            # The prompt's own log-probabilities need logits for every prompt token,
+            # which the engine does not compute (docs/api.md).
+            raise InvalidOptionError("echo with logprobs is not supported")
+        return GenerateJob(
+            prompt=self.text(),
+            raw=True,
+            options=options,
+            logprobs=self.logprobs is not None,
+            top_logprobs=self.logprobs or 0,
+        )
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else "".join(self.prompt)
 
 
 class EmbeddingRequest(Request):

@@ -15,6 +15,7 @@ from localserve.engine.protocol import (
     DoneEvent,
     Event,
     GenerateJob,
+    LogprobsEvent,
     TextEvent,
     ThinkingEvent,
     ToolCallEvent,
@@ -74,10 +75,13 @@ class Answer:
     text: list[str] = field(default_factory=list)
     thinking: list[str] = field(default_factory=list)
     calls: list[ToolCallEvent] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     done: DoneEvent | None = None
 
     def add(self, event: Event) -> None:
-        if isinstance(event, TextEvent):
+        if isinstance(event, LogprobsEvent):
+            self.logprobs.extend(event.entries)
+        elif isinstance(event, TextEvent):
             self.text.append(event.text)
         elif isinstance(event, ThinkingEvent):
             self.thinking.append(event.text)

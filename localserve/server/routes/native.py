@@ -19,6 +19,7 @@ from localserve import __version__
 from localserve.engine.protocol import (
     DoneEvent,
     GenerateJob,
+    LogprobsEvent,
     TextEvent,
     ThinkingEvent,
     ToolCallEvent,
@@ -202,24 +203,35 @@ async def _stream(
     once complete, then the final chunk with the timings."""
     metrics = request.app.state.metrics
     first_token = True
+    pending: list[dict[str, Any]] = []  # log-probabilities of tokens not yet shown
+
+    def with_logprobs(body: dict[str, Any]) -> dict[str, Any]:
+        if job.logprobs:
+            body["logprobs"] = pending.copy()
+            pending.clear()
+        return body
+
     async for event in scheduler(request).generate(model, job):
+        if isinstance(event, LogprobsEvent):
+            pending.extend(event.entries)
+            continue
         if isinstance(event, DoneEvent):
             metrics.record_done(event)
             body = _chunk(model.name, shape, "")
             body.update(final_fields(event, time.perf_counter_ns() - started))
             if event.context is not None:
                 body["context"] = event.context
-            yield body
+            yield with_logprobs(body)
             continue
         if first_token:
             metrics.ttft.observe((time.perf_counter_ns() - started) / 1e9)
             first_token = False
         if isinstance(event, TextEvent):
-            yield _chunk(model.name, shape, event.text)
+            yield with_logprobs(_chunk(model.name, shape, event.text))
         elif isinstance(event, ThinkingEvent):
-            yield _chunk(model.name, shape, "", thinking=event.text)
+            yield with_logprobs(_chunk(model.name, shape, "", thinking=event.text))
         elif isinstance(event, ToolCallEvent):
-            yield _chunk(model.name, shape, "", calls=[event])
+            yield with_logprobs(_chunk(model.name, shape, "", calls=[event]))
 
 
 def _chunk(
@@ -259,8 +271,10 @@ async def _respond(
     text: list[str] = []
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
+    logprobs: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
     async for chunk in chunks:
+        logprobs.extend(chunk.get("logprobs") or ())
         if chunk["done"]:
             final = chunk
             continue
@@ -279,6 +293,8 @@ async def _respond(
         final["response"] = "".join(text)
         if any(thinking):
             final["thinking"] = "".join(thinking)
+    if "logprobs" in final:
+        final["logprobs"] = logprobs
     return JSONResponse(final)
 
 

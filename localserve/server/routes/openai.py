@@ -18,6 +18,7 @@ from localserve.engine.protocol import (
     DoneEvent,
     Event,
     GenerateJob,
+    LogprobsEvent,
     TextEvent,
     ThinkingEvent,
     ToolCallEvent,
@@ -126,19 +127,31 @@ async def _stream(request: Request, chunks: AsyncIterator[dict[str, Any]]) -> Re
 class _ChatShape:
     """Chat completion objects and chunks for one request."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, logprobs: bool = False) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.model = model
+        self.logprobs = logprobs
 
-    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    def chunk(
+        self,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": {"content": logprobs} if logprobs else None,
+            "finish_reason": finish,
+        }
         return {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": "localserve",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [choice],
         }
 
     def whole(self, answer: Answer) -> dict[str, Any]:
@@ -161,7 +174,7 @@ class _ChatShape:
                 {
                     "index": 0,
                     "message": message,
-                    "logprobs": None,
+                    "logprobs": {"content": answer.logprobs} if self.logprobs else None,
                     "finish_reason": finish_reason(done, bool(answer.calls)),
                 }
             ],
@@ -187,7 +200,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     )
     events = _events(request, body, body.to_job, max_tokens)
-    shape = _ChatShape(body.model)
+    shape = _ChatShape(body.model, body.logprobs)
     if not body.stream:
         answer = Answer()
         async for event in events:
@@ -197,11 +210,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         yield shape.chunk({"role": "assistant", "content": ""})  # OpenAI sends the role first
         called = False
+        pending: list[dict[str, Any]] = []  # log-probabilities of tokens not yet shown
         async for event in events:
-            if isinstance(event, TextEvent):
-                yield shape.chunk({"content": event.text})
+            if isinstance(event, LogprobsEvent):
+                pending.extend(event.entries)
+            elif isinstance(event, TextEvent):
+                yield shape.chunk({"content": event.text}, logprobs=pending.copy())
+                pending.clear()
             elif isinstance(event, ThinkingEvent):
-                yield shape.chunk({"reasoning_content": event.text})
+                yield shape.chunk({"reasoning_content": event.text}, logprobs=pending.copy())
+                pending.clear()
             elif isinstance(event, ToolCallEvent):
                 called = True
                 # As OpenAI streams a call: its id and name first, then the arguments.
@@ -238,15 +256,12 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         raise InvalidOptionError("suffix is not supported: localserve has no fill-in-the-middle")
     completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
-    prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
-    events = _events(
-        request,
-        body,
-        lambda sampling: GenerateJob(prompt=prompt, raw=True, options=sampling),
-        body.max_tokens,
-    )
+    prefix = body.text() if body.echo else ""
+    events = _events(request, body, body.to_job, body.max_tokens)
 
-    def chunk(text: str, done: DoneEvent | None) -> dict[str, Any]:
+    def chunk(
+        text: str, done: DoneEvent | None, logprobs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return {
             "id": completion_id,
             "object": "text_completion",
@@ -257,7 +272,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                 {
                     "index": 0,
                     "text": text,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                     "finish_reason": finish_reason(done) if done else None,
                 }
             ],
@@ -268,20 +283,48 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         async for event in events:
             answer.add(event)
         done = answer.done or DoneEvent("", "stop")
-        prefix = prompt if body.echo else ""
-        return JSONResponse({**chunk(prefix + answer.content, done), "usage": usage(done)})
+        logprobs = (
+            legacy_logprobs(answer.logprobs, len(prefix)) if body.logprobs is not None else None
+        )
+        return JSONResponse(
+            {**chunk(prefix + answer.content, done, logprobs), "usage": usage(done)}
+        )
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         yield chunk("", None)
+        pending: list[dict[str, Any]] = []
+        offset = len(prefix)
         async for event in events:
-            if isinstance(event, TextEvent):
-                yield chunk(event.text, None)
+            if isinstance(event, LogprobsEvent):
+                pending.extend(event.entries)
+            elif isinstance(event, TextEvent):
+                logprobs = legacy_logprobs(pending, offset) if body.logprobs is not None else None
+                yield chunk(event.text, None, logprobs)
+                offset += len(event.text)
+                pending.clear()
             elif isinstance(event, DoneEvent):
                 yield chunk("", event)
                 if body.include_usage:
                     yield {**chunk("", None), "choices": [], "usage": usage(event)}
 
     return await _stream(request, chunks())
+
+
+def legacy_logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """The completions API's older shape: parallel lists, alternatives as a dict per
+    token, and each token's offset in the returned text."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [
+            {alt["token"]: alt["logprob"] for alt in e["top_logprobs"]} for e in entries
+        ],
+        "text_offset": offsets,
+    }
 
 
 @router.post("/embeddings")
