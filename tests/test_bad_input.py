@@ -231,7 +231,7 @@ FIELD_CASES = [
     ("/api/generate", '{"model": "tiny", "prompt": 5}', "prompt"),
     ("/api/generate", '{"model": "tiny", "prompt": "\\udfff"}', "Unicode"),
     ("/api/generate", '{"model": "tiny", "prompt": "' + LONG_PROMPT + '"}', "context"),
-    ("/api/generate", GENERATE % '"suffix": "def f():"', "suffix"),
+    ("/api/generate", GENERATE % '"suffix": "def f():"', "tiny does not support insert"),
     # /api/chat: messages of the wrong shape, unknown roles, images, beyond the context
     ("/api/chat", CHAT_WITH % '"messages": "hi"', "messages"),
     ("/api/chat", CHAT_WITH % '"messages": [5]', "messages"),
@@ -346,7 +346,11 @@ FIELD_CASES = [
     ("/v1/completions", '{"model": "tiny", "prompt": "' + LONG_PROMPT + '"}', "context"),
     ("/v1/completions", '{"model": "tiny", "prompt": "x", "max_tokens": -1}', "max_tokens"),
     ("/v1/completions", '{"model": "tiny", "prompt": "x", "echo": "yes"}', "echo"),
-    ("/v1/completions", '{"model": "tiny", "prompt": "x", "suffix": "}"}', "suffix"),
+    (
+        "/v1/completions",
+        '{"model": "tiny", "prompt": "x", "suffix": "}"}',
+        "does not support insert",
+    ),
     # /v1/embeddings
     ("/v1/embeddings", '{"model": "tiny"}', "input"),
     ("/v1/embeddings", '{"model": "tiny", "input": []}', "input"),

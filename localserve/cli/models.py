@@ -141,7 +141,11 @@ def show(
         "embedding_length": info.embedding_length,
         "layers": info.block_count,
         "chat_template": info.chat_template,
-        "capabilities": [*_capabilities(info.chat_template), "embedding"],
+        "capabilities": [
+            *_capabilities(info.chat_template),
+            *(["insert"] if info.fill_in_the_middle else []),
+            "embedding",
+        ],
         "license": info.license,
         "source": manifest.source.model_dump(),
     }

@@ -174,6 +174,15 @@ class Model:
             raise EngineError("tokenization failed")
         return list(buf[:n])
 
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """Fill-in-the-middle prefix, suffix and middle tokens, if the vocabulary has them."""
+        found = (
+            int(L.llama_vocab_fim_pre(self.vocab)),
+            int(L.llama_vocab_fim_suf(self.vocab)),
+            int(L.llama_vocab_fim_mid(self.vocab)),
+        )
+        return None if min(found) < 0 else found
+
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes a token stands for (cached: the same token is decoded again and again)."""
         key = token if not special else -1 - token

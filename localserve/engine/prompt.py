@@ -111,6 +111,27 @@ class PromptBuilder:
             )
         return Prompt(tokens, tail=tail)
 
+    def infill(self, prefix: str, suffix: str, *, num_ctx: int) -> Prompt:
+        """Fill-in-the-middle, prefix-suffix-middle order as llama.cpp's /infill lays it
+        out: [BOS] <PRE> prefix <SUF> suffix <MID>; the model writes the middle. The
+        code is tokenized as text, so markers written in it stay text."""
+        fim = self.model.fim_tokens()
+        if fim is None:
+            raise InvalidOptionError("the model does not support insert")
+        pre, suf, mid = fim
+        tokens = [self.model.bos] if self.model.add_bos and self.model.bos >= 0 else []
+        tokens.append(pre)
+        tokens += self.model.tokenize(prefix, add_special=False, parse_special=False)
+        tokens.append(suf)
+        tokens += self.model.tokenize(suffix, add_special=False, parse_special=False)
+        tokens.append(mid)
+        if len(tokens) >= num_ctx:
+            raise PromptTooLongError(
+                f"the prefix and suffix are {len(tokens)} tokens, but the context holds {num_ctx}",
+                hint="send less code around the insertion point or raise num_ctx",
+            )
+        return Prompt(tokens)
+
     def chat(
         self,
         messages: object,

@@ -94,6 +94,7 @@ class GenerateJob:
     """
 
     prompt: str | None = None
+    suffix: str | None = None  # fill-in-the-middle: the text after the insertion point
     messages: list[dict[str, Any]] | None = None
     system: str | None = None
     raw: bool = False

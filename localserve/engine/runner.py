@@ -213,6 +213,8 @@ class Runner:
             prompt = self.builder.chat(
                 request.messages, num_ctx=num_ctx, tools=tools, template_kwargs=kwargs
             )
+        elif request.suffix is not None:
+            prompt = self.builder.infill(request.prompt or "", request.suffix, num_ctx=num_ctx)
         else:
             prompt = self.builder.completion(
                 request.prompt or "",

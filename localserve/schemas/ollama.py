@@ -54,6 +54,7 @@ class GenerateRequest(KeepAlive):
     def to_job(self, options: SamplingOptions) -> GenerateJob:
         return GenerateJob(
             prompt=self.prompt,
+            suffix=self.suffix or None,  # fill-in-the-middle (an empty one: a completion)
             system=self.system,
             raw=self.raw,
             format=self.format or None,

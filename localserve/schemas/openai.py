@@ -158,6 +158,7 @@ class CompletionRequest(SamplingFields):
             raise InvalidOptionError("echo with logprobs is not supported")
         return GenerateJob(
             prompt=self.text(),
+            suffix=self.suffix or None,  # fill-in-the-middle
             raw=True,
             options=options,
             logprobs=self.logprobs is not None,

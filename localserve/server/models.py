@@ -53,7 +53,10 @@ def chat_format(app: Any, manifest: Manifest) -> ChatFormat:
 
 
 def capabilities(app: Any, manifest: Manifest) -> list[str]:
-    return [*(chat_format(app, manifest).capabilities or ("completion",)), "embedding"]
+    found = [*(chat_format(app, manifest).capabilities or ("completion",))]
+    if gguf_info(app, manifest).fill_in_the_middle:
+        found.append("insert")
+    return [*found, "embedding"]
 
 
 def model_details(app: Any, manifest: Manifest) -> dict[str, Any]:

@@ -355,6 +355,14 @@ class GGUFInfo:
         return self._str("tokenizer.chat_template")
 
     @property
+    def fill_in_the_middle(self) -> bool:
+        """The vocabulary has prefix, suffix and middle tokens: the model can insert."""
+        return all(
+            self._int(f"tokenizer.ggml.fim_{part}_token_id") is not None
+            for part in ("pre", "suf", "mid")
+        )
+
+    @property
     def tokenizer_model(self) -> str | None:
         return self._str("tokenizer.ggml.model")
 

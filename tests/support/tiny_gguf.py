@@ -73,10 +73,15 @@ class TinyVocab:
     types: tuple[int, ...]
     im_start: int
     im_end: int
+    fim: tuple[int, int, int] | None = None  # prefix, suffix, middle token ids
 
 
-def tiny_vocab() -> TinyVocab:
-    """The tiny model's vocabulary: specials, 256 byte tokens, word pieces, ChatML tokens."""
+FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+
+
+def tiny_vocab(fim: bool = False) -> TinyVocab:
+    """The tiny model's vocabulary: specials, 256 byte tokens, word pieces, ChatML tokens
+    (and, with ``fim``, fill-in-the-middle tokens after them)."""
     T = gguf.TokenType
     entries: list[tuple[str, float, int]] = [
         ("<unk>", 0.0, T.UNKNOWN),
@@ -114,8 +119,13 @@ def tiny_vocab() -> TinyVocab:
     im_start = len(entries)
     entries.append((IM_START, 0.0, T.CONTROL))
     entries.append((IM_END, 0.0, T.CONTROL))
+    fim_ids = None
+    if fim:
+        first = len(entries)
+        entries += [(token, 0.0, T.CONTROL) for token in FIM_TOKENS]
+        fim_ids = (first, first + 1, first + 2)
     tokens, scores, types = zip(*entries, strict=True)
-    return TinyVocab(tokens, scores, tuple(int(t) for t in types), im_start, im_start + 1)
+    return TinyVocab(tokens, scores, tuple(int(t) for t in types), im_start, im_start + 1, fim_ids)
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,7 @@ class _Spec:
     dtype: Literal["f32", "f16"]
     chat_template: str | None
     name: str
+    fim: bool = False
 
 
 def _tensors(spec: _Spec, n_vocab: int) -> Iterator[tuple[str, np.ndarray]]:
@@ -195,6 +206,12 @@ def _add_model_metadata(writer: gguf.GGUFWriter, spec: _Spec, vocab: TinyVocab) 
     writer.add_add_space_prefix(False)
     if spec.chat_template is not None:
         writer.add_chat_template(spec.chat_template)
+    if vocab.fim is not None:
+        keys = gguf.Keys.Tokenizer
+        for key, token in zip(
+            (keys.FIM_PRE_ID, keys.FIM_SUF_ID, keys.FIM_MID_ID), vocab.fim, strict=True
+        ):
+            writer.add_uint32(key, token)
 
 
 def _write(
@@ -208,7 +225,7 @@ def _write(
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(path, "llama")
     if with_model_metadata:
-        _add_model_metadata(writer, spec, tiny_vocab())
+        _add_model_metadata(writer, spec, tiny_vocab(spec.fim))
     extra(writer)
     for name, array in tensors:
         writer.add_tensor(name, array)
@@ -232,12 +249,14 @@ def write_tiny_gguf(
     dtype: Literal["f32", "f16"] = "f32",
     chat_template: str | None = CHATML_TEMPLATE,
     name: str = "tiny-llama",
+    fim: bool = False,
 ) -> Path:
-    """Write a tiny random-weight llama model to ``path``; same arguments, same bytes."""
+    """Write a tiny random-weight llama model to ``path``; same arguments, same bytes.
+    ``fim`` adds fill-in-the-middle tokens and their tokenizer keys."""
     spec = _Spec(
-        n_layer, n_embd, n_head, n_head_kv, n_ff, n_ctx_train, seed, dtype, chat_template, name
+        n_layer, n_embd, n_head, n_head_kv, n_ff, n_ctx_train, seed, dtype, chat_template, name, fim
     )
-    tensors = list(_tensors(spec, len(tiny_vocab().tokens)))
+    tensors = list(_tensors(spec, len(tiny_vocab(fim).tokens)))
     return _write(Path(path), spec, tensors, lambda _: None, with_model_metadata=True)
 
 

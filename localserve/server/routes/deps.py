@@ -23,7 +23,7 @@ from localserve.engine.protocol import (
 from localserve.errors import InvalidOptionError
 from localserve.scheduler.scheduler import ModelRequest, Scheduler
 from localserve.schemas.options import split_options
-from localserve.server.models import chat_format
+from localserve.server.models import chat_format, gguf_info
 from localserve.store.store import ModelStore
 
 
@@ -58,9 +58,13 @@ def model_request(
 async def check_capabilities(request: Request, name: str, job: GenerateJob) -> None:
     """Refuse, before anything loads, what the model's template cannot do (as Ollama:
     ``MODEL does not support tools``)."""
-    if not job.tools and not job.think:
+    if not job.tools and not job.think and job.suffix is None:
         return
     _, manifest = await asyncio.to_thread(store(request).get, name)
+    if job.suffix is not None:
+        info = await asyncio.to_thread(gguf_info, request.app, manifest)
+        if not info.fill_in_the_middle:
+            raise InvalidOptionError(f"{name} does not support insert")
     found = await asyncio.to_thread(chat_format, request.app, manifest)
     if job.tools and job.tool_choice != "none" and found.tools is None:
         raise InvalidOptionError(f"{name} does not support tools")

@@ -303,12 +303,8 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     started = time.perf_counter_ns()
     if body.images:
         raise InvalidOptionError("images are not supported: localserve runs text models")
-    if body.suffix:
-        # Ollama answers the same for a model without an infill template; ignoring it
-        # would answer a different question.
-        raise InvalidOptionError("suffix is not supported: localserve has no fill-in-the-middle")
     model, sampling = model_request(request, body.model, body.options, body.keep_alive_seconds())
-    if not body.prompt:
+    if not body.prompt and not body.suffix:
         return JSONResponse(await _load_only(request, model, started, response=""))
     job = body.to_job(sampling)
     await check_capabilities(request, body.model, job)

@@ -23,7 +23,6 @@ from localserve.engine.protocol import (
     ThinkingEvent,
     ToolCallEvent,
 )
-from localserve.errors import InvalidOptionError
 from localserve.schemas.base import keep_alive_seconds
 from localserve.schemas.openai import (
     ChatCompletionRequest,
@@ -252,8 +251,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 
 @router.post("/completions", response_model=None, responses=STREAMED)
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    if body.suffix:
-        raise InvalidOptionError("suffix is not supported: localserve has no fill-in-the-middle")
     completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     prefix = body.text() if body.echo else ""
