@@ -60,13 +60,14 @@ async def round_of(
 
 
 async def measure(
-    url: str, streams: int, tokens: int, reps: int, top: int
+    url: str, streams: int, tokens: int, reps: int, top: int, off_only: bool
 ) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {"off": [], "on": []}
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         await round_of(client, streams, tokens, None, 0)  # load and warm up
         for rep in range(reps):
-            for mode in ("off", "on") if rep % 2 == 0 else ("on", "off"):
+            modes = ("off", "on") if rep % 2 == 0 else ("on", "off")
+            for mode in ("off",) if off_only else modes:
                 value = top if mode == "on" else None
                 rates[mode].append(await round_of(client, streams, tokens, value, rep * streams))
     return rates
@@ -78,17 +79,27 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--top", type=int, default=5)
+    parser.add_argument(
+        "--off-only",
+        action="store_true",
+        help="only the rounds without logprobs (to compare two commits)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         env = {"LOCALSERVE_NUM_PARALLEL": str(args.streams), "LOCALSERVE_CONTEXT_LENGTH": "1024"}
         daemon = start_daemon(Path(folder) / "home", gemma_path(), env=env)
         try:
-            rates = asyncio.run(measure(daemon.url, args.streams, args.tokens, args.reps, args.top))
+            rates = asyncio.run(
+                measure(daemon.url, args.streams, args.tokens, args.reps, args.top, args.off_only)
+            )
         finally:
             stop_daemon(daemon)
-    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    off = statistics.median(rates["off"])
     print(f"{args.streams} streams x {args.tokens} tokens, {args.reps} rounds each")
     print(f"logprobs off          {off:7.1f} tok/s  {[round(x, 1) for x in rates['off']]}")
+    if args.off_only:
+        return 0
+    on = statistics.median(rates["on"])
     print(f"top_logprobs {args.top:<2}       {on:7.1f} tok/s  {[round(x, 1) for x in rates['on']]}")
     print(f"ratio {on / off:.3f}")
     return 0
