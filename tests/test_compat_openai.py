@@ -595,7 +595,7 @@ def test_logprobs_chat_and_completions(client: openai.OpenAI) -> None:
     [
         ("chat/completions", {"messages": USER, "top_logprobs": 2}, "top_logprobs needs logprobs"),
         ("completions", {"prompt": "x", "echo": True, "logprobs": 1}, "echo with logprobs"),
-        ("chat/completions", {"messages": USER, "n": 2}, "n"),
+        ("chat/completions", {"messages": USER, "n": 17}, "n"),
     ],
 )
 def test_documented_refusals(
@@ -604,3 +604,34 @@ def test_documented_refusals(
     answer = httpx.post(str(client.base_url) + path, json={"model": MODEL, **body}, timeout=60)
     assert answer.status_code == 400, answer.text
     assert message in answer.json()["error"]["message"]
+
+
+def test_n_choices(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=8, temperature=1.0, seed=7, n=3
+    )
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    texts = [c.message.content for c in completion.choices]
+    assert all(texts) and len(set(texts)) > 1  # distinct seeds, distinct answers
+    assert completion.usage is not None
+    single = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=1)
+    assert single.usage is not None
+    assert completion.usage.prompt_tokens == single.usage.prompt_tokens  # one prompt
+    assert completion.usage.completion_tokens == 3 * 8
+
+    stream = client.chat.completions.create(
+        model=MODEL, messages=USER, max_tokens=8, temperature=1.0, seed=7, n=3, stream=True
+    )
+    streamed = ["", "", ""]
+    finished = set()
+    for chunk in stream:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert streamed == texts and finished == {0, 1, 2}  # the same seeds, the same answers
+
+    legacy = client.completions.create(
+        model=MODEL, prompt="Once", max_tokens=4, n=2, seed=3, temperature=1.0
+    )
+    assert [c.index for c in legacy.choices] == [0, 1] and all(c.text for c in legacy.choices)

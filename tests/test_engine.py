@@ -552,3 +552,23 @@ def test_no_logprobs_events_unless_asked(engine: Engine, model: Model) -> None:
     engine.submit(job(model, "plain", PROMPTS[1], SamplingOptions(temperature=0, num_predict=6)))
     _, _, steps = run(engine)
     assert all(event.type in ("text", "done") for step in steps for event in step)
+
+
+def test_n_answers_share_one_prefill(model: Model) -> None:
+    """Siblings (OpenAI's n) wait for the first answer to read the prompt, then copy its
+    cells: the prompt is decoded once, plus one token for each other answer."""
+    engine = Engine(model, LoadOptions(num_ctx=256, num_parallel=4), n_threads=2)
+    try:
+        tokens = model.tokenize("Once upon a time there was a " * 6, add_special=True)
+        first: Job | None = None
+        for i in range(4):
+            options = SamplingOptions(temperature=1.0, seed=10 + i, num_predict=6, ignore_eos=True)
+            sibling = Job(f"c{i}", tokens, options, parent=first)
+            engine.submit(sibling)
+            first = first or sibling
+        texts, done, _ = run(engine)
+        assert engine.stats.prompt_tokens == len(tokens) + 3
+        assert [done[f"c{i}"].prompt_cached for i in range(1, 4)] == [len(tokens) - 1] * 3
+        assert len(set(texts.values())) > 1  # four seeds, four answers
+    finally:
+        engine.close()

@@ -123,13 +123,15 @@ class RunnerClient:
     # -------------------------------------------------------------- requests
 
     async def generate(self, job: GenerateJob) -> AsyncIterator[Event]:
-        """Stream a generation: text, thinking and tool-call events, then one DoneEvent.
+        """Stream a generation: text, thinking and tool-call events, then a DoneEvent
+        for each of the job's ``n`` answers (events carry their answer's ``choice``).
 
         Stopping the iteration early (the client went away) cancels the request in
-        the runner, which frees its slot within one engine step.
+        the runner, which frees its slots within one engine step.
         """
         request_id, queue = await self._send({"op": "generate", "job": job.to_wire()})
         finished = False
+        answers_left = max(1, job.n)
         try:
             while True:
                 entry = await queue.get()
@@ -143,8 +145,10 @@ class RunnerClient:
                     raise _error_of(event)
                 yield event
                 if isinstance(event, DoneEvent):
-                    finished = True
-                    return
+                    answers_left -= 1
+                    if answers_left == 0:
+                        finished = True
+                        return
         finally:
             self._queues.pop(request_id, None)
             if not finished and self.alive:

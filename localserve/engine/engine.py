@@ -86,6 +86,9 @@ class Job:
     # (``[TOOL_CALLS]``, ``<|channel|>``): rendered instead of dropped.
     preserved_tokens: frozenset[int] = frozenset()
     logprobs: int = -1  # -1: none; else log-probabilities with this many alternatives
+    # Another answer to the same prompt (OpenAI's ``n``): admitted once that job has
+    # read the prompt, whose cells it then copies instead of reading it again.
+    parent: Job | None = None
 
     # filled in by the engine
     slot: int = -1
@@ -237,11 +240,22 @@ class Engine:
             self._finish(job, "cancel", events)
 
     def _admit(self) -> None:
+        deferred: list[Job] = []
+        try:
+            self._admit_waiting(deferred)
+        finally:
+            self.waiting.extendleft(reversed(deferred))  # in their order, at the front
+
+    def _admit_waiting(self, deferred: list[Job]) -> None:
         while self.waiting:
             free = [s for s in self.slots if s.job is None]
             if not free:
                 return
             job = self.waiting.popleft()
+            parent = job.parent
+            if parent is not None and parent.id in self.jobs and not parent.generating:
+                deferred.append(job)  # its prompt cells are not there to copy yet
+                continue
             # The free slot whose cache shares most with this prompt; among equals the
             # least recently used, so hot prefixes stay cached longest.
             slot = max(free, key=lambda s: (common_prefix(s.tokens, job.tokens), -s.last_used))

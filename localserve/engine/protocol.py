@@ -109,6 +109,7 @@ class GenerateJob:
     want_context: bool = False  # return prompt + output ids in the done event
     logprobs: bool = False  # a LogprobsEvent for every generated token
     top_logprobs: int = 0  # with that many likeliest alternatives (0-20)
+    n: int = 1  # answers to generate from the one prompt (OpenAI's ``n``)
 
     def to_wire(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -132,6 +133,7 @@ class TextEvent:
 
     id: str
     text: str
+    choice: int = 0  # which of the request's ``n`` answers
     type: Literal["text"] = "text"
 
 
@@ -141,6 +143,7 @@ class ThinkingEvent:
 
     id: str
     text: str
+    choice: int = 0  # which of the request's ``n`` answers
     type: Literal["thinking"] = "thinking"
 
 
@@ -153,6 +156,7 @@ class ToolCallEvent:
     name: str
     arguments: dict[str, Any]
     call_id: str = ""  # the model's own id for the call, where its format has one
+    choice: int = 0  # which of the request's ``n`` answers
     type: Literal["tool_call"] = "tool_call"
 
 
@@ -163,6 +167,7 @@ class LogprobsEvent:
 
     id: str
     entries: list[dict[str, Any]]
+    choice: int = 0  # which of the request's ``n`` answers
     type: Literal["logprobs"] = "logprobs"
 
 
@@ -181,6 +186,7 @@ class DoneEvent:
     load_duration: int = 0  # set by the scheduler: how long this request waited for a load
     dropped_messages: int = 0  # old chat turns left out to fit the context
     context: list[int] | None = None
+    choice: int = 0  # which of the request's ``n`` answers
     type: Literal["done"] = "done"
 
     def with_load(self, load_duration: int) -> DoneEvent:
@@ -194,6 +200,7 @@ class ErrorEvent:
     id: str
     message: str
     kind: str = "engine"
+    choice: int = 0  # which of the request's ``n`` answers
     type: Literal["error"] = "error"
 
 

@@ -183,7 +183,8 @@ class Runner:
                 self._generate(request_id, GenerateJob.from_wire(message.get("job") or {}))
                 return []
             if op == "cancel":
-                self.engine.cancel(request_id)
+                for job_id in [j for j in self.engine.jobs if _request_of(j)[0] == request_id]:
+                    self.engine.cancel(job_id)
                 return []
             if op == "embed":
                 return [self._embed(request_id, message)]
@@ -245,19 +246,28 @@ class Runner:
         options = request.options
         if request.messages is not None and not self.builder.has_template:
             options = replace(options, stop=(*options.stop, *FALLBACK_STOPS))
-        job = Job(
-            request_id,
-            prompt.tokens,
-            options,
-            grammar,
-            grammar_triggers=triggers,
-            dropped_messages=prompt.dropped_messages,
-            want_context=request.want_context,
-            parser_factory=self._parser_factory(request, tools, opened) if parses else None,
-            preserved_tokens=self.preserved if parses else frozenset(),
-            logprobs=request.top_logprobs if request.logprobs else -1,
-        )
-        self.engine.submit(job)
+        first: Job | None = None
+        for choice in range(max(1, request.n)):
+            seeded = options
+            if choice and options.seed >= 0:  # n answers, not n copies of one
+                seeded = replace(options, seed=options.seed + choice)
+            job = Job(
+                f"{request_id}#{choice}" if choice else request_id,
+                prompt.tokens,
+                seeded,
+                grammar,
+                grammar_triggers=triggers,
+                dropped_messages=prompt.dropped_messages,
+                want_context=request.want_context,
+                parser_factory=self._parser_factory(request, tools, opened) if parses else None,
+                preserved_tokens=self.preserved if parses else frozenset(),
+                logprobs=request.top_logprobs if request.logprobs else -1,
+                # The other answers copy the first one's prompt cells once it has read
+                # the prompt: one prefill for all of them.
+                parent=first,
+            )
+            self.engine.submit(job)
+            first = first or job
 
     def _parser_factory(
         self, request: GenerateJob, tools: list[dict[str, Any]] | None, opened: bool
@@ -314,7 +324,7 @@ class Runner:
                         return
                     events.extend(self.handle(message))
             if self.engine.has_work():
-                events.extend(event_to_wire(e) for e in self.engine.step())
+                events.extend(event_to_wire(_as_choice(e)) for e in self.engine.step())
             if events:
                 self.send({"events": events})
 
@@ -322,6 +332,18 @@ class Runner:
         for part in (self.embedder, self.engine, self.model):
             if part is not None:
                 part.close()
+
+
+def _request_of(job_id: str) -> tuple[str, int]:
+    """A job id's request id and answer index (``r5#2``: the third answer of ``r5``)."""
+    request_id, _, choice = job_id.partition("#")
+    return request_id, int(choice or 0)
+
+
+def _as_choice(event: Any) -> Any:
+    """An engine event as the daemon sees it: its request's id and the answer index."""
+    request_id, choice = _request_of(event.id)
+    return replace(event, id=request_id, choice=choice) if choice else event
 
 
 def _template_kwargs(request: GenerateJob) -> dict[str, Any]:

@@ -39,7 +39,8 @@ class SamplingFields(Request):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    # Answers decoded side by side from one prefill (their prompt cells are copied).
+    n: int = Field(default=1, ge=1, le=16)
     user: str | None = None
     # localserve extensions
     options: dict[str, Any] | None = None
@@ -93,6 +94,7 @@ class ChatCompletionRequest(SamplingFields):
             options=options,
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs or 0,
+            n=self.n,
         )
 
     def choice(self) -> str:
@@ -163,6 +165,7 @@ class CompletionRequest(SamplingFields):
             options=options,
             logprobs=self.logprobs is not None,
             top_logprobs=self.logprobs or 0,
+            n=self.n,
         )
 
     def text(self) -> str:
@@ -177,14 +180,6 @@ class EmbeddingRequest(Request):
     user: str | None = None
     options: dict[str, Any] | None = None
     keep_alive: str | float | int | None = None
-
-
-def usage(done: DoneEvent) -> dict[str, int]:
-    return {
-        "prompt_tokens": done.prompt_eval_count,
-        "completion_tokens": done.eval_count,
-        "total_tokens": done.prompt_eval_count + done.eval_count,
-    }
 
 
 def finish_reason(done: DoneEvent, called: bool = False) -> str:

@@ -30,7 +30,6 @@ from localserve.schemas.openai import (
     EmbeddingRequest,
     SamplingFields,
     finish_reason,
-    usage,
 )
 from localserve.server.errors import OPENAI_ERRORS
 from localserve.server.routes.deps import (
@@ -124,7 +123,7 @@ async def _stream(request: Request, chunks: AsyncIterator[dict[str, Any]]) -> Re
 
 
 class _ChatShape:
-    """Chat completion objects and chunks for one request."""
+    """Chat completion objects and chunks for one request (``n`` answers)."""
 
     def __init__(self, model: str, logprobs: bool = False) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -137,9 +136,10 @@ class _ChatShape:
         delta: dict[str, Any],
         finish: str | None = None,
         logprobs: list[dict[str, Any]] | None = None,
+        index: int = 0,
     ) -> dict[str, Any]:
         choice = {
-            "index": 0,
+            "index": index,
             "delta": delta,
             "logprobs": {"content": logprobs} if logprobs else None,
             "finish_reason": finish,
@@ -153,7 +153,18 @@ class _ChatShape:
             "choices": [choice],
         }
 
-    def whole(self, answer: Answer) -> dict[str, Any]:
+    def whole(self, answers: list[Answer]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "localserve",
+            "choices": [self._choice(i, answer) for i, answer in enumerate(answers)],
+            "usage": total_usage([a.done for a in answers]),
+        }
+
+    def _choice(self, index: int, answer: Answer) -> dict[str, Any]:
         done = answer.done or DoneEvent("", "stop")
         message: dict[str, Any] = {
             "role": "assistant",
@@ -164,21 +175,30 @@ class _ChatShape:
         if answer.calls:
             message["tool_calls"] = [_openai_call(c) for c in answer.calls]
         return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": "localserve",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": {"content": answer.logprobs} if self.logprobs else None,
-                    "finish_reason": finish_reason(done, bool(answer.calls)),
-                }
-            ],
-            "usage": usage(done),
+            "index": index,
+            "message": message,
+            "logprobs": {"content": answer.logprobs} if self.logprobs else None,
+            "finish_reason": finish_reason(done, bool(answer.calls)),
         }
+
+
+def total_usage(done: list[DoneEvent | None]) -> dict[str, int]:
+    """One prompt (the ``n`` answers share it), every answer's tokens."""
+    finished = [d for d in done if d is not None] or [DoneEvent("", "stop")]
+    prompt = finished[0].prompt_eval_count
+    completion = sum(d.eval_count for d in finished)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+async def _answers(events: AsyncIterator[Event], n: int) -> list[Answer]:
+    answers = [Answer() for _ in range(n)]
+    async for event in events:
+        answers[event.choice].add(event)
+    return answers
 
 
 def _call_id(call: ToolCallEvent) -> str:
@@ -201,47 +221,38 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     events = _events(request, body, body.to_job, max_tokens)
     shape = _ChatShape(body.model, body.logprobs)
     if not body.stream:
-        answer = Answer()
-        async for event in events:
-            answer.add(event)
-        return JSONResponse(shape.whole(answer))
+        return JSONResponse(shape.whole(await _answers(events, body.n)))
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
-        yield shape.chunk({"role": "assistant", "content": ""})  # OpenAI sends the role first
-        called = False
-        pending: list[dict[str, Any]] = []  # log-probabilities of tokens not yet shown
+        for index in range(body.n):  # OpenAI sends each answer's role first
+            yield shape.chunk({"role": "assistant", "content": ""}, index=index)
+        called = [False] * body.n
+        finished: list[DoneEvent | None] = [None] * body.n
+        # Log-probabilities of tokens not yet shown, per answer.
+        pending: list[list[dict[str, Any]]] = [[] for _ in range(body.n)]
         async for event in events:
+            index = event.choice
             if isinstance(event, LogprobsEvent):
-                pending.extend(event.entries)
-            elif isinstance(event, TextEvent):
-                yield shape.chunk({"content": event.text}, logprobs=pending.copy())
-                pending.clear()
-            elif isinstance(event, ThinkingEvent):
-                yield shape.chunk({"reasoning_content": event.text}, logprobs=pending.copy())
-                pending.clear()
+                pending[index].extend(event.entries)
+            elif isinstance(event, TextEvent | ThinkingEvent):
+                key = "content" if isinstance(event, TextEvent) else "reasoning_content"
+                yield shape.chunk({key: event.text}, logprobs=pending[index], index=index)
+                pending[index] = []
             elif isinstance(event, ToolCallEvent):
-                called = True
+                called[index] = True
                 # As OpenAI streams a call: its id and name first, then the arguments.
-                head = {"id": _call_id(event), "type": "function"}
+                head = {"index": event.index, "id": _call_id(event), "type": "function"}
+                name = {**head, "function": {"name": event.name, "arguments": ""}}
+                yield shape.chunk({"tool_calls": [name]}, index=index)
+                arguments = {"arguments": json.dumps(event.arguments)}
                 yield shape.chunk(
-                    {
-                        "tool_calls": [
-                            {
-                                "index": event.index,
-                                **head,
-                                "function": {"name": event.name, "arguments": ""},
-                            }
-                        ]
-                    }
-                )
-                arguments = json.dumps(event.arguments)
-                yield shape.chunk(
-                    {"tool_calls": [{"index": event.index, "function": {"arguments": arguments}}]}
+                    {"tool_calls": [{"index": event.index, "function": arguments}]}, index=index
                 )
             elif isinstance(event, DoneEvent):
-                yield shape.chunk({}, finish_reason(event, called))
-                if body.include_usage:
-                    yield {**shape.chunk({}), "choices": [], "usage": usage(event)}
+                finished[index] = event
+                yield shape.chunk({}, finish_reason(event, called[index]), index=index)
+        if body.include_usage:
+            yield {**shape.chunk({}), "choices": [], "usage": total_usage(finished)}
 
     return await _stream(request, chunks())
 
@@ -256,53 +267,59 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     prefix = body.text() if body.echo else ""
     events = _events(request, body, body.to_job, body.max_tokens)
 
-    def chunk(
-        text: str, done: DoneEvent | None, logprobs: dict[str, Any] | None = None
+    def choice(
+        index: int, text: str, done: DoneEvent | None, logprobs: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        return {
+            "index": index,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason(done) if done else None,
+        }
+
+    def completion(choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "id": completion_id,
             "object": "text_completion",
             "created": created,
             "model": body.model,
             "system_fingerprint": "localserve",
-            "choices": [
-                {
-                    "index": 0,
-                    "text": text,
-                    "logprobs": logprobs,
-                    "finish_reason": finish_reason(done) if done else None,
-                }
-            ],
+            "choices": choices,
         }
 
+    def logprobs_of(entries: list[dict[str, Any]], offset: int) -> dict[str, Any] | None:
+        return legacy_logprobs(entries, offset) if body.logprobs is not None else None
+
     if not body.stream:
-        answer = Answer()
-        async for event in events:
-            answer.add(event)
-        done = answer.done or DoneEvent("", "stop")
-        logprobs = (
-            legacy_logprobs(answer.logprobs, len(prefix)) if body.logprobs is not None else None
+        answers = await _answers(events, body.n)
+        whole = completion(
+            [
+                choice(i, prefix + a.content, a.done, logprobs_of(a.logprobs, len(prefix)))
+                for i, a in enumerate(answers)
+            ]
         )
-        return JSONResponse(
-            {**chunk(prefix + answer.content, done, logprobs), "usage": usage(done)}
-        )
+        return JSONResponse({**whole, "usage": total_usage([a.done for a in answers])})
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
-        yield chunk("", None)
-        pending: list[dict[str, Any]] = []
-        offset = len(prefix)
+        for index in range(body.n):
+            yield completion([choice(index, "", None)])
+        pending: list[list[dict[str, Any]]] = [[] for _ in range(body.n)]
+        offsets = [len(prefix)] * body.n
+        finished: list[DoneEvent | None] = [None] * body.n
         async for event in events:
+            index = event.choice
             if isinstance(event, LogprobsEvent):
-                pending.extend(event.entries)
+                pending[index].extend(event.entries)
             elif isinstance(event, TextEvent):
-                logprobs = legacy_logprobs(pending, offset) if body.logprobs is not None else None
-                yield chunk(event.text, None, logprobs)
-                offset += len(event.text)
-                pending.clear()
+                logprobs = logprobs_of(pending[index], offsets[index])
+                yield completion([choice(index, event.text, None, logprobs)])
+                offsets[index] += len(event.text)
+                pending[index] = []
             elif isinstance(event, DoneEvent):
-                yield chunk("", event)
-                if body.include_usage:
-                    yield {**chunk("", None), "choices": [], "usage": usage(event)}
+                finished[index] = event
+                yield completion([choice(index, "", event)])
+        if body.include_usage:
+            yield {**completion([]), "usage": total_usage(finished)}
 
     return await _stream(request, chunks())
 
