@@ -594,7 +594,11 @@ def test_logprobs_chat_and_completions(client: openai.OpenAI) -> None:
     ("path", "body", "message"),
     [
         ("chat/completions", {"messages": USER, "top_logprobs": 2}, "top_logprobs needs logprobs"),
-        ("completions", {"prompt": "x", "echo": True, "logprobs": 1}, "echo with logprobs"),
+        (
+            "completions",
+            {"prompt": "x", "echo": True, "logprobs": 1, "stream": True},
+            "echo with logprobs",
+        ),
         ("chat/completions", {"messages": USER, "n": 17}, "n"),
     ],
 )
@@ -635,3 +639,26 @@ def test_n_choices(client: openai.OpenAI) -> None:
         model=MODEL, prompt="Once", max_tokens=4, n=2, seed=3, temperature=1.0
     )
     assert [c.index for c in legacy.choices] == [0, 1] and all(c.text for c in legacy.choices)
+
+
+def test_echo_returns_the_prompt_tokens_with_their_logprobs(client: openai.OpenAI) -> None:
+    prompt = "Once upon a time"
+    completion = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=3, temperature=0, echo=True, logprobs=2
+    )
+    (choice,) = completion.choices
+    assert choice.text.startswith(prompt)
+    logprobs = choice.logprobs
+    assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs
+    assert "".join(logprobs.tokens) == choice.text  # prompt tokens, then the answer's
+    assert logprobs.token_logprobs[0] is None  # nothing predicts the first token
+    assert all(isinstance(v, float) and v <= 0 for v in logprobs.token_logprobs[1:])
+    assert completion.usage is not None
+    prompt_count = len(logprobs.tokens) - 3
+    assert completion.usage.prompt_tokens == prompt_count
+    # Loglikelihood scoring (echo, max_tokens 0): the prompt's logprobs alone.
+    scored = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=0, echo=True, logprobs=0
+    )
+    assert scored.choices[0].logprobs is not None
+    assert scored.choices[0].logprobs.token_logprobs == logprobs.token_logprobs[:prompt_count]

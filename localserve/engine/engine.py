@@ -67,6 +67,9 @@ class OutputParser:
 PARK_BYTES = 512 * 1024 * 1024
 # A slot about to be overwritten is parked first when the job drops more than this.
 PARK_MIN_TOKENS = 16
+# Prompt tokens per step for a job that wants their log-probabilities: llama.cpp keeps
+# a row of logits for each (1 MiB a token for Gemma 3's vocabulary).
+PROMPT_LOGPROBS_CHUNK = 64
 
 
 @dataclass
@@ -89,6 +92,9 @@ class Job:
     # Another answer to the same prompt (OpenAI's ``n``): admitted once that job has
     # read the prompt, whose cells it then copies instead of reading it again.
     parent: Job | None = None
+    # Log-probabilities of the prompt's own tokens too (the completions API's ``echo``):
+    # logits for every prompt token, so no cached prefix and small prompt chunks.
+    prompt_logprobs: bool = False
 
     # filled in by the engine
     slot: int = -1
@@ -103,6 +109,7 @@ class Job:
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
     stops: StopMatcher | None = None
     parser: OutputParser | None = None
+    first_row: int = 0  # where this step's prompt chunk starts in the batch
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
     prompt_started_ns: int = 0
     prompt_done_ns: int = 0
@@ -262,7 +269,9 @@ class Engine:
             reuse = common_prefix(slot.tokens, job.tokens)
             donor = max(self.slots, key=lambda s: common_prefix(s.tokens, job.tokens))
             shared = common_prefix(donor.tokens, job.tokens)
-            if self._restore(slot, job.tokens, max(reuse, shared)):
+            if job.prompt_logprobs:
+                reuse = shared = 0  # every prompt token's logits are wanted
+            elif self._restore(slot, job.tokens, max(reuse, shared)):
                 reuse = shared = common_prefix(slot.tokens, job.tokens)
             # Always decode at least the last prompt token: its logits start generation.
             limit = len(job.tokens) - 1
@@ -391,6 +400,8 @@ class Engine:
             else:
                 slot.tokens.extend(job.tokens[job.n_past : job.n_past + count])
                 self.stats.prompt_tokens += count
+                if job.prompt_logprobs:
+                    events.append(self._prompt_logprobs(job, count))
             job.n_past += count
             if row < 0:
                 continue  # more prompt to read
@@ -404,6 +415,29 @@ class Engine:
             token = job.sampler.sample(self.context, row)
             self._on_token(job, token, events, row)
         return events
+
+    def _prompt_logprobs(self, job: Job, count: int) -> LogprobsEvent:
+        """Log-probabilities of the prompt tokens after this step's chunk: row i's
+        logits predict token i + 1; the first token has none (None)."""
+        entries = []
+        if job.n_past == 0:
+            piece = self.model.piece(job.tokens[0])
+            entries.append(
+                {
+                    "token": piece.decode("utf-8", "replace"),
+                    "logprob": None,
+                    "bytes": list(piece),
+                    "top_logprobs": [],
+                }
+            )
+        for i in range(count):
+            following = job.n_past + i + 1
+            if following < len(job.tokens):
+                logits = self.context.logits(job.first_row + i)
+                entries.append(
+                    token_logprob(self.model, logits, job.tokens[following], max(job.logprobs, 0))
+                )
+        return LogprobsEvent(job.id, entries, prompt=True)
 
     def _fill_batch(
         self, generating: list[Job], reading: list[Job], budget: int
@@ -420,8 +454,17 @@ class Engine:
                 break
             remaining = len(job.tokens) - job.n_past
             take = min(remaining, budget)
+            if job.prompt_logprobs:
+                take = min(take, PROMPT_LOGPROBS_CHUNK)
             last = take == remaining
-            self.batch.add(job.tokens[job.n_past : job.n_past + take], job.n_past, job.slot, last)
+            job.first_row = self.batch.n_tokens
+            self.batch.add(
+                job.tokens[job.n_past : job.n_past + take],
+                job.n_past,
+                job.slot,
+                last,
+                want_all_logits=job.prompt_logprobs,
+            )
             plan.append((job, take, self.batch.n_tokens - 1 if last else -1))
             budget -= take
         return plan

@@ -335,7 +335,15 @@ class Batch:
         self.n_tokens = 0
         self.struct.n_tokens = 0
 
-    def add(self, tokens: Sequence[int], start_pos: int, seq: int, want_last_logits: bool) -> None:
+    def add(
+        self,
+        tokens: Sequence[int],
+        start_pos: int,
+        seq: int,
+        want_last_logits: bool,
+        *,
+        want_all_logits: bool = False,
+    ) -> None:
         n = len(tokens)
         i = self.n_tokens
         if i + n > self.capacity:
@@ -343,7 +351,7 @@ class Batch:
         self.token[i : i + n] = tokens
         self.pos[i : i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
         self.n_seq_id[i : i + n] = 1
-        self.logits[i : i + n] = 0
+        self.logits[i : i + n] = 1 if want_all_logits else 0
         for row in range(i, i + n):
             self.seq_ids[row][0] = seq
         if want_last_logits:

@@ -110,6 +110,7 @@ class GenerateJob:
     logprobs: bool = False  # a LogprobsEvent for every generated token
     top_logprobs: int = 0  # with that many likeliest alternatives (0-20)
     n: int = 1  # answers to generate from the one prompt (OpenAI's ``n``)
+    prompt_logprobs: bool = False  # also the prompt tokens' (completions' ``echo``)
 
     def to_wire(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -167,6 +168,7 @@ class LogprobsEvent:
 
     id: str
     entries: list[dict[str, Any]]
+    prompt: bool = False  # entries of prompt tokens (the first one's logprob is None)
     choice: int = 0  # which of the request's ``n`` answers
     type: Literal["logprobs"] = "logprobs"
 

@@ -262,6 +262,7 @@ class Runner:
                 parser_factory=self._parser_factory(request, tools, opened) if parses else None,
                 preserved_tokens=self.preserved if parses else frozenset(),
                 logprobs=request.top_logprobs if request.logprobs else -1,
+                prompt_logprobs=request.prompt_logprobs,
                 # The other answers copy the first one's prompt cells once it has read
                 # the prompt: one prefill for all of them.
                 parent=first,

@@ -154,10 +154,8 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=20)  # the legacy form: top count
 
     def to_job(self, options: SamplingOptions) -> GenerateJob:
-        if self.echo and self.logprobs is not None:
-            # The prompt's own log-probabilities need logits for every prompt token,
-            # which the engine does not compute (docs/api.md).
-            raise InvalidOptionError("echo with logprobs is not supported")
+        if self.echo and self.logprobs is not None and self.stream:
+            raise InvalidOptionError("echo with logprobs is not supported when streaming")
         return GenerateJob(
             prompt=self.text(),
             suffix=self.suffix or None,  # fill-in-the-middle
@@ -166,6 +164,8 @@ class CompletionRequest(SamplingFields):
             logprobs=self.logprobs is not None,
             top_logprobs=self.logprobs or 0,
             n=self.n,
+            # echo with logprobs: the prompt's tokens come back with theirs too.
+            prompt_logprobs=self.echo and self.logprobs is not None,
         )
 
     def text(self) -> str:

@@ -294,7 +294,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         answers = await _answers(events, body.n)
         whole = completion(
             [
-                choice(i, prefix + a.content, a.done, logprobs_of(a.logprobs, len(prefix)))
+                # With echo the entries begin with the prompt's own tokens, at offset 0.
+                choice(i, prefix + a.content, a.done, logprobs_of(a.logprobs, 0))
                 for i, a in enumerate(answers)
             ]
         )
