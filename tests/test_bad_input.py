@@ -324,7 +324,7 @@ FIELD_CASES = [
     ("/v1/chat/completions", V1_CHAT % '"frequency_penalty": -3', "frequency_penalty"),
     ("/v1/chat/completions", V1_CHAT % '"seed": "x"', "seed"),
     ("/v1/chat/completions", V1_CHAT % '"seed": 99999999999999999999999', "seed"),
-    ("/v1/chat/completions", V1_CHAT % '"n": 2', "n"),
+    ("/v1/chat/completions", V1_CHAT % '"n": 17', "n"),
     ("/v1/chat/completions", V1_CHAT % '"stream": "yes"', "stream"),
     ("/v1/chat/completions", V1_CHAT % '"stream_options": 5', "stream_options"),
     ("/v1/chat/completions", V1_CHAT % '"stop": [5]', "stop"),
