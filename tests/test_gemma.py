@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from localserve.engine.client import RunnerClient
 from localserve.engine.options import LoadOptions
-from localserve.engine.protocol import DoneEvent, GenerateJob, TextEvent, event_to_wire
+from tests.support.jobs import collect
 
 pytestmark = pytest.mark.slow
-
-
-async def collect(runner: RunnerClient, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A job given in its wire form: the answer's text and the done event's fields."""
-    text, done = "", {}
-    async for event in runner.generate(GenerateJob.from_wire(request)):
-        if isinstance(event, TextEvent):
-            text += event.text
-        elif isinstance(event, DoneEvent):
-            done = event_to_wire(event)
-    return text, done
 
 
 def test_gemma_batches_caches_and_chats(gemma_gguf_path: Path) -> None:

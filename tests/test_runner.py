@@ -14,7 +14,7 @@ import pytest
 
 from localserve.engine.client import RunnerClient
 from localserve.engine.options import LoadOptions
-from localserve.engine.protocol import DoneEvent, GenerateJob, TextEvent, event_to_wire
+from localserve.engine.protocol import GenerateJob
 from localserve.errors import (
     EngineError,
     InvalidOptionError,
@@ -22,6 +22,7 @@ from localserve.errors import (
     RunnerCrashedError,
 )
 from tests.support.daemon import alive
+from tests.support.jobs import collect
 
 T = TypeVar("T")
 SMALL = LoadOptions(num_ctx=256, num_parallel=2, num_thread=2)
@@ -29,17 +30,6 @@ SMALL = LoadOptions(num_ctx=256, num_parallel=2, num_thread=2)
 
 def run_async(body: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(asyncio.wait_for(body(), 120))  # type: ignore[arg-type]
-
-
-async def collect(runner: RunnerClient, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A job given in its wire form: the answer's text and the done event's fields."""
-    text, done = "", {}
-    async for event in runner.generate(GenerateJob.from_wire(request)):
-        if isinstance(event, TextEvent):
-            text += event.text
-        elif isinstance(event, DoneEvent):
-            done = event_to_wire(event)
-    return text, done
 
 
 def test_load_generate_chat_and_stats(tiny_gguf_path: Path) -> None:

@@ -38,7 +38,29 @@ Call = tuple[str, dict[str, Any], str]  # name, arguments, the model's call id
 # model writes them) does not make a call unreadable; it is escaped again on the wire.
 
 
-class AnswerParser:
+class StreamParser:
+    """Text in as it is generated, events out: ``feed`` with each piece, ``flush`` at
+    the end. Subclasses keep what they cannot decide yet in ``_buffer``."""
+
+    def __init__(self, job_id: str, tool_names: Sequence[str], show_thinking: bool) -> None:
+        self.job_id = job_id
+        self.tool_names = frozenset(tool_names)
+        self.show_thinking = show_thinking
+        self.calls = 0  # tool calls emitted so far (each call's index)
+        self._buffer = ""
+
+    def feed(self, text: str) -> list[Event]:
+        self._buffer += text
+        return self._drain(final=False)
+
+    def flush(self) -> list[Event]:
+        return self._drain(final=True)
+
+    def _drain(self, *, final: bool) -> list[Event]:
+        raise NotImplementedError
+
+
+class AnswerParser(StreamParser):
     """Text in, events out; see the module docstring."""
 
     def __init__(
@@ -51,26 +73,13 @@ class AnswerParser:
         in_thinking: bool = False,
         show_thinking: bool = True,
     ) -> None:
-        self.job_id = job_id
+        super().__init__(job_id, tool_names, show_thinking)
         self.tools = tools
-        self.tool_names = frozenset(tool_names)
         self.thinking = thinking
-        self.show_thinking = show_thinking
-        self.calls = 0
-        self._buffer = ""
         self._state = "thinking" if thinking and in_thinking else "start"
         self._after_thinking = False
         self._after_call = False
         self._starts = tools.starts if tools else ()
-
-    # ----------------------------------------------------------------- interface
-
-    def feed(self, text: str) -> list[Event]:
-        self._buffer += text
-        return self._drain(final=False)
-
-    def flush(self) -> list[Event]:
-        return self._drain(final=True)
 
     # ------------------------------------------------------------------- states
 
@@ -183,29 +192,20 @@ class AnswerParser:
             events.append(ThinkingEvent(self.job_id, text))
 
 
-class HarmonyParser:
+class HarmonyParser(StreamParser):
     """gpt-oss answers: ``<|channel|>NAME[ to=functions.F]...<|message|>BODY<|end|>``
     messages, each after ``<|start|>assistant`` but the first (the prompt wrote it)."""
 
     _HEADER = re.compile(r"<\|channel\|>\s*(\w+)(.*?)<\|message\|>", re.DOTALL)
     _ENDS = ("<|end|>", "<|call|>", "<|return|>", "<|start|>")
 
-    def __init__(self, job_id: str, *, tool_names: Sequence[str] = (), show_thinking: bool = True):
-        self.job_id = job_id
-        self.tool_names = frozenset(tool_names)
-        self.show_thinking = show_thinking
-        self.calls = 0
-        self._buffer = ""
+    def __init__(
+        self, job_id: str, *, tool_names: Sequence[str] = (), show_thinking: bool = True
+    ) -> None:
+        super().__init__(job_id, tool_names, show_thinking)
         self._channel: str | None = None  # None: reading a header
         self._recipient = ""
         self._body = ""
-
-    def feed(self, text: str) -> list[Event]:
-        self._buffer += text
-        return self._drain(final=False)
-
-    def flush(self) -> list[Event]:
-        return self._drain(final=True)
 
     def _drain(self, *, final: bool) -> list[Event]:
         events: list[Event] = []
