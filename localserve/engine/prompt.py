@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from localserve.engine.llama import Model
-from localserve.engine.templates import ChatTemplate, strip_leading_bos, validate_messages
+from localserve.engine.templates import (
+    FALLBACK_STOPS,
+    ChatTemplate,
+    strip_leading_bos,
+    validate_messages,
+)
 from localserve.errors import InvalidOptionError, PromptTooLongError
 
 
@@ -33,6 +38,8 @@ class Prompt:
     dropped_messages: int = 0
     # The end of the rendered text: whether the template opened a thinking block.
     tail: str = ""
+    # Stop strings the format adds: the fallback's next turn for a template-less chat.
+    stops: tuple[str, ...] = ()
 
 
 TAIL_CHARS = 64
@@ -143,6 +150,7 @@ class PromptBuilder:
         turns = validate_messages(messages)
         kwargs = dict(template_kwargs or {})
         tails: dict[int, str] = {}
+        stops = () if self.has_template else FALLBACK_STOPS
         budget = num_ctx - reserve_for_answer(num_ctx)
         # Shorter and shorter versions of the chat (each drops the oldest droppable
         # turns); more dropped never means longer, so a binary search finds the
@@ -160,12 +168,12 @@ class PromptBuilder:
 
         tokens = tokens_at(0)
         if len(tokens) <= budget:
-            return Prompt(tokens, tail=tails[0])
+            return Prompt(tokens, tail=tails[0], stops=stops)
         low, high = 1, len(versions) - 1  # the answer lies in [low, high]
         best = tokens_at(high)
         if len(best) > budget:
             if len(best) < num_ctx:  # tight, but it fits
-                return Prompt(best, len(turns) - len(versions[high]), tails[high])
+                return Prompt(best, len(turns) - len(versions[high]), tails[high], stops)
             raise PromptTooLongError(
                 f"the latest message with the system prompt is {len(best)} tokens, "
                 f"but the context holds {num_ctx}",
@@ -178,7 +186,7 @@ class PromptBuilder:
                 high, best = middle, candidate
             else:
                 low = middle + 1
-        return Prompt(best, len(turns) - len(versions[high]), tails[high])
+        return Prompt(best, len(turns) - len(versions[high]), tails[high], stops)
 
 
 def _drop_oldest(turns: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

@@ -34,7 +34,6 @@ from localserve.engine.protocol import (
     encode,
     event_to_wire,
 )
-from localserve.engine.templates import FALLBACK_STOPS
 from localserve.errors import (
     InvalidOptionError,
     LocalserveError,
@@ -244,8 +243,8 @@ class Runner:
                 grammar, triggers = enforced.gbnf, enforced.triggers
         parses = not request.raw and bool(tools or chat.thinks)
         options = request.options
-        if request.messages is not None and not self.builder.has_template:
-            options = replace(options, stop=(*options.stop, *FALLBACK_STOPS))
+        if prompt.stops:
+            options = replace(options, stop=(*options.stop, *prompt.stops))
         first: Job | None = None
         for choice in range(max(1, request.n)):
             seeded = options

@@ -227,13 +227,18 @@ def _write(
     if with_model_metadata:
         _add_model_metadata(writer, spec, tiny_vocab(spec.fim))
     extra(writer)
+    finish_gguf(writer, tensors)
+    return path
+
+
+def finish_gguf(writer: gguf.GGUFWriter, tensors: list[tuple[str, np.ndarray]]) -> None:
+    """Add the tensors, write the file and close it (metadata already added)."""
     for name, array in tensors:
         writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
 
 
 def write_tiny_gguf(

@@ -15,6 +15,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from tests.support.tiny_gguf import finish_gguf
+
 
 def write_tiny_projector(
     path: str | Path,
@@ -89,10 +91,5 @@ def write_tiny_projector(
         # ne[0] is the text model's width: the projector's output must match it.
         ("mm.input_projection.weight", weights(width, text_embd)),
     ]
-    for name, array in tensors:
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer, tensors)
     return path

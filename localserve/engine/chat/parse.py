@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,7 @@ Call = tuple[str, dict[str, Any], str]  # name, arguments, the model's call id
 # model writes them) does not make a call unreadable; it is escaped again on the wire.
 
 
-class StreamParser:
+class StreamParser(ABC):
     """Text in as it is generated, events out: ``feed`` with each piece, ``flush`` at
     the end. Subclasses keep what they cannot decide yet in ``_buffer``."""
 
@@ -56,8 +57,9 @@ class StreamParser:
     def flush(self) -> list[Event]:
         return self._drain(final=True)
 
+    @abstractmethod
     def _drain(self, *, final: bool) -> list[Event]:
-        raise NotImplementedError
+        """Events for what the buffer now decides (everything, when ``final``)."""
 
 
 class AnswerParser(StreamParser):

@@ -8,12 +8,13 @@ import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from localserve.engine.options import SamplingOptions
 from localserve.engine.protocol import (
     DoneEvent,
     Event,
@@ -76,7 +77,10 @@ async def model(name: str, request: Request) -> dict[str, Any]:
 
 
 async def _events(
-    request: Request, body: SamplingFields, build: Any, max_tokens: int | None
+    request: Request,
+    body: SamplingFields,
+    build: Callable[[SamplingOptions], GenerateJob],
+    max_tokens: int | None,
 ) -> AsyncIterator[Event]:
     """The engine's events for a request; ``build(sampling)`` makes its job."""
     model_req, sampling = model_request(
@@ -86,7 +90,7 @@ async def _events(
         keep_alive_seconds(body.keep_alive),
         body.overrides(max_tokens),
     )
-    job: GenerateJob = build(sampling)
+    job = build(sampling)
     await check_capabilities(request, body.model, job)
     metrics = request.app.state.metrics
     started = time.perf_counter_ns()
