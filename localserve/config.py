@@ -113,6 +113,9 @@ class Settings(BaseSettings):
         ge=16,
         description="Context per sequence, capped at the model's training context.",
     )
+    max_images: int = Field(
+        default=16, ge=0, description="Images and sounds one request may carry."
+    )
     api_key: SecretStr | None = Field(
         default=None, description="Bearer key the daemon requires; needed to bind beyond loopback."
     )

@@ -16,6 +16,7 @@ the server's exception handlers); nothing below matches on message text.
     │   └── RunnerCrashedError                   the runner process died (crash, abort, kill)
     ├── StoreError
     │   ├── InvalidGGUFError (ValueError)        not a GGUF we are willing to hand to llama.cpp
+    │   │   └── WrongGGUFKindError               a model where a projector belongs, or the reverse
     │   ├── DigestMismatchError                  bytes on disk do not hash to their digest
     │   ├── DamagedModelError                    a stored model's file changed since it was verified
     │   ├── DiskFullError (OSError)              no room to write a download or import
@@ -118,6 +119,17 @@ class InvalidGGUFError(StoreError, ValueError):
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: not a valid GGUF file: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class WrongGGUFKindError(InvalidGGUFError):
+    """A GGUF of the wrong kind for its place: a multimodal projector (mmproj) given as
+    a model, or anything but a projector given as one. The file may be well formed;
+    ``reason`` says what it is instead."""
+
+    def __init__(self, path: str, reason: str, *, hint: str | None = None) -> None:
+        StoreError.__init__(self, f"{path}: {reason}", hint=hint)
         self.path = path
         self.reason = reason
 

@@ -459,7 +459,7 @@ def test_64_mb_bodies_are_refused_unread(
     for response in (declared, streamed):
         assert response.status_code == 413, response.text
         assert f"{MAX_BODY >> 20} MiB" in error_message(path, response)
-    # At most the 16 MiB allowed was held, never the whole 64 MiB.
+    # At most the MAX_BODY allowed was held, never the whole 64 MiB.
     assert high_water_mark(daemon.pid) - peak < MAX_BODY + (16 << 20)
 
 

@@ -13,10 +13,13 @@ Used by both faces of ``localserve run``: the one-shot answer and the interactiv
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from localserve.client.types import ChatResponse, Message
@@ -26,6 +29,32 @@ if TYPE_CHECKING:
     from rich.status import Status
 
     from localserve.client import Client
+
+
+# A path to a picture or a sound: quoted, or unquoted with backslash-escaped spaces
+# (what a terminal pastes when a file is dropped on it).
+_MEDIA_PATH = re.compile(
+    r"""(?P<q>['"])(?P<quoted>[^'"]+?\.(?:png|jpe?g|gif|bmp|wav|mp3|flac))(?P=q)"""
+    r"""|(?P<bare>(?:~|\.{1,2})?/?(?:[^\s'"\\]|\\ )+?\.(?:png|jpe?g|gif|bmp|wav|mp3|flac))(?=$|[\s,;:!?)])""",
+    re.IGNORECASE,
+)
+
+
+def attach_files(prompt: str) -> tuple[str, list[Path]]:
+    """The prompt without the paths of existing media files in it, and those files.
+    Paths of files that do not exist stay in the text as they were."""
+    found: list[Path] = []
+
+    def take(match: re.Match[str]) -> str:
+        raw = match.group("quoted") or match.group("bare").replace("\\ ", " ")
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            return match.group(0)
+        found.append(path)
+        return ""
+
+    text = _MEDIA_PATH.sub(take, prompt)
+    return (" ".join(text.split()) if found else prompt), found
 
 
 @dataclass
@@ -51,16 +80,21 @@ class Conversation:
     hide_thinking: bool = False
     messages: list[Message] = field(default_factory=list)
 
-    def request(self, prompt: str) -> list[Message]:
+    def request(self, prompt: str, images: tuple[str, ...] = ()) -> list[Message]:
         system = [Message("system", self.system)] if self.system else []
-        return [*system, *self.messages, Message("user", prompt)]
+        return [*system, *self.messages, Message("user", prompt, images=images)]
 
     def ask(self, client: Client, prompt: str, out: TextIO, err: Console) -> Answer:
-        """Stream the answer to ``prompt`` onto ``out`` and remember the turn."""
+        """Stream the answer to ``prompt`` onto ``out`` and remember the turn. Paths
+        of existing image (or sound) files in the prompt attach them, as in Ollama."""
+        prompt, attached = attach_files(prompt)
+        for path in attached:
+            err.print(f"Added image '{path}'", markup=False, highlight=False)
+        images = tuple(base64.b64encode(path.read_bytes()).decode() for path in attached)
         answer = stream_answer(
             client,
             self.model,
-            self.request(prompt),
+            self.request(prompt, images),
             options=self.options,
             format=self.format,
             keep_alive=self.keep_alive,
@@ -72,7 +106,10 @@ class Conversation:
         )
         # Keep the turn even when interrupted: the partial answer stands in for the
         # reply, so roles keep alternating (some chat templates refuse two user turns).
-        self.messages += [Message("user", prompt), Message("assistant", answer.text)]
+        self.messages += [
+            Message("user", prompt, images=images),
+            Message("assistant", answer.text),
+        ]
         if self.verbose and answer.final is not None:
             print_stats(answer, err)
         return answer

@@ -348,6 +348,16 @@ def _info(facts: ShowResponse) -> str:
     ]
     lines = ["  Model"]
     lines += [f"    {label:<20}{value}" for label, value in rows if value not in (None, "")]
+    projector = facts.projector_info
+    if projector:
+        rows = [
+            ("type", projector.get("clip.projector_type")),
+            ("parameters", projector.get("general.parameter_count")),
+            ("image size", projector.get("clip.vision.image_size")),
+            ("patch size", projector.get("clip.vision.patch_size")),
+        ]
+        lines += ["", "  Projector"]
+        lines += [f"    {label:<20}{value}" for label, value in rows if value not in (None, "")]
     if facts.capabilities:
         lines += ["", "  Capabilities"] + [f"    {c}" for c in facts.capabilities]
     return "\n".join(lines)

@@ -35,6 +35,14 @@ def pull(
     connections: Annotated[
         int, typer.Option(min=1, max=16, help="Parallel connections for large files.")
     ] = 4,
+    no_mmproj: Annotated[
+        bool,
+        typer.Option(
+            "--no-mmproj",
+            help="Leave out the repository's multimodal projector (images in), "
+            "which is pulled with the model by default.",
+        ),
+    ] = False,
 ) -> None:
     """Download a GGUF model from Hugging Face (resumable, sha256-verified)."""
     from localserve.store.download import DownloadOptions
@@ -44,7 +52,9 @@ def pull(
     # A bad name fails here, before anything touches the network; so does a damaged
     # local model, with how to repair it.
     hub_ref(model, store)
-    events = pull_model(store, model, options=DownloadOptions(connections=connections))
+    events = pull_model(
+        store, model, options=DownloadOptions(connections=connections), projector=not no_mmproj
+    )
     try:
         with contextlib.closing(events):
             output.show_progress(events)
@@ -66,16 +76,25 @@ def import_(
     name: Annotated[
         str, typer.Argument(help="Name to give it, e.g. mymodel or mymodel:q4.", show_default=False)
     ],
+    mmproj: Annotated[
+        Path | None,
+        typer.Option(
+            "--mmproj",
+            help="The model's multimodal projector (an mmproj .gguf), for images in.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Add a local GGUF file to the store under a name (hard-linked when possible)."""
     from localserve.store.importing import import_gguf
     from localserve.store.refs import parse_ref
 
     ref = parse_ref(name)
-    events = import_gguf(_store(), file, name)
+    events = import_gguf(_store(), file, name, projector=mmproj)
     with contextlib.closing(events):
         output.show_progress(events)
-    output.stderr().print(f"imported {file.name} as {ref}")
+    with_projector = f" with projector {mmproj.name}" if mmproj is not None else ""
+    output.stderr().print(f"imported {file.name}{with_projector} as {ref}")
 
 
 @app.command("list")
@@ -94,7 +113,7 @@ def list_(as_json: JsonOpt = False) -> None:
         table.add_row(
             m.name,
             m.manifest.short_id,
-            output.human_size(m.manifest.size),
+            output.human_size(m.manifest.total_size),
             output.human_age(m.modified_at),
         )
     output.stdout().print(table)
@@ -105,10 +124,11 @@ def _model_entry(m: StoredModel) -> dict[str, Any]:
         "name": m.name,
         "id": m.manifest.short_id,
         "digest": f"sha256:{m.manifest.digest}",
-        "size": m.manifest.size,
+        "size": m.manifest.total_size,
         "modified_at": m.modified_at.isoformat(),
         "quantization": m.manifest.quantization,
         "files": [entry.filename for entry in m.manifest.files],
+        "projector": m.manifest.projector.filename if m.manifest.projector else None,
         "source": m.manifest.source.model_dump(),
     }
 
@@ -125,14 +145,16 @@ def show(
     """Show a model's architecture, size, quantization, context length and licence."""
     store = _store()
     ref, manifest = store.get(model)
-    from localserve.store.gguf import parameter_size_label, read_gguf_model
+    from localserve.store.gguf import parameter_size_label, read_gguf_model, read_projector
 
     info = read_gguf_model(store.blob_paths(manifest))
+    projector_path = store.projector_path(manifest)
+    projector = read_projector(projector_path) if projector_path is not None else None
     facts: dict[str, Any] = {
         "name": str(ref),
         "id": manifest.short_id,
         "digest": f"sha256:{manifest.digest}",
-        "size": manifest.size,
+        "size": manifest.total_size,
         "architecture": info.architecture,
         "parameters": parameter_size_label(info.parameter_count),
         "parameter_count": info.parameter_count,
@@ -144,11 +166,23 @@ def show(
         "capabilities": [
             *_capabilities(info.chat_template),
             *(["insert"] if info.fill_in_the_middle else []),
+            *(projector.modalities if projector is not None else ()),
             "embedding",
         ],
         "license": info.license,
         "source": manifest.source.model_dump(),
+        "projector": None,
     }
+    if projector is not None and manifest.projector is not None:
+        facts["projector"] = {
+            "file": manifest.projector.filename,
+            "digest": f"sha256:{manifest.projector.digest}",
+            "size": manifest.projector.size,
+            "projector_type": projector.projector_type,
+            "vision": projector.has_vision,
+            "audio": projector.has_audio,
+            "embedding_length": projector.n_embd_out,
+        }
     if template:
         typer.echo(info.chat_template or "")
         return
@@ -174,7 +208,13 @@ def show(
         table.add_row(label, str(facts[key]) if facts[key] is not None else "unknown")
     table.add_row("chat template", "yes" if info.chat_template else "none (raw completion)")
     table.add_row("capabilities", ", ".join(facts["capabilities"]))
-    table.add_row("size", output.human_size(manifest.size))
+    if projector is not None:
+        kinds = " and ".join(projector.modalities)
+        table.add_row(
+            "projector",
+            f"{projector.projector_type} ({kinds}), {output.human_size(projector.size)}",
+        )
+    table.add_row("size", output.human_size(manifest.total_size))
     source = manifest.source
     table.add_row(
         "source",

@@ -42,9 +42,13 @@ class Message:
     role: str
     content: str
     thinking: str = ""  # a thinking model's reasoning (never sent back in a history)
+    images: tuple[str, ...] = ()  # base64 images (or sounds) attached to the message
 
     def to_wire(self) -> dict[str, Any]:
-        return {"role": self.role, "content": self.content}
+        wire: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.images:
+            wire["images"] = list(self.images)
+        return wire
 
     @classmethod
     def from_wire(cls, data: Any) -> Message:
@@ -240,6 +244,7 @@ class ShowResponse:
     model_info: dict[str, Any] = field(default_factory=dict)
     capabilities: tuple[str, ...] = ()
     modified_at: datetime | None = None
+    projector_info: dict[str, Any] = field(default_factory=dict)  # the mmproj's metadata
 
     def info(self, key: str) -> Any:
         """A GGUF fact by its architecture-free name: ``info("context_length")``."""
@@ -250,6 +255,7 @@ class ShowResponse:
     def from_wire(cls, data: dict[str, Any]) -> ShowResponse:
         info = data.get("model_info")
         capabilities = data.get("capabilities")
+        projector = data.get("projector_info")
         return cls(
             modelfile=str(data.get("modelfile") or ""),
             parameters=str(data.get("parameters") or ""),
@@ -262,4 +268,5 @@ class ShowResponse:
             if isinstance(capabilities, list)
             else (),
             modified_at=parse_timestamp(data.get("modified_at")),
+            projector_info=dict(projector) if isinstance(projector, dict) else {},
         )

@@ -73,6 +73,7 @@ class RunnerClient:
         paths: Sequence[Path],
         options: LoadOptions,
         *,
+        projector: Path | None = None,
         env: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> RunnerClient:
@@ -92,7 +93,14 @@ class RunnerClient:
         assert process.stdin is not None
         assert process.stdout is not None
         process.stdin.write(
-            encode({"op": "load", "paths": [str(p) for p in paths], "options": options.to_dict()})
+            encode(
+                {
+                    "op": "load",
+                    "paths": [str(p) for p in paths],
+                    "projector": str(projector) if projector else None,
+                    "options": options.to_dict(),
+                }
+            )
         )
         try:
             first = await asyncio.wait_for(_read_frame(process.stdout), timeout)

@@ -43,6 +43,7 @@ from typing import Any
 
 from localserve.engine.llama import Batch, Context, Model, Sampler
 from localserve.engine.logprobs import token_logprob
+from localserve.engine.media import MediaChunk, Projector
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.protocol import DoneEvent, ErrorEvent, Event, LogprobsEvent, TextEvent
 from localserve.engine.text import StopMatcher, Utf8Stream
@@ -95,6 +96,9 @@ class Job:
     # Log-probabilities of the prompt's own tokens too (the completions API's ``echo``):
     # logits for every prompt token, so no cached prefix and small prompt chunks.
     prompt_logprobs: bool = False
+    # Images and sounds, by where they start in ``tokens`` (which holds placeholder
+    # ids for them: media.py). Each is decoded in a step of its own.
+    media: dict[int, MediaChunk] = field(default_factory=dict)
 
     # filled in by the engine
     slot: int = -1
@@ -113,6 +117,19 @@ class Job:
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
     prompt_started_ns: int = 0
     prompt_done_ns: int = 0
+
+    def media_boundary(self, position: int) -> int:
+        """``position``, or the start of the medium it falls inside: a cached prefix may
+        end before an image or after it, never in the middle."""
+        for start, chunk in self.media.items():
+            if start < position < start + chunk.n_pos:
+                return start
+        return position
+
+    def text_ahead(self) -> int:
+        """Prompt ids from ``n_past`` up to the next medium (or the prompt's end)."""
+        following = [start for start in self.media if start >= self.n_past]
+        return (min(following) if following else len(self.tokens)) - self.n_past
 
 
 @dataclass
@@ -133,6 +150,7 @@ class EngineStats:
     max_jobs_in_step: int = 0  # most jobs that shared one llama_decode
     multi_job_steps: int = 0  # steps that decoded tokens of two jobs or more
     kv_full_retries: int = 0
+    media_encoded: int = 0  # images and sounds encoded (cached ones are not)
     parked: int = 0  # idle sequences moved to host memory
     restored: int = 0  # parked sequences a job continued
 
@@ -156,8 +174,10 @@ class Engine:
         n_threads: int,
         kv_cells: int | None = None,
         park_idle: bool = True,
+        projector: Projector | None = None,
     ) -> None:
         self.model = model
+        self.projector = projector
         self.options = options
         # ``park_idle`` off keeps idle sequences in the KV cache (tests of the full pool).
         self.park_idle = park_idle
@@ -198,6 +218,10 @@ class Engine:
             )
         if job.id in self.jobs:
             raise EngineError(f"duplicate request id {job.id}")
+        if job.media and self.projector is None:
+            raise EngineError("a prompt with media for a model without a projector")
+        if job.tokens[-1] < 0:
+            raise PromptTooLongError("the prompt must end with text, not with an image")
         job.sampler = Sampler(self.model, job.options, job.grammar, job.grammar_triggers)
         job.stops = StopMatcher(job.options.stop)
         job.parser = (job.parser_factory or OutputParser)(job.id)
@@ -273,6 +297,7 @@ class Engine:
                 reuse = shared = 0  # every prompt token's logits are wanted
             elif self._restore(slot, job.tokens, max(reuse, shared)):
                 reuse = shared = common_prefix(slot.tokens, job.tokens)
+            reuse, shared = job.media_boundary(reuse), job.media_boundary(shared)
             # Always decode at least the last prompt token: its logits start generation.
             limit = len(job.tokens) - 1
             if shared > reuse and donor is not slot:
@@ -298,7 +323,7 @@ class Engine:
                 self.stats.prefix_hits += 1
                 self.stats.prefix_tokens += reuse
             assert job.sampler is not None
-            job.sampler.accept_prompt(job.tokens)
+            job.sampler.accept_prompt([t for t in job.tokens if t >= 0])
             slot.job = job
             slot.last_used = next(self._clock)
             for idle in self.slots:
@@ -359,6 +384,15 @@ class Engine:
         budget = n_batch - len(generating)
         if generating:
             budget = min(budget, self.options.prefill_chunk)
+        # A medium takes a step of its own (its embeddings are a batch of their own);
+        # one per step, so that other streams wait for one medium at most. Jobs at a
+        # medium that is not their turn sit this step out.
+        at_media = [j for j in reading if j.n_past in j.media]
+        if at_media:
+            self._evaluate_media(at_media[0], events)
+            reading = [j for j in reading if j.n_past not in j.media and j.id in self.jobs]
+            if not generating and not reading:
+                return events
         while True:
             plan = self._fill_batch(generating, reading, budget)
             started = time.perf_counter_ns()
@@ -452,11 +486,11 @@ class Engine:
         for job in reading:
             if budget <= 0:
                 break
-            remaining = len(job.tokens) - job.n_past
+            remaining = job.text_ahead()
             take = min(remaining, budget)
             if job.prompt_logprobs:
                 take = min(take, PROMPT_LOGPROBS_CHUNK)
-            last = take == remaining
+            last = job.n_past + take == len(job.tokens)
             job.first_row = self.batch.n_tokens
             self.batch.add(
                 job.tokens[job.n_past : job.n_past + take],
@@ -468,6 +502,27 @@ class Engine:
             plan.append((job, take, self.batch.n_tokens - 1 if last else -1))
             budget -= take
         return plan
+
+    def _evaluate_media(self, job: Job, events: list[Event]) -> None:
+        """Encode the medium at ``job.n_past`` and decode it into the job's sequence."""
+        assert self.projector is not None
+        chunk = job.media[job.n_past]
+        if not job.prompt_started_ns:
+            job.prompt_started_ns = time.perf_counter_ns()
+        while True:
+            rc = self.projector.evaluate(chunk, self.context, job.n_past, job.slot)
+            if rc == 0:
+                break
+            # Part of it may be in: drop that, then make room as for text, or give up.
+            self.context.seq_rm(job.slot, job.n_past, -1)
+            self.stats.kv_full_retries += 1
+            if not self._free_idle_cache():
+                self._fail(job, f"the {chunk.kind} could not be decoded (llama.cpp: {rc})", events)
+                return
+        self.stats.media_encoded += 1
+        self.stats.prompt_tokens += chunk.n_tokens
+        self.slots[job.slot].tokens.extend(job.tokens[job.n_past : job.n_past + chunk.n_pos])
+        job.n_past += chunk.n_pos
 
     def _free_idle_cache(self) -> bool:
         """Drop the cached prefix of the least recently used idle slot, if any."""
@@ -523,7 +578,10 @@ class Engine:
                 eval_duration=max(0, now - prompt_end) if job.prompt_done_ns else 0,
                 queue_duration=max(0, (job.prompt_started_ns or now) - job.submitted_ns),
                 dropped_messages=job.dropped_messages,
-                context=job.tokens + job.output if job.want_context else None,
+                # Without media placeholders: a later request cannot send those back.
+                context=[t for t in job.tokens if t >= 0] + job.output
+                if job.want_context
+                else None,
             )
         )
         self._release(job)

@@ -19,10 +19,11 @@ wanted one and the vocabulary does not), so no prompt starts with two.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from localserve.engine.llama import Model
+from localserve.engine.media import MediaChunk, MediaPrompt, Projector
 from localserve.engine.templates import (
     FALLBACK_STOPS,
     ChatTemplate,
@@ -40,6 +41,8 @@ class Prompt:
     tail: str = ""
     # Stop strings the format adds: the fallback's next turn for a template-less chat.
     stops: tuple[str, ...] = ()
+    # Images and sounds, by where their placeholders start in ``tokens`` (media.py).
+    media: dict[int, MediaChunk] = field(default_factory=dict)
 
 
 TAIL_CHARS = 64
@@ -51,8 +54,11 @@ def reserve_for_answer(num_ctx: int) -> int:
 
 
 class PromptBuilder:
-    def __init__(self, model: Model, template_source: str | None) -> None:
+    def __init__(
+        self, model: Model, template_source: str | None, projector: Projector | None = None
+    ) -> None:
         self.model = model
+        self.projector = projector
         self.bos_text = model.token_text(model.bos) if model.add_bos or template_source else ""
         self.template = ChatTemplate(
             template_source,
@@ -64,14 +70,29 @@ class PromptBuilder:
     def has_template(self) -> bool:
         return not self.template.is_fallback
 
-    def tokens_of(self, rendered: str) -> list[int]:
+    def tokens_of(self, rendered: str, media: Sequence[bytes] = ()) -> MediaPrompt:
         text, had_bos = (
             strip_leading_bos(rendered, self.bos_text) if self.bos_text else (rendered, False)
         )
-        tokens = self.model.tokenize(text, add_special=self.model.add_bos, parse_special=True)
+        if media:
+            assert self.projector is not None  # media_marker() refused it before
+            found = self.projector.tokenize(text, media, add_special=self.model.add_bos)
+        else:
+            tokens = self.model.tokenize(text, add_special=self.model.add_bos, parse_special=True)
+            found = MediaPrompt(tokens, {})
         if had_bos and not self.model.add_bos and self.model.bos >= 0:
-            tokens.insert(0, self.model.bos)
-        return tokens
+            found = MediaPrompt(
+                [self.model.bos, *found.tokens], {k + 1: v for k, v in found.media.items()}
+            )
+        return found
+
+    def media_marker(self, count: int) -> str:
+        """Where ``count`` media go in a message's text (before it, as Ollama puts them)."""
+        if not count:
+            return ""
+        if self.projector is None:
+            raise InvalidOptionError("the model does not support images")
+        return self.projector.marker * count
 
     def completion(
         self,
@@ -82,8 +103,11 @@ class PromptBuilder:
         num_ctx: int,
         context: object = None,
         template_kwargs: Mapping[str, Any] | None = None,
+        images: Sequence[bytes] = (),
     ) -> Prompt:
         tail = ""
+        prompt = self.media_marker(len(images)) + prompt
+        found = MediaPrompt([], {})
         if context:
             # Ollama's ``context``: the token ids a previous /api/generate returned; the
             # new prompt continues them (it already holds the BOS and the template).
@@ -93,14 +117,24 @@ class PromptBuilder:
                 raise InvalidOptionError(
                     "context must be a list of token ids from a previous response"
                 )
-            tokens = list(context) + self.model.tokenize(
-                prompt, add_special=False, parse_special=True
-            )
+            if images:
+                assert self.projector is not None
+                more = self.projector.tokenize(prompt, images, add_special=False)
+                found = MediaPrompt(
+                    list(context) + more.tokens,
+                    {k + len(context): v for k, v in more.media.items()},
+                )
+            else:
+                found = MediaPrompt(
+                    list(context)
+                    + self.model.tokenize(prompt, add_special=False, parse_special=True),
+                    {},
+                )
         elif raw or not self.has_template:
             # No template, but still the BOS the vocabulary asks for (as llama.cpp's
             # server does): a model fed no BOS answers noticeably worse.
             text = f"{system}\n\n{prompt}" if system and not raw else prompt
-            tokens = self.tokens_of(text)
+            found = self.tokens_of(text, images)
         else:
             messages: list[dict[str, Any]] = []
             if system:
@@ -110,13 +144,15 @@ class PromptBuilder:
                 messages, add_generation_prompt=True, **dict(template_kwargs or {})
             )
             tail = rendered[-TAIL_CHARS:]
-            tokens = self.tokens_of(rendered)
-        if len(tokens) >= num_ctx:
+            found = self.tokens_of(rendered, images)
+        if len(found.tokens) >= num_ctx:
             raise PromptTooLongError(
-                f"the prompt is {len(tokens)} tokens, but the context holds {num_ctx}",
-                hint="shorten the prompt or raise num_ctx",
+                f"the prompt is {len(found.tokens)} tokens"
+                + (" with its images" if images else "")
+                + f", but the context holds {num_ctx}",
+                hint="shorten the prompt, send fewer or smaller images, or raise num_ctx",
             )
-        return Prompt(tokens, tail=tail)
+        return Prompt(found.tokens, tail=tail, media=found.media)
 
     def infill(self, prefix: str, suffix: str, *, num_ctx: int) -> Prompt:
         """Fill-in-the-middle, prefix-suffix-middle order as llama.cpp's /infill lays it
@@ -146,8 +182,18 @@ class PromptBuilder:
         num_ctx: int,
         tools: Sequence[Mapping[str, Any]] | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
+        images: Mapping[int, Sequence[bytes]] | None = None,
     ) -> Prompt:
+        """``images``: the media of each message, by its index in ``messages``."""
         turns = validate_messages(messages)
+        # Each message's media, found again by identity in the shortened versions below
+        # (they share the message dicts); their markers go before its text.
+        media_of: dict[int, Sequence[bytes]] = {}
+        for index, media in (images or {}).items():
+            if media:
+                turn = turns[index]
+                turn["content"] = self.media_marker(len(media)) + turn["content"]
+                media_of[id(turn)] = media
         kwargs = dict(template_kwargs or {})
         tails: dict[int, str] = {}
         stops = () if self.has_template else FALLBACK_STOPS
@@ -159,34 +205,40 @@ class PromptBuilder:
         while (shorter := _drop_oldest(versions[-1])) is not None:
             versions.append(shorter)
 
-        def tokens_at(index: int) -> list[int]:
+        def tokens_at(index: int) -> MediaPrompt:
             rendered = self.template.render(
                 versions[index], add_generation_prompt=True, tools=tools, **kwargs
             )
             tails[index] = rendered[-TAIL_CHARS:]
-            return self.tokens_of(rendered)
+            media = [data for turn in versions[index] for data in media_of.get(id(turn), ())]
+            return self.tokens_of(rendered, media)
 
-        tokens = tokens_at(0)
-        if len(tokens) <= budget:
-            return Prompt(tokens, tail=tails[0], stops=stops)
+        def prompt(found: MediaPrompt, index: int) -> Prompt:
+            dropped = len(turns) - len(versions[index])
+            return Prompt(found.tokens, dropped, tails[index], stops, found.media)
+
+        first = tokens_at(0)
+        if len(first.tokens) <= budget:
+            return prompt(first, 0)
         low, high = 1, len(versions) - 1  # the answer lies in [low, high]
         best = tokens_at(high)
-        if len(best) > budget:
-            if len(best) < num_ctx:  # tight, but it fits
-                return Prompt(best, len(turns) - len(versions[high]), tails[high], stops)
+        if len(best.tokens) > budget:
+            if len(best.tokens) < num_ctx:  # tight, but it fits
+                return prompt(best, high)
             raise PromptTooLongError(
-                f"the latest message with the system prompt is {len(best)} tokens, "
-                f"but the context holds {num_ctx}",
-                hint="shorten the message or raise num_ctx",
+                f"the latest message with the system prompt is {len(best.tokens)} tokens"
+                + (" with its images" if media_of else "")
+                + f", but the context holds {num_ctx}",
+                hint="shorten the message, send fewer or smaller images, or raise num_ctx",
             )
         while low < high:  # invariant: ``best`` is the rendering of version ``high``
             middle = (low + high) // 2
             candidate = tokens_at(middle)
-            if len(candidate) <= budget:
+            if len(candidate.tokens) <= budget:
                 high, best = middle, candidate
             else:
                 low = middle + 1
-        return Prompt(best, len(turns) - len(versions[high]), tails[high], stops)
+        return prompt(best, high)
 
 
 def _drop_oldest(turns: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

@@ -111,6 +111,12 @@ class GenerateJob:
     top_logprobs: int = 0  # with that many likeliest alternatives (0-20)
     n: int = 1  # answers to generate from the one prompt (OpenAI's ``n``)
     prompt_logprobs: bool = False  # also the prompt tokens' (completions' ``echo``)
+    # Base64 images or sounds for a completion (a chat's are its messages' ``images``),
+    # checked by the route (schemas/media.py); the runner decodes them.
+    images: list[str] = field(default_factory=list)
+
+    def media_count(self) -> int:
+        return len(self.images) + sum(len(m.get("images") or ()) for m in self.messages or ())
 
     def to_wire(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

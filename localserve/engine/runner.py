@@ -14,6 +14,7 @@ kernel kills this process too (PR_SET_PDEATHSIG), so no orphan keeps RAM or VRAM
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import logging
@@ -71,6 +72,7 @@ class Runner:
         self.chat: Any = None  # engine/chat/formats.py ChatFormat of the template
         self.preserved: frozenset[int] = frozenset()
         self.model: Any = None
+        self.projector: Any = None  # engine/media.py Projector, for a model with an mmproj
         self.load_options: Any = None
         self.n_threads = 1
 
@@ -93,15 +95,20 @@ class Runner:
         options = LoadOptions.from_dict(message.get("options") or {})
         paths = [Path(p) for p in message["paths"]]
         self.n_threads = options.num_thread or default_threads()
-        memory = self._plan(paths, options)
+        projector = Path(message["projector"]) if message.get("projector") else None
+        memory = self._plan(paths, options, projector)
         self.model, gpu_layers, retried = self._load_model(paths, memory.gpu_layers)
         # Never more context per sequence than the model was trained for.
         num_ctx = min(options.num_ctx, self.model.n_ctx_train or options.num_ctx)
         if num_ctx != options.num_ctx:
             options = LoadOptions(**{**options.to_dict(), "num_ctx": num_ctx})
         self.load_options = options
-        self.engine = Engine(self.model, options, n_threads=self.n_threads)
-        self.builder = PromptBuilder(self.model, self.model.chat_template())
+        if projector is not None:
+            self.projector = self._load_projector(projector, gpu_layers)
+        self.engine = Engine(
+            self.model, options, n_threads=self.n_threads, projector=self.projector
+        )
+        self.builder = PromptBuilder(self.model, self.model.chat_template(), self.projector)
         self.chat = detect(self.builder.template)
         self.preserved = self._preserved_tokens(self.chat.markers)
         return {
@@ -113,7 +120,8 @@ class Runner:
             "n_embd": self.model.n_embd,
             "n_threads": self.n_threads,
             "has_template": self.builder.has_template,
-            "capabilities": list(self.chat.capabilities),
+            "capabilities": list(self.chat.capabilities)
+            + (self.projector.capabilities if self.projector else []),
             "gpu_offload": supports_gpu_offload(),
             "pid": os.getpid(),
             # Where the model went, for /api/ps and the daemon log.
@@ -123,6 +131,20 @@ class Runner:
             "size": memory.total_bytes,
             "size_vram": memory.size_vram * gpu_layers // max(1, memory.gpu_layers),
         }
+
+    def _load_projector(self, path: Path, gpu_layers: int) -> Any:
+        """The model's projector, on the GPU when the model's layers went there; one
+        whose embeddings do not have the model's width is refused with both widths."""
+        from localserve.engine.media import Projector
+        from localserve.store.gguf import read_projector
+
+        info = read_projector(path)
+        if info.n_embd_out is not None and info.n_embd_out != self.model.n_embd:
+            raise InvalidOptionError(
+                f"the projector {path.name} makes embeddings of width {info.n_embd_out}, "
+                f"but the model's are {self.model.n_embd} wide: it belongs to another model"
+            )
+        return Projector(path, self.model, n_threads=self.n_threads, use_gpu=gpu_layers != 0)
 
     def _preserved_tokens(self, markers: tuple[str, ...]) -> frozenset[int]:
         """Markers that are one token each: rendered even when llama.cpp calls them
@@ -134,12 +156,12 @@ class Runner:
                 found.add(tokens[0])
         return frozenset(found)
 
-    def _plan(self, paths: list[Path], options: Any) -> Any:
+    def _plan(self, paths: list[Path], options: Any, projector: Path | None) -> Any:
         """The memory plan (plan/planner.py): how many layers go to the GPU for
         ``num_gpu`` -1, or a clear refusal before loading when RAM cannot hold it."""
         from localserve.plan.devices import probe
         from localserve.plan.planner import plan
-        from localserve.store.gguf import read_gguf_model
+        from localserve.store.gguf import read_gguf_model, read_projector
 
         return plan(
             read_gguf_model(paths),
@@ -151,6 +173,7 @@ class Runner:
             # would create a GPU context in this process for nothing.
             devices=probe(gpus=options.num_gpu != 0),
             num_gpu=options.num_gpu,
+            projector=read_projector(projector) if projector else None,
         ).require_fit()
 
     def _load_model(self, paths: list[Path], gpu_layers: int) -> tuple[Any, int, str]:
@@ -211,7 +234,15 @@ class Runner:
         num_ctx = self.engine.num_ctx
         if request.messages is not None:
             prompt = self.builder.chat(
-                request.messages, num_ctx=num_ctx, tools=tools, template_kwargs=kwargs
+                request.messages,
+                num_ctx=num_ctx,
+                tools=tools,
+                template_kwargs=kwargs,
+                images={
+                    i: _media_bytes(m.get("images"))
+                    for i, m in enumerate(request.messages)
+                    if isinstance(m, dict) and m.get("images")
+                },
             )
         elif request.suffix is not None:
             prompt = self.builder.infill(request.prompt or "", request.suffix, num_ctx=num_ctx)
@@ -223,6 +254,7 @@ class Runner:
                 num_ctx=num_ctx,
                 context=request.context,
                 template_kwargs=kwargs,
+                images=_media_bytes(request.images),
             )
         grammar = grammar_for(request.format)
         triggers: tuple[str, ...] = ()
@@ -265,6 +297,7 @@ class Runner:
                 # The other answers copy the first one's prompt cells once it has read
                 # the prompt: one prefill for all of them.
                 parent=first,
+                media=prompt.media,
             )
             self.engine.submit(job)
             first = first or job
@@ -329,7 +362,7 @@ class Runner:
                 self.send({"events": events})
 
     def close(self) -> None:
-        for part in (self.embedder, self.engine, self.model):
+        for part in (self.embedder, self.engine, self.projector, self.model):
             if part is not None:
                 part.close()
 
@@ -344,6 +377,18 @@ def _as_choice(event: Any) -> Any:
     """An engine event as the daemon sees it: its request's id and the answer index."""
     request_id, choice = _request_of(event.id)
     return replace(event, id=request_id, choice=choice) if choice else event
+
+
+def _media_bytes(items: object) -> list[bytes]:
+    """A request's base64 media (the route checked them) as bytes."""
+    if not items:
+        return []
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise InvalidOptionError("images must be a list of base64 strings")
+    try:
+        return [base64.b64decode(item, validate=True) for item in items]
+    except ValueError:
+        raise InvalidOptionError("an image is not valid base64") from None
 
 
 def _template_kwargs(request: GenerateJob) -> dict[str, Any]:

@@ -39,6 +39,11 @@ to the first device whose cumulative share exceeds (il - first_gpu_layer) / k.
   logits buffer ``n_vocab x num_parallel x 4``. Against llama.cpp's own log (CPU) this is
   within a few percent or half a MiB for the tiny test model and Gemma 3 270M
   (tests/test_planner.py; the numbers are in docs/gpu.md).
+- projector (a model that reads images): its weights (the mmproj file's tensors) plus
+  an encode buffer for one image, ``P x 4 x (4 W + 2 F) + H x P^2 x 4`` for P patches
+  of a W-wide, F-FFN, H-head vision tower (the attention scores without flash
+  attention: an upper bound). mtmd puts it on the first GPU when the model's layers
+  went to a GPU (the runner asks for that), else on the CPU.
 - overhead: a fixed ``GPU_OVERHEAD_BYTES`` per GPU used (CUDA context, cuBLAS
   workspace, allocator slack) and ``CPU_OVERHEAD_BYTES`` for the runner process.
 """
@@ -53,7 +58,7 @@ from typing import Any, Final, Literal
 
 from localserve.errors import InvalidOptionError, ModelTooLargeError
 from localserve.plan.devices import GPU, Devices
-from localserve.store.gguf import GGML_TYPES, GGUFInfo
+from localserve.store.gguf import GGML_TYPES, GGUFInfo, ProjectorInfo
 
 __all__ = [
     "CPU_OVERHEAD_BYTES",
@@ -128,10 +133,17 @@ class DevicePlan:
     compute_bytes: int
     overhead_bytes: int
     description: str = ""
+    projector_bytes: int = 0  # the multimodal projector, when it is placed here
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+        return (
+            self.weights_bytes
+            + self.kv_bytes
+            + self.compute_bytes
+            + self.overhead_bytes
+            + self.projector_bytes
+        )
 
     @property
     def fits(self) -> bool:
@@ -162,10 +174,17 @@ class Plan:
     layers: tuple[LayerPlan, ...]
     devices: tuple[DevicePlan, ...]
     notes: tuple[str, ...] = ()  # adjustments and warnings worth showing
+    projector_bytes: int = 0  # weights and encode buffer of the multimodal projector
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+        return (
+            self.weights_bytes
+            + self.kv_bytes
+            + self.compute_bytes
+            + self.overhead_bytes
+            + self.projector_bytes
+        )
 
     @property
     def processor(self) -> str:
@@ -212,7 +231,9 @@ class Plan:
             f"{f' ({where})' if where else ''}, {self.processor}; weights "
             f"{_mib(self.weights_bytes)}, KV {_mib(self.kv_bytes)} ({self.kv_cells} cells "
             f"{self.kv_type}), compute {_mib(self.compute_bytes)}, overhead "
-            f"{_mib(self.overhead_bytes)}, total {_mib(self.total_bytes)} "
+            f"{_mib(self.overhead_bytes)}"
+            + (f", projector {_mib(self.projector_bytes)}" if self.projector_bytes else "")
+            + f", total {_mib(self.total_bytes)} "
             f"(GPU {_mib(self.gpu_bytes)}, CPU {_mib(self.cpu_bytes)})"
         )
 
@@ -460,6 +481,7 @@ def _device_loads(
     gpus: Sequence[GPU],
     ram_available: int,
     options: _Options,
+    projector_bytes: int = 0,
 ) -> tuple[list[LayerPlan], list[DevicePlan]]:
     n_layer = shape.n_layer
     layers = [LayerPlan(-1, "input", shape.input_weights, 0, "CPU")]
@@ -482,6 +504,8 @@ def _device_loads(
         layers.append(LayerPlan(il, kind, w, k, name))
 
     output_device = placement[n_layer] if placement else None
+    used_gpus = [d for d in placement if d is not None]
+    projector_slot = min(used_gpus) + 1 if used_gpus else 0
     repeating_on_cpu = any(d is None for d in placement[:n_layer])
     if output_device is None:
         cpu_compute = compute.full
@@ -497,6 +521,7 @@ def _device_loads(
             kv_bytes=kv_bytes[0],
             compute_bytes=cpu_compute + compute.host_output,
             overhead_bytes=options.cpu_overhead,
+            projector_bytes=projector_bytes if projector_slot == 0 else 0,
         )
     ]
     for i, gpu in enumerate(gpus):
@@ -518,6 +543,7 @@ def _device_loads(
                 compute_bytes=gpu_compute,
                 overhead_bytes=options.gpu_overhead if used else 0,
                 description=gpu.description,
+                projector_bytes=projector_bytes if projector_slot == i + 1 else 0,
             )
         )
     return layers, plans
@@ -538,6 +564,7 @@ def plan(
     num_gpu: int = -1,
     gpu_overhead: int = GPU_OVERHEAD_BYTES,
     cpu_overhead: int = CPU_OVERHEAD_BYTES,
+    projector: ProjectorInfo | None = None,
 ) -> Plan:
     """Plan a load of ``info`` with these options on ``devices``.
 
@@ -546,6 +573,7 @@ def plan(
     memory; a value >= 0 is used as given (clamped to the layer count), even when it
     overcommits a card (a note says so). Never raises for lack of memory: check
     ``fits`` or call ``require_fit()``. Raises InvalidOptionError for bad options.
+    ``projector``: the model's multimodal projector, planned with it.
     """
     for name, value, low in (
         ("num_ctx", num_ctx, 1),
@@ -575,9 +603,11 @@ def plan(
     compute = _compute(shape, cells, num_ctx, options)
     gpus = devices.usable_gpus
     ram = devices.ram_available_bytes
+    projector_bytes = projector_need(projector) if projector else 0
 
     def place(n: int) -> tuple[list[LayerPlan], list[DevicePlan]]:
-        return _device_loads(shape, kv, compute, _assign(n_layers, n, gpus), gpus, ram, options)
+        placement = _assign(n_layers, n, gpus)
+        return _device_loads(shape, kv, compute, placement, gpus, ram, options, projector_bytes)
 
     if not gpus:
         if num_gpu > 0:
@@ -632,4 +662,20 @@ def plan(
         layers=tuple(layers),
         devices=tuple(device_plans),
         notes=tuple(notes),
+        projector_bytes=projector_bytes,
     )
+
+
+def projector_need(projector: ProjectorInfo) -> int:
+    """A projector's weights and its encode buffer for one image (see the module doc)."""
+    info = projector.gguf
+    weights = sum(t.n_bytes for t in info.tensors) if info.tensors else projector.size
+    prefix = "clip.vision." if projector.has_vision else "clip.audio."
+    width = _meta_int(info, prefix + "embedding_length")
+    ffn = _meta_int(info, prefix + "feed_forward_length")
+    heads = _meta_int(info, prefix + "attention.head_count", 1)
+    image = _meta_int(info, "clip.vision.image_size")
+    patch = _meta_int(info, "clip.vision.patch_size", 1)
+    # Audio encoders see 30 s windows of 1500 frames (Whisper's layout).
+    patches = (image // max(1, patch)) ** 2 if projector.has_vision else 1500
+    return weights + patches * _F32 * (4 * width + 2 * ffn) + heads * patches * patches * _F32

@@ -21,7 +21,14 @@ from localserve.errors import (
     InvalidGGUFError,
     ModelNotFoundError,
 )
-from localserve.store.gguf import GGUFInfo, TensorInfo, read_gguf_from, read_gguf_model
+from localserve.store.gguf import (
+    GGUFInfo,
+    ProjectorInfo,
+    TensorInfo,
+    read_gguf_from,
+    read_gguf_model,
+    read_projector,
+)
 from localserve.store.refs import ModelRef, parse_ref
 
 if TYPE_CHECKING:
@@ -46,6 +53,7 @@ class ModelHeader:
     size: int  # bytes of the model file(s)
     bytes_read: int  # bytes fetched over HTTP to read the header (0 for the store)
     requests: int  # HTTP requests made for it
+    projector: ProjectorInfo | None = None  # a stored model's multimodal projector
 
 
 class RangeReader:
@@ -124,6 +132,7 @@ def load_header(name: str, store: ModelStore | None = None) -> ModelHeader:
     if found is not None:
         stored, manifest = store.get(found)
         paths = store.blob_paths(manifest)
+        projector = store.projector_path(manifest)
         return ModelHeader(
             name=str(stored),
             info=read_gguf_model(paths),
@@ -132,6 +141,7 @@ def load_header(name: str, store: ModelStore | None = None) -> ModelHeader:
             size=manifest.size,
             bytes_read=0,
             requests=0,
+            projector=read_projector(projector) if projector else None,
         )
     if not ref.is_hub:
         raise ModelNotFoundError(

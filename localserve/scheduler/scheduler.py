@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,13 +65,20 @@ class Runner(Protocol):
     async def close(self, timeout: float = 5.0, *, reason: str = ...) -> None: ...
 
 
-RunnerFactory = Callable[[Sequence[Path], LoadOptions], Awaitable[Runner]]
+class RunnerFactory(Protocol):
+    """Starts a runner for a model's files (its GGUF parts and its projector, if any)."""
+
+    def __call__(
+        self, paths: Sequence[Path], options: LoadOptions, *, projector: Path | None = None
+    ) -> Awaitable[Runner]: ...
 
 
-async def start_runner(paths: Sequence[Path], options: LoadOptions) -> Runner:
+async def start_runner(
+    paths: Sequence[Path], options: LoadOptions, *, projector: Path | None = None
+) -> Runner:
     from localserve.engine.client import RunnerClient
 
-    return await RunnerClient.start(paths, options)
+    return await RunnerClient.start(paths, options, projector=projector)
 
 
 @dataclass(frozen=True)
@@ -353,7 +360,9 @@ class Scheduler:
         log.info(
             "loading %s (num_ctx %d, parallel %d)", ref, model.load.num_ctx, model.load.num_parallel
         )
-        runner = await self.runner_factory(paths, model.load)
+        runner = await self.runner_factory(
+            paths, model.load, projector=self.store.projector_path(manifest)
+        )
         if self.closing:  # close() ran during the load: this runner must not outlive it
             await runner.close(reason=self.closing)
             raise ServerBusyError(self.closing)

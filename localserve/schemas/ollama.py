@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from localserve.engine.options import SamplingOptions
 from localserve.engine.protocol import DoneEvent, GenerateJob
 from localserve.schemas.base import Request, keep_alive_seconds
+from localserve.schemas.media import check_media
 from localserve.schemas.tools import check_think, check_tools, history_message
 
 
@@ -64,6 +65,7 @@ class GenerateRequest(KeepAlive):
             want_context=True,
             logprobs=self.logprobs or self.top_logprobs > 0,
             top_logprobs=self.top_logprobs,
+            images=[m.data for m in check_media(self.images or (), "images")],
         )
 
 
@@ -92,7 +94,10 @@ class ChatRequest(KeepAlive):
     def to_job(self, options: SamplingOptions) -> GenerateJob:
         check_tools(self.tools, "auto")
         return GenerateJob(
-            messages=[history_message(m.model_dump(exclude_none=True)) for m in self.messages],
+            messages=[
+                _with_media(history_message(m.model_dump(exclude_none=True)), i)
+                for i, m in enumerate(self.messages)
+            ],
             tools=self.tools or None,
             format=self.format or None,
             think=check_think(self.think),
@@ -100,6 +105,13 @@ class ChatRequest(KeepAlive):
             logprobs=self.logprobs or self.top_logprobs > 0,
             top_logprobs=self.top_logprobs,
         )
+
+
+def _with_media(message: dict[str, Any], index: int) -> dict[str, Any]:
+    if message.get("images"):
+        checked = check_media(message["images"], f"messages[{index}].images")
+        message["images"] = [m.data for m in checked]
+    return message
 
 
 class EmbedRequest(KeepAlive):

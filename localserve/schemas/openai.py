@@ -16,6 +16,7 @@ from localserve.engine.options import SamplingOptions
 from localserve.engine.protocol import DoneEvent, GenerateJob
 from localserve.errors import InvalidOptionError
 from localserve.schemas.base import Request
+from localserve.schemas.media import check_media, from_url
 from localserve.schemas.tools import THINK_LEVELS, check_tools, history_message
 
 
@@ -122,7 +123,9 @@ class ChatCompletionRequest(SamplingFields):
 
     def engine_messages(self) -> list[dict[str, Any]]:
         """The messages in the forms chat templates know (the engine checks the rest)."""
-        return [_engine_message(m) if isinstance(m, dict) else m for m in self.messages]
+        return [
+            _engine_message(m, i) if isinstance(m, dict) else m for i, m in enumerate(self.messages)
+        ]
 
     def output_format(self) -> str | dict[str, Any] | None:
         fmt = self.response_format
@@ -138,12 +141,36 @@ class ChatCompletionRequest(SamplingFields):
         return schema
 
 
-def _engine_message(message: dict[str, Any]) -> dict[str, Any]:
+def _engine_message(message: dict[str, Any], index: int) -> dict[str, Any]:
     """``developer`` is OpenAI's newer name for the ``system`` role; tool-call arguments
-    come as a JSON string where templates expect an object (Ollama parses them too)."""
+    come as a JSON string where templates expect an object (Ollama parses them too);
+    image and audio parts become the message's ``images`` (before its text, as Ollama
+    does with them)."""
     result = history_message(message)
     if result.get("role") == "developer":
         result["role"] = "system"
+    content = result.get("content")
+    if isinstance(content, list):
+        media: list[object] = []
+        texts: list[Any] = []
+        for number, part in enumerate(content):
+            where = f"messages[{index}].content[{number}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image_url":
+                image = part.get("image_url")
+                url = image.get("url") if isinstance(image, dict) else image
+                media.append(from_url(url, f"{where}.image_url"))
+            elif kind == "input_audio":
+                sound = part.get("input_audio")
+                if not isinstance(sound, dict):
+                    raise InvalidOptionError(f"{where}.input_audio must be an object")
+                media.append(sound.get("data"))
+            else:
+                texts.append(part)  # text parts, and anything the engine will refuse
+        if media:
+            checked = check_media(media, f"messages[{index}] media")
+            result["images"] = [m.data for m in checked]
+            result["content"] = texts
     return result
 
 

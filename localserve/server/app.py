@@ -6,6 +6,7 @@ app.state.scheduler  the Scheduler (all load/unload/queue rules)
 app.state.metrics    the Prometheus collectors (metrics.py)
 app.state.details    GGUF facts per blob digest, read once (for /api/tags and /api/show)
 app.state.formats    what each blob's chat template can do (tools, thinking), found once
+app.state.projectors multimodal projector facts per blob digest, read once (vision, audio)
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def create_app(
     app.state.metrics = Metrics(scheduler)
     app.state.details = {}
     app.state.formats = {}
+    app.state.projectors = {}
     errors.install(app)
     security.install(app, settings)
     app.include_router(ops.router)

@@ -1,7 +1,8 @@
 """What the daemon says about stored models: /api/tags entries and /api/show.
 
-GGUF headers are read once per blob digest and kept in ``app.state.details``:
-a header parse is tens of milliseconds for a large vocabulary. A header that cannot
+GGUF headers are read once per blob digest and kept in ``app.state.details``
+(a model's) and ``app.state.projectors`` (its multimodal projector's): a header
+parse is tens of milliseconds for a large vocabulary. A header that cannot
 be read because the file changed on disk is reported as the model being damaged
 (with the repair step); /api/tags still lists such a model, with what its manifest says.
 """
@@ -15,7 +16,13 @@ from localserve.engine.chat.formats import PLAIN, ChatFormat, detect
 from localserve.engine.templates import ChatTemplate
 from localserve.errors import StoreError, TemplateError
 from localserve.schemas.ollama import timestamp
-from localserve.store.gguf import GGUFInfo, parameter_size_label, read_gguf_model
+from localserve.store.gguf import (
+    GGUFInfo,
+    ProjectorInfo,
+    parameter_size_label,
+    read_gguf_model,
+    read_projector,
+)
 from localserve.store.manifest import Manifest
 from localserve.store.store import ModelStore, StoredModel
 from localserve.store.verify import check_model
@@ -37,6 +44,25 @@ def gguf_info(app: Any, manifest: Manifest) -> GGUFInfo:
     return info
 
 
+def projector_info(app: Any, manifest: Manifest) -> ProjectorInfo | None:
+    """The model's multimodal projector, read once per blob digest; None without one."""
+    if manifest.projector is None:
+        return None
+    cache: dict[str, ProjectorInfo] = app.state.projectors
+    found = cache.get(manifest.projector.digest)
+    if found is None:
+        store: ModelStore = app.state.store
+        path = store.projector_path(manifest)
+        assert path is not None  # the manifest has a projector
+        try:
+            found = read_projector(path)
+        except (StoreError, OSError):
+            check_model(store, manifest)  # a file that changed on disk: say so, and how to repair
+            raise
+        cache[manifest.projector.digest] = found
+    return found
+
+
 def chat_format(app: Any, manifest: Manifest) -> ChatFormat:
     """What the model's chat template can do (tools, thinking), found by rendering it
     (engine/chat/formats.py); cached per blob digest like the header."""
@@ -56,6 +82,9 @@ def capabilities(app: Any, manifest: Manifest) -> list[str]:
     found = [*(chat_format(app, manifest).capabilities or ("completion",))]
     if gguf_info(app, manifest).fill_in_the_middle:
         found.append("insert")
+    projector = projector_info(app, manifest)
+    if projector is not None:
+        found.extend(projector.modalities)  # "vision", "audio"
     return [*found, "embedding"]
 
 
@@ -90,7 +119,7 @@ def tag_entry(app: Any, stored: StoredModel) -> dict[str, Any]:
         "name": stored.name,
         "model": stored.name,
         "modified_at": timestamp(stored.modified_at),
-        "size": stored.manifest.size,
+        "size": stored.manifest.total_size,
         "digest": stored.manifest.digest,
         "details": details,
     }
@@ -118,6 +147,13 @@ def show_model(app: Any, name: str, verbose: bool) -> dict[str, Any]:
         "modified_at": timestamp(manifest.created_at),
         "source": source,
     }
+    projector = projector_info(app, manifest)
+    if projector is not None:
+        # Ollama's key: the projector's metadata, like model_info is the model's.
+        projector_kv = projector.projector_info()
+        if not verbose:
+            projector_kv = {k: v for k, v in projector_kv.items() if v is not None}
+        result["projector_info"] = projector_kv
     if info.license:
         result["license"] = info.license
     return result

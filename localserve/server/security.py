@@ -34,7 +34,7 @@ from localserve.server.errors import error_body
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-MAX_BODY = 16 << 20  # 16 MiB: a long chat fits many times over
+MAX_BODY = 32 << 20  # 32 MiB: a long chat, or a few phone photos as base64
 PUBLIC_PATHS = {"/", "/health"}
 LOCAL_ORIGIN = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}

@@ -6,7 +6,9 @@ before llama.cpp is allowed to open it. llama.cpp's own reader trusts many field
 (a string length becomes an allocation, a tensor table is indexed by a count read from
 the file, a wrongly typed tokenizer array is read as floats), so every count, length,
 type and offset is checked here first, and anything we would not hand to llama.cpp is
-rejected with :class:`InvalidGGUFError` carrying a one-line reason.
+rejected with :class:`InvalidGGUFError` carrying a one-line reason. Two kinds of GGUF
+are told apart: a model (``read_gguf_model``) and a multimodal projector (``mmproj``,
+``read_projector``); each refuses the other with :class:`WrongGGUFKindError`.
 
 Reads are bounded and incremental: the header is fetched in growing chunks through a
 ``read_at(offset, length)`` callable, so the same code parses a local file or a remote
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Final, NoReturn
 
-from localserve.errors import InvalidGGUFError
+from localserve.errors import InvalidGGUFError, WrongGGUFKindError
 
 __all__ = [
     "FILE_TYPE_NAMES",
@@ -42,14 +44,19 @@ __all__ = [
     "ArraySummary",
     "GGMLType",
     "GGUFInfo",
+    "ProjectorInfo",
     "TensorInfo",
     "parameter_size_label",
     "read_gguf",
     "read_gguf_from",
     "read_gguf_model",
+    "read_projector",
 ]
 
 MAGIC: Final = b"GGUF"
+# general.architecture of a multimodal projector (mmproj), which llama.cpp's mtmd loads
+# next to a model and llama.cpp cannot load as one.
+PROJECTOR_ARCHITECTURE: Final = "clip"
 SUPPORTED_VERSIONS: Final = (2, 3)
 DEFAULT_ALIGNMENT: Final = 32
 MAX_ALIGNMENT: Final = 1 << 20
@@ -780,6 +787,13 @@ def read_gguf_model(paths: Sequence[str | os.PathLike[str]]) -> GGUFInfo:
         raise InvalidGGUFError(first_name, reason)
     if first.architecture is None:
         raise InvalidGGUFError(first_name, "general.architecture is missing")
+    if first.architecture == PROJECTOR_ARCHITECTURE:
+        raise WrongGGUFKindError(
+            first_name,
+            "this is a multimodal projector (mmproj), not a model; pass it with --mmproj",
+            hint="import it next to its model: localserve import MODEL.gguf NAME --mmproj "
+            + os.path.basename(first_name),
+        )
 
     tensors: list[TensorInfo] = []
     names: set[str] = set()
@@ -816,3 +830,115 @@ def read_gguf_model(paths: Sequence[str | os.PathLike[str]]) -> GGUFInfo:
         metadata=first.metadata,
         tensors=tuple(tensors),
     )
+
+
+# ----------------------------------------------------------------------------- projectors
+
+# What llama.cpp's mtmd reads from a projector: tools/mtmd/clip-impl.h, clip.cpp.
+_NOT_A_PROJECTOR: Final = "not a multimodal projector (mmproj)"
+
+# Where the width of the embeddings a projector hands the text model can be read off a
+# tensor's shape (ne order), as clip.cpp's clip_n_mmproj_embd() does for these types.
+# mtmd refuses a projector whose width differs from the model's input width. Types not
+# listed (or whose width depends on more than one tensor, like qwen3vl's deepstack)
+# give None rather than a guess.
+_OUTPUT_WIDTH: Final[dict[str, tuple[str, int]]] = {
+    "gemma3": ("mm.input_projection.weight", 0),
+    "gemma3nv": ("mm.input_projection.weight", 0),
+    "gemma4v": ("mm.input_projection.weight", 1),
+    "gemma4uv": ("mm.input_projection.weight", 1),
+    "idefics3": ("mm.model.fc.weight", 1),
+    "qwen2vl_merger": ("mm.2.bias", 0),
+    "qwen2.5vl_merger": ("mm.2.bias", 0),
+    "mlp": ("mm.2.weight", 1),
+    "pixtral": ("mm.2.weight", 1),
+    "lightonocr": ("mm.2.weight", 1),
+    "lfm2": ("mm.2.weight", 1),
+    "kimivl": ("mm.2.weight", 1),
+    "paddleocr": ("mm.2.weight", 1),
+    "kimik25": ("mm.2.weight", 1),
+}
+
+
+@dataclass(frozen=True)
+class ProjectorInfo:
+    """What a multimodal projector (an ``mmproj`` GGUF) is, read from its header."""
+
+    projector_type: str  # clip.projector_type ("gemma3", "mlp", "qwen2.5vl_merger"...)
+    has_vision: bool
+    has_audio: bool
+    n_embd_out: int | None  # width of the embeddings it produces, when readable cheaply
+    size: int  # bytes
+    gguf: GGUFInfo = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The capabilities it brings a model: "vision" and/or "audio"."""
+        return (*(("vision",) if self.has_vision else ()), *(("audio",) if self.has_audio else ()))
+
+    def projector_info(self) -> dict[str, Any]:
+        """The key/values Ollama's /api/show returns as ``projector_info``: the
+        projector's metadata (``clip.projector_type``, ``clip.has_vision_encoder``,
+        ``clip.vision.*``...), long arrays as null, plus ``general.parameter_count``."""
+        return self.gguf.model_info()
+
+
+def read_projector(path: str | os.PathLike[str]) -> ProjectorInfo:
+    """Read and check a multimodal projector GGUF (what ``--mmproj`` takes).
+
+    The header goes through the same checks as a model's; then the file must be a
+    ``clip`` GGUF with a vision or an audio encoder and a projector type, as mtmd
+    requires. Anything else (not a GGUF at all, a language model, a projector without
+    an encoder) raises WrongGGUFKindError saying it is not a multimodal projector.
+    """
+    name = os.fspath(path)
+    try:
+        info = read_gguf(path)
+    except InvalidGGUFError as exc:
+        reason = f"{_NOT_A_PROJECTOR}: not a valid GGUF file: {exc.reason}"
+        raise WrongGGUFKindError(name, reason) from exc
+    architecture = info.architecture
+    if architecture != PROJECTOR_ARCHITECTURE:
+        what = "missing" if architecture is None else repr(architecture)
+        raise WrongGGUFKindError(
+            name,
+            f"{_NOT_A_PROJECTOR}: general.architecture is {what}, not 'clip'",
+            hint="--mmproj takes the projector file (usually mmproj-*.gguf) that belongs "
+            "to the model",
+        )
+    has_vision = info.metadata.get("clip.has_vision_encoder") is True
+    has_audio = info.metadata.get("clip.has_audio_encoder") is True
+    if not (has_vision or has_audio):
+        raise WrongGGUFKindError(
+            name,
+            f"{_NOT_A_PROJECTOR}: it has neither a vision nor an audio encoder "
+            "(clip.has_vision_encoder and clip.has_audio_encoder are not true)",
+        )
+    projector_type = info._str("clip.projector_type")
+    # Projectors with both encoders may name one type per modality instead.
+    for modality, present in (("vision", has_vision), ("audio", has_audio)):
+        if projector_type is None and present:
+            projector_type = info._str(f"clip.{modality}.projector_type")
+    if not projector_type:
+        raise WrongGGUFKindError(name, f"{_NOT_A_PROJECTOR}: it names no clip.projector_type")
+    if not info.tensors:
+        raise WrongGGUFKindError(name, f"{_NOT_A_PROJECTOR}: it has no tensors")
+    return ProjectorInfo(
+        projector_type=projector_type,
+        has_vision=has_vision,
+        has_audio=has_audio,
+        n_embd_out=_output_width(info, projector_type),
+        size=info.file_size,
+        gguf=info,
+    )
+
+
+def _output_width(info: GGUFInfo, projector_type: str) -> int | None:
+    where = _OUTPUT_WIDTH.get(projector_type)
+    if where is None:
+        return None
+    tensor_name, axis = where
+    for tensor in info.tensors:
+        if tensor.name == tensor_name:
+            return tensor.shape[axis] if axis < len(tensor.shape) else None
+    return None

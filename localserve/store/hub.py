@@ -22,7 +22,7 @@ from localserve.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
-from localserve.store.quants import Candidate, RepoFile, choose
+from localserve.store.quants import Candidate, RepoFile, choose, choose_projector
 from localserve.store.refs import ModelRef, check_repo_filename, parse_digest
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -50,9 +50,12 @@ class ResolvedModel:
     quant: str | None
     files: tuple[HubFile, ...]
     headers: dict[str, str]
+    # The multimodal projector that goes with the model (quants.choose_projector).
+    projector: HubFile | None = None
 
     @property
     def size(self) -> int:
+        """Bytes of the model's file(s), without the projector."""
         return sum(f.size for f in self.files)
 
 
@@ -63,33 +66,39 @@ def resolve(
     token: str | None = None,
     retries: int = 4,
     backoff: float = 1.0,
+    projector: bool = True,
 ) -> ResolvedModel:
-    """List the repository, pick the model the tag names, and say how to download it."""
+    """List the repository, pick the model the tag names (and, unless ``projector`` is
+    False, the multimodal projector that goes with it), and say how to download them."""
     endpoint = (endpoint or hub_endpoint()).rstrip("/")
     info = _model_info(ref.repo_id, endpoint, token, retries, backoff)
     files = _repo_files(info)
     candidate: Candidate = choose(files, ref.tag, ref.repo_id)
     revision = str(getattr(info, "sha", None) or "main")
+    mmproj = choose_projector(files, candidate.first.path) if projector else None
 
-    from huggingface_hub import hf_hub_url
     from huggingface_hub.utils._headers import build_hf_headers
 
-    hub_files = []
-    for file in candidate.files:
-        if file.sha256 is None:
-            raise HubError(
-                f"{ref.repo_id}/{file.path} is not stored with Git LFS, so the Hub gives no "
-                "sha256 to verify it against; refusing to download it unverified"
-            )
-        url = hf_hub_url(ref.repo_id, file.path, revision=revision, endpoint=endpoint)
-        hub_files.append(HubFile(file.path, file.size, file.sha256, url))
     return ResolvedModel(
         repo_id=ref.repo_id,
         revision=revision,
         quant=candidate.quant,
-        files=tuple(hub_files),
+        files=tuple(_hub_file(ref.repo_id, f, revision, endpoint) for f in candidate.files),
         headers=build_hf_headers(token=token, library_name="localserve"),
+        projector=None if mmproj is None else _hub_file(ref.repo_id, mmproj, revision, endpoint),
     )
+
+
+def _hub_file(repo_id: str, file: RepoFile, revision: str, endpoint: str) -> HubFile:
+    from huggingface_hub import hf_hub_url
+
+    if file.sha256 is None:
+        raise HubError(
+            f"{repo_id}/{file.path} is not stored with Git LFS, so the Hub gives no "
+            "sha256 to verify it against; refusing to download it unverified"
+        )
+    url = hf_hub_url(repo_id, file.path, revision=revision, endpoint=endpoint)
+    return HubFile(file.path, file.size, file.sha256, url)
 
 
 def _repo_files(info: Any) -> list[RepoFile]:

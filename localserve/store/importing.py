@@ -3,7 +3,8 @@
 The file is validated first (the GGUF header check), then hard-linked into the store
 when it sits on the same filesystem (a multi-GB model costs no copy and no extra
 disk), else copied with progress. Either way it is hashed and enters blobs/ by an
-atomic rename; a split model (``x-00001-of-00003.gguf``) brings all its parts.
+atomic rename; a split model (``x-00001-of-00003.gguf``) brings all its parts, and a
+multimodal projector given with it (``--mmproj``) is checked and stored the same way.
 
 A hard link shares the bytes with the original file: editing that file in place
 would change the blob too, which the check before each load reports (verify.py).
@@ -67,30 +68,54 @@ def _check_regular_file(path: Path) -> None:
         raise ImportSourceError(f"cannot read {path}: permission denied")
 
 
-def import_gguf(store: ModelStore, source: Path, name: str) -> Generator[Progress]:
-    """Import ``source`` under ``name``, yielding progress."""
-    from localserve.store.gguf import read_gguf_model
+def import_gguf(
+    store: ModelStore, source: Path, name: str, projector: Path | None = None
+) -> Generator[Progress]:
+    """Import ``source`` under ``name``, yielding progress.
+
+    ``projector`` is the model's multimodal projector (``--mmproj``): checked with
+    read_projector before anything is written, then stored as a blob the same way.
+    On any failure (or when the caller stops iterating) the blobs this import added
+    and nothing else uses are removed, and no manifest is written.
+    """
+    from localserve.store.gguf import read_gguf_model, read_projector
 
     ref = parse_ref(name)
     source = Path(source).expanduser().absolute()
     parts = source_parts(source)
     info = read_gguf_model(parts)
+    if projector is not None:
+        projector = Path(projector).expanduser().absolute()
+        _check_regular_file(projector)
+        read_projector(projector)
 
     store.ensure_dirs()
-    entries = []
-    for part in parts:
-        digest = yield from _stage_blob(store, part)
-        entries.append(BlobEntry(digest=digest, size=part.stat().st_size, filename=part.name))
+    staged: list[str] = []
+    try:
+        entries = []
+        for part in parts:
+            digest = yield from _stage_blob(store, part)
+            staged.append(digest)
+            entries.append(BlobEntry(digest=digest, size=part.stat().st_size, filename=part.name))
+        projector_entry = None
+        if projector is not None:
+            digest = yield from _stage_blob(store, projector)
+            staged.append(digest)
+            size = projector.stat().st_size
+            projector_entry = BlobEntry(digest=digest, size=size, filename=projector.name)
 
-    yield Progress("writing manifest")
-    manifest = Manifest(
-        name=str(ref),
-        files=tuple(entries),
-        source=ImportSource(filename=source.name),
-        quantization=info.quantization,
-    )
-    with store.lock():
-        store.write_manifest(ref, manifest)
+        yield Progress("writing manifest")
+        manifest = Manifest(
+            name=str(ref),
+            files=tuple(entries),
+            source=ImportSource(filename=source.name),
+            quantization=info.quantization,
+            projector=projector_entry,
+        )
+        store.replace_manifest(ref, manifest)
+    except BaseException:
+        store.delete_unused(staged)
+        raise
     yield Progress("success")
 
 

@@ -1,8 +1,9 @@
 """The small JSON file that gives a name to one or more blobs.
 
 A manifest lists the model's GGUF files in load order (one file, or the parts of a
-split model), where they came from and what quantization they hold. It is what
-`list` shows and what the runner opens. Manifests are read back with validation:
+split model), its multimodal projector (an ``mmproj`` GGUF that llama.cpp's mtmd
+loads next to the model, if it has one), where they came from and what quantization
+they hold. It is what `list` shows and what the runner opens. Manifests are read back with validation:
 a hand-edited or damaged one is reported, never trusted as a path.
 """
 
@@ -61,6 +62,8 @@ class Manifest(BaseModel):
     files: tuple[BlobEntry, ...] = Field(min_length=1)
     source: HubSource | ImportSource | CopySource = Field(discriminator="type")
     quantization: str | None = None
+    # Optional, so that manifests written before projectors existed still load.
+    projector: BlobEntry | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -74,4 +77,17 @@ class Manifest(BaseModel):
 
     @property
     def size(self) -> int:
+        """Bytes of the model's GGUF file(s), without the projector (what the weights
+        take; see total_size)."""
         return sum(entry.size for entry in self.files)
+
+    @property
+    def blobs(self) -> tuple[BlobEntry, ...]:
+        """Every blob this manifest references: the model's files, then its projector.
+        Whatever keeps, checks or deletes blobs walks this, not ``files``."""
+        return self.files if self.projector is None else (*self.files, self.projector)
+
+    @property
+    def total_size(self) -> int:
+        """Bytes of every blob of the model, projector included (what `list` shows)."""
+        return sum(entry.size for entry in self.blobs)

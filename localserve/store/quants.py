@@ -10,7 +10,8 @@ A GGUF repository usually holds one file per quantization
 - ``latest`` (no tag): the first quantization of DEFAULT_PREFERENCE that exists,
   else the smallest model in the repository.
 
-Multimodal projectors (``mmproj-*.gguf``) are never picked as the model.
+Multimodal projectors (``mmproj-*.gguf``) are never picked as the model; the one that
+goes with the chosen model is picked by ``choose_projector``, llama.cpp's rule.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _QUANT = re.compile(
     re.IGNORECASE,
 )
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+# llama.cpp's "tag" of a file name: the last -/. separated word (common/download.cpp).
+_TAG = re.compile(r"[-.]([A-Z0-9_]+)$", re.IGNORECASE)
+_SPLIT_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,54 @@ def quant_of(path: str) -> str | None:
 
 def _is_projector(path: str) -> bool:
     return "mmproj" in path.rsplit("/", 1)[-1].lower()
+
+
+def quant_bits(path: str) -> int:
+    """llama.cpp's ``extract_quant_bits``: the number in the file name's last word
+    (``Q4_K_M`` -> 4, ``F16``/``BF16`` -> 16, ``Q8_0`` -> 8, none -> 0), split suffix and
+    ``.gguf`` removed first."""
+    stem = path[: -len(".gguf")] if path.lower().endswith(".gguf") else ""
+    match = _TAG.search(_SPLIT_SUFFIX.sub("", stem))
+    digits = re.search(r"\d+", match.group(1)) if match else None
+    return int(digits.group()[:9]) if digits else 0
+
+
+def choose_projector(files: Iterable[RepoFile], model: str) -> RepoFile | None:
+    """The multimodal projector to pull with the model file ``model`` (for a split
+    model, its first part), or None when the repository has none for it.
+
+    The rule of llama.cpp's ``-hf`` (``find_best_sibling(files, model, "mmproj")`` in
+    the vendored llama.cpp's common/download.cpp, called by
+    ``common_download_get_hf_plan``):
+
+    1. candidates are the ``.gguf`` files whose name contains ``mmproj``;
+    2. a candidate must sit in the model's folder or in a folder above it (never in
+       a sibling or deeper folder), and the deepest such folder wins: a projector next
+       to the model beats one at the repository root;
+    3. among those, the one whose quantization bits (``quant_bits``: the number in the
+       last word of the name) are closest to the model's wins: a Q8_0 model gets an
+       ``mmproj-Q8_0.gguf`` over ``mmproj-F16.gguf``, a Q4_K_M model gets the F16 (or
+       BF16) projector over the F32 one;
+    4. a tie goes to the first in the repository's listing (sorted by path here).
+
+    One difference: llama.cpp matches ``mmproj`` case-sensitively anywhere in the path;
+    here it is matched in the file name, case-insensitively, the same test that keeps
+    projectors from being picked as the model, so every .gguf is exactly one of the two.
+    """
+    model_dirs = model.split("/")[:-1]
+    model_bits = quant_bits(model)
+    best: RepoFile | None = None
+    best_key = (-1, 0)
+    for file in sorted(files, key=lambda f: f.path):
+        if not file.path.lower().endswith(".gguf") or not _is_projector(file.path):
+            continue
+        dirs = file.path.split("/")[:-1]
+        if dirs != model_dirs[: len(dirs)]:
+            continue
+        key = (len(dirs), -abs(quant_bits(file.path) - model_bits))
+        if best is None or key > best_key:
+            best, best_key = file, key
+    return best
 
 
 def candidates(files: Iterable[RepoFile]) -> list[Candidate]:

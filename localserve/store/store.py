@@ -3,7 +3,8 @@
 ::
 
     <models dir>/
-      blobs/sha256-<64 hex>                         verified GGUF bytes, shared between names
+      blobs/sha256-<64 hex>                         verified GGUF bytes (models and their
+                                                    projectors), shared between names
       manifests/hf.co/<owner>/<repo>/<tag>.json     a Hub model (see manifest.py)
       manifests/local/<name>/<tag>.json             a name made by `cp` or `import`
       partial/sha256-<64 hex>.partial               a download in progress (never listed)
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,7 +140,7 @@ class ModelStore:
 
     def write_manifest(self, ref: ModelRef, manifest: Manifest) -> None:
         """Atomically (re)write the manifest for ``ref``; every blob must already be stored."""
-        for entry in manifest.files:
+        for entry in manifest.blobs:
             if not self.blob_path(entry.digest).is_file():
                 raise StoreError(
                     f"blob sha256-{entry.digest[:12]} of {ref} is missing from the store",
@@ -200,13 +201,43 @@ class ModelStore:
             ref, manifest = self.get(name)
             self.manifest_path(ref).unlink()
             self._prune_empty_dirs(self.manifest_path(ref).parent)
-            still_used = {e.digest for m in self.list_models() for e in m.manifest.files}
-            removed = []
-            for entry in manifest.files:
-                if entry.digest not in still_used:
-                    self.delete_blob(entry.digest)
-                    removed.append(entry.digest)
+            removed = self._delete_unused(entry.digest for entry in manifest.blobs)
         return ref, removed
+
+    def used_digests(self) -> set[str]:
+        """The digest of every blob some manifest references (projectors included)."""
+        return {e.digest for m in self.list_models() for e in m.manifest.blobs}
+
+    def delete_unused(self, digests: Iterable[str]) -> list[str]:
+        """Delete those of ``digests`` that no manifest references; returns the deleted.
+
+        For a pull or import that fails after some of its blobs went in: they must not
+        linger, but a blob another model uses stays.
+        """
+        with self.lock():
+            return self._delete_unused(digests)
+
+    def _delete_unused(self, digests: Iterable[str]) -> list[str]:
+        used = self.used_digests()
+        deleted: list[str] = []
+        for digest in digests:
+            if digest not in used and digest not in deleted:
+                self.delete_blob(digest)
+                deleted.append(digest)
+        return deleted
+
+    def replace_manifest(self, ref: ModelRef, manifest: Manifest) -> list[str]:
+        """Write the manifest for ``ref`` under the store lock, then delete the blobs of
+        the manifest it replaces that no manifest uses any more (a file the repository
+        updated, a projector no longer wanted). Returns their digests."""
+        with self.lock():
+            path = self.manifest_path(ref)
+            old = None
+            if path.is_file():
+                with contextlib.suppress(StoreError):  # a damaged one has nothing to keep
+                    old = self._read_manifest(path)
+            self.write_manifest(ref, manifest)
+            return [] if old is None else self._delete_unused(e.digest for e in old.blobs)
 
     def _prune_empty_dirs(self, directory: Path) -> None:
         while directory != self.manifests_dir and directory.is_relative_to(self.manifests_dir):
@@ -227,7 +258,14 @@ class ModelStore:
         return size is None or stat.st_size == size
 
     def blob_paths(self, manifest: Manifest) -> list[Path]:
+        """The model's GGUF file(s) in load order (not its projector: projector_path)."""
         return [self.blob_path(entry.digest) for entry in manifest.files]
+
+    def projector_path(self, manifest: Manifest) -> Path | None:
+        """The blob of the model's multimodal projector, or None when it has none."""
+        if manifest.projector is None:
+            return None
+        return self.blob_path(manifest.projector.digest)
 
     def commit_blob(self, staged: Path, digest: str) -> Path:
         """Move a verified file into blobs/ under its digest (atomic, same filesystem),

@@ -128,14 +128,15 @@ def _hash(path: Path) -> tuple[str, Stamp | None]:
 
 def check_model(store: ModelStore, manifest: Manifest) -> None:
     """Raise DamagedModelError, naming the model and how to repair it, if any of its
-    files is missing or no longer what was verified."""
-    for entry in manifest.files:
+    files (its projector included) is missing or no longer what was verified."""
+    for entry in manifest.blobs:
         problem = blob_problem(store, entry.digest, entry.size)
         if problem is not None:
             filename = entry.filename.rsplit("/", 1)[-1]
+            what = "projector" if entry is manifest.projector else "file"
             raise DamagedModelError(
                 manifest.name,
-                f"model '{manifest.name}' is damaged: its file {filename} "
+                f"model '{manifest.name}' is damaged: its {what} {filename} "
                 f"(sha256-{entry.digest[:12]}) {problem}; {repair_advice(manifest)}",
             )
 
@@ -146,9 +147,12 @@ def repair_advice(manifest: Manifest) -> str:
     if source.type == "huggingface":
         return f"run `localserve pull {pull_name(manifest, source.repo)}` to download it again"
     if source.type == "import":
+        mmproj = ""
+        if manifest.projector is not None:
+            mmproj = f" --mmproj PATH/{manifest.projector.filename.rsplit('/', 1)[-1]}"
         return (
             f"it was imported from {source.filename}: import that file again with "
-            f"`localserve import PATH/{source.filename} {manifest.name}`"
+            f"`localserve import PATH/{source.filename} {manifest.name}{mmproj}`"
         )
     return (
         f"it is a copy of '{source.source_name}': repair that model, "

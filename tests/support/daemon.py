@@ -180,9 +180,9 @@ def daemon_env(home: Path, port: int, extra: dict[str, str] | None = None) -> di
     return env
 
 
-def add_model(home: Path, model: Path, name: str) -> None:
+def add_model(home: Path, model: Path, name: str, projector: Path | None = None) -> None:
     """Import another model into a (running) daemon's store under ``name``."""
-    for _ in import_gguf(ModelStore(home / "models"), model, name):
+    for _ in import_gguf(ModelStore(home / "models"), model, name, projector):
         pass
 
 

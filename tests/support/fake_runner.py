@@ -130,6 +130,7 @@ class FakeFactory:
 
     def __init__(self) -> None:
         self.loads: list[tuple[list[Path], LoadOptions]] = []
+        self.projectors: list[Path | None] = []
         self.runners: list[FakeRunner] = []
         self.hold = False  # each load waits for its own event in ``held``
         self.held: list[asyncio.Event] = []
@@ -138,8 +139,11 @@ class FakeFactory:
         self.max_loading = 0
         self.script: Sequence[Event] | None = None  # given to every runner (FakeRunner.script)
 
-    async def __call__(self, paths: Sequence[Path], options: LoadOptions) -> FakeRunner:
+    async def __call__(
+        self, paths: Sequence[Path], options: LoadOptions, *, projector: Path | None = None
+    ) -> FakeRunner:
         self.loads.append((list(paths), options))
+        self.projectors.append(projector)
         self.loading += 1
         self.max_loading = max(self.max_loading, self.loading)
         try:

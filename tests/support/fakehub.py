@@ -13,7 +13,9 @@ against it unchanged:
   the bytes, like the real Hub's CDN hop.
 
 Errors carry ``X-Error-Code``/``X-Error-Message`` as on the real Hub, and switches in
-``FakeHub.faults`` inject cuts, ignored ranges, wrong bytes, error statuses and throttling.
+``FakeHub.faults`` inject cuts, ignored ranges, wrong bytes, error statuses and throttling,
+into every file or into one (``only_file``: e.g. a vision model's ``mmproj-*.gguf``, which
+a repo holds next to the model like any other file).
 
 Used as a pytest plugin (fixture ``fake_hub``) and as a script for benchmarks::
 
@@ -78,6 +80,9 @@ class Faults:
       (the CDN path is not affected), before behaving again. 429 and 503 come with
       ``Retry-After: {retry_after}``; 429 also with the Hub's ``RateLimit`` headers.
     - ``bytes_per_second``: throttle file bodies.
+    - ``only_file``: the body faults above (cuts, ignored ranges, wrong bytes,
+      throttling) hit only the file with this sha256 (its LFS oid), e.g. a model's
+      projector (``mmproj-*.gguf``) and not the model; ``None``: every file.
     """
 
     cut_after: int | None = None
@@ -87,6 +92,7 @@ class Faults:
     fail_status: list[int] = field(default_factory=list)
     retry_after: int = 1
     bytes_per_second: int | None = None
+    only_file: str | None = None
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -101,6 +107,11 @@ class Faults:
             self.fail_status = []
             self.retry_after = 1
             self.bytes_per_second = None
+            self.only_file = None
+
+    def hits(self, sha256: str) -> bool:
+        """Whether the body faults apply to the file with content ``sha256``."""
+        return self.only_file is None or self.only_file == sha256
 
     def take_fail_status(self) -> int | None:
         with self._lock:
@@ -709,11 +720,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve_blob(self, blob: _Blob, headers: dict[str, str]) -> None:
         faults = self.hub.faults
+        hit = faults.hits(blob.sha256)
         headers = {**headers, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         size = blob.size
         start, end, status = 0, size, 200
         range_header = self.headers.get("Range")
-        if range_header is not None and not faults.ignore_range:
+        if range_header is not None and not (hit and faults.ignore_range):
             parsed = _parse_range(range_header, size)
             if parsed == "unsatisfiable":
                 self._send_bytes(416, {**headers, "Content-Range": f"bytes */{size}"}, b"")
@@ -727,9 +739,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._start(status, headers)
         if self._head or length == 0:
             return
-        cut = faults.take_cut(length)
+        cut = faults.take_cut(length) if hit else None
         to_send = length if cut is None else cut
-        self._send_body(blob, start, to_send, faults.wrong_bytes, faults.bytes_per_second)
+        wrong, rate = (faults.wrong_bytes, faults.bytes_per_second) if hit else (False, None)
+        self._send_body(blob, start, to_send, wrong, rate)
         if cut is not None:
             log.debug("fake hub: cut %s after %d of %d bytes", self.path, cut, length)
             self.close_connection = True

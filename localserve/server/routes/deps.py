@@ -22,8 +22,9 @@ from localserve.engine.protocol import (
 )
 from localserve.errors import InvalidOptionError
 from localserve.scheduler.scheduler import ModelRequest, Scheduler
+from localserve.schemas.media import check_count, media_kinds
 from localserve.schemas.options import split_options
-from localserve.server.models import chat_format, gguf_info
+from localserve.server.models import capabilities, chat_format, gguf_info
 from localserve.store.store import ModelStore
 
 
@@ -57,10 +58,20 @@ def model_request(
 
 async def check_capabilities(request: Request, name: str, job: GenerateJob) -> None:
     """Refuse, before anything loads, what the model's template cannot do (as Ollama:
-    ``MODEL does not support tools``)."""
-    if not job.tools and not job.think and job.suffix is None:
+    ``MODEL does not support tools``), and media the model cannot read."""
+    media = job.media_count()
+    if media:
+        check_count(media, request.app.state.settings.max_images)
+    if not job.tools and not job.think and job.suffix is None and not media:
         return
     _, manifest = await asyncio.to_thread(store(request).get, name)
+    if media:
+        can = await asyncio.to_thread(capabilities, request.app, manifest)
+        kinds = media_kinds(job)
+        if "image" in kinds and "vision" not in can:
+            raise InvalidOptionError(f"{name} does not support images")
+        if "audio" in kinds and "audio" not in can:
+            raise InvalidOptionError(f"{name} does not support audio")
     if job.suffix is not None:
         info = await asyncio.to_thread(gguf_info, request.app, manifest)
         if not info.fill_in_the_middle:

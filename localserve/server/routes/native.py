@@ -24,7 +24,6 @@ from localserve.engine.protocol import (
     ThinkingEvent,
     ToolCallEvent,
 )
-from localserve.errors import InvalidOptionError
 from localserve.scheduler.scheduler import ModelRequest, Resident
 from localserve.schemas.ollama import (
     ChatRequest,
@@ -301,10 +300,8 @@ async def _respond(
 @router.post("/api/generate", response_model=None, responses=STREAMED)
 async def generate(body: GenerateRequest, request: Request) -> Response:
     started = time.perf_counter_ns()
-    if body.images:
-        raise InvalidOptionError("images are not supported: localserve runs text models")
     model, sampling = model_request(request, body.model, body.options, body.keep_alive_seconds())
-    if not body.prompt and not body.suffix:
+    if not body.prompt and not body.suffix and not body.images:
         return JSONResponse(await _load_only(request, model, started, response=""))
     job = body.to_job(sampling)
     await check_capabilities(request, body.model, job)
@@ -321,8 +318,6 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         return JSONResponse(
             await _load_only(request, model, started, message={"role": "assistant", "content": ""})
         )
-    if any(m.images for m in body.messages):
-        raise InvalidOptionError("images are not supported: localserve runs text models")
     job = body.to_job(sampling)
     await check_capabilities(request, body.model, job)
     return await _respond(
