@@ -26,6 +26,7 @@ from tests.support.tiny_gguf import write_tiny_gguf
 from tests.support.tiny_projector import write_tiny_projector
 
 IMAGE_TOKENS = 4
+OPTIONS = ("-o", "num_predict=2", "-o", "temperature=0", "--verbose")
 GREEDY = {"temperature": 0, "num_predict": 4}
 
 
@@ -152,6 +153,7 @@ def test_openai_http_image_urls_are_refused(oai: openai.OpenAI) -> None:
         ("tiny-vision", [b64(b"hello, I am text")], "not an image or sound"),
         ("tiny-vision", [b64(png_claiming(100_000, 100_000))], "the limit of 64,000,000"),
         ("tiny-vision", [b64(png_claiming(9_000, 9_000))], "9000x9000 pixels, over the limit"),
+        ("tiny-vision", [b64(png_claiming(32, 32))], "image 1 could not be decoded"),
         ("tiny-vision", [b64(png(i)) for i in range(4)], "more than the 3 allowed"),
         ("tiny-vision", [b64(wav())], "tiny-vision does not support audio"),
         ("tiny", [b64(png(1))], "tiny does not support images"),
@@ -223,3 +225,53 @@ def test_the_plan_holds_the_projector(tmp_path: Path) -> None:
     )
     assert gpu.gpu_layers == gpu.n_layers
     assert [d.projector_bytes for d in gpu.devices] == [0, need]
+
+
+def test_run_attaches_an_image_path_in_the_prompt(daemon: Daemon, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.daemon import daemon_env
+
+    picture = tmp_path / "my picture.png"
+    picture.write_bytes(png(7))
+
+    escaped = str(picture).replace(" ", "\\ ")  # as a terminal pastes a dropped file
+
+    def run(prompt: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "localserve", "run", "tiny-vision", prompt, *OPTIONS],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**daemon_env(daemon.home, daemon.port), "COLUMNS": "200"},
+            check=False,
+        )
+
+    def prompt_tokens(result: subprocess.CompletedProcess[str]) -> int:
+        assert result.returncode == 0, result.stderr
+        line = next(x for x in result.stderr.splitlines() if "prompt eval count" in x)
+        return int(line.split()[-2])
+
+    plain = run("what is this?")
+    seen = run(f"what is this? {escaped}")
+    assert f"Added image '{picture}'" in seen.stderr
+    assert prompt_tokens(seen) >= prompt_tokens(plain) + IMAGE_TOKENS
+    missing = run(f"what is this? {tmp_path / 'nothing.png'}")
+    assert "Added image" not in missing.stderr  # not a file: it stays text
+
+
+def test_attach_files_takes_existing_media_paths_only(tmp_path: Path) -> None:
+    from localserve.cli.answer import attach_files
+
+    (tmp_path / "a b.png").write_bytes(png(1))
+    (tmp_path / "c.JPG").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    text, found = attach_files(
+        f"compare {tmp_path}/a\\ b.png with '{tmp_path}/c.JPG', see {tmp_path}/notes.txt"
+        f" and {tmp_path}/gone.png"
+    )
+    assert found == [tmp_path / "a b.png", tmp_path / "c.JPG"]
+    assert text == f"compare with , see {tmp_path}/notes.txt and {tmp_path}/gone.png"
+    assert attach_files("plain words, no files.") == ("plain words, no files.", [])

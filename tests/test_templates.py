@@ -802,9 +802,9 @@ def test_validate_messages_normalises_good_input() -> None:
         ([{"role": "assistant", "tool_calls": []}], "messages[0].content is required"),
         (
             [{"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}],
-            "messages[0].content[1] is an image: images are not supported by this model",
+            "messages[0].content[1] is an image part of type 'image_url'; send images as image_url parts",
         ),
-        ([{"role": "user", "content": [{"type": "image", "image": "x"}]}], "images are not supported"),
+        ([{"role": "user", "content": [{"type": "image", "image": "x"}]}], "or as Ollama's images"),
         ([{"role": "user", "content": [{"type": "input_audio"}]}], "has type 'input_audio'; only text parts are supported"),
         ([{"role": "user", "content": [{"type": "text", "text": 3}]}], "messages[0].content[0].text must be a string"),
         ([{"role": "user", "content": ["hi"]}], "messages[0].content[0] must be an object"),

@@ -159,8 +159,9 @@ def validate_messages(messages: object) -> list[dict[str, Any]]:
 
     Each message is an object with a ``role`` (system, user, assistant or tool)
     and a string ``content``. Content may also be a list of OpenAI-style parts:
-    text parts (``{"type": "text", "text": ...}``) are joined with newlines, and
-    image parts are refused. Content may be missing or null only on an assistant
+    text parts (``{"type": "text", "text": ...}``) are joined with newlines; image
+    parts left here are refused (the OpenAI schema turns ``image_url`` and
+    ``input_audio`` parts into the message's ``images`` before). Content may be missing or null only on an assistant
     message with ``tool_calls`` (it becomes ""). Other keys (``tool_calls``,
     ``name``, ``images``, ``tool_call_id``...) are kept as they are.
 
@@ -216,7 +217,8 @@ def _content_text(message: Mapping[str, Any], role: str, where: str) -> str:
                 texts.append(text)
             elif kind in _IMAGE_PART_TYPES:
                 raise InvalidOptionError(
-                    f"{part_where} is an image: images are not supported by this model"
+                    f"{part_where} is an image part of type {kind!r}; send images as "
+                    "image_url parts with data: URLs, or as Ollama's images"
                 )
             else:
                 shown = repr(kind) if isinstance(kind, str) else _json_type(kind)

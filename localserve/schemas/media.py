@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,7 +68,8 @@ def sniff(data: bytes, where: str) -> str:
         raise InvalidOptionError(
             f"{where} claims more pixels than the limit of {MAX_PIXELS:,}; scale it down"
         ) from None
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error):
+        # Pillow's header parsers raise any of these on bytes that only look like a format.
         raise InvalidOptionError(
             f"{where} is not an image or sound llama.cpp can read "
             f"(images: {', '.join(IMAGE_FORMATS)}; sound: WAV, MP3, FLAC)"
