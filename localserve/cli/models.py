@@ -1,4 +1,4 @@
-"""Commands on the model store: pull, import, list, show, rm, cp.
+"""Commands on the model store: pull, import, create, list, show, rm, cp.
 
 These work on the store directly and need no daemon; `rm` also asks a daemon running
 on this machine to let go of the model (see rm).
@@ -18,6 +18,7 @@ from localserve.cli.params import JsonOpt, ModelArg
 
 if TYPE_CHECKING:
     from localserve.client import Client
+    from localserve.store.manifest import Manifest
     from localserve.store.store import ModelStore, StoredModel
 
 app = typer.Typer()
@@ -141,13 +142,36 @@ def show(
         bool, typer.Option("--template", help="Print only the chat template.")
     ] = False,
     license_: Annotated[bool, typer.Option("--license", help="Print only the licence.")] = False,
+    modelfile: Annotated[
+        bool, typer.Option("--modelfile", help="Print a Modelfile that recreates the model.")
+    ] = False,
+    parameters: Annotated[
+        bool, typer.Option("--parameters", help="Print only the model's default parameters.")
+    ] = False,
+    system: Annotated[
+        bool, typer.Option("--system", help="Print only the model's system prompt.")
+    ] = False,
 ) -> None:
     """Show a model's architecture, size, quantization, context length and licence."""
     store = _store()
     ref, manifest = store.get(model)
+    from localserve.store.create import iter_config_lines, read_config
     from localserve.store.gguf import parameter_size_label, read_gguf_model, read_projector
 
     info = read_gguf_model(store.blob_paths(manifest))
+    config = read_config(store, manifest)
+    chat_template = config.template if config.template is not None else info.chat_template
+    licence = config.license if config.license is not None else info.license
+    if modelfile:
+        typer.echo(model_modelfile(store, manifest, config, chat_template), nl=False)
+        return
+    if parameters:
+        for line in iter_config_lines(config):
+            typer.echo(line)
+        return
+    if system:
+        typer.echo(config.system or "")
+        return
     projector_path = store.projector_path(manifest)
     projector = read_projector(projector_path) if projector_path is not None else None
     facts: dict[str, Any] = {
@@ -162,16 +186,21 @@ def show(
         "context_length": info.context_length,
         "embedding_length": info.embedding_length,
         "layers": info.block_count,
-        "chat_template": info.chat_template,
+        "chat_template": chat_template,
         "capabilities": [
-            *_capabilities(info.chat_template),
+            *_capabilities(chat_template),
             *(["insert"] if info.fill_in_the_middle else []),
             *(projector.modalities if projector is not None else ()),
             "embedding",
         ],
-        "license": info.license,
+        "license": licence,
         "source": manifest.source.model_dump(),
         "projector": None,
+        "base": manifest.base,
+        "parameters_default": config.parameters,
+        "system": config.system,
+        "messages": config.messages,
+        "adapters": [{"file": a.filename, "scale": a.scale} for a in manifest.adapters],
     }
     if projector is not None and manifest.projector is not None:
         facts["projector"] = {
@@ -184,10 +213,10 @@ def show(
             "embedding_length": projector.n_embd_out,
         }
     if template:
-        typer.echo(info.chat_template or "")
+        typer.echo(chat_template or "")
         return
     if license_:
-        typer.echo(info.license or "")
+        typer.echo(licence or "")
         return
     if as_json:
         output.print_json(facts)
@@ -206,7 +235,15 @@ def show(
         ("layers", "layers"),
     ):
         table.add_row(label, str(facts[key]) if facts[key] is not None else "unknown")
-    table.add_row("chat template", "yes" if info.chat_template else "none (raw completion)")
+    table.add_row("chat template", "yes" if chat_template else "none (raw completion)")
+    if manifest.base is not None:
+        table.add_row("created from", manifest.base)
+    for line in iter_config_lines(config):
+        table.add_row("parameter", line)
+    if config.system is not None:
+        table.add_row("system", config.system.strip().splitlines()[0] if config.system else "")
+    for adapter in manifest.adapters:
+        table.add_row("adapter", f"{adapter.filename} (scale {adapter.scale})")
     table.add_row("capabilities", ", ".join(facts["capabilities"]))
     if projector is not None:
         kinds = " and ".join(projector.modalities)
@@ -225,9 +262,59 @@ def show(
     console = output.stdout()
     console.print(f"  [bold]{ref}[/bold]")
     console.print(table)
-    if info.license:
-        first = info.license.strip().splitlines()[0] if info.license.strip() else ""
+    if licence:
+        first = licence.strip().splitlines()[0] if licence.strip() else ""
         console.print(f"\n  [bold]License[/bold]\n    {first}")
+
+
+def model_modelfile(
+    store: ModelStore, manifest: Manifest, config: Any, template: str | None
+) -> str:
+    """A Modelfile that recreates the model: its base, settings and adapter blobs."""
+    from localserve.store.modelfile import render_modelfile
+
+    return render_modelfile(
+        manifest.base or manifest.name,
+        parameters=config.parameters,
+        system=config.system,
+        template=template,
+        messages=config.messages,
+        adapters=[(str(store.blob_path(a.digest)), a.scale) for a in manifest.adapters],
+        license=config.license,
+    )
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="Name of the new model.", show_default=False)],
+    file: Annotated[
+        Path,
+        typer.Option("-f", "--file", help="The Modelfile.", show_default=True),
+    ] = Path("Modelfile"),
+) -> None:
+    """Create a model from a Modelfile (FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE,
+    ADAPTER, LICENSE), sharing its base's files."""
+    from functools import partial
+
+    from localserve.errors import ImportSourceError
+    from localserve.store.create import create_model
+    from localserve.store.modelfile import parse_modelfile
+    from localserve.store.pull import pull_model
+    from localserve.store.refs import parse_ref
+
+    ref = parse_ref(name)
+    try:
+        text = file.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportSourceError(f"cannot read the Modelfile {file}: {exc}") from None
+    spec = parse_modelfile(text)
+    store = _store()
+    events = create_model(
+        store, name, spec, folder=file.absolute().parent, pull=partial(pull_model, store)
+    )
+    with contextlib.closing(events):
+        output.show_progress(events)
+    output.stderr().print(f"created {ref}")
 
 
 def _capabilities(template: str | None) -> tuple[str, ...]:

@@ -85,6 +85,7 @@ def plan(
         devices=devices,
         num_gpu=-1 if num_gpu is None else num_gpu,
         projector=header.projector,
+        adapters=header.adapters,
     )
     if as_json:
         output.print_json(_entry(header, result))
@@ -139,11 +140,12 @@ def _render(header: ModelHeader, result: Plan) -> None:
         ("compute", "compute_bytes", result.compute_bytes),
         ("overhead", "overhead_bytes", result.overhead_bytes),
         ("projector", "projector_bytes", result.projector_bytes),
+        ("adapters", "adapter_bytes", result.adapter_bytes),
         ("total", "total_bytes", result.total_bytes),
     )
     for label, attribute, total in rows:
-        if attribute == "projector_bytes" and not total:
-            continue  # a text-only model
+        if attribute in ("projector_bytes", "adapter_bytes") and not total:
+            continue  # a text-only model, or one without adapters
         table.add_row(label, *(size(getattr(d, attribute)) for d in result.devices), size(total))
     table.add_row("free", *(size(d.free_bytes) for d in result.devices), "")
     table.add_row("layers", *(str(d.layers) for d in result.devices), str(result.n_layers))

@@ -28,6 +28,7 @@ from localserve.engine.protocol import (
     ErrorEvent,
     Event,
     GenerateJob,
+    ModelFiles,
     decode_body,
     encode,
     event_from_wire,
@@ -73,7 +74,7 @@ class RunnerClient:
         paths: Sequence[Path],
         options: LoadOptions,
         *,
-        projector: Path | None = None,
+        extras: ModelFiles | None = None,
         env: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> RunnerClient:
@@ -97,7 +98,12 @@ class RunnerClient:
                 {
                     "op": "load",
                     "paths": [str(p) for p in paths],
-                    "projector": str(projector) if projector else None,
+                    "projector": str(extras.projector) if extras and extras.projector else None,
+                    "adapters": [
+                        {"path": str(path), "scale": scale}
+                        for path, scale in (extras.adapters if extras else ())
+                    ],
+                    "template": extras.template if extras else None,
                     "options": options.to_dict(),
                 }
             )

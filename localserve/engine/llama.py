@@ -113,8 +113,14 @@ class Model:
         self.has_decoder = bool(L.llama_model_has_decoder(handle))
         self._pieces: dict[int, bytes] = {}
         self._eog: list[int] | None = None
+        # LoRA adapters loaded onto this model (LoraAdapter), applied to every context
+        # made from it afterwards; freed with it.
+        self.adapters: list[LoraAdapter] = []
 
     def close(self) -> None:
+        """Free the model and its adapters (close every context made from it first)."""
+        for adapter in list(self.adapters):
+            adapter.close()
         if self.handle:
             L.llama_model_free(self.handle)
             self.handle = None
@@ -199,6 +205,43 @@ class Model:
         return data
 
 
+class LoraAdapter:
+    """A LoRA adapter GGUF loaded onto a model (check it first: store/adapter.py).
+
+    llama.cpp keeps the adapter's weights next to the base tensors they update (on the
+    GPU for offloaded layers) and registers the adapter with the model: an adapter
+    still registered when the model is freed is deleted with it, and
+    ``llama_adapter_lora_free`` unregisters it first. So it is freed either way exactly
+    once: by ``close`` (which ``Model.close`` calls first) while the model lives, never
+    after. Contexts hold bare pointers to the adapters applied to them: close those
+    contexts before the adapter.
+
+    ``scale`` is what contexts made from the model apply it with by default (llama.cpp
+    multiplies the update by ``scale x alpha / rank``; 0 turns it off).
+    """
+
+    def __init__(self, model: Model, path: Path, *, scale: float = 1.0) -> None:
+        if not math.isfinite(scale):
+            raise EngineError(f"the scale of adapter {path.name} must be a finite number")
+        handle = L.llama_adapter_lora_init(model.handle, str(path).encode())
+        if not handle:
+            raise EngineError(
+                f"llama.cpp could not load the LoRA adapter {path.name} (see the runner log)"
+            )
+        self.handle: Any = handle
+        self.model = model
+        self.path = path
+        self.scale = float(scale)
+        model.adapters.append(self)
+
+    def close(self) -> None:
+        if self.handle and self.model.handle:  # after the model, llama.cpp freed it already
+            L.llama_adapter_lora_free(self.handle)
+        self.handle = None
+        if self in self.model.adapters:
+            self.model.adapters.remove(self)
+
+
 @dataclass(frozen=True)
 class ContextShape:
     """What llama.cpp actually gave us (it may round or cap what we asked for)."""
@@ -222,7 +265,10 @@ class Context:
         embeddings: bool = False,
         pooling: int | None = None,
         n_ctx: int | None = None,
+        adapters: Sequence[tuple[LoraAdapter, float]] | None = None,
     ) -> None:
+        """``adapters``: the LoRA adapters and scales to apply; None applies the model's
+        (``model.adapters``, each at its own scale)."""
         params = L.llama_context_default_params()
         params.n_seq_max = options.num_parallel
         # Unified KV: one pool of cells for all sequences (``n_ctx`` when given, e.g. for
@@ -257,11 +303,25 @@ class Context:
             n_ubatch=int(L.llama_n_ubatch(handle)),
             n_seq_max=int(L.llama_n_seq_max(handle)),
         )
+        if adapters is None:
+            adapters = [(adapter, adapter.scale) for adapter in model.adapters]
+        if adapters:
+            self.set_adapters(adapters)
 
     def close(self) -> None:
         if self.handle:
             L.llama_free(self.handle)
             self.handle = None
+
+    def set_adapters(self, adapters: Sequence[tuple[LoraAdapter, float]]) -> None:
+        """Apply exactly these LoRA adapters at these scales (none: an empty list).
+        llama.cpp re-plans its graph at the next decode; a scale of 0 is no adapter."""
+        n = len(adapters)
+        if any(adapter.handle is None for adapter, _ in adapters):
+            raise EngineError("a LoRA adapter was used after it was closed")
+        handles = (L.llama_adapter_lora_p_ctypes * n)(*[a.handle for a, _ in adapters])
+        scales = (ctypes.c_float * n)(*[float(s) for _, s in adapters])
+        L.llama_set_adapters_lora(self.handle, handles if n else None, n, scales if n else None)
 
     def decode(self, batch: Batch) -> int:
         return int(L.llama_decode(self.handle, batch.struct))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from localserve.engine.options import SamplingOptions
@@ -67,6 +68,21 @@ class FrameReader:
             messages.append(decode_body(body))
         return messages
 
+
+# ------------------------------------------------------------------ the load
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What a runner loads besides the GGUF parts: the multimodal projector, LoRA
+    adapters with their scales, and a Modelfile's chat template."""
+
+    projector: Path | None = None
+    adapters: tuple[tuple[Path, float], ...] = ()
+    template: str | None = None
+
+
+NO_EXTRAS = ModelFiles()
 
 # ------------------------------------------------------------------ the job
 

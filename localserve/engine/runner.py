@@ -96,8 +96,10 @@ class Runner:
         paths = [Path(p) for p in message["paths"]]
         self.n_threads = options.num_thread or default_threads()
         projector = Path(message["projector"]) if message.get("projector") else None
-        memory = self._plan(paths, options, projector)
+        adapters = message.get("adapters") or []  # [{"path": str, "scale": float}]
+        memory = self._plan(paths, options, projector, adapters)
         self.model, gpu_layers, retried = self._load_model(paths, memory.gpu_layers)
+        self._load_adapters(adapters)
         # Never more context per sequence than the model was trained for.
         num_ctx = min(options.num_ctx, self.model.n_ctx_train or options.num_ctx)
         if num_ctx != options.num_ctx:
@@ -108,7 +110,10 @@ class Runner:
         self.engine = Engine(
             self.model, options, n_threads=self.n_threads, projector=self.projector
         )
-        self.builder = PromptBuilder(self.model, self.model.chat_template(), self.projector)
+        # A Modelfile's TEMPLATE replaces the GGUF's own.
+        template = message.get("template")
+        template = self.model.chat_template() if template is None else template
+        self.builder = PromptBuilder(self.model, template, self.projector)
         self.chat = detect(self.builder.template)
         self.preserved = self._preserved_tokens(self.chat.markers)
         return {
@@ -130,7 +135,20 @@ class Runner:
             "n_layers": memory.n_layers,
             "size": memory.total_bytes,
             "size_vram": memory.size_vram * gpu_layers // max(1, memory.gpu_layers),
+            "adapters": len(self.model.adapters),
         }
+
+    def _load_adapters(self, adapters: list[dict[str, Any]]) -> None:
+        """Load the LoRA adapters (checked against the model by ``_plan``) onto the
+        model: every context made from it applies them, each at its scale, and the
+        model frees them when it is closed."""
+        from localserve.engine.llama import LoraAdapter
+
+        for adapter in adapters:
+            scale = adapter.get("scale", 1.0)
+            if isinstance(scale, bool) or not isinstance(scale, int | float):
+                raise InvalidOptionError(f"an adapter's scale must be a number, not {scale!r}")
+            LoraAdapter(self.model, Path(adapter["path"]), scale=float(scale))
 
     def _load_projector(self, path: Path, gpu_layers: int) -> Any:
         """The model's projector, on the GPU when the model's layers went there; one
@@ -156,15 +174,27 @@ class Runner:
                 found.add(tokens[0])
         return frozenset(found)
 
-    def _plan(self, paths: list[Path], options: Any, projector: Path | None) -> Any:
+    def _plan(
+        self,
+        paths: list[Path],
+        options: Any,
+        projector: Path | None,
+        adapters: list[dict[str, Any]] | None = None,
+    ) -> Any:
         """The memory plan (plan/planner.py): how many layers go to the GPU for
-        ``num_gpu`` -1, or a clear refusal before loading when RAM cannot hold it."""
+        ``num_gpu`` -1, or a clear refusal before loading when RAM cannot hold it.
+        LoRA ``adapters`` that do not fit the model are refused here, before loading."""
         from localserve.plan.devices import probe
         from localserve.plan.planner import plan
+        from localserve.store.adapter import check_adapter, read_adapter
         from localserve.store.gguf import read_gguf_model, read_projector
 
+        info = read_gguf_model(paths)
+        lora = [read_adapter(a["path"]) for a in adapters or []]
+        for adapter in lora:
+            check_adapter(adapter, info)
         return plan(
-            read_gguf_model(paths),
+            info,
             num_ctx=options.num_ctx,
             num_parallel=options.num_parallel,
             num_batch=options.num_batch,
@@ -174,6 +204,7 @@ class Runner:
             devices=probe(gpus=options.num_gpu != 0),
             num_gpu=options.num_gpu,
             projector=read_projector(projector) if projector else None,
+            adapters=lora,
         ).require_fit()
 
     def _load_model(self, paths: list[Path], gpu_layers: int) -> tuple[Any, int, str]:

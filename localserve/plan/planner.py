@@ -44,6 +44,13 @@ to the first device whose cumulative share exceeds (il - first_gpu_layer) / k.
   of a W-wide, F-FFN, H-head vision tower (the attention scores without flash
   attention: an upper bound). mtmd puts it on the first GPU when the model's layers
   went to a GPU (the runner asks for that), else on the CPU.
+- LoRA adapters: each pair of low-rank factors (``W.lora_a``, ``W.lora_b``) as stored,
+  on the device of the layer of the base tensor ``W`` it updates (llama-adapter.cpp
+  allocates it in the buffer type of ``W``; CPU "extra" buffer types, the repacked
+  ones, fall back to plain CPU memory, which is the same device). ``token_embd``
+  updates stay on the CPU with the input layer. The extra compute of the low-rank
+  products (``t x (rank + n_out)`` floats per updated matrix, inside a layer's
+  phase) is not counted: an approximation, small next to the layer's activations.
 - overhead: a fixed ``GPU_OVERHEAD_BYTES`` per GPU used (CUDA context, cuBLAS
   workspace, allocator slack) and ``CPU_OVERHEAD_BYTES`` for the runner process.
 """
@@ -58,6 +65,7 @@ from typing import Any, Final, Literal
 
 from localserve.errors import InvalidOptionError, ModelTooLargeError
 from localserve.plan.devices import GPU, Devices
+from localserve.store.adapter import AdapterInfo
 from localserve.store.gguf import GGML_TYPES, GGUFInfo, ProjectorInfo
 
 __all__ = [
@@ -114,10 +122,11 @@ class LayerPlan:
     weights_bytes: int  # on its device (the output layer's includes a tied-embedding copy on a GPU)
     kv_bytes: int  # KV cache, or recurrent state, kept with the layer
     device: str  # "CPU" or the GPU's name
+    adapter_bytes: int = 0  # LoRA factors of the layer's tensors
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes
+        return self.weights_bytes + self.kv_bytes + self.adapter_bytes
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,7 @@ class DevicePlan:
     overhead_bytes: int
     description: str = ""
     projector_bytes: int = 0  # the multimodal projector, when it is placed here
+    adapter_bytes: int = 0  # LoRA adapters' factors of the layers placed here
 
     @property
     def total_bytes(self) -> int:
@@ -143,6 +153,7 @@ class DevicePlan:
             + self.compute_bytes
             + self.overhead_bytes
             + self.projector_bytes
+            + self.adapter_bytes
         )
 
     @property
@@ -175,6 +186,7 @@ class Plan:
     devices: tuple[DevicePlan, ...]
     notes: tuple[str, ...] = ()  # adjustments and warnings worth showing
     projector_bytes: int = 0  # weights and encode buffer of the multimodal projector
+    adapter_bytes: int = 0  # LoRA adapters' weights, wherever their layers went
 
     @property
     def total_bytes(self) -> int:
@@ -184,6 +196,7 @@ class Plan:
             + self.compute_bytes
             + self.overhead_bytes
             + self.projector_bytes
+            + self.adapter_bytes
         )
 
     @property
@@ -233,6 +246,7 @@ class Plan:
             f"{self.kv_type}), compute {_mib(self.compute_bytes)}, overhead "
             f"{_mib(self.overhead_bytes)}"
             + (f", projector {_mib(self.projector_bytes)}" if self.projector_bytes else "")
+            + (f", adapters {_mib(self.adapter_bytes)}" if self.adapter_bytes else "")
             + f", total {_mib(self.total_bytes)} "
             f"(GPU {_mib(self.gpu_bytes)}, CPU {_mib(self.cpu_bytes)})"
         )
@@ -482,13 +496,18 @@ def _device_loads(
     ram_available: int,
     options: _Options,
     projector_bytes: int = 0,
+    adapters: Sequence[int] = (),
 ) -> tuple[list[LayerPlan], list[DevicePlan]]:
+    """``adapters``: LoRA bytes by layer, the input layer first (``_adapter_layers``)."""
     n_layer = shape.n_layer
-    layers = [LayerPlan(-1, "input", shape.input_weights, 0, "CPU")]
+    adapter = list(adapters) or [0] * (len(placement) + 1)
+    layers = [LayerPlan(-1, "input", shape.input_weights, 0, "CPU", adapter[0])]
     weights = [0] * (len(gpus) + 1)  # slot 0: the CPU
     kv_bytes = [0] * (len(gpus) + 1)
     counts = [0] * (len(gpus) + 1)
+    adapter_bytes = [0] * (len(gpus) + 1)
     weights[0] = shape.input_weights
+    adapter_bytes[0] = adapter[0]
     for il, device in enumerate(placement):
         slot = 0 if device is None else device + 1
         kind: Literal["repeating", "output"]
@@ -500,8 +519,9 @@ def _device_loads(
         weights[slot] += w
         kv_bytes[slot] += k
         counts[slot] += 1
+        adapter_bytes[slot] += adapter[il + 1]
         name = "CPU" if device is None else gpus[device].name
-        layers.append(LayerPlan(il, kind, w, k, name))
+        layers.append(LayerPlan(il, kind, w, k, name, adapter[il + 1]))
 
     output_device = placement[n_layer] if placement else None
     used_gpus = [d for d in placement if d is not None]
@@ -522,6 +542,7 @@ def _device_loads(
             compute_bytes=cpu_compute + compute.host_output,
             overhead_bytes=options.cpu_overhead,
             projector_bytes=projector_bytes if projector_slot == 0 else 0,
+            adapter_bytes=adapter_bytes[0],
         )
     ]
     for i, gpu in enumerate(gpus):
@@ -544,6 +565,7 @@ def _device_loads(
                 overhead_bytes=options.gpu_overhead if used else 0,
                 description=gpu.description,
                 projector_bytes=projector_bytes if projector_slot == i + 1 else 0,
+                adapter_bytes=adapter_bytes[i + 1],
             )
         )
     return layers, plans
@@ -565,6 +587,7 @@ def plan(
     gpu_overhead: int = GPU_OVERHEAD_BYTES,
     cpu_overhead: int = CPU_OVERHEAD_BYTES,
     projector: ProjectorInfo | None = None,
+    adapters: Sequence[AdapterInfo] = (),
 ) -> Plan:
     """Plan a load of ``info`` with these options on ``devices``.
 
@@ -573,7 +596,8 @@ def plan(
     memory; a value >= 0 is used as given (clamped to the layer count), even when it
     overcommits a card (a note says so). Never raises for lack of memory: check
     ``fits`` or call ``require_fit()``. Raises InvalidOptionError for bad options.
-    ``projector``: the model's multimodal projector, planned with it.
+    ``projector``: the model's multimodal projector, planned with it. ``adapters``: the
+    LoRA adapters loaded on top of it (check them first: store/adapter.py).
     """
     for name, value, low in (
         ("num_ctx", num_ctx, 1),
@@ -604,10 +628,13 @@ def plan(
     gpus = devices.usable_gpus
     ram = devices.ram_available_bytes
     projector_bytes = projector_need(projector) if projector else 0
+    adapter_layers = _adapter_layers(adapters, shape.n_layer)
 
     def place(n: int) -> tuple[list[LayerPlan], list[DevicePlan]]:
         placement = _assign(n_layers, n, gpus)
-        return _device_loads(shape, kv, compute, placement, gpus, ram, options, projector_bytes)
+        return _device_loads(
+            shape, kv, compute, placement, gpus, ram, options, projector_bytes, adapter_layers
+        )
 
     if not gpus:
         if num_gpu > 0:
@@ -663,7 +690,25 @@ def plan(
         devices=tuple(device_plans),
         notes=tuple(notes),
         projector_bytes=projector_bytes,
+        adapter_bytes=sum(d.adapter_bytes for d in device_plans),
     )
+
+
+def _adapter_layers(adapters: Sequence[AdapterInfo], n_layer: int) -> list[int]:
+    """LoRA bytes by layer as llama.cpp places them: with the base tensor each pair
+    updates. Index 0 is the input layer, 1 + il the block il, 1 + n_layer the output."""
+    by_layer = [0] * (n_layer + 2)
+    for adapter in adapters:
+        for pair in adapter.pairs:
+            name = pair.target
+            block, dot, _ = name[4:].partition(".")
+            if name.startswith("blk.") and dot and block.isdigit() and int(block) < n_layer:
+                by_layer[1 + int(block)] += pair.n_bytes
+            elif name.startswith(_INPUT_TENSORS):
+                by_layer[0] += pair.n_bytes
+            else:
+                by_layer[1 + n_layer] += pair.n_bytes
+    return by_layer
 
 
 def projector_need(projector: ProjectorInfo) -> int:

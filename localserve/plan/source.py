@@ -21,6 +21,7 @@ from localserve.errors import (
     InvalidGGUFError,
     ModelNotFoundError,
 )
+from localserve.store.adapter import AdapterInfo, read_adapter
 from localserve.store.gguf import (
     GGUFInfo,
     ProjectorInfo,
@@ -54,6 +55,7 @@ class ModelHeader:
     bytes_read: int  # bytes fetched over HTTP to read the header (0 for the store)
     requests: int  # HTTP requests made for it
     projector: ProjectorInfo | None = None  # a stored model's multimodal projector
+    adapters: tuple[AdapterInfo, ...] = ()  # a created model's LoRA adapters
 
 
 class RangeReader:
@@ -142,6 +144,7 @@ def load_header(name: str, store: ModelStore | None = None) -> ModelHeader:
             bytes_read=0,
             requests=0,
             projector=read_projector(projector) if projector else None,
+            adapters=tuple(read_adapter(store.blob_path(a.digest)) for a in manifest.adapters),
         )
     if not ref.is_hub:
         raise ModelNotFoundError(

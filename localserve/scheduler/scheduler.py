@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from localserve.engine.options import LoadOptions
-from localserve.engine.protocol import DoneEvent, Event, GenerateJob
+from localserve.engine.protocol import NO_EXTRAS, DoneEvent, Event, GenerateJob, ModelFiles
 from localserve.errors import ModelNotFoundError, ServerBusyError
 from localserve.store.manifest import Manifest
 from localserve.store.refs import ModelRef
@@ -66,19 +66,19 @@ class Runner(Protocol):
 
 
 class RunnerFactory(Protocol):
-    """Starts a runner for a model's files (its GGUF parts and its projector, if any)."""
+    """Starts a runner for a model's files."""
 
     def __call__(
-        self, paths: Sequence[Path], options: LoadOptions, *, projector: Path | None = None
+        self, paths: Sequence[Path], options: LoadOptions, *, extras: ModelFiles = ...
     ) -> Awaitable[Runner]: ...
 
 
 async def start_runner(
-    paths: Sequence[Path], options: LoadOptions, *, projector: Path | None = None
+    paths: Sequence[Path], options: LoadOptions, *, extras: ModelFiles = NO_EXTRAS
 ) -> Runner:
     from localserve.engine.client import RunnerClient
 
-    return await RunnerClient.start(paths, options, projector=projector)
+    return await RunnerClient.start(paths, options, extras=extras)
 
 
 @dataclass(frozen=True)
@@ -285,7 +285,7 @@ class Scheduler:
             if (
                 resident is not None
                 and not resident.draining
-                and resident.manifest.digest == manifest.digest
+                and resident.manifest.identity == manifest.identity
                 and self._same_load(resident.options, model.load)
             ):
                 resident.busy += 1
@@ -299,7 +299,7 @@ class Scheduler:
                     resident is not None
                     and resident.runner.alive
                     and not resident.draining
-                    and resident.manifest.digest == manifest.digest
+                    and resident.manifest.identity == manifest.identity
                     and self._same_load(resident.options, model.load)
                 ):
                     continue  # someone loaded it while we waited for the lock
@@ -353,6 +353,16 @@ class Scheduler:
             async with self._changed:
                 await self._changed.wait()
 
+    def _extras(self, manifest: Manifest) -> ModelFiles:
+        from localserve.store.create import read_config
+
+        template = read_config(self.store, manifest).template if manifest.layers else None
+        return ModelFiles(
+            projector=self.store.projector_path(manifest),
+            adapters=tuple((self.store.blob_path(a.digest), a.scale) for a in manifest.adapters),
+            template=template,
+        )
+
     async def _load(self, ref: ModelRef, manifest: Manifest, model: ModelRequest) -> Resident:
         self._check_open()  # close() may have run while this load waited for room or idle
         paths = self.store.blob_paths(manifest)
@@ -360,9 +370,7 @@ class Scheduler:
         log.info(
             "loading %s (num_ctx %d, parallel %d)", ref, model.load.num_ctx, model.load.num_parallel
         )
-        runner = await self.runner_factory(
-            paths, model.load, projector=self.store.projector_path(manifest)
-        )
+        runner = await self.runner_factory(paths, model.load, extras=self._extras(manifest))
         if self.closing:  # close() ran during the load: this runner must not outlive it
             await runner.close(reason=self.closing)
             raise ServerBusyError(self.closing)

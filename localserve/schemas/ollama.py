@@ -145,6 +145,26 @@ class PullRequest(NameRequest):
     stream: bool = True
 
 
+class CreateRequest(Request):
+    """Ollama's current /api/create: a new model from a stored one (``from``) or from
+    uploaded blobs (``files``, ``adapters``: file name -> ``sha256:<hex>``), with
+    settings as a Modelfile gives them."""
+
+    model: str = Field(min_length=1)
+    from_: str | None = Field(default=None, alias="from")
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[dict[str, Any]] | None = None
+    license: str | list[str] | None = None
+    quantize: str | None = None
+    stream: bool = True
+
+    _from_name = model_validator(mode="before")(_model_from_name)
+
+
 class CopyRequest(Request):
     source: str = Field(min_length=1)
     destination: str = Field(min_length=1)

@@ -22,6 +22,7 @@ from localserve.engine.options import LoadOptions
 from localserve.scheduler.scheduler import RunnerFactory, Scheduler, start_runner
 from localserve.server import errors, security
 from localserve.server.metrics import Metrics
+from localserve.server.routes import create as create_routes
 from localserve.server.routes import native, ops
 from localserve.server.routes import openai as openai_routes
 from localserve.store.store import ModelStore
@@ -67,9 +68,11 @@ def create_app(
     app.state.details = {}
     app.state.formats = {}
     app.state.projectors = {}
+    app.state.configs = {}  # created models' settings, by their layers' digests
     errors.install(app)
     security.install(app, settings)
     app.include_router(ops.router)
     app.include_router(native.router)
+    app.include_router(create_routes.router)
     app.include_router(openai_routes.router)
     return app

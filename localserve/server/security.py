@@ -91,13 +91,15 @@ class Guard:
             return
 
         received = 0
+        # A blob upload is a GGUF, gigabytes: written to disk as it arrives, never held.
+        uploading = path.startswith("/api/blobs/")
 
         async def counted_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > MAX_BODY:
+                if received > MAX_BODY and not uploading:
                     # Becomes a 413 through the app's HTTP exception handler.
                     raise HTTPException(413, f"request body over {MAX_BODY >> 20} MiB")
             return message
@@ -123,7 +125,7 @@ class Guard:
                     ],
                 }
         length = headers.get("content-length", b"0")
-        if length.isdigit() and int(length) > MAX_BODY:
+        if length.isdigit() and int(length) > MAX_BODY and not uploading:
             await self._respond(send, path, 413, f"request body over {MAX_BODY >> 20} MiB")
             await self._count(scope, 413)
             return

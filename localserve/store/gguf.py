@@ -8,7 +8,8 @@ the file, a wrongly typed tokenizer array is read as floats), so every count, le
 type and offset is checked here first, and anything we would not hand to llama.cpp is
 rejected with :class:`InvalidGGUFError` carrying a one-line reason. Two kinds of GGUF
 are told apart: a model (``read_gguf_model``) and a multimodal projector (``mmproj``,
-``read_projector``); each refuses the other with :class:`WrongGGUFKindError`.
+``read_projector``); each refuses the other with :class:`WrongGGUFKindError`, and
+``read_gguf_model`` refuses a LoRA adapter too (store/adapter.py reads those).
 
 Reads are bounded and incremental: the header is fetched in growing chunks through a
 ``read_at(offset, length)`` callable, so the same code parses a local file or a remote
@@ -251,6 +252,10 @@ class GGUFInfo:
     data_offset: int  # of the first part
     metadata: dict[str, Any]
     tensors: tuple[TensorInfo, ...]
+    # Each key's GGUF value type ("float32", "string", "array[uint32]"): llama.cpp aborts
+    # when a key it reads has another type than it expects, and ``metadata`` cannot tell
+    # a float32 from a float64 or an int8 from a uint32.
+    value_types: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     # -- metadata lookups ------------------------------------------------------------------
 
@@ -613,6 +618,12 @@ class _Parser:
             data_offset=data_offset,
             metadata=metadata,
             tensors=tuple(tensors),
+            value_types={
+                key: _VALUE_TYPE_NAMES[vtype]
+                if item is None
+                else f"array[{_VALUE_TYPE_NAMES[item]}]"
+                for key, (vtype, item) in types.items()
+            },
         )
 
     def parse_metadata(self, n_kv: int) -> tuple[dict[str, Any], dict[str, tuple[int, int | None]]]:
@@ -794,6 +805,12 @@ def read_gguf_model(paths: Sequence[str | os.PathLike[str]]) -> GGUFInfo:
             hint="import it next to its model: localserve import MODEL.gguf NAME --mmproj "
             + os.path.basename(first_name),
         )
+    if first.metadata.get("general.type") == "adapter":
+        raise WrongGGUFKindError(
+            first_name,
+            "this is a LoRA adapter, not a model",
+            hint="use it on top of its base model: an ADAPTER line in a Modelfile",
+        )
 
     tensors: list[TensorInfo] = []
     names: set[str] = set()
@@ -829,6 +846,7 @@ def read_gguf_model(paths: Sequence[str | os.PathLike[str]]) -> GGUFInfo:
         data_offset=first.data_offset,
         metadata=first.metadata,
         tensors=tuple(tensors),
+        value_types=first.value_types,
     )
 
 

@@ -94,12 +94,12 @@ def import_gguf(
     try:
         entries = []
         for part in parts:
-            digest = yield from _stage_blob(store, part)
+            digest = yield from stage_blob(store, part)
             staged.append(digest)
             entries.append(BlobEntry(digest=digest, size=part.stat().st_size, filename=part.name))
         projector_entry = None
         if projector is not None:
-            digest = yield from _stage_blob(store, projector)
+            digest = yield from stage_blob(store, projector)
             staged.append(digest)
             size = projector.stat().st_size
             projector_entry = BlobEntry(digest=digest, size=size, filename=projector.name)
@@ -119,14 +119,17 @@ def import_gguf(
     yield Progress("success")
 
 
-def _stage_blob(store: ModelStore, source: Path) -> Generator[Progress, None, str]:
+def stage_blob(store: ModelStore, source: Path) -> Generator[Progress, None, str]:
     """Link or copy ``source`` into the store, yielding progress; returns its digest."""
     size = source.stat().st_size
     staged = store.partial_dir / f"import-{uuid.uuid4().hex}.partial"
     sha = hashlib.sha256()
     try:
         try:
-            os.link(source, staged)
+            # The file itself, not a link to it: link(2) does not follow symlinks, so a
+            # Hugging Face cache entry (a symlink into its blobs/) would become a hard
+            # link to the symlink. resolve() follows a whole chain of them.
+            os.link(source.resolve(strict=True), staged)
             linked = True
         except OSError:  # another filesystem, or links not allowed: copy instead
             linked = False

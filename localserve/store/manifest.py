@@ -32,6 +32,22 @@ class BlobEntry(BaseModel):
         return parse_digest(value)
 
 
+LayerKind = Literal["params", "system", "template", "messages", "license"]
+
+
+class Layer(BlobEntry):
+    """A created model's setting, stored as a blob of its own (create.py): JSON for
+    ``params`` and ``messages``, text for the others."""
+
+    kind: LayerKind
+
+
+class AdapterEntry(BlobEntry):
+    """A LoRA adapter GGUF applied to the model's weights, with its scale."""
+
+    scale: float = 1.0
+
+
 class HubSource(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -64,6 +80,11 @@ class Manifest(BaseModel):
     quantization: str | None = None
     # Optional, so that manifests written before projectors existed still load.
     projector: BlobEntry | None = None
+    # A model made by `create` (Modelfile): the model it was created from, its LoRA
+    # adapters and its settings. It shares the base's blobs (no copy).
+    base: str | None = None
+    adapters: tuple[AdapterEntry, ...] = ()
+    layers: tuple[Layer, ...] = ()
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -83,9 +104,20 @@ class Manifest(BaseModel):
 
     @property
     def blobs(self) -> tuple[BlobEntry, ...]:
-        """Every blob this manifest references: the model's files, then its projector.
-        Whatever keeps, checks or deletes blobs walks this, not ``files``."""
-        return self.files if self.projector is None else (*self.files, self.projector)
+        """Every blob this manifest references: the model's files, its projector, its
+        adapters and its settings. Whatever keeps, checks or deletes blobs walks this,
+        not ``files``."""
+        projector = () if self.projector is None else (self.projector,)
+        return (*self.files, *projector, *self.adapters, *self.layers)
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """What a loaded model must match to serve this manifest: every blob's digest
+        (files, projector, adapters, settings); a re-created name differs here."""
+        return tuple(entry.digest for entry in self.blobs)
+
+    def layer(self, kind: LayerKind) -> Layer | None:
+        return next((layer for layer in self.layers if layer.kind == kind), None)
 
     @property
     def total_size(self) -> int:

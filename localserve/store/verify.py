@@ -133,7 +133,13 @@ def check_model(store: ModelStore, manifest: Manifest) -> None:
         problem = blob_problem(store, entry.digest, entry.size)
         if problem is not None:
             filename = entry.filename.rsplit("/", 1)[-1]
-            what = "projector" if entry is manifest.projector else "file"
+            what = "file"
+            if entry is manifest.projector:
+                what = "projector"
+            elif entry in manifest.adapters:
+                what = "adapter"
+            elif entry in manifest.layers:
+                what = "setting"
             raise DamagedModelError(
                 manifest.name,
                 f"model '{manifest.name}' is damaged: its {what} {filename} "
@@ -144,6 +150,11 @@ def check_model(store: ModelStore, manifest: Manifest) -> None:
 def repair_advice(manifest: Manifest) -> str:
     """The next step that brings a damaged model back, as one clause."""
     source = manifest.source
+    if manifest.base is not None:
+        return (
+            f"it was created from '{manifest.base}': create it again with "
+            f"`localserve create {manifest.name} -f Modelfile`"
+        )
     if source.type == "huggingface":
         return f"run `localserve pull {pull_name(manifest, source.repo)}` to download it again"
     if source.type == "import":

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from localserve.engine.options import LoadOptions
-from localserve.engine.protocol import DoneEvent, Event, GenerateJob, TextEvent
+from localserve.engine.protocol import (
+    NO_EXTRAS,
+    DoneEvent,
+    Event,
+    GenerateJob,
+    ModelFiles,
+    TextEvent,
+)
 from localserve.errors import EngineError, RunnerCrashedError
 
 T = TypeVar("T")
@@ -130,7 +137,7 @@ class FakeFactory:
 
     def __init__(self) -> None:
         self.loads: list[tuple[list[Path], LoadOptions]] = []
-        self.projectors: list[Path | None] = []
+        self.extras: list[ModelFiles] = []
         self.runners: list[FakeRunner] = []
         self.hold = False  # each load waits for its own event in ``held``
         self.held: list[asyncio.Event] = []
@@ -140,10 +147,10 @@ class FakeFactory:
         self.script: Sequence[Event] | None = None  # given to every runner (FakeRunner.script)
 
     async def __call__(
-        self, paths: Sequence[Path], options: LoadOptions, *, projector: Path | None = None
+        self, paths: Sequence[Path], options: LoadOptions, *, extras: ModelFiles = NO_EXTRAS
     ) -> FakeRunner:
         self.loads.append((list(paths), options))
-        self.projectors.append(projector)
+        self.extras.append(extras)
         self.loading += 1
         self.max_loading = max(self.max_loading, self.loading)
         try:

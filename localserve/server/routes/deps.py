@@ -5,7 +5,7 @@ loads, and the answer a non-streamed response collects from engine events."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import Request
@@ -20,11 +20,12 @@ from localserve.engine.protocol import (
     ThinkingEvent,
     ToolCallEvent,
 )
-from localserve.errors import InvalidOptionError
+from localserve.errors import InvalidOptionError, LocalserveError
 from localserve.scheduler.scheduler import ModelRequest, Scheduler
 from localserve.schemas.media import check_count, media_kinds
 from localserve.schemas.options import split_options
-from localserve.server.models import capabilities, chat_format, gguf_info
+from localserve.server.models import capabilities, chat_format, gguf_info, model_config
+from localserve.store.create import ModelConfig
 from localserve.store.store import ModelStore
 
 
@@ -45,8 +46,13 @@ def model_request(
     keep_alive: float | None,
     overrides: dict[str, Any] | None = None,
 ) -> tuple[ModelRequest, SamplingOptions]:
-    """The model to run on (with its load options) and the sampling options."""
+    """The model to run on (with its load options) and the sampling options: the
+    request's options over the model's parameters (a created model's PARAMETER lines)
+    over the daemon's defaults."""
     settings = request.app.state.settings
+    defaults = settings_of(request, name).parameters
+    if defaults and isinstance(options, dict | None):
+        options = {**defaults, **(options or {})}
     split = split_options(
         options,
         num_ctx=settings.context_length,
@@ -54,6 +60,36 @@ def model_request(
         overrides=overrides,
     )
     return ModelRequest(name, split.load, keep_alive), split.sampling
+
+
+def settings_of(request: Request, name: str) -> ModelConfig:
+    """A model's Modelfile settings; none for an unknown name (the load reports it)."""
+    try:
+        _, manifest = store(request).get(name)
+    except LocalserveError:
+        return ModelConfig()
+    return model_config(request.app, manifest)
+
+
+def with_model_settings(request: Request, name: str, job: GenerateJob) -> GenerateJob:
+    """The model's system prompt where the request has none, and its example messages
+    before the conversation, as Ollama applies a Modelfile's SYSTEM and MESSAGE."""
+    config = settings_of(request, name)
+    if not config.system and not config.messages:
+        return job
+    if job.messages is None:
+        if job.system is None and config.system and not job.raw:
+            return replace(job, system=config.system)
+        return job
+    messages = list(job.messages)
+    lead = 0
+    while lead < len(messages) and messages[lead].get("role") == "system":
+        lead += 1
+    if lead == 0 and config.system:
+        messages.insert(0, {"role": "system", "content": config.system})
+        lead = 1
+    messages[lead:lead] = [dict(m) for m in config.messages]
+    return replace(job, messages=messages)
 
 
 async def check_capabilities(request: Request, name: str, job: GenerateJob) -> None:

@@ -45,6 +45,7 @@ from localserve.server.routes.deps import (
     scheduler,
     shorten,
     store,
+    with_model_settings,
 )
 from localserve.server.streaming import first_then_rest, iterate_in_thread, ndjson
 
@@ -304,6 +305,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     if not body.prompt and not body.suffix and not body.images:
         return JSONResponse(await _load_only(request, model, started, response=""))
     job = body.to_job(sampling)
+    job = with_model_settings(request, body.model, job)
     await check_capabilities(request, body.model, job)
     return await _respond(
         request, _stream(request, model, job, "generate", started), body.stream, "generate"
@@ -319,6 +321,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
             await _load_only(request, model, started, message={"role": "assistant", "content": ""})
         )
     job = body.to_job(sampling)
+    job = with_model_settings(request, body.model, job)
     await check_capabilities(request, body.model, job)
     return await _respond(
         request, _stream(request, model, job, "chat", started), body.stream, "chat"

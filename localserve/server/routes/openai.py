@@ -40,6 +40,7 @@ from localserve.server.routes.deps import (
     scheduler,
     shorten,
     store,
+    with_model_settings,
 )
 from localserve.server.streaming import first_then_rest, sse
 from localserve.store.store import StoredModel
@@ -91,6 +92,7 @@ async def _events(
         body.overrides(max_tokens),
     )
     job = build(sampling)
+    job = with_model_settings(request, body.model, job)
     await check_capabilities(request, body.model, job)
     metrics = request.app.state.metrics
     started = time.perf_counter_ns()

@@ -1,0 +1,362 @@
+"""`create` and `/api/create`: derived models that share their base's blobs, settings
+applied to requests (seen through prompt_eval_count and eval_count on the tiny model),
+`show` of what was created, `rm` around shared blobs, import through symlinks, and
+nothing left in the store after a failed create."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+from localserve.errors import ImportSourceError, LocalserveError, ModelNotFoundError
+from localserve.store.create import create_model, read_config
+from localserve.store.importing import import_gguf
+from localserve.store.modelfile import parse_modelfile
+from localserve.store.store import ModelStore
+from tests.support.daemon import Daemon, daemon_env, running_daemon
+from tests.support.tiny_gguf import write_tiny_gguf
+from tests.support.tiny_lora import write_tiny_lora
+
+GREEDY = {"temperature": 0}
+ONLY_LAST = "{{ messages[-1]['content'] }}"
+
+
+def blobs(store: ModelStore) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in store.blobs_dir.iterdir()}
+
+
+def create(store: ModelStore, name: str, text: str, folder: Path) -> None:
+    for _ in create_model(store, name, parse_modelfile(text), folder=folder):
+        pass
+
+
+@pytest.fixture
+def store(isolated_home: Path, tiny_gguf_path: Path) -> ModelStore:
+    models = ModelStore(isolated_home / "models")
+    for _ in import_gguf(models, tiny_gguf_path, "tiny"):
+        pass
+    return models
+
+
+def test_a_derived_model_shares_its_base(store: ModelStore, tmp_path: Path) -> None:
+    before = blobs(store)
+    create(store, "terse", "FROM tiny\nPARAMETER num_predict 3\nSYSTEM Be terse.\n", tmp_path)
+    after = blobs(store)
+    added = {name: size for name, size in after.items() if name not in before}
+    assert sum(added.values()) < 200  # two small settings, no copy of the GGUF
+    assert len(added) == 2
+    _, base = store.get("tiny")
+    _, derived = store.get("terse")
+    assert derived.files == base.files and derived.base == "tiny:latest"
+    config = read_config(store, derived)
+    assert config.parameters == {"num_predict": 3} and config.system == "Be terse."
+    # A model created from it inherits, and overrides key by key.
+    create(store, "terser", "FROM terse\nPARAMETER temperature 0.5\n", tmp_path)
+    _, grandchild = store.get("terser")
+    inherited = read_config(store, grandchild)
+    assert inherited.parameters == {"num_predict": 3, "temperature": 0.5}
+    assert inherited.system == "Be terse."
+
+
+def test_rm_of_a_base_keeps_what_a_derived_model_uses(store: ModelStore, tmp_path: Path) -> None:
+    create(store, "terse", "FROM tiny\nSYSTEM Be terse.\n", tmp_path)
+    _, base = store.get("tiny")
+    store.remove("tiny")
+    assert store.has_blob(base.digest)
+    store.remove("terse")
+    assert not store.has_blob(base.digest)
+    assert blobs(store) == {}
+
+
+def test_from_a_gguf_path_and_through_symlinks(store: ModelStore, tmp_path: Path) -> None:
+    other = write_tiny_gguf(tmp_path / "real" / "other.gguf", seed=3)
+    link = tmp_path / "link.gguf"
+    link.symlink_to(other)
+    chain = tmp_path / "chain.gguf"
+    chain.symlink_to(link)
+    create(store, "from-path", "FROM ./chain.gguf\nSYSTEM hi\n", tmp_path)
+    _, manifest = store.get("from-path")
+    digest = hashlib.sha256(other.read_bytes()).hexdigest()
+    assert manifest.digest == digest
+    blob = store.blob_path(digest)
+    assert not blob.is_symlink() and blob.read_bytes() == other.read_bytes()
+
+
+@pytest.mark.parametrize("hops", [1, 3])
+def test_import_follows_a_symlink_chain(store: ModelStore, tmp_path: Path, hops: int) -> None:
+    """As in the Hugging Face cache: snapshots/<rev>/x.gguf -> ../../blobs/<hash>."""
+    real = write_tiny_gguf(tmp_path / "hub" / "blobs" / "0a1b2c", seed=5)
+    target: Path = real
+    for hop in range(hops):
+        link = tmp_path / "hub" / f"hop{hop}" / "model.gguf"
+        link.parent.mkdir(parents=True)
+        link.symlink_to(target)
+        target = link
+    for _ in import_gguf(store, target, f"linked{hops}"):
+        pass
+    _, manifest = store.get(f"linked{hops}")
+    blob = store.blob_path(manifest.digest)
+    assert not blob.is_symlink() and blob.read_bytes() == real.read_bytes()
+    assert manifest.files[0].filename == "model.gguf"
+    assert not list(store.partial_dir.iterdir())
+
+
+def test_a_dangling_symlink_is_refused_and_leaves_nothing(
+    store: ModelStore, tmp_path: Path
+) -> None:
+    link = tmp_path / "gone.gguf"
+    link.symlink_to(tmp_path / "nothing-here.gguf")
+    before = blobs(store)
+    with pytest.raises(ImportSourceError, match="no such file"):
+        for _ in import_gguf(store, link, "dangling"):
+            pass
+    assert blobs(store) == before and not list(store.partial_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("FROM nothing-stored\n", ModelNotFoundError),
+        ("FROM ./missing.gguf\n", ImportSourceError),
+        ("FROM tiny\nADAPTER ./missing-lora.gguf\n", ImportSourceError),
+        ("FROM tiny\nADAPTER ./not-a-lora.gguf\n", LocalserveError),
+    ],
+)
+def test_a_failed_create_leaves_nothing(
+    store: ModelStore, tmp_path: Path, text: str, error: type[Exception]
+) -> None:
+    (tmp_path / "not-a-lora.gguf").write_bytes(b"GGUF but not really")
+    before = blobs(store)
+    names = [m.name for m in store.list_models()]
+    with pytest.raises(error):
+        create(store, "broken", text, tmp_path)
+    assert blobs(store) == before
+    assert [m.name for m in store.list_models()] == names
+    assert not list(store.partial_dir.iterdir())
+
+
+# ------------------------------------------------------------------ the daemon
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_gguf_path: Path) -> Iterator[Daemon]:
+    home = tmp_path_factory.mktemp("create") / "localserve-home"
+    with running_daemon(home, tiny_gguf_path) as started:
+        yield started
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[ollama.Client]:
+    with ollama.Client(host=daemon.url, timeout=120) as client:
+        yield client
+
+
+def cli(daemon: Daemon, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "localserve", *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**daemon_env(daemon.home, daemon.port), "COLUMNS": "200"},
+        check=False,
+    )
+
+
+def chat(
+    client: ollama.Client, model: str, messages: list[dict[str, str]], **options: object
+) -> ollama.ChatResponse:
+    return client.chat(model, messages, options={**GREEDY, **options})
+
+
+def test_parameters_apply_and_requests_override_them(
+    client: ollama.Client, daemon: Daemon, tmp_path: Path
+) -> None:
+    (tmp_path / "Modelfile").write_text(
+        "FROM tiny\nPARAMETER num_predict 3\nPARAMETER ignore_eos true\n"
+    )
+    made = cli(daemon, "create", "three", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    hello = [{"role": "user", "content": "hello"}]
+    assert chat(client, "three", hello).eval_count == 3
+    assert chat(client, "three", hello, num_predict=5).eval_count == 5
+    assert client.generate("three", "hi", options=GREEDY).eval_count == 3
+
+
+def test_system_prompt_messages_and_template(
+    client: ollama.Client, daemon: Daemon, tmp_path: Path
+) -> None:
+    modelfile = tmp_path / "custom.modelfile"
+    modelfile.write_text(
+        "FROM tiny\nPARAMETER num_predict 1\n"
+        'SYSTEM """You are a very careful assistant who answers in rhymes."""\n'
+        "MESSAGE user What is two plus two?\nMESSAGE assistant Four, I implore.\n"
+    )
+    assert cli(daemon, "create", "rhymes", "-f", str(modelfile), cwd=tmp_path).returncode == 0
+    (tmp_path / "Modelfile").write_text(f'FROM tiny\nTEMPLATE """{ONLY_LAST}"""\n')
+    assert cli(daemon, "create", "last-only", cwd=tmp_path).returncode == 0
+
+    question = [{"role": "user", "content": "Why?"}]
+    base = chat(client, "tiny", question, num_predict=1).prompt_eval_count or 0
+    with_settings = chat(client, "rhymes", question).prompt_eval_count or 0
+    assert with_settings > base + 10  # the system prompt and two example turns
+    # An explicit system prompt wins over the model's (but the examples stay).
+    mine = [{"role": "system", "content": "Be brief."}, *question]
+    explicit = chat(client, "rhymes", mine).prompt_eval_count or 0
+    base_explicit = chat(client, "tiny", mine, num_predict=1).prompt_eval_count or 0
+    assert base_explicit < explicit < with_settings
+    # /api/generate uses the model's system prompt too.
+    generated = client.generate("rhymes", "Why?", options=GREEDY)
+    assert (generated.prompt_eval_count or 0) > (
+        client.generate("tiny", "Why?", options={"num_predict": 1}).prompt_eval_count or 0
+    )
+    # The template renders only the last message: the history costs nothing.
+    history = [
+        {"role": "user", "content": "one two three four five six"},
+        {"role": "assistant", "content": "seven eight"},
+        *question,
+    ]
+    assert (
+        chat(client, "last-only", history, num_predict=1).prompt_eval_count
+        == chat(client, "last-only", question, num_predict=1).prompt_eval_count
+    )
+
+
+def test_show_what_was_created(client: ollama.Client, daemon: Daemon, tmp_path: Path) -> None:
+    text = 'FROM tiny\nPARAMETER temperature 0.3\nPARAMETER stop "END"\nSYSTEM """Be kind."""\nLICENSE MIT\n'
+    (tmp_path / "Modelfile").write_text(text)
+    assert cli(daemon, "create", "kind", cwd=tmp_path).returncode == 0
+    shown = client.show("kind")
+    assert shown.modelfile is not None and 'SYSTEM """Be kind."""' in shown.modelfile
+    # Ollama's wire has "system"; the client's model leaves it out.
+    raw = httpx.post(daemon.url + "/api/show", json={"model": "kind"}).json()
+    assert raw["system"] == "Be kind." and raw["details"]["parent_model"] == "tiny:latest"
+    assert (
+        shown.parameters is not None
+        and "temperature" in shown.parameters
+        and '"END"' in shown.parameters
+    )
+    assert shown.modelfile is not None and "FROM tiny:latest" in shown.modelfile
+    assert shown.license == "MIT"
+    assert cli(daemon, "show", "kind", "--system", cwd=tmp_path).stdout.strip() == "Be kind."
+    params = cli(daemon, "show", "kind", "--parameters", cwd=tmp_path).stdout
+    assert "temperature" in params and "stop" in params
+    # show --modelfile recreates the model.
+    written = cli(daemon, "show", "kind", "--modelfile", cwd=tmp_path).stdout
+    (tmp_path / "again").write_text(written)
+    assert (
+        cli(daemon, "create", "kind-again", "-f", str(tmp_path / "again"), cwd=tmp_path).returncode
+        == 0
+    )
+    again = client.show("kind-again")
+    assert (again.parameters, again.license) == (shown.parameters, shown.license)
+    assert again.modelfile is not None and 'SYSTEM """Be kind."""' in again.modelfile
+
+
+def test_cli_errors_name_the_line(daemon: Daemon, tmp_path: Path) -> None:
+    (tmp_path / "Modelfile").write_text("FROM tiny\nPARAMETER temprature 0.1\n")
+    result = cli(daemon, "create", "typo", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "line 2" in result.stderr and "temprature" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = cli(daemon, "create", "nofile", "-f", "nowhere/Modelfile", cwd=tmp_path)
+    assert missing.returncode != 0 and "cannot read the Modelfile" in missing.stderr
+
+
+def test_ollama_client_create_and_api_errors(client: ollama.Client, daemon: Daemon) -> None:
+    statuses = [
+        p.status
+        for p in client.create(
+            "via-api",
+            from_="tiny",
+            system="You are an API.",
+            parameters={"num_predict": 2, "stop": ["END"]},
+            messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+            stream=True,
+        )
+    ]
+    assert statuses[-1] == "success"
+    shown = client.show("via-api")
+    assert shown.parameters and "num_predict" in shown.parameters
+    assert shown.modelfile and "You are an API." in shown.modelfile
+    assert client.generate("via-api", "x", options=GREEDY).eval_count <= 2
+    for body, status, needle in [
+        ({"model": "bad", "from": "tiny", "parameters": {"temprature": 1}}, 400, "temprature"),
+        ({"model": "bad", "from": "tiny", "template": "{{ .Prompt }}"}, 400, "Go template"),
+        ({"model": "bad", "from": "no-such-model"}, 404, "no-such-model"),
+        ({"model": "bad"}, 400, '"from"'),
+        ({"model": "bad", "files": {"x.gguf": "sha256:" + "0" * 64}}, 400, "upload it first"),
+    ]:
+        response = httpx.post(daemon.url + "/api/create", json=body, timeout=60)
+        assert response.status_code == status, (body, response.text)
+        assert needle in response.json()["error"]
+    assert "bad" not in [m.model for m in client.list().models]
+
+
+def test_upload_a_blob_then_create_from_it(
+    client: ollama.Client, daemon: Daemon, tmp_path: Path
+) -> None:
+    gguf = write_tiny_gguf(tmp_path / "uploaded.gguf", seed=11)
+    data = gguf.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert httpx.head(f"{daemon.url}/api/blobs/{digest}").status_code == 404
+    wrong = httpx.post(f"{daemon.url}/api/blobs/sha256:{'1' * 64}", content=data)
+    assert wrong.status_code == 400 and "sha256" in wrong.json()["error"]
+    assert client.create_blob(gguf) == digest  # the client's own upload
+    assert httpx.head(f"{daemon.url}/api/blobs/{digest}").status_code == 200
+    for _ in client.create("uploaded", files={"uploaded.gguf": digest}, stream=True):
+        pass
+    assert client.generate("uploaded", "hi", options={"num_predict": 2}).eval_count == 2
+
+
+def test_an_adapter_changes_greedy_output(
+    client: ollama.Client, daemon: Daemon, tmp_path: Path
+) -> None:
+    write_tiny_lora(tmp_path / "lora.gguf", std=0.5)
+    (tmp_path / "Modelfile").write_text("FROM tiny\nADAPTER ./lora.gguf\n")
+    made = cli(daemon, "create", "tuned", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    options = {"temperature": 0, "num_predict": 12, "ignore_eos": True}
+    prompts = ["Once upon a time", "The capital of", "1, 2, 3,"]
+    base = [client.generate("tiny", p, raw=True, options=options).response for p in prompts]
+    tuned = [client.generate("tuned", p, raw=True, options=options).response for p in prompts]
+    assert base != tuned
+    ps = {m.model: m.size for m in client.ps().models}
+    assert ps["tuned:latest"] > ps["tiny:latest"]  # the plan counts the adapter
+
+
+def test_an_adapter_for_another_base_is_refused_at_create(daemon: Daemon, tmp_path: Path) -> None:
+    write_tiny_lora(tmp_path / "wide.gguf", n_embd=128)
+    (tmp_path / "Modelfile").write_text("FROM tiny\nADAPTER ./wide.gguf\n")
+    before = sorted(p.name for p in (daemon.home / "models" / "blobs").iterdir())
+    result = cli(daemon, "create", "mismatched", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "shape" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in (daemon.home / "models" / "blobs").iterdir()) == before
+
+
+def test_ollama_client_create_with_an_uploaded_adapter(
+    client: ollama.Client, tmp_path: Path
+) -> None:
+    lora = write_tiny_lora(tmp_path / "lora.gguf", seed=4, std=0.5)
+    digest = client.create_blob(lora)
+    statuses = [
+        p.status
+        for p in client.create(
+            "tuned-api", from_="tiny", adapters={"lora.gguf": digest}, stream=True
+        )
+    ]
+    assert statuses[-1] == "success"
+    options = {"temperature": 0, "num_predict": 12, "ignore_eos": True}
+    assert (
+        client.generate("tuned-api", "Once upon a time", raw=True, options=options).response
+        != client.generate("tiny", "Once upon a time", raw=True, options=options).response
+    )
