@@ -21,6 +21,7 @@ from localserve.store.importing import import_gguf
 from localserve.store.modelfile import parse_modelfile
 from localserve.store.store import ModelStore
 from tests.support.daemon import Daemon, daemon_env, running_daemon
+from tests.support.fakehub import FakeHub
 from tests.support.tiny_gguf import write_tiny_gguf
 from tests.support.tiny_lora import write_tiny_lora
 
@@ -360,3 +361,29 @@ def test_ollama_client_create_with_an_uploaded_adapter(
         client.generate("tuned-api", "Once upon a time", raw=True, options=options).response
         != client.generate("tiny", "Once upon a time", raw=True, options=options).response
     )
+
+
+def test_from_a_hub_name_pulls_it_first(
+    daemon: Daemon, fake_hub: FakeHub, tiny_gguf_path: Path, tmp_path: Path
+) -> None:
+    fake_hub.add_repo("tester/base-GGUF", {"base-Q4_K_M.gguf": tiny_gguf_path})
+    (tmp_path / "Modelfile").write_text("FROM hf.co/tester/base-GGUF\nSYSTEM From the hub.\n")
+    env = {**daemon_env(daemon.home, daemon.port), "HF_ENDPOINT": fake_hub.url}
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "localserve", "create", "hubbed"],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pulling manifest" in result.stderr
+    store = ModelStore(daemon.home / "models")
+    _, base = store.get("hf.co/tester/base-GGUF")
+    _, derived = store.get("hubbed")
+    assert derived.files == base.files
+    assert (derived.base or "").startswith("hf.co/tester/base-GGUF")
