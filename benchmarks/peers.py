@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,14 +116,14 @@ def _wait_or_kill(process: subprocess.Popen[bytes], url: str) -> None:
 
 
 def start_llama_server(
-    model: Path, *, parallel: int, ctx_per_slot: int, threads: int
+    model: Path, *, parallel: int, ctx_per_slot: int, threads: int, extra: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[bytes], str]:
     """llama-server with one unified KV cache, as its docs recommend for many streams."""
     port = free_port()
     process = subprocess.Popen(
         [str(binary("llama-server")), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
          "-np", str(parallel), "-c", str(ctx_per_slot * parallel), "-kvu", "-t", str(threads), "-tb", str(threads),
-         "--no-webui", "--log-disable"],
+         "--no-webui", "--log-disable", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip

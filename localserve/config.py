@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from localserve.errors import InvalidOptionError
@@ -113,8 +113,20 @@ class Settings(BaseSettings):
         ge=16,
         description="Context per sequence, capped at the model's training context.",
     )
+    speculative: Literal["off", "ngram"] = Field(
+        default="ngram",
+        description="Speculative decoding: ngram drafts from the sequence's own text; off.",
+    )
     max_images: int = Field(
         default=16, ge=0, description="Images and sounds one request may carry."
+    )
+    kv_cache_type: str = Field(
+        default="f16",
+        description="Type of the KV cache (f16, q8_0, q4_0...); a request's option wins.",
+    )
+    flash_attention: str = Field(
+        default="auto",
+        description="Flash attention: auto (where the backend has it), on or off.",
     )
     api_key: SecretStr | None = Field(
         default=None, description="Bearer key the daemon requires; needed to bind beyond loopback."
@@ -143,6 +155,27 @@ class Settings(BaseSettings):
     def _check_host(cls, value: str) -> str:
         split_host(value)
         return value
+
+    @field_validator("kv_cache_type")
+    @classmethod
+    def _check_kv_cache_type(cls, value: str) -> str:
+        from localserve.engine.options import kv_cache_type
+
+        return kv_cache_type(value, "it")
+
+    @field_validator("flash_attention")
+    @classmethod
+    def _check_flash_attention(cls, value: str, info: ValidationInfo) -> str:
+        from localserve.engine.options import PLAIN_KV_CACHE_TYPES, flash_attention_mode
+
+        mode = flash_attention_mode(value, "it")
+        kv = info.data.get("kv_cache_type", "f16")
+        if mode == "off" and kv not in PLAIN_KV_CACHE_TYPES:
+            raise InvalidOptionError(
+                f"a {kv} V cache (LOCALSERVE_KV_CACHE_TYPE) needs flash attention: "
+                "set it to on or auto"
+            )
+        return mode
 
     # Derived paths. Nothing is created here: the store and the daemon make what they use.
 
@@ -192,6 +225,6 @@ def load_settings() -> Settings:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         raise InvalidOptionError(
-            f"invalid LOCALSERVE_{field.upper()}: {first['msg']}",
+            f"invalid LOCALSERVE_{field.upper()}: {first['msg'].removeprefix('Value error, ')}",
             hint="fix the environment variable; see docs/configuration.md",
         ) from None

@@ -385,6 +385,9 @@ OPERATIONS = [
     "DELETE /api/delete",
     "POST /api/copy",
     "POST /api/pull",
+    "POST /api/create",
+    "HEAD /api/blobs/{digest}",
+    "POST /api/blobs/{digest}",
     "POST /api/generate",
     "POST /api/chat",
     "POST /api/embed",
@@ -408,7 +411,12 @@ RUNS_A_MODEL = {
     "POST /v1/embeddings",
 }
 # Operations with a body, so that schemathesis can also send data the schema forbids.
-TAKES_INPUT = RUNS_A_MODEL | {"DELETE /api/delete", "POST /api/copy", "POST /api/pull"}
+TAKES_INPUT = RUNS_A_MODEL | {
+    "DELETE /api/delete",
+    "POST /api/copy",
+    "POST /api/pull",
+    "POST /api/create",
+}
 CASES = [(label, GenerationMode.POSITIVE) for label in OPERATIONS] + [
     (label, GenerationMode.NEGATIVE) for label in OPERATIONS if label in TAKES_INPUT
 ]

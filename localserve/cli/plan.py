@@ -62,6 +62,16 @@ def plan(
             show_default=False,
         ),
     ] = None,
+    kv_cache_type: Annotated[
+        str | None,
+        typer.Option(
+            "--kv-cache-type",
+            metavar="TYPE",
+            help="KV cache type: f16, q8_0, q4_0 (or f32, bf16, q4_1, iq4_nl, q5_0, q5_1) "
+            "[default: LOCALSERVE_KV_CACHE_TYPE].",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show how a model would be split between GPU and CPU memory, without loading it.
@@ -70,12 +80,18 @@ def plan(
     header is fetched, a few MB over HTTP Range requests.
     """
     from localserve.config import load_settings
+    from localserve.engine.options import kv_cache_type as check_kv_cache_type
     from localserve.plan import parse_size, probe
     from localserve.plan import plan as make_plan
     from localserve.plan.source import load_header
 
     simulated = parse_size(gpu_memory) if gpu_memory is not None else None
     settings = load_settings()
+    kv_type = (
+        settings.kv_cache_type
+        if kv_cache_type is None
+        else check_kv_cache_type(kv_cache_type, "--kv-cache-type")
+    )
     header = load_header(model)
     devices = probe() if simulated is None else probe(gpus=False).simulate_gpu(simulated)
     result = make_plan(
@@ -84,6 +100,7 @@ def plan(
         num_parallel=parallel or settings.num_parallel,
         devices=devices,
         num_gpu=-1 if num_gpu is None else num_gpu,
+        kv_type=kv_type,
         projector=header.projector,
         adapters=header.adapters,
     )

@@ -117,6 +117,8 @@ class RunnerClient:
             await _kill(process)
             await asyncio.wait_for(stderr_task, 5)
             reason = (first or {}).get("fatal") or _crash_reason(process.returncode, tail)
+            if (first or {}).get("kind") == "option":  # an option this model cannot take
+                raise InvalidOptionError(f"the model failed to load: {reason}")
             raise EngineError(f"the model failed to load: {reason}")
         client = cls(process, first["ready"], tail)
         client._reader = asyncio.create_task(client._read_loop(stderr_task))

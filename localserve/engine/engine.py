@@ -46,6 +46,7 @@ from localserve.engine.logprobs import token_logprob
 from localserve.engine.media import MediaChunk, Projector
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.protocol import DoneEvent, ErrorEvent, Event, LogprobsEvent, TextEvent
+from localserve.engine.speculate import Drafter
 from localserve.engine.text import StopMatcher, Utf8Stream
 from localserve.errors import EngineError, PromptTooLongError
 
@@ -101,6 +102,8 @@ class Job:
     media: dict[int, MediaChunk] = field(default_factory=dict)
 
     # filled in by the engine
+    drafter: Drafter | None = None  # speculative drafts (speculate.py); None: off
+    draft: list[int] = field(default_factory=list)  # this step's drafted tokens
     slot: int = -1
     n_past: int = 0  # positions of this job in its slot's KV
     cached: int = 0  # prompt tokens found in the prefix cache
@@ -151,6 +154,8 @@ class EngineStats:
     multi_job_steps: int = 0  # steps that decoded tokens of two jobs or more
     kv_full_retries: int = 0
     media_encoded: int = 0  # images and sounds encoded (cached ones are not)
+    draft_tokens: int = 0  # speculative tokens fed for verification
+    draft_accepted: int = 0  # of them, the ones the sampler picked (each saved a step)
     parked: int = 0  # idle sequences moved to host memory
     restored: int = 0  # parked sequences a job continued
 
@@ -225,6 +230,10 @@ class Engine:
         job.sampler = Sampler(self.model, job.options, job.grammar, job.grammar_triggers)
         job.stops = StopMatcher(job.options.stop)
         job.parser = (job.parser_factory or OutputParser)(job.id)
+        # A recurrent model's state cannot drop rejected drafts (no partial seq_rm).
+        speculate = self.options.speculative == "ngram" and not self.model.is_recurrent
+        if speculate and job.options.speculative:
+            job.drafter = Drafter([t for t in job.tokens if t >= 0])
         self.jobs[job.id] = job
         self.waiting.append(job)
 
@@ -381,7 +390,8 @@ class Engine:
         generating = [j for j in running if j.generating]
         reading = [j for j in running if not j.generating]
         n_batch = self.context.shape.n_batch
-        budget = n_batch - len(generating)
+        self._draft(generating, n_batch)
+        budget = n_batch - sum(1 + len(j.draft) for j in generating)
         if generating:
             budget = min(budget, self.options.prefill_chunk)
         # A medium takes a step of its own (its embeddings are a batch of their own);
@@ -407,8 +417,12 @@ class Engine:
                     self._fail(job, f"llama_decode failed ({rc})", events)
                 return events
             # No KV slot for this batch; nothing was applied. As llama.cpp's server
-            # does: make room, or try a smaller batch.
+            # does: make room, or try a smaller batch (drafts go first).
             self.stats.kv_full_retries += 1
+            if any(j.draft for j in generating):
+                for j in generating:
+                    j.draft = []
+                continue
             if self._free_idle_cache():
                 continue
             if budget > 1 and any(not job.generating for job, _, _ in plan):
@@ -429,6 +443,9 @@ class Engine:
         now = time.perf_counter_ns()
         for job, count, row in plan:
             slot = self.slots[job.slot]
+            if job.generating and job.draft:
+                self._verify(job, row, events)
+                continue
             if job.generating:
                 slot.tokens.append(job.last_token)
             else:
@@ -481,8 +498,10 @@ class Engine:
         plan: list[tuple[Job, int, int]] = []
         for job in generating:
             row = self.batch.n_tokens
-            self.batch.add((job.last_token,), job.n_past, job.slot, True)
-            plan.append((job, 1, row))
+            fed = (job.last_token, *job.draft)
+            # With a draft, every position's logits: each is sampled in turn (_verify).
+            self.batch.add(fed, job.n_past, job.slot, True, want_all_logits=bool(job.draft))
+            plan.append((job, len(fed), row))
         for job in reading:
             if budget <= 0:
                 break
@@ -524,6 +543,47 @@ class Engine:
         self.slots[job.slot].tokens.extend(job.tokens[job.n_past : job.n_past + chunk.n_pos])
         job.n_past += chunk.n_pos
 
+    def _draft(self, generating: list[Job], n_batch: int) -> None:
+        """This step's draft for each generating job that drafts, within the batch, the
+        context and the tokens the job may still produce."""
+        room = n_batch - len(generating)
+        for job in generating:
+            job.draft = []
+            if job.drafter is None or room <= 0:
+                continue
+            limit = min(room, self.num_ctx - job.n_past - 2)
+            if job.options.num_predict >= 0:
+                limit = min(limit, job.options.num_predict - job.generated - 1)
+            job.draft = job.drafter.draft(limit, busy=len(generating) > 1)
+            room -= len(job.draft)
+
+    def _verify(self, job: Job, row: int, events: list[Event]) -> None:
+        """Sample each fed position in order, as plain decoding would have: position i's
+        logits are valid while the drafts before it were the tokens sampled. Keep the
+        cells of what was valid, drop the rest."""
+        slot = self.slots[job.slot]
+        draft = job.draft
+        job.draft = []
+        fed = [job.last_token, *draft]
+        accepted = 0
+        for i, token_in in enumerate(fed):
+            slot.tokens.append(token_in)
+            job.n_past += 1
+            assert job.sampler is not None
+            token = job.sampler.sample(self.context, row + i)
+            self._on_token(job, token, events, row + i)
+            if job.id not in self.jobs:  # finished (stop, length) or failed
+                break
+            if i == len(draft) or token != draft[i]:
+                break
+            accepted += 1
+        # Cells past the last valid position hold rejected drafts.
+        self.context.seq_rm(job.slot, job.n_past, -1)
+        assert job.drafter is not None
+        job.drafter.record(len(draft), accepted)
+        self.stats.draft_tokens += len(draft)
+        self.stats.draft_accepted += accepted
+
     def _free_idle_cache(self) -> bool:
         """Drop the cached prefix of the least recently used idle slot, if any."""
         idle = sorted(
@@ -545,6 +605,8 @@ class Engine:
         job.generated += 1
         job.output.append(token)
         job.last_token = token
+        if job.drafter is not None:
+            job.drafter.push(token)
         self.stats.generated_tokens += 1
         assert job.stops is not None
         assert job.parser is not None
@@ -578,6 +640,8 @@ class Engine:
                 eval_duration=max(0, now - prompt_end) if job.prompt_done_ns else 0,
                 queue_duration=max(0, (job.prompt_started_ns or now) - job.submitted_ns),
                 dropped_messages=job.dropped_messages,
+                draft_count=job.drafter.drafted if job.drafter else 0,
+                draft_accepted=job.drafter.accepted if job.drafter else 0,
                 # Without media placeholders: a later request cannot send those back.
                 context=[t for t in job.tokens if t >= 0] + job.output
                 if job.want_context

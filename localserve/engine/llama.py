@@ -21,8 +21,15 @@ from typing import Any
 import llama_cpp.llama_cpp as L  # noqa: TID253 - the engine owns llama_cpp
 import numpy as np
 
-from localserve.engine.options import LoadOptions, SamplingOptions
-from localserve.errors import EngineError
+from localserve.engine.options import (
+    PLAIN_KV_CACHE_TYPES,
+    LoadOptions,
+    SamplingOptions,
+    check_kv_flash_attention,
+    flash_attention_mode,
+    kv_cache_type,
+)
+from localserve.errors import EngineError, InvalidOptionError
 
 
 def _close_devnull_at_exit() -> None:
@@ -53,6 +60,28 @@ _LEVELS = {
     5: logging.DEBUG,
 }
 
+# ggml's type ids for the KV cache types (ggml.h, enum ggml_type); the bindings have no
+# GGML_TYPE_BF16, which is 30 there.
+GGML_KV_TYPES: dict[str, int] = {
+    "f32": L.GGML_TYPE_F32,
+    "f16": L.GGML_TYPE_F16,
+    "bf16": 30,
+    "q8_0": L.GGML_TYPE_Q8_0,
+    "q4_0": L.GGML_TYPE_Q4_0,
+    "q4_1": L.GGML_TYPE_Q4_1,
+    "iq4_nl": L.GGML_TYPE_IQ4_NL,
+    "q5_0": L.GGML_TYPE_Q5_0,
+    "q5_1": L.GGML_TYPE_Q5_1,
+}
+FLASH_ATTN_TYPES: dict[str, int] = {
+    "auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+# Lists that llama.cpp's log lines are appended to while a caller listens (see
+# flash_attention_supported); only the thread that made the call reads them.
+_log_listeners: list[list[str]] = []
+
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
@@ -65,6 +94,8 @@ def init_backend() -> None:
         @L.llama_log_callback  # type: ignore[untyped-decorator]
         def forward(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
             message = text.decode("utf-8", "replace").rstrip()
+            for listener in _log_listeners:
+                listener.append(message)
             if message:
                 log.log(_LEVELS.get(level, logging.DEBUG), "%s", message)
 
@@ -102,6 +133,7 @@ class Model:
                 f"llama.cpp could not load {Path(paths[0]).name} (see the runner log)"
             )
         self.handle = handle
+        self.n_gpu_layers = n_gpu_layers
         self.vocab = L.llama_model_get_vocab(handle)
         self.n_vocab = int(L.llama_vocab_n_tokens(self.vocab))
         self.n_ctx_train = int(L.llama_model_n_ctx_train(handle))
@@ -285,16 +317,30 @@ class Context:
         # (otherwise llama.cpp prunes positions behind the window and prefixes must be
         # recomputed); it costs what a non-SWA model costs anyway.
         params.swa_full = True
-        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # The KV cache's type (K and V alike) and flash attention: llama.cpp reads a
+        # quantized V cache only through flash attention (options.py refuses "off").
+        kv_type = kv_cache_type(options.kv_cache_type)
+        flash = flash_attention_mode(options.flash_attention)
+        check_kv_flash_attention(kv_type, flash)
+        params.type_k = params.type_v = GGML_KV_TYPES[kv_type]
+        params.flash_attn_type = FLASH_ATTN_TYPES[flash]
+        if flash == "auto" and kv_type not in PLAIN_KV_CACHE_TYPES:
+            _check_flash_attention(model, kv_type, n_threads)
         params.embeddings = embeddings
         if pooling is not None:
             params.pooling_type = pooling
         params.no_perf = True
         handle = L.llama_init_from_model(model.handle, params)
         if not handle:
+            if kv_type != "f16" or flash != "auto":
+                raise EngineError(
+                    f"llama.cpp could not create a context with a {kv_type} KV cache and "
+                    f"flash attention {flash} (see the runner log)"
+                )
             raise EngineError("llama.cpp could not create a context (out of memory?)")
         self.handle = handle
         self.model = model
+        self.kv_cache_type = kv_type
         self.memory = L.llama_get_memory(handle)
         self.shape = ContextShape(
             n_ctx=int(L.llama_n_ctx(handle)),
@@ -370,6 +416,49 @@ class Context:
         vector = np.ctypeslib.as_array(pointer, shape=(self.model.n_embd,)).astype(np.float64)
         norm = float(np.linalg.norm(vector))
         return [float(x) for x in (vector / norm if norm > 0 else vector)]
+
+
+def _on_gpu(model: Model) -> bool:
+    """Whether llama.cpp put any of the model's layers on a GPU."""
+    return model.n_gpu_layers != 0 and supports_gpu_offload()
+
+
+def _check_flash_attention(model: Model, kv_type: str, n_threads: int) -> None:
+    """With "auto" and a quantized V cache, llama.cpp turns flash attention on without
+    asking the backend (llama_init_from_model), skipping the check "auto" otherwise
+    makes: where the GPU backend has no flash-attention kernel, ggml would quietly run
+    every layer's attention on the CPU, copying the cache across each step. The CPU
+    backend always has one; on a GPU, ask llama.cpp and refuse clearly instead."""
+    if _on_gpu(model) and not flash_attention_supported(model, n_threads=n_threads):
+        raise InvalidOptionError(
+            f"a {kv_type} V cache needs flash attention, which this llama.cpp build "
+            "cannot run on the GPU for this model",
+            hint="use kv_cache_type f16, or flash_attention on to run the attention on "
+            "the CPU instead (slow)",
+        )
+
+
+def flash_attention_supported(model: Model, *, n_threads: int = 1) -> bool:
+    """Whether llama.cpp's "auto" turns flash attention on for ``model`` on the devices
+    its layers went to: a throwaway context (256 cells, f16, one-token batches) is made
+    with "auto", and llama.cpp's verdict read from its log (it has no call for it)."""
+    params = L.llama_context_default_params()
+    params.n_ctx = 256
+    params.n_batch = params.n_ubatch = 1
+    params.n_seq_max = 1
+    params.n_threads = params.n_threads_batch = n_threads
+    params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_AUTO
+    params.no_perf = True
+    lines: list[str] = []
+    _log_listeners.append(lines)
+    try:
+        handle = L.llama_init_from_model(model.handle, params)
+    finally:
+        _log_listeners.remove(lines)
+    if not handle:
+        raise EngineError("llama.cpp could not create a context (out of memory?)")
+    L.llama_free(handle)
+    return not any("Flash Attention not supported" in line for line in lines)
 
 
 class Batch:

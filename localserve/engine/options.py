@@ -10,10 +10,62 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Final
 
 from localserve.errors import InvalidOptionError
+
+# The KV cache types llama.cpp takes for type_k / type_v (llama-server's --cache-type-k
+# list), Ollama's three first. f16, q8_0 and q4_0 have flash-attention kernels on every
+# backend; the others run everywhere on the CPU, but a GPU build may lack kernels for
+# them (CUDA builds them only with GGML_CUDA_FA_ALL_QUANTS) and run attention on the CPU.
+KV_CACHE_TYPES: Final = ("f16", "q8_0", "q4_0", "f32", "bf16", "q4_1", "iq4_nl", "q5_0", "q5_1")
+# Not quantized: no block size to respect, and no flash attention needed for the V cache.
+PLAIN_KV_CACHE_TYPES: Final = frozenset({"f32", "f16", "bf16"})
+FLASH_ATTENTION_MODES: Final = ("auto", "on", "off")
+_FLASH_ALIASES: Final = {
+    "auto": "auto",
+    "on": "on",
+    "true": "on",
+    "1": "on",
+    "enabled": "on",
+    "off": "off",
+    "false": "off",
+    "0": "off",
+    "disabled": "off",
+}
+
+
+def kv_cache_type(value: object, name: str = "kv_cache_type") -> str:
+    """A KV cache type in llama.cpp's spelling (``Q8_0`` -> ``q8_0``), or a clear error."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text not in KV_CACHE_TYPES:
+        raise InvalidOptionError(
+            f"{name} must be one of {', '.join(KV_CACHE_TYPES)}, got {value!r}"
+        )
+    return text
+
+
+def flash_attention_mode(value: object, name: str = "flash_attention") -> str:
+    """``auto``, ``on`` or ``off`` (booleans and 1/0 as Ollama's OLLAMA_FLASH_ATTENTION)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    found = _FLASH_ALIASES.get(value.strip().lower()) if isinstance(value, str) else None
+    if found is None:
+        raise InvalidOptionError(
+            f"{name} must be one of {', '.join(FLASH_ATTENTION_MODES)}, got {value!r}"
+        )
+    return found
+
+
+def check_kv_flash_attention(kv_type: str, flash_attention: str) -> None:
+    """llama.cpp reads a quantized V cache only through flash attention: refuse the
+    combination here rather than let the context fail to build."""
+    if kv_type not in PLAIN_KV_CACHE_TYPES and flash_attention == "off":
+        raise InvalidOptionError(
+            f"a {kv_type} V cache needs flash attention: set flash_attention to on or auto",
+            hint="or use kv_cache_type f16 (LOCALSERVE_KV_CACHE_TYPE, LOCALSERVE_FLASH_ATTENTION)",
+        )
 
 
 def default_threads() -> int:
@@ -40,6 +92,9 @@ def default_threads() -> int:
     return max(1, min(available, len(cores) or available))
 
 
+SPECULATIVE = ("off", "ngram")
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     num_ctx: int = 4096  # tokens per sequence
@@ -51,6 +106,13 @@ class LoadOptions:
     # A long prompt is fed in pieces of this many tokens while other sequences are
     # generating, so they keep getting tokens (chunked prefill).
     prefill_chunk: int = 512
+    # Speculative decoding (engine/speculate.py): "ngram" drafts from the sequence's
+    # own prompt and output; "off" decodes one token per step.
+    speculative: str = "ngram"
+    # The K and V cache's type (KV_CACHE_TYPES) and whether attention runs as llama.cpp's
+    # fused flash-attention kernel ("auto": where the backend has it).
+    kv_cache_type: str = "f16"
+    flash_attention: str = "auto"
 
     def validate(self) -> LoadOptions:
         _check_int("num_ctx", self.num_ctx, 16, 1 << 22)
@@ -60,6 +122,15 @@ class LoadOptions:
         _check_int("num_gpu", self.num_gpu, -1, 100_000)
         _check_int("num_thread", self.num_thread, 0, 1024)
         _check_int("prefill_chunk", self.prefill_chunk, 1, 1 << 16)
+        if self.speculative not in SPECULATIVE:
+            raise InvalidOptionError(
+                f"speculative must be one of {', '.join(SPECULATIVE)}, got {self.speculative!r}"
+            )
+        kv = kv_cache_type(self.kv_cache_type)
+        flash = flash_attention_mode(self.flash_attention)
+        check_kv_flash_attention(kv, flash)
+        if (kv, flash) != (self.kv_cache_type, self.flash_attention):
+            return replace(self, kv_cache_type=kv, flash_attention=flash)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +158,9 @@ class SamplingOptions:
     # Never end on an end-of-generation token (fixed-length benchmarks; llama-server
     # has the same switch).
     ignore_eos: bool = False
+    # False: no speculative drafts for this request (LoadOptions.speculative decides
+    # whether the model drafts at all).
+    speculative: bool = True
 
     @property
     def greedy(self) -> bool:
@@ -103,6 +177,8 @@ class SamplingOptions:
         _check_float("frequency_penalty", self.frequency_penalty, -100.0, 100.0)
         _check_int("seed", self.seed, -(1 << 63), (1 << 64) - 1)
         _check_int("num_predict", self.num_predict, -2, 1 << 30)
+        if not isinstance(self.speculative, bool):
+            raise InvalidOptionError(f"speculative must be true or false, got {self.speculative!r}")
         if len(self.stop) > 16 or any(not isinstance(s, str) or len(s) > 1000 for s in self.stop):
             raise InvalidOptionError("stop: at most 16 strings of up to 1000 characters")
         return self

@@ -211,6 +211,10 @@ class DoneEvent:
     dropped_messages: int = 0  # old chat turns left out to fit the context
     context: list[int] | None = None
     choice: int = 0  # which of the request's ``n`` answers
+    # Speculative decoding: tokens drafted, and of them those the sampler picked
+    # (eval_count is still every generated token).
+    draft_count: int = 0
+    draft_accepted: int = 0
     type: Literal["done"] = "done"
 
     def with_load(self, load_duration: int) -> DoneEvent:

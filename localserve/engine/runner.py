@@ -199,6 +199,8 @@ class Runner:
             num_parallel=options.num_parallel,
             num_batch=options.num_batch,
             num_ubatch=options.num_ubatch,
+            kv_type=options.kv_cache_type,
+            flash_attention=options.flash_attention != "off",
             # num_gpu 0 asks for the CPU alone: asking a GPU for its free memory
             # would create a GPU context in this process for nothing.
             devices=probe(gpus=options.num_gpu != 0),
@@ -462,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = runner.load(first)
     except LocalserveError as exc:
-        runner.send({"fatal": str(exc)})
+        # An option the model cannot take (a KV cache type, say) is the caller's to fix.
+        kind = "option" if isinstance(exc, InvalidOptionError) else "engine"
+        runner.send({"fatal": str(exc), "kind": kind})
         return 1
     runner.send({"ready": info})
     try:

@@ -63,10 +63,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal
 
+from localserve.engine.options import KV_CACHE_TYPES
 from localserve.errors import InvalidOptionError, ModelTooLargeError
 from localserve.plan.devices import GPU, Devices
 from localserve.store.adapter import AdapterInfo
-from localserve.store.gguf import GGML_TYPES, GGUFInfo, ProjectorInfo
+from localserve.store.gguf import GGML_TYPES, GGMLType, GGUFInfo, ProjectorInfo
 
 __all__ = [
     "CPU_OVERHEAD_BYTES",
@@ -90,7 +91,7 @@ CPU_OVERHEAD_BYTES: Final = 256 * MiB
 # llama.cpp pads the context (the KV cell count) to a multiple of 256.
 KV_PAD: Final = 256
 # The cache types llama.cpp accepts for type_k / type_v.
-KV_TYPES: Final = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+KV_TYPES: Final = KV_CACHE_TYPES
 _F32: Final = 4
 _F16: Final = 2
 
@@ -398,8 +399,12 @@ def _shape(info: GGUFInfo) -> _Shape:
     )
 
 
+def _ggml_type(kv_type: str) -> GGMLType:
+    return next(t for t in GGML_TYPES.values() if t.name == kv_type.upper())
+
+
 def _row_bytes(kv_type: str, n: int) -> int:
-    ggml = next(t for t in GGML_TYPES.values() if t.name == kv_type.upper())
+    ggml = _ggml_type(kv_type)
     return -(-n // ggml.block_size) * ggml.type_size
 
 
@@ -582,6 +587,7 @@ def plan(
     num_batch: int = 2048,
     num_ubatch: int = 512,
     kv_type: str = "f16",
+    flash_attention: bool = True,
     devices: Devices,
     num_gpu: int = -1,
     gpu_overhead: int = GPU_OVERHEAD_BYTES,
@@ -598,6 +604,9 @@ def plan(
     ``fits`` or call ``require_fit()``. Raises InvalidOptionError for bad options.
     ``projector``: the model's multimodal projector, planned with it. ``adapters``: the
     LoRA adapters loaded on top of it (check them first: store/adapter.py).
+    ``kv_type``: the K and V cache's type (a quantized one must divide the heads into
+    whole blocks). ``flash_attention`` False only adds a note: the compute buffer is
+    sized for flash attention, and without it llama.cpp needs more.
     """
     for name, value, low in (
         ("num_ctx", num_ctx, 1),
@@ -614,12 +623,18 @@ def plan(
             f"unknown KV cache type {kv_type!r}", hint=f"use one of {', '.join(KV_TYPES)}"
         )
     notes: list[str] = list(devices.notes)
+    if not flash_attention:
+        notes.append(
+            "flash attention is off: llama.cpp's compute buffer will be larger than planned "
+            "(it holds a micro-batch's attention scores)"
+        )
     train = info.context_length
     if train and num_ctx > train:
         notes.append(f"num_ctx {num_ctx} capped at the model's training context {train}")
         num_ctx = train
 
     shape = _shape(info)
+    _check_kv_blocks(shape, kv_type)
     options = _Options(num_parallel, num_batch, num_ubatch, gpu_overhead, cpu_overhead)
     n_layers = shape.n_layer + 1
     cells = -(-num_ctx * num_parallel // KV_PAD) * KV_PAD
@@ -692,6 +707,24 @@ def plan(
         projector_bytes=projector_bytes,
         adapter_bytes=sum(d.adapter_bytes for d in device_plans),
     )
+
+
+def _check_kv_blocks(shape: _Shape, kv_type: str) -> None:
+    """A quantized cache stores each head's keys and values in blocks (32 values for
+    q8_0 and q4_0): llama.cpp refuses a model whose heads are not a whole number of
+    blocks wide (llama_init_from_model); say so before anything loads."""
+    ggml = _ggml_type(kv_type)
+    if ggml.block_size == 1 or not any(n > 0 for n in shape.head_kv):
+        return
+    for what, width in (("key", shape.key_length), ("value", shape.value_length)):
+        if what == "value" and shape.mla:
+            continue
+        if width % ggml.block_size:
+            raise InvalidOptionError(
+                f"a {kv_type} KV cache stores blocks of {ggml.block_size} values, but this "
+                f"model's attention heads are {width} wide ({what} length)",
+                hint="use kv_cache_type f16 for this model",
+            )
 
 
 def _adapter_layers(adapters: Sequence[AdapterInfo], n_layer: int) -> list[int]:

@@ -187,4 +187,11 @@ def final_fields(done: DoneEvent, total_ns: int) -> dict[str, Any]:
         "prompt_eval_duration": done.prompt_eval_duration,
         "eval_count": done.eval_count,
         "eval_duration": done.eval_duration,
+        # localserve: speculative decoding's drafted and accepted tokens (llama-server's
+        # timings.draft_n / draft_n_accepted), when it drafted at all.
+        **(
+            {"draft_count": done.draft_count, "draft_accepted_count": done.draft_accepted}
+            if done.draft_count
+            else {}
+        ),
     }

@@ -14,11 +14,12 @@ from typing import Any
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.errors import InvalidOptionError
 
-LOAD_KEYS = {"num_ctx", "num_batch", "num_gpu", "num_thread"}
+LOAD_KEYS = {"num_ctx", "num_batch", "num_gpu", "num_thread", "kv_cache_type", "flash_attention"}
 SAMPLING_KEYS = {
     "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
     "presence_penalty", "frequency_penalty", "seed", "num_predict", "stop",
     "ignore_eos",  # localserve (and llama-server) extension: fixed-length output
+    "speculative",  # localserve: false turns speculative drafts off for a request
 }  # fmt: skip
 # Accepted for compatibility with Ollama clients, without effect here.
 IGNORED_KEYS = {
@@ -41,6 +42,9 @@ def split_options(
     num_ctx: int,
     num_parallel: int,
     overrides: dict[str, Any] | None = None,
+    kv_cache_type: str = "f16",
+    flash_attention: str = "auto",
+    speculative: str = "ngram",
 ) -> SplitOptions:
     """Validate ``options`` (plus wire-level ``overrides`` such as OpenAI's max_tokens)."""
     given = dict(options or {})
@@ -52,7 +56,13 @@ def split_options(
         raise InvalidOptionError(
             f"unknown option {unknown[0]!r}", hint="see the options list in docs/api.md"
         )
-    load_values: dict[str, Any] = {"num_ctx": num_ctx, "num_parallel": num_parallel}
+    load_values: dict[str, Any] = {
+        "num_ctx": num_ctx,
+        "num_parallel": num_parallel,
+        "kv_cache_type": kv_cache_type,
+        "flash_attention": flash_attention,
+        "speculative": speculative,
+    }
     for key in LOAD_KEYS & set(given):
         if given[key] is not None:
             load_values[key] = given[key]

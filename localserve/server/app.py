@@ -39,7 +39,10 @@ def create_app(
     scheduler = Scheduler(
         store,
         default_options=LoadOptions(
-            num_ctx=settings.context_length, num_parallel=settings.num_parallel
+            num_ctx=settings.context_length,
+            num_parallel=settings.num_parallel,
+            kv_cache_type=settings.kv_cache_type,
+            flash_attention=settings.flash_attention,
         ),
         keep_alive=settings.keep_alive_seconds,
         max_loaded=settings.max_loaded_models,

@@ -39,6 +39,16 @@ class Metrics:
             "Prompt tokens served from the prefix cache",
             registry=r,
         )
+        self.draft_tokens = Counter(
+            "localserve_draft_tokens",
+            "Speculative tokens drafted for verification",
+            registry=r,
+        )
+        self.draft_accepted = Counter(
+            "localserve_draft_accepted_tokens",
+            "Speculative tokens the sampler accepted (each saved a decode step)",
+            registry=r,
+        )
         self.ttft = Histogram(
             "localserve_time_to_first_token_seconds",
             "Time from request to first generated text",
@@ -64,6 +74,9 @@ class Metrics:
         if done.prompt_cached:
             self.prefix_hits.inc()
             self.prefix_tokens.inc(done.prompt_cached)
+        if done.draft_count:
+            self.draft_tokens.inc(done.draft_count)
+            self.draft_accepted.inc(done.draft_accepted)
         if done.load_duration:
             self.load_seconds.observe(done.load_duration / 1e9)
 

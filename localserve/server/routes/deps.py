@@ -57,6 +57,9 @@ def model_request(
         options,
         num_ctx=settings.context_length,
         num_parallel=settings.num_parallel,
+        kv_cache_type=settings.kv_cache_type,
+        flash_attention=settings.flash_attention,
+        speculative=settings.speculative,
         overrides=overrides,
     )
     return ModelRequest(name, split.load, keep_alive), split.sampling

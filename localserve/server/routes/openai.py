@@ -193,11 +193,20 @@ def total_usage(done: list[DoneEvent | None]) -> dict[str, int]:
     finished = [d for d in done if d is not None] or [DoneEvent("", "stop")]
     prompt = finished[0].prompt_eval_count
     completion = sum(d.eval_count for d in finished)
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    drafted = sum(d.draft_count for d in finished)
+    if drafted:
+        # OpenAI's names for tokens of a predicted output that were / were not used.
+        accepted = sum(d.draft_accepted for d in finished)
+        usage["completion_tokens_details"] = {
+            "accepted_prediction_tokens": accepted,
+            "rejected_prediction_tokens": drafted - accepted,
+        }
+    return usage
 
 
 async def _answers(events: AsyncIterator[Event], n: int) -> list[Answer]:
