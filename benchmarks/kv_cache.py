@@ -191,6 +191,8 @@ def main() -> int:
         for rep in range(args.reps):
             for kv_type in args.types if rep % 2 == 0 else args.types[::-1]:
                 rounds[kv_type].append(one_round(model, kv_type, args, rep, log))
+                done = {k: round(v, 1) for k, v in rounds[kv_type][-1].items() if "tok_s" in k}
+                print(f"rep {rep} {kv_type}: {done}", file=sys.stderr, flush=True)
     finally:
         model.close()
     took = time.perf_counter() - began
