@@ -18,7 +18,6 @@ from localserve.cli.params import JsonOpt, ModelArg
 
 if TYPE_CHECKING:
     from localserve.client import Client
-    from localserve.store.manifest import Manifest
     from localserve.store.store import ModelStore, StoredModel
 
 app = typer.Typer()
@@ -155,7 +154,7 @@ def show(
     """Show a model's architecture, size, quantization, context length and licence."""
     store = _store()
     ref, manifest = store.get(model)
-    from localserve.store.create import iter_config_lines, read_config
+    from localserve.store.create import iter_config_lines, model_modelfile, read_config
     from localserve.store.gguf import parameter_size_label, read_gguf_model, read_projector
 
     info = read_gguf_model(store.blob_paths(manifest))
@@ -265,23 +264,6 @@ def show(
     if licence:
         first = licence.strip().splitlines()[0] if licence.strip() else ""
         console.print(f"\n  [bold]License[/bold]\n    {first}")
-
-
-def model_modelfile(
-    store: ModelStore, manifest: Manifest, config: Any, template: str | None
-) -> str:
-    """A Modelfile that recreates the model: its base, settings and adapter blobs."""
-    from localserve.store.modelfile import render_modelfile
-
-    return render_modelfile(
-        manifest.base or manifest.name,
-        parameters=config.parameters,
-        system=config.system,
-        template=template,
-        messages=config.messages,
-        adapters=[(str(store.blob_path(a.digest)), a.scale) for a in manifest.adapters],
-        license=config.license,
-    )
 
 
 @app.command()

@@ -16,7 +16,7 @@ from localserve.engine.chat.formats import PLAIN, ChatFormat, detect
 from localserve.engine.templates import ChatTemplate
 from localserve.errors import StoreError, TemplateError
 from localserve.schemas.ollama import timestamp
-from localserve.store.create import ModelConfig, iter_config_lines, read_config
+from localserve.store.create import ModelConfig, iter_config_lines, model_modelfile, read_config
 from localserve.store.gguf import (
     GGUFInfo,
     ProjectorInfo,
@@ -25,7 +25,6 @@ from localserve.store.gguf import (
     read_projector,
 )
 from localserve.store.manifest import Manifest
-from localserve.store.modelfile import render_modelfile
 from localserve.store.store import ModelStore, StoredModel
 from localserve.store.verify import check_model
 
@@ -149,7 +148,7 @@ def tag_entry(app: Any, stored: StoredModel) -> dict[str, Any]:
 
 def show_model(app: Any, name: str, verbose: bool) -> dict[str, Any]:
     store: ModelStore = app.state.store
-    ref, manifest = store.get(name)
+    _, manifest = store.get(name)
     info = gguf_info(app, manifest)
     model_info = info.model_info()
     if not verbose:
@@ -158,17 +157,8 @@ def show_model(app: Any, name: str, verbose: bool) -> dict[str, Any]:
     source = manifest.source.model_dump()
     config = model_config(app, manifest)
     template = chat_template(app, manifest)
-    modelfile = render_modelfile(
-        manifest.base or str(ref),
-        parameters=config.parameters,
-        system=config.system,
-        template=template,
-        messages=config.messages,
-        adapters=[(str(store.blob_path(a.digest)), a.scale) for a in manifest.adapters],
-        license=config.license,
-    )
     result: dict[str, Any] = {
-        "modelfile": modelfile,
+        "modelfile": model_modelfile(store, manifest, config, template),
         "parameters": "\n".join(iter_config_lines(config)),
         "template": template or "",
         "details": model_details(app, manifest),

@@ -202,6 +202,24 @@ def _json(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, sort_keys=True) if value else None
 
 
+def model_modelfile(
+    store: ModelStore, manifest: Manifest, config: ModelConfig, template: str | None
+) -> str:
+    """A Modelfile that recreates the model: its base, settings and adapter blobs
+    (``show --modelfile`` and /api/show's ``modelfile``)."""
+    from localserve.store.modelfile import render_modelfile
+
+    return render_modelfile(
+        manifest.base or manifest.name,
+        parameters=config.parameters,
+        system=config.system,
+        template=template,
+        messages=config.messages,
+        adapters=[(str(store.blob_path(a.digest)), a.scale) for a in manifest.adapters],
+        license=config.license,
+    )
+
+
 def iter_config_lines(config: ModelConfig) -> Iterator[str]:
     """``show --parameters``: one ``key value`` line per parameter (stop repeated)."""
     for key, value in config.parameters.items():
