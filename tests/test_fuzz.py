@@ -397,6 +397,7 @@ OPERATIONS = [
     "POST /v1/chat/completions",
     "POST /v1/completions",
     "POST /v1/embeddings",
+    "GET /web/{name}",
 ]
 # Operations whose body names a model that may be replaced by the real one; not delete
 # or copy (the store is this daemon's own, but fuzzing should not empty it).

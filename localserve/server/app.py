@@ -23,7 +23,7 @@ from localserve.scheduler.scheduler import RunnerFactory, Scheduler, start_runne
 from localserve.server import errors, security
 from localserve.server.metrics import Metrics
 from localserve.server.routes import create as create_routes
-from localserve.server.routes import native, ops
+from localserve.server.routes import native, ops, web
 from localserve.server.routes import openai as openai_routes
 from localserve.store.store import ModelStore
 
@@ -78,4 +78,5 @@ def create_app(
     app.include_router(native.router)
     app.include_router(create_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(web.router)
     return app

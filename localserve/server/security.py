@@ -1,7 +1,8 @@
 """Security defaults of the daemon (docs/security.md explains the threats).
 
-- API key: with ``LOCALSERVE_API_KEY`` set, every route but ``/`` and ``/health``
-  needs ``Authorization: Bearer KEY`` (compared in constant time, never logged).
+- API key: with ``LOCALSERVE_API_KEY`` set, every route but ``/``, ``/health`` and the
+  chat page's files (``/web/...``) needs ``Authorization: Bearer KEY`` (compared in
+  constant time, never logged).
   Binding anything but loopback without a key is refused at start (cli/serve.py).
 - DNS rebinding: on a loopback bind, a ``Host`` header that is not localhost, an IP
   literal or this machine's name gets 403, so a web page whose domain was re-pointed
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 MAX_BODY = 32 << 20  # 32 MiB: a long chat, or a few phone photos as base64
 PUBLIC_PATHS = {"/", "/health"}
+PUBLIC_PREFIX = "/web/"  # the chat page's scripts and styles: nothing secret in them
 LOCAL_ORIGIN = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -146,7 +148,8 @@ class Guard:
         origin = headers.get("origin", b"").decode("latin-1")
         if origin and scope["method"] not in SAFE_METHODS and not self._origin_allowed(origin):
             return 403, f"origin {origin} is not allowed"
-        if self.expected and path not in PUBLIC_PATHS and scope["method"] != "OPTIONS":
+        public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX)
+        if self.expected and not public and scope["method"] != "OPTIONS":
             given = headers.get("authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 return 401, "missing or invalid API key"

@@ -1,5 +1,5 @@
-"""Operations: the root ping, /health, Prometheus /metrics. (/openapi.json and /docs
-come from FastAPI.)"""
+"""Operations: the root ping (or, for a browser, the chat page: routes/web.py), /health,
+Prometheus /metrics. (/openapi.json and /docs come from FastAPI.)"""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from localserve.server.errors import OLLAMA_ERRORS
 from localserve.server.metrics import CONTENT_TYPE
+from localserve.server.routes import web
 
 router = APIRouter(responses=OLLAMA_ERRORS)
 # Documented by hand: response_class=PlainTextResponse would document the errors as text too.
@@ -18,8 +19,18 @@ TEXT: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/", response_model=None, responses=TEXT)
-async def root() -> Response:
+ROOT: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Plain text; the chat page for a browser (Accept: text/html)",
+        "content": {kind: {"schema": {"type": "string"}} for kind in ("text/plain", "text/html")},
+    }
+}
+
+
+@router.get("/", response_model=None, responses=ROOT)
+async def root(request: Request) -> Response:
+    if web.wants_page(request):
+        return web.serve(request, "index.html")
     return PlainTextResponse("localserve is running")
 
 
