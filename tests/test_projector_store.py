@@ -457,6 +457,60 @@ def test_cli_pull_and_show_a_vision_model(hub: FakeHub) -> None:
     assert "vision" in facts["capabilities"]
 
 
+def test_plan_of_a_hub_model_holds_the_projector_pull_would_fetch(
+    hub: FakeHub, store: ModelStore, files: dict[str, Path]
+) -> None:
+    from localserve.plan.devices import Devices
+    from localserve.plan.planner import plan, projector_need
+    from localserve.plan.source import read_hub_header
+    from localserve.store.gguf import read_gguf_model
+    from localserve.store.refs import parse_ref
+
+    remote = read_hub_header(parse_ref(f"hf.co/{REPO}"))
+    # The F16 projector, as pull chooses for a Q4 model, read header only; never the F32.
+    assert remote.projector is not None
+    assert remote.projector_file == "mmproj-tiny-F16.gguf"
+    assert file_gets(hub, sha(files["projector"]))
+    assert file_gets(hub, sha(files["f32_projector"])) == []
+    projector = read_projector(files["projector"])
+    assert remote.projector == projector
+    assert remote.projector.gguf.tensors == projector.gguf.tensors
+    model = read_gguf_model([files["model"]])
+    for devices in (Devices.cpu_only(8 << 30), Devices.with_gpus(16 << 30, ram_bytes=8 << 30)):
+        planned = plan(remote.info, num_ctx=256, num_parallel=1, devices=devices)
+        seen = plan(
+            remote.info, num_ctx=256, num_parallel=1, devices=devices, projector=remote.projector
+        )
+        assert seen.projector_bytes == projector_need(projector) > 0
+        assert seen.total_bytes == planned.total_bytes + seen.projector_bytes
+        local = plan(model, num_ctx=256, num_parallel=1, devices=devices, projector=projector)
+        assert seen == local
+
+    # The command: the projector's row and name, and nothing downloaded.
+    data = json.loads(cli("plan", f"hf.co/{REPO}", "--gpu-memory", "0", "--json").stdout)
+    assert (data["source"], data["projector"]) == ("hub", "mmproj-tiny-F16.gguf")
+    assert data["projector_bytes"] == projector_need(projector)
+    table = cli("plan", f"hf.co/{REPO}", "--gpu-memory", "0")
+    assert table.returncode == 0, table.stderr
+    assert any(line.split()[:1] == ["projector"] for line in table.stdout.splitlines())
+    assert blob_names(store) == set()
+    # Once pulled, the store's plan is the same.
+    events_of(pull_model(store, f"hf.co/{REPO}", options=FAST))
+    stored = json.loads(cli("plan", f"hf.co/{REPO}", "--gpu-memory", "0", "--json").stdout)
+    assert (stored["source"], stored["projector"]) == ("store", "mmproj-tiny-F16.gguf")
+    assert stored["projector_bytes"] == data["projector_bytes"]
+    assert stored["total_bytes"] == data["total_bytes"]
+
+
+def test_plan_of_a_hub_model_without_a_projector(fake_hub: FakeHub, files: dict[str, Path]) -> None:
+    from localserve.plan.source import read_hub_header
+    from localserve.store.refs import parse_ref
+
+    fake_hub.add_repo("tester/text-GGUF", {"text-Q4_K_M.gguf": files["model"]})
+    remote = read_hub_header(parse_ref("hf.co/tester/text-GGUF"))
+    assert (remote.projector, remote.projector_file) == (None, None)
+
+
 def test_a_bad_projector_in_the_repo_fails_the_pull_cleanly(
     fake_hub: FakeHub, store: ModelStore, files: dict[str, Path]
 ) -> None:

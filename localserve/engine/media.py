@@ -35,6 +35,7 @@ from localserve.engine.llama import Context, Model, init_backend
 from localserve.errors import EngineError, InvalidOptionError
 
 PLACEHOLDER_SPACE = 1 << 62
+_MIN_SAMPLES = 2  # mtmd.cpp asserts a sound holds more than one float
 
 
 @dataclass(eq=False)
@@ -144,6 +145,11 @@ class Projector:
         if not M.mtmd_bitmap_is_audio(bitmap) and not self.vision:
             M.mtmd_bitmap_free(bitmap)
             raise InvalidOptionError("the model does not support images")
+        if M.mtmd_bitmap_is_audio(bitmap) and M.mtmd_bitmap_get_nx(bitmap) < _MIN_SAMPLES:
+            # mtmd_tokenize aborts the whole process (GGML_ASSERT) on a sound of one
+            # sample or none: a valid WAV with no frames must not take the runner down.
+            M.mtmd_bitmap_free(bitmap)
+            raise InvalidOptionError(f"sound {number + 1} is too short: it has almost no samples")
         return bitmap
 
     def _flatten(self, chunks: Any) -> MediaPrompt:

@@ -4,7 +4,9 @@ A stored model's header is read from its blobs. A Hub reference that is not in t
 store is resolved to its file(s) as a pull would resolve it, and only the header of each
 file is fetched, with HTTP Range requests through the same URL and headers a download
 uses: the reader asks for 256 KiB, then doubling chunks, so a multi-GB file costs the
-few MB of its header (Gemma 3 270M: 8 MB requested for a 6.5 MB header).
+few MB of its header (Gemma 3 270M: 8 MB requested for a 6.5 MB header). A Hub model's
+multimodal projector is the one pull would fetch with it (quants.choose_projector, through
+hub.resolve), its header read the same way, so the plan holds its weights and buffers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from localserve.store.gguf import (
     GGUFInfo,
     ProjectorInfo,
     TensorInfo,
+    projector_of,
     read_gguf_from,
     read_gguf_model,
     read_projector,
@@ -52,9 +55,10 @@ class ModelHeader:
     source: Literal["store", "hub"]
     files: tuple[str, ...]
     size: int  # bytes of the model file(s)
-    bytes_read: int  # bytes fetched over HTTP to read the header (0 for the store)
-    requests: int  # HTTP requests made for it
-    projector: ProjectorInfo | None = None  # a stored model's multimodal projector
+    bytes_read: int  # bytes fetched over HTTP to read the headers (0 for the store)
+    requests: int  # HTTP requests made for them
+    projector: ProjectorInfo | None = None  # the model's multimodal projector
+    projector_file: str | None = None  # its file name (store) or path in the repository
     adapters: tuple[AdapterInfo, ...] = ()  # a created model's LoRA adapters
 
 
@@ -144,6 +148,7 @@ def load_header(name: str, store: ModelStore | None = None) -> ModelHeader:
             bytes_read=0,
             requests=0,
             projector=read_projector(projector) if projector else None,
+            projector_file=manifest.projector.filename if manifest.projector else None,
             adapters=tuple(read_adapter(store.blob_path(a.digest)) for a in manifest.adapters),
         )
     if not ref.is_hub:
@@ -160,7 +165,8 @@ def read_hub_header(
     token: str | None = None,
     client: httpx.Client | None = None,
 ) -> ModelHeader:
-    """Resolve a Hub reference as `pull` would and read only its files' headers."""
+    """Resolve a Hub reference as `pull` would and read only its files' headers (the
+    model's, and its projector's when the repository has one for it)."""
     import httpx
 
     from localserve.store.hub import resolve
@@ -180,6 +186,13 @@ def read_hub_header(
             reader = RangeReader(http, file.url, label)
             readers.append(reader)
             infos.append(read_gguf_from(reader, file.size, label))
+        projector = None
+        if resolved.projector is not None:
+            file = resolved.projector
+            label = f"{resolved.repo_id}/{file.path}"
+            reader = RangeReader(http, file.url, label)
+            readers.append(reader)
+            projector = projector_of(read_gguf_from(reader, file.size, label), label)
     finally:
         if own:
             http.close()
@@ -192,6 +205,8 @@ def read_hub_header(
         size=resolved.size,
         bytes_read=sum(r.bytes_read for r in readers),
         requests=sum(r.requests for r in readers),
+        projector=projector,
+        projector_file=resolved.projector.path if resolved.projector else None,
     )
 
 

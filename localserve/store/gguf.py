@@ -48,6 +48,7 @@ __all__ = [
     "ProjectorInfo",
     "TensorInfo",
     "parameter_size_label",
+    "projector_of",
     "read_gguf",
     "read_gguf_from",
     "read_gguf_model",
@@ -875,6 +876,10 @@ _OUTPUT_WIDTH: Final[dict[str, tuple[str, int]]] = {
     "kimivl": ("mm.2.weight", 1),
     "paddleocr": ("mm.2.weight", 1),
     "kimik25": ("mm.2.weight", 1),
+    # Sound projectors (clip.cpp clip_n_mmproj_embd).
+    "ultravox": ("mm.a.mlp.2.weight", 1),
+    "voxtral": ("mm.a.mlp.2.weight", 1),
+    "qwen2a": ("mm.a.fc.weight", 1),
 }
 
 
@@ -915,6 +920,12 @@ def read_projector(path: str | os.PathLike[str]) -> ProjectorInfo:
     except InvalidGGUFError as exc:
         reason = f"{_NOT_A_PROJECTOR}: not a valid GGUF file: {exc.reason}"
         raise WrongGGUFKindError(name, reason) from exc
+    return projector_of(info, name)
+
+
+def projector_of(info: GGUFInfo, name: str) -> ProjectorInfo:
+    """The checks of ``read_projector`` on a header already read (from a file, or over
+    HTTP Range requests by ``plan`` for a Hub model); ``name`` names it in errors."""
     architecture = info.architecture
     if architecture != PROJECTOR_ARCHITECTURE:
         what = "missing" if architecture is None else repr(architecture)
