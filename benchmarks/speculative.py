@@ -1,7 +1,7 @@
 """Speculative decoding: localserve's n-gram drafts against none, and against
 llama-server with and without its n-gram speculation, in the same run.
 
-    python benchmarks/speculative.py [--tokens 200] [--reps 3] [--streams 1 4]
+    python benchmarks/speculative.py [--tokens 200] [--reps 3] [--streams 1 4] [--draft]
 
 Gemma 3 270M Q4_K_M, 2 threads, raw completions of exactly ``--tokens`` tokens:
 
@@ -12,6 +12,10 @@ Gemma 3 270M Q4_K_M, 2 threads, raw completions of exactly ``--tokens`` tokens:
 localserve runs with LOCALSERVE_SPECULATIVE=ngram; "off" is the same daemon with the
 request option ``speculative: false``. llama-server runs twice: plain, and with
 ``--spec-type ngram-simple`` (its best n-gram mode in the issue's measurements).
+With ``--draft``, both also draft with a second model: Gemma 3 270M cut to its first
+``--draft-layers`` layers (benchmarks/draft_gguf.py; no smaller model of the family can
+be downloaded here), localserve through LOCALSERVE_SPECULATIVE=<its name>, llama-server
+through ``--model-draft`` with its own defaults.
 Each configuration sends ``streams`` requests at once; tokens/s is all their tokens
 over the wall time. Rounds alternate between configurations; medians are reported.
 """
@@ -32,8 +36,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.draft_gguf import truncate_layers
 from benchmarks.peers import start_llama_server, stop
-from tests.support.daemon import start_daemon, stop_daemon
+from tests.support.daemon import add_model, start_daemon, stop_daemon
 from tests.support.tiny_gguf import gemma_path
 
 PASSAGE = (
@@ -101,8 +106,10 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> None:
 
         def sender(config: str, task: str, rep: int) -> Callable[[int], Any]:
             if config.startswith("localserve"):
-                speculative = config == "localserve ngram"
-                client = clients["localserve"]
+                speculative = config != "localserve off"
+                client = clients[
+                    "localserve draft" if config == "localserve draft" else "localserve"
+                ]
                 return lambda i: localserve_request(
                     client, task, args.tokens, rep * 100 + i, speculative
                 )
@@ -110,6 +117,8 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> None:
             return lambda i: server_request(client, task, args.tokens, rep * 100 + i)
 
         configs = ["localserve off", "localserve ngram", "llama-server", "llama-server ngram"]
+        if "localserve draft" in clients:
+            configs += ["localserve draft", "llama-server draft"]
         for task in TASKS:
             for streams in args.streams:
                 rates: dict[str, list[float]] = {c: [] for c in configs}
@@ -122,12 +131,17 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> None:
                 median = {c: statistics.median(r) for c, r in rates.items()}
                 base = median["localserve off"]
                 line = ", ".join(f"{c} {median[c]:.1f}" for c in configs)
-                print(
-                    f"{task:>4}, {streams} stream(s): {line} tok/s; ngram/off "
-                    f"{median['localserve ngram'] / base:.2f}x, ngram/llama-server ngram "
-                    f"{median['localserve ngram'] / median['llama-server ngram']:.2f}x",
-                    flush=True,
+                ratios = (
+                    f"ngram/off {median['localserve ngram'] / base:.2f}x, ngram/llama-server "
+                    f"ngram {median['localserve ngram'] / median['llama-server ngram']:.2f}x"
                 )
+                if "localserve draft" in median:
+                    ratios += (
+                        f", draft/off {median['localserve draft'] / base:.2f}x, "
+                        f"draft/llama-server draft "
+                        f"{median['localserve draft'] / median['llama-server draft']:.2f}x"
+                    )
+                print(f"{task:>4}, {streams} stream(s): {line} tok/s; {ratios}", flush=True)
     finally:
         for client in clients.values():
             await client.aclose()
@@ -138,6 +152,21 @@ def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         env = {"LOCALSERVE_NUM_PARALLEL": str(parallel), "LOCALSERVE_SPECULATIVE": "ngram"}
         daemon = start_daemon(Path(folder) / "home", gemma_path(), env=env)
+        drafting = draft_server = None
+        if args.draft:
+            draft = truncate_layers(gemma_path(), Path(folder) / "draft.gguf", args.draft_layers)
+            home = Path(folder) / "home-draft"
+            add_model(home, draft, "gemma-draft")
+            drafting = start_daemon(
+                home, gemma_path(), env={**env, "LOCALSERVE_SPECULATIVE": "gemma-draft"}
+            )
+            draft_server, draft_url = start_llama_server(
+                gemma_path(),
+                parallel=parallel,
+                ctx_per_slot=4096,
+                threads=2,
+                extra=("--model-draft", str(draft)),
+            )
         plain, plain_url = start_llama_server(
             gemma_path(), parallel=parallel, ctx_per_slot=4096, threads=2
         )
@@ -154,11 +183,18 @@ def main(args: argparse.Namespace) -> None:
                 "llama-server": plain_url,
                 "llama-server ngram": spec_url,
             }
+            if drafting is not None:
+                urls["localserve draft"] = drafting.url
+                urls["llama-server draft"] = draft_url
             asyncio.run(measure(args, urls))
         finally:
             stop(plain)
             stop(spec)
             stop_daemon(daemon)
+            if drafting is not None:
+                stop_daemon(drafting)
+            if draft_server is not None:
+                stop(draft_server)
 
 
 if __name__ == "__main__":
@@ -166,4 +202,6 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--draft", action="store_true", help="also draft with a small model")
+    parser.add_argument("--draft-layers", type=int, default=6)
     main(parser.parse_args())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -113,9 +113,17 @@ class Settings(BaseSettings):
         ge=16,
         description="Context per sequence, capped at the model's training context.",
     )
-    speculative: Literal["off", "ngram"] = Field(
+    speculative: str = Field(
         default="ngram",
-        description="Speculative decoding: ngram drafts from the sequence's own text; off.",
+        min_length=1,
+        description="Speculative decoding: ngram (drafts from the sequence's own text), off, "
+        "or the name of a draft model in the store that shares the model's vocabulary.",
+    )
+    draft_p_min: float = Field(
+        default=0.75,
+        ge=0.0,
+        le=1.0,
+        description="A draft model's guess is kept while its probability is at least this.",
     )
     max_images: int = Field(
         default=16, ge=0, description="Images and sounds one request may carry."
@@ -135,6 +143,14 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Extra allowed browser origins for CORS (comma-separated).",
     )
+    rpc_workers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="llama.cpp RPC workers (host:port, comma-separated) whose devices take layers.",
+    )
+    rpc_timeout: str = Field(
+        default="2m",
+        description="Longest wait for an RPC worker's answer before the model is unloaded.",
+    )
     debug: bool = Field(default=False, description="Show tracebacks and log at debug level.")
 
     @field_validator("origins", mode="before")
@@ -148,6 +164,24 @@ class Settings(BaseSettings):
     @classmethod
     def _check_keep_alive(cls, value: str) -> str:
         parse_duration(value)
+        return value
+
+    @field_validator("rpc_workers", mode="before")
+    @classmethod
+    def _split_rpc_workers(cls, value: object) -> object:
+        from localserve.engine.rpc import parse_workers
+
+        if isinstance(value, str):
+            return list(parse_workers(value))
+        if isinstance(value, list | tuple):
+            return list(parse_workers([str(v) for v in value]))
+        return value
+
+    @field_validator("rpc_timeout")
+    @classmethod
+    def _check_rpc_timeout(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise InvalidOptionError(f"invalid duration {value!r}: must be more than 0")
         return value
 
     @field_validator("host")
@@ -213,6 +247,10 @@ class Settings(BaseSettings):
     @property
     def keep_alive_seconds(self) -> float:
         return parse_duration(self.keep_alive)
+
+    @property
+    def rpc_timeout_seconds(self) -> float:
+        return parse_duration(self.rpc_timeout)
 
 
 def load_settings() -> Settings:

@@ -13,7 +13,8 @@ the server's exception handlers); nothing below matches on message text.
     ├── DaemonNotRunningError (ConnectionError)  nothing answers at LOCALSERVE_HOST
     ├── ModelTooLargeError                      the memory plan says it cannot fit (before loading)
     ├── EngineError                             llama.cpp refused to load a model or process a batch
-    │   └── RunnerCrashedError                   the runner process died (crash, abort, kill)
+    │   ├── RunnerCrashedError                   the runner process died (crash, abort, kill)
+    │   └── RpcUnavailableError                  this llama-cpp-python has no RPC backend
     ├── StoreError
     │   ├── InvalidGGUFError (ValueError)        not a GGUF we are willing to hand to llama.cpp
     │   │   └── WrongGGUFKindError               a model where a projector belongs, or the reverse
@@ -108,6 +109,10 @@ class EngineError(LocalserveError):
 
 class RunnerCrashedError(EngineError):
     """The runner process died; its requests fail and the next request starts a new one."""
+
+
+class RpcUnavailableError(EngineError):
+    """The installed llama-cpp-python was built without llama.cpp's RPC backend."""
 
 
 class StoreError(LocalserveError):

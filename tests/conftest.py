@@ -19,6 +19,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("LOCALSERVE_DEBUG", raising=False)
     monkeypatch.delenv("LOCALSERVE_KV_CACHE_TYPE", raising=False)
     monkeypatch.delenv("LOCALSERVE_FLASH_ATTENTION", raising=False)
+    monkeypatch.delenv("LOCALSERVE_RPC_WORKERS", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -123,6 +123,47 @@ def test_json_numbers_are_consistent(daemon: Daemon, env: dict[str, str]) -> Non
     assert cached < 100, cached
 
 
+def test_speculation_rows_drafts_on_and_off(daemon: Daemon, env: dict[str, str]) -> None:
+    before = metrics(daemon)
+    args = ("--concurrency", "1", "--speculation")
+    result = cli("bench", "tiny", *SMALL, *args, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["speculation"]
+    assert [(r["task"], r["streams"]) for r in rows] == [
+        ("copy", 1), ("copy", 4), ("free", 1), ("free", 4),
+    ]  # fmt: skip
+    for row in rows:
+        assert row["on_tokens_per_s"] > 0 and row["off_tokens_per_s"] > 0
+        assert row["speedup"] == pytest.approx(row["on_tokens_per_s"] / row["off_tokens_per_s"])
+        assert 0 <= row["accepted"] <= row["drafted"]
+    # Every speculation stream ran twice (drafts on, then off) for 6 tokens.
+    generated = (
+        metrics(daemon)["localserve_generated_tokens_total"]
+        - before["localserve_generated_tokens_total"]
+    )
+    decode, streams = 6, 1 + 4
+    expected = bench.WARMUP_DECODE_TOKENS + (1 + decode + 1 * decode) + 2 * 2 * streams * decode
+    assert generated == expected
+
+    table = cli("bench", "tiny", *SMALL, *args, env=env)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("speculative decoding"))
+    assert lines[start + 1].split() == [
+        "TASK",
+        "STREAMS",
+        "DRAFTS",
+        "OFF",
+        "DRAFTS",
+        "ON",
+        "SPEEDUP",
+        "KEPT",
+    ]
+    assert [line.split()[:2] for line in lines[start + 2 :]] == [
+        ["copy", "1"], ["copy", "4"], ["free", "1"], ["free", "4"],
+    ]  # fmt: skip
+
+
 def test_prompt_longer_than_the_context_is_refused(env: dict[str, str]) -> None:
     # The tiny model's context is 2048 tokens.
     result = cli("bench", "tiny", "--prompt-tokens", "5000", "--reps", "1", env=env)

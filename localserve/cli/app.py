@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from localserve import __version__
-from localserve.cli import bench, daemon, models, plan, ps, run
+from localserve.cli import bench, daemon, models, plan, ps, run, worker
 from localserve.cli.errors import run_with_error_edge
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ app.add_typer(plan.app)
 app.add_typer(ps.app)
 app.add_typer(bench.app)
 app.add_typer(daemon.app)
+app.add_typer(worker.app)
 
 
 def _version(value: bool) -> None:

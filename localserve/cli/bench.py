@@ -64,6 +64,14 @@ def bench(
             "--reps", metavar="N", help="Repetitions of each measurement; medians are shown."
         ),
     ] = DEFAULT_REPS,
+    speculation: Annotated[
+        bool,
+        typer.Option(
+            "--speculation",
+            help="Also measure speculative decoding: a copy task and free writing, at 1 "
+            "and 4 streams, with the daemon's drafts (LOCALSERVE_SPECULATIVE) and without.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a model's speed here: prefill and decode tokens/s, and throughput and
@@ -83,6 +91,7 @@ def bench(
         decode_tokens=decode_tokens,
         concurrency=parse_concurrency(concurrency),
         reps=reps,
+        speculation=speculation,
     )
     settings = load_settings()
     with Client.from_settings(settings) as client:
@@ -135,5 +144,28 @@ def _print_table(result: BenchResult) -> None:
             f"{level.per_stream_tokens_per_s:.1f}",
             f"{level.ttft_p50_ms:.1f} ms",
             f"{level.ttft_p95_ms:.1f} ms",
+        )
+    console.print(table)
+    if result.speculation:
+        _print_speculation(result)
+
+
+def _print_speculation(result: BenchResult) -> None:
+    from rich.table import Table
+
+    console = output.stdout()
+    console.print("speculative decoding (LOCALSERVE_SPECULATIVE), tokens/s of all streams:")
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    table.add_column("TASK", no_wrap=True)
+    for column in ("STREAMS", "DRAFTS OFF", "DRAFTS ON", "SPEEDUP", "KEPT"):
+        table.add_column(column, no_wrap=True, justify="right")
+    for row in result.speculation:
+        table.add_row(
+            row.task,
+            str(row.streams),
+            f"{row.off_tokens_per_s:.1f}",
+            f"{row.on_tokens_per_s:.1f}",
+            f"{row.speedup:.2f}x",
+            f"{row.accepted}/{row.drafted}" if row.drafted else "no drafts",
         )
     console.print(table)

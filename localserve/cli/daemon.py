@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from localserve.cli import output
+from localserve.cli.params import RpcOpt
 
 app = typer.Typer()
 
@@ -16,13 +17,21 @@ def serve(
     foreground: Annotated[
         bool, typer.Option("--foreground", "-f", help="Stay attached and log to stderr.")
     ] = False,
+    rpc: RpcOpt = None,
 ) -> None:
     """Start the daemon (in the background unless --foreground) on LOCALSERVE_HOST."""
     import logging
+    import os
 
     from localserve.config import load_settings
     from localserve.server import daemon
 
+    if rpc:
+        from localserve.engine.rpc import parse_workers
+
+        # A setting like any other: the daemon and its runners read it from the
+        # environment they inherit.
+        os.environ["LOCALSERVE_RPC_WORKERS"] = ",".join(parse_workers(rpc))
     settings = load_settings()
     running = daemon.running_daemon(settings)
     if running is not None and daemon.answers(running.host, running.port):

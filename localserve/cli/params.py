@@ -15,3 +15,13 @@ ModelArg = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+RpcOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--rpc",
+        metavar="HOST:PORT,...",
+        help="llama.cpp RPC workers (`localserve worker`) whose devices take layers "
+        "[default: LOCALSERVE_RPC_WORKERS].",
+        show_default=False,
+    ),
+]

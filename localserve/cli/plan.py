@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from localserve.cli import output
-from localserve.cli.params import JsonOpt, ModelArg
+from localserve.cli.params import JsonOpt, ModelArg, RpcOpt
 
 if TYPE_CHECKING:
     from localserve.plan import Plan
@@ -72,6 +72,7 @@ def plan(
             show_default=False,
         ),
     ] = None,
+    rpc: RpcOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show how a model would be split between GPU and CPU memory, without loading it.
@@ -81,8 +82,10 @@ def plan(
     """
     from localserve.config import load_settings
     from localserve.engine.options import kv_cache_type as check_kv_cache_type
+    from localserve.engine.rpc import parse_workers
     from localserve.plan import parse_size, probe
     from localserve.plan import plan as make_plan
+    from localserve.plan.devices import with_workers
     from localserve.plan.source import load_header
 
     simulated = parse_size(gpu_memory) if gpu_memory is not None else None
@@ -94,6 +97,9 @@ def plan(
     )
     header = load_header(model)
     devices = probe() if simulated is None else probe(gpus=False).simulate_gpu(simulated)
+    workers = parse_workers(rpc) if rpc else tuple(settings.rpc_workers)
+    if workers and num_gpu != 0:
+        devices, _ = with_workers(devices, workers, timeout=min(5.0, settings.rpc_timeout_seconds))
     result = make_plan(
         header.info,
         num_ctx=ctx or settings.context_length,
@@ -118,6 +124,7 @@ def _entry(header: ModelHeader, result: Plan) -> dict[str, Any]:
         "model": header.name,
         "source": header.source,
         "files": list(header.files),
+        "projector": header.projector_file,
         "file_size": header.size,
         "header_bytes_read": header.bytes_read,
         **result.to_dict(),
@@ -149,7 +156,9 @@ def _render(header: ModelHeader, result: Plan) -> None:
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     table.add_column("")
     for device in result.devices:
-        table.add_column(device.name, justify="right", no_wrap=True)
+        # An RPC worker's device: its address under its name.
+        remote = f"\n{device.description}" if device.name.startswith("RPC") else ""
+        table.add_column(device.name + remote, justify="right", no_wrap=True)
     table.add_column("TOTAL", justify="right", no_wrap=True)
     rows = (
         ("weights", "weights_bytes", result.weights_bytes),

@@ -36,7 +36,7 @@ def ps(as_json: JsonOpt = False) -> None:
             m.name,
             m.short_id,
             output.human_size(m.size),
-            processor_label(m.size, m.size_vram),
+            processor_label(m.size, m.size_vram) + (f" (layers: {m.split})" if m.devices else ""),
             str(m.context_length or ""),
             output.human_until(m.expires_at),
         )
@@ -54,4 +54,5 @@ def _entry(m: RunningModel) -> dict[str, Any]:
         "context_length": m.context_length,
         "expires_at": m.expires_at.isoformat() if m.expires_at else None,
         "until": output.human_until(m.expires_at),
+        **({"devices": list(m.devices)} if m.devices else {}),
     }

@@ -72,6 +72,9 @@ class Timings:
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
+    # Speculative decoding's drafted and kept tokens (localserve; absent: no drafts).
+    draft_count: int | None = None
+    draft_accepted_count: int | None = None
 
     @staticmethod
     def fields_from(data: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +87,8 @@ class Timings:
             "prompt_eval_duration": _int(data.get("prompt_eval_duration")),
             "eval_count": _int(data.get("eval_count")),
             "eval_duration": _int(data.get("eval_duration")),
+            "draft_count": _int(data.get("draft_count")),
+            "draft_accepted_count": _int(data.get("draft_accepted_count")),
         }
 
 
@@ -209,6 +214,9 @@ class RunningModel:
     context_length: int | None
     expires_at: datetime | None
     details: ModelDetails
+    # Layers per device when RPC workers hold some (localserve's extension to /api/ps):
+    # dicts with name, description (a worker's address), layers, size.
+    devices: tuple[dict[str, Any], ...] = ()
 
     @property
     def short_id(self) -> str:
@@ -228,7 +236,17 @@ class RunningModel:
             context_length=_int(data.get("context_length")),
             expires_at=parse_timestamp(data.get("expires_at")),
             details=ModelDetails.from_wire(data.get("details")),
+            devices=tuple(d for d in data.get("devices") or () if isinstance(d, dict)),
         )
+
+    @property
+    def split(self) -> str:
+        """Layers per device, ``RPC0 (10.0.0.2:50052) 9, CPU 1``; empty without workers."""
+        parts = []
+        for d in self.devices:
+            where = f" ({d['description']})" if d.get("description") else ""
+            parts.append(f"{d.get('name', '?')}{where} {d.get('layers', 0)}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)

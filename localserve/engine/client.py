@@ -104,6 +104,8 @@ class RunnerClient:
                         for path, scale in (extras.adapters if extras else ())
                     ],
                     "template": extras.template if extras else None,
+                    "draft": [str(p) for p in (extras.draft if extras else ())],
+                    "draft_name": extras.draft_name if extras else "",
                     "options": options.to_dict(),
                 }
             )

@@ -46,7 +46,7 @@ from localserve.engine.logprobs import token_logprob
 from localserve.engine.media import MediaChunk, Projector
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.protocol import DoneEvent, ErrorEvent, Event, LogprobsEvent, TextEvent
-from localserve.engine.speculate import Drafter
+from localserve.engine.speculate import Drafter, DraftModel, DraftRequest
 from localserve.engine.text import StopMatcher, Utf8Stream
 from localserve.errors import EngineError, PromptTooLongError
 
@@ -103,6 +103,8 @@ class Job:
 
     # filled in by the engine
     drafter: Drafter | None = None  # speculative drafts (speculate.py); None: off
+    # Drafts come from the engine's draft model rather than n-gram lookup.
+    draft_by_model: bool = False
     draft: list[int] = field(default_factory=list)  # this step's drafted tokens
     slot: int = -1
     n_past: int = 0  # positions of this job in its slot's KV
@@ -180,9 +182,13 @@ class Engine:
         kv_cells: int | None = None,
         park_idle: bool = True,
         projector: Projector | None = None,
+        draft_model: DraftModel | None = None,
     ) -> None:
         self.model = model
         self.projector = projector
+        # Speculative drafts from a second model (the engine closes it); None: n-gram
+        # lookup, when options.speculative is "ngram".
+        self.draft_model = draft_model
         self.options = options
         # ``park_idle`` off keeps idle sequences in the KV cache (tests of the full pool).
         self.park_idle = park_idle
@@ -209,6 +215,8 @@ class Engine:
         self.jobs.clear()
         self.batch.close()
         self.context.close()
+        if self.draft_model is not None:
+            self.draft_model.close()
 
     # ------------------------------------------------------------ interface
 
@@ -231,9 +239,11 @@ class Engine:
         job.stops = StopMatcher(job.options.stop)
         job.parser = (job.parser_factory or OutputParser)(job.id)
         # A recurrent model's state cannot drop rejected drafts (no partial seq_rm).
-        speculate = self.options.speculative == "ngram" and not self.model.is_recurrent
+        speculate = self.options.speculative != "off" and not self.model.is_recurrent
         if speculate and job.options.speculative:
             job.drafter = Drafter([t for t in job.tokens if t >= 0])
+            # The draft model cannot see images: a prompt with media drafts by n-gram.
+            job.draft_by_model = self.draft_model is not None and not job.media
         self.jobs[job.id] = job
         self.waiting.append(job)
 
@@ -547,6 +557,7 @@ class Engine:
         """This step's draft for each generating job that drafts, within the batch, the
         context and the tokens the job may still produce."""
         room = n_batch - len(generating)
+        by_model: list[tuple[Job, DraftRequest]] = []
         for job in generating:
             job.draft = []
             if job.drafter is None or room <= 0:
@@ -554,8 +565,18 @@ class Engine:
             limit = min(room, self.num_ctx - job.n_past - 2)
             if job.options.num_predict >= 0:
                 limit = min(limit, job.options.num_predict - job.generated - 1)
+            if job.draft_by_model:
+                wanted = job.drafter.budget(limit)
+                if wanted > 0:
+                    by_model.append((job, DraftRequest(job.slot, job.drafter.history, wanted)))
+                    room -= wanted
+                continue
             job.draft = job.drafter.draft(limit, busy=len(generating) > 1)
             room -= len(job.draft)
+        if by_model and self.draft_model is not None:
+            guesses = self.draft_model.draft([request for _, request in by_model])
+            for (job, _), guess in zip(by_model, guesses, strict=True):
+                job.draft = guess
 
     def _verify(self, job: Job, row: int, events: list[Event]) -> None:
         """Sample each fed position in order, as plain decoding would have: position i's
@@ -564,6 +585,11 @@ class Engine:
         slot = self.slots[job.slot]
         draft = job.draft
         job.draft = []
+        drafter = job.drafter
+        assert drafter is not None
+        # Counted before the tokens go out: the done event may be among them.
+        drafter.drafted += len(draft)
+        self.stats.draft_tokens += len(draft)
         fed = [job.last_token, *draft]
         accepted = 0
         for i, token_in in enumerate(fed):
@@ -571,18 +597,17 @@ class Engine:
             job.n_past += 1
             assert job.sampler is not None
             token = job.sampler.sample(self.context, row + i)
+            kept = i < len(draft) and token == draft[i]
+            if kept:
+                accepted += 1
+                drafter.accepted += 1
+                self.stats.draft_accepted += 1
             self._on_token(job, token, events, row + i)
-            if job.id not in self.jobs:  # finished (stop, length) or failed
+            if job.id not in self.jobs or not kept:  # finished (stop, length, failed)
                 break
-            if i == len(draft) or token != draft[i]:
-                break
-            accepted += 1
         # Cells past the last valid position hold rejected drafts.
         self.context.seq_rm(job.slot, job.n_past, -1)
-        assert job.drafter is not None
-        job.drafter.record(len(draft), accepted)
-        self.stats.draft_tokens += len(draft)
-        self.stats.draft_accepted += accepted
+        drafter.adapt(len(draft), accepted)
 
     def _free_idle_cache(self) -> bool:
         """Drop the cached prefix of the least recently used idle slot, if any."""

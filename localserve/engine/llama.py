@@ -179,6 +179,12 @@ class Model:
             return ""
         return self.piece(token, special=True).decode("utf-8", "replace")
 
+    def vocabulary(self) -> list[bytes]:
+        """Every token's text as the vocabulary stores it (``▁the``, ``<0x0A>``): what
+        two models must agree on to share token ids. Read directly, not rendered."""
+        text = L.llama_vocab_get_text
+        return [text(self.vocab, token) or b"" for token in range(self.n_vocab)]
+
     @property
     def bos(self) -> int:
         return int(L.llama_vocab_bos(self.vocab))

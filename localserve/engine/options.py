@@ -107,8 +107,11 @@ class LoadOptions:
     # generating, so they keep getting tokens (chunked prefill).
     prefill_chunk: int = 512
     # Speculative decoding (engine/speculate.py): "ngram" drafts from the sequence's
-    # own prompt and output; "off" decodes one token per step.
+    # own prompt and output; "off" decodes one token per step; any other value names
+    # a draft model in the store (the daemon passes its file with the load).
     speculative: str = "ngram"
+    # A draft model's guess is kept while its probability is at least this.
+    draft_p_min: float = 0.75
     # The K and V cache's type (KV_CACHE_TYPES) and whether attention runs as llama.cpp's
     # fused flash-attention kernel ("auto": where the backend has it).
     kv_cache_type: str = "f16"
@@ -122,9 +125,11 @@ class LoadOptions:
         _check_int("num_gpu", self.num_gpu, -1, 100_000)
         _check_int("num_thread", self.num_thread, 0, 1024)
         _check_int("prefill_chunk", self.prefill_chunk, 1, 1 << 16)
-        if self.speculative not in SPECULATIVE:
+        _check_float("draft_p_min", self.draft_p_min, 0.0, 1.0)
+        if not isinstance(self.speculative, str) or not self.speculative.strip():
             raise InvalidOptionError(
-                f"speculative must be one of {', '.join(SPECULATIVE)}, got {self.speculative!r}"
+                f"speculative must be {' or '.join(SPECULATIVE)} or the name of a draft "
+                f"model, got {self.speculative!r}"
             )
         kv = kv_cache_type(self.kv_cache_type)
         flash = flash_attention_mode(self.flash_attention)

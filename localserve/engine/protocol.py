@@ -80,6 +80,10 @@ class ModelFiles:
     projector: Path | None = None
     adapters: tuple[tuple[Path, float], ...] = ()
     template: str | None = None
+    # A draft model for speculative decoding (LOCALSERVE_SPECULATIVE names it): its
+    # GGUF parts and its name, for messages.
+    draft: tuple[Path, ...] = ()
+    draft_name: str = ""
 
 
 NO_EXTRAS = ModelFiles()

@@ -15,6 +15,7 @@ kernel kills this process too (PR_SET_PDEATHSIG), so no orphan keeps RAM or VRAM
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import ctypes
 import logging
@@ -52,7 +53,7 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def error_kind(exc: LocalserveError) -> str:
+def error_kind(exc: Exception) -> str:
     """The error's category on the wire; the daemon maps it back to an exception type."""
     if isinstance(exc, PromptTooLongError):
         return "too_long"
@@ -75,6 +76,21 @@ class Runner:
         self.projector: Any = None  # engine/media.py Projector, for a model with an mmproj
         self.load_options: Any = None
         self.n_threads = 1
+        # RPC workers (engine/rpc.py) that answered before this load, and why others
+        # were left out; the guard sets timeouts on ggml's sockets to them.
+        self.rpc_workers: tuple[str, ...] = ()
+        self.rpc_notes: tuple[str, ...] = ()
+        self.rpc_timeout = 120.0
+        self.rpc_guard: Any = None
+        # Prompts with images or sounds are built on a thread of their own (decoding a
+        # photo or a long recording takes from tens of ms to seconds), so that streams
+        # already generating keep getting tokens meanwhile; the loop submits the jobs
+        # when they are ready. llama-server tokenizes media in its HTTP threads too.
+        self.preparing: dict[str, concurrent.futures.Future[list[Any]]] = {}
+        self.cancelled_early: set[str] = set()  # cancelled while still being prepared
+        self._preparer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
 
     def send(self, message: dict[str, Any]) -> None:
         data = memoryview(encode(message))
@@ -98,6 +114,10 @@ class Runner:
         projector = Path(message["projector"]) if message.get("projector") else None
         adapters = message.get("adapters") or []  # [{"path": str, "scale": float}]
         memory = self._plan(paths, options, projector, adapters)
+        if self.rpc_workers and memory.gpu_layers:
+            from localserve.engine.rpc import use_workers
+
+            self.rpc_guard = use_workers(self.rpc_workers, self.rpc_timeout)
         self.model, gpu_layers, retried = self._load_model(paths, memory.gpu_layers)
         self._load_adapters(adapters)
         # Never more context per sequence than the model was trained for.
@@ -107,8 +127,13 @@ class Runner:
         self.load_options = options
         if projector is not None:
             self.projector = self._load_projector(projector, gpu_layers)
+        draft, draft_bytes = self._load_draft(message, options, gpu_layers == memory.n_layers)
         self.engine = Engine(
-            self.model, options, n_threads=self.n_threads, projector=self.projector
+            self.model,
+            options,
+            n_threads=self.n_threads,
+            projector=self.projector,
+            draft_model=draft,
         )
         # A Modelfile's TEMPLATE replaces the GGUF's own.
         template = message.get("template")
@@ -130,10 +155,14 @@ class Runner:
             "gpu_offload": supports_gpu_offload(),
             "pid": os.getpid(),
             # Where the model went, for /api/ps and the daemon log.
-            "plan": memory.summary() + (f"; {retried}" if retried else ""),
+            "plan": memory.summary()
+            + (f"; {retried}" if retried else "")
+            + "".join(f"; {note}" for note in self.rpc_notes),
+            # Layers per device when RPC workers took some (/api/ps, `localserve ps`).
+            "devices": _split(memory) if self.rpc_guard else [],
             "gpu_layers": gpu_layers,
             "n_layers": memory.n_layers,
-            "size": memory.total_bytes,
+            "size": memory.total_bytes + draft_bytes,
             "size_vram": memory.size_vram * gpu_layers // max(1, memory.gpu_layers),
             "adapters": len(self.model.adapters),
         }
@@ -149,6 +178,51 @@ class Runner:
             if isinstance(scale, bool) or not isinstance(scale, int | float):
                 raise InvalidOptionError(f"an adapter's scale must be a number, not {scale!r}")
             LoraAdapter(self.model, Path(adapter["path"]), scale=float(scale))
+
+    def _load_draft(self, message: dict[str, Any], options: Any, on_gpu: bool) -> tuple[Any, int]:
+        """The draft model for speculative decoding, if the load names one, and the
+        memory it takes. It goes where the target went when it fits there (planned
+        after the target loaded, so the free memory it sees is what is left); a draft
+        whose vocabulary differs from the target's is refused."""
+        from localserve.engine.llama import Model
+        from localserve.engine.speculate import CATCH_UP_CHUNK, DraftModel, check_vocabularies
+        from localserve.plan.devices import probe
+        from localserve.plan.planner import plan
+        from localserve.store.gguf import read_gguf_model
+
+        paths = [Path(p) for p in message.get("draft") or []]
+        if not paths:
+            return None, 0
+        name = message.get("draft_name") or paths[0].name
+        slots = options.num_parallel
+        memory = plan(
+            read_gguf_model(paths),
+            num_ctx=options.num_ctx,
+            num_parallel=slots,
+            num_batch=CATCH_UP_CHUNK + slots,
+            kv_type=options.kv_cache_type,
+            flash_attention=options.flash_attention != "off",
+            devices=probe(gpus=on_gpu),
+            num_gpu=-1 if on_gpu else 0,
+            cpu_overhead=0,  # the process's own overhead is in the model's plan
+        ).require_fit()
+        model = Model(paths, n_gpu_layers=memory.gpu_layers)
+        try:
+            check_vocabularies(self.model, model, target_name="the model", draft_name=f"'{name}'")
+            draft = DraftModel(
+                model,
+                n_slots=slots,
+                num_ctx=options.num_ctx,
+                n_threads=self.n_threads,
+                kv_cache_type=options.kv_cache_type,
+                n_vocab_target=self.model.n_vocab,
+                p_min=options.draft_p_min,
+            )
+        except BaseException:
+            model.close()
+            raise
+        log.info("draft model %s: %s", name, memory.summary())
+        return draft, memory.total_bytes
 
     def _load_projector(self, path: Path, gpu_layers: int) -> Any:
         """The model's projector, on the GPU when the model's layers went there; one
@@ -203,11 +277,27 @@ class Runner:
             flash_attention=options.flash_attention != "off",
             # num_gpu 0 asks for the CPU alone: asking a GPU for its free memory
             # would create a GPU context in this process for nothing.
-            devices=probe(gpus=options.num_gpu != 0),
+            devices=self._devices(probe(gpus=options.num_gpu != 0), options.num_gpu),
             num_gpu=options.num_gpu,
             projector=read_projector(projector) if projector else None,
             adapters=lora,
         ).require_fit()
+
+    def _devices(self, local: Any, num_gpu: int) -> Any:
+        """``local`` plus the devices of the RPC workers in LOCALSERVE_RPC_WORKERS that
+        answer now (plan/devices.py ``with_workers``); none for a CPU-only load."""
+        from localserve.config import load_settings
+        from localserve.plan.devices import with_workers
+
+        settings = load_settings()  # the daemon's environment, inherited
+        if not settings.rpc_workers or num_gpu == 0:
+            return local
+        self.rpc_timeout = settings.rpc_timeout_seconds
+        devices, self.rpc_workers = with_workers(
+            local, settings.rpc_workers, timeout=min(5.0, self.rpc_timeout)
+        )
+        self.rpc_notes = devices.notes[len(local.notes) :]
+        return devices
 
     def _load_model(self, paths: list[Path], gpu_layers: int) -> tuple[Any, int, str]:
         """Load with the planned layers; if that fails (out of GPU memory, say), retry
@@ -235,9 +325,16 @@ class Runner:
         request_id = str(message.get("id", ""))
         try:
             if op == "generate":
-                self._generate(request_id, GenerateJob.from_wire(message.get("job") or {}))
+                request = GenerateJob.from_wire(message.get("job") or {})
+                # Aside while others generate, or behind a request being prepared.
+                if request.media_count() and (self.engine.has_work() or self.preparing):
+                    self._prepare_aside(request_id, request)
+                else:
+                    self._submit(self._jobs(request_id, request))
                 return []
             if op == "cancel":
+                if request_id in self.preparing:
+                    self.cancelled_early.add(request_id)
                 for job_id in [j for j in self.engine.jobs if _request_of(j)[0] == request_id]:
                     self.engine.cancel(job_id)
                 return []
@@ -252,7 +349,41 @@ class Runner:
             error = ErrorEvent(request_id, f"malformed request: {exc}", "invalid")
         return [event_to_wire(error)]
 
-    def _generate(self, request_id: str, request: GenerateJob) -> None:
+    def _prepare_aside(self, request_id: str, request: GenerateJob) -> None:
+        """Build the request's jobs on the preparing thread; ``prepared`` submits them."""
+        if self._preparer is None:
+            self._preparer = concurrent.futures.ThreadPoolExecutor(1, "prepare")
+        future = self._preparer.submit(self._jobs, request_id, request)
+        self.preparing[request_id] = future
+        future.add_done_callback(lambda _: os.write(self._wake_write, b"."))
+
+    def prepared(self) -> list[dict[str, Any]]:
+        """Submit the jobs whose prompts are ready; errors as wire entries."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_read, 1024)
+        entries: list[dict[str, Any]] = []
+        for request_id, future in list(self.preparing.items()):
+            if not future.done():
+                continue
+            del self.preparing[request_id]
+            try:
+                self._submit(future.result())
+            except Exception as exc:  # one request's failure ends that request only
+                self.cancelled_early.discard(request_id)
+                entries.append(event_to_wire(ErrorEvent(request_id, str(exc), error_kind(exc))))
+                continue
+            if request_id in self.cancelled_early:
+                self.cancelled_early.discard(request_id)
+                self.handle({"op": "cancel", "id": request_id})
+        return entries
+
+    def _submit(self, jobs: list[Any]) -> None:
+        for job in jobs:
+            self.engine.submit(job)
+
+    def _jobs(self, request_id: str, request: GenerateJob) -> list[Any]:
+        """The request's engine jobs (one per answer), its prompt rendered and tokenized.
+        Touches no llama.cpp context: it may run on the preparing thread."""
         from localserve.engine.engine import Job
         from localserve.engine.grammar import grammar_for
 
@@ -311,6 +442,7 @@ class Runner:
         if prompt.stops:
             options = replace(options, stop=(*options.stop, *prompt.stops))
         first: Job | None = None
+        jobs: list[Job] = []
         for choice in range(max(1, request.n)):
             seeded = options
             if choice and options.seed >= 0:  # n answers, not n copies of one
@@ -332,8 +464,9 @@ class Runner:
                 parent=first,
                 media=prompt.media,
             )
-            self.engine.submit(job)
+            jobs.append(job)
             first = first or job
+        return jobs
 
     def _parser_factory(
         self, request: GenerateJob, tools: list[dict[str, Any]] | None, opened: bool
@@ -379,9 +512,12 @@ class Runner:
     def serve(self, in_fd: int, reader: FrameReader) -> None:
         while True:
             busy = self.engine.has_work()
-            readable, _, _ = select.select([in_fd], [], [], 0 if busy else None)
+            watched = [in_fd, self._wake_read]
+            readable, _, _ = select.select(watched, [], [], 0 if busy else None)
             events: list[dict[str, Any]] = []
-            if readable:
+            if self._wake_read in readable:
+                events.extend(self.prepared())
+            if in_fd in readable:
                 data = os.read(in_fd, 1 << 20)
                 if not data:
                     return  # the daemon closed our stdin: it is gone or wants us gone
@@ -395,9 +531,25 @@ class Runner:
                 self.send({"events": events})
 
     def close(self) -> None:
+        if self._preparer is not None:  # it may be using the projector and the model
+            self._preparer.shutdown(wait=True, cancel_futures=True)
         for part in (self.embedder, self.engine, self.projector, self.model):
             if part is not None:
                 part.close()
+
+
+def _split(memory: Any) -> list[dict[str, Any]]:
+    """The plan's devices that hold layers: name, where (a worker's address), layers, bytes."""
+    return [
+        {
+            "name": d.name,
+            "description": d.description,
+            "layers": d.layers,
+            "size": d.total_bytes,
+        }
+        for d in memory.devices
+        if d.layers or not d.is_gpu
+    ]
 
 
 def _request_of(job_id: str) -> tuple[str, int]:

@@ -14,11 +14,23 @@ has the same distribution.
 A sequence whose drafts keep failing pauses drafting for longer and longer
 (``Drafter.failed``), so text that has nothing to copy costs little more than
 plain decoding.
+
+``DraftModel`` guesses with a second, smaller model that shares the target's
+vocabulary (``LOCALSERVE_SPECULATIVE=<model name>``): it reads each sequence in a
+context of its own and proposes greedily, for every drafting sequence in one
+``llama_decode`` per drafted position, while it is sure enough of its guess.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from localserve.engine.llama import Batch, Context, Model
+from localserve.engine.options import LoadOptions
+from localserve.errors import InvalidOptionError
 
 # Suffix lengths tried, longest first: a longer match predicts better. No shorter
 # match than 6 tokens: every drafted row costs a row of the output layer (a large
@@ -53,14 +65,24 @@ class Drafter:
     def push(self, token: int) -> None:
         self.history.append(token)
 
+    def budget(self, limit: int) -> int:
+        """How many tokens this sequence may draft this step: none while paused, else
+        up to its current draft length (``record`` adapts it)."""
+        if limit <= 0:
+            return 0
+        if self._pause > 0:
+            self._pause -= 1
+            return 0
+        return min(limit, self._length)
+
     def draft(self, limit: int, *, busy: bool = False) -> list[int]:
         """Up to ``limit`` tokens that followed the latest earlier occurrence of the
         history's longest matching suffix; [] when nothing matches or while paused."""
-        if limit <= 0:
-            return []
-        if self._pause > 0:
-            self._pause -= 1
-            return []
+        wanted = self.budget(limit)
+        return self.lookup(wanted, busy=busy) if wanted else []
+
+    def lookup(self, wanted: int, *, busy: bool = False) -> list[int]:
+        """The n-gram guess itself: up to ``wanted`` tokens, [] when nothing matches."""
         history = self.history
         end = len(history)
         # Index every n-gram that ends before the last token (the suffix itself must
@@ -77,7 +99,7 @@ class Drafter:
             if start is None:
                 continue
             found = []
-            for token in history[start : start + min(limit, self._length)]:
+            for token in history[start : start + wanted]:
                 if token < 0:  # an image's placeholder: not a token to feed
                     break
                 found.append(token)
@@ -85,9 +107,14 @@ class Drafter:
         return []
 
     def record(self, drafted: int, accepted: int) -> None:
-        """The outcome of one draft: pause longer after each draft with nothing kept."""
+        """Count one draft's outcome and adapt to it (``adapt``)."""
         self.drafted += drafted
         self.accepted += accepted
+        self.adapt(drafted, accepted)
+
+    def adapt(self, drafted: int, accepted: int) -> None:
+        """Draft longer after a draft kept whole, shorter after one cut short, and pause
+        longer after each draft with nothing kept."""
         if accepted == drafted:
             self._length = min(MAX_DRAFT, self._length * 2)
         else:
@@ -97,3 +124,155 @@ class Drafter:
         else:
             self._misses += 1
             self._pause = min(MAX_PAUSE, 1 << self._misses) if self._misses > 1 else 0
+
+
+# A draft model's guess is kept only while its probability is at least this: an unsure
+# guess is usually rejected, and each rejected row still costs the target a row of
+# compute, and the draft model a decode. (llama-server's --draft-p-min is the same
+# rule; it defaults to 0 there, but drafts at most 3 tokens, where we draft up to
+# MAX_DRAFT while the guesses hold.) LOCALSERVE_DRAFT_P_MIN sets it.
+P_MIN = 0.75
+# Prompt tokens the draft model reads per step when it first meets a sequence: a long
+# prompt is caught up over several steps (no draft meanwhile), so that other streams
+# never wait for a whole prompt on the draft model.
+CATCH_UP_CHUNK = 512
+# llama.cpp's own compatibility rule for draft models: vocabularies may differ by a
+# few added tokens at the end, and the first few ids (specials) are not compared.
+MAX_VOCAB_DIFFERENCE = 128
+FIRST_COMPARED_TOKEN = 5
+
+
+@dataclass(frozen=True)
+class DraftRequest:
+    slot: int  # the sequence id, the same in the draft model's context as the target's
+    history: Sequence[int]  # every token of the sequence so far (no media)
+    wanted: int  # tokens to draft at most
+
+
+def check_vocabularies(target: Model, draft: Model, *, target_name: str, draft_name: str) -> None:
+    """Refuse a draft model whose tokens mean other text than the target's: its guesses
+    would be token ids of another vocabulary."""
+
+    def refuse(why: str) -> InvalidOptionError:
+        return InvalidOptionError(
+            f"the draft model {draft_name} does not share {target_name}'s vocabulary: {why}",
+            hint="use a smaller model of the same family as the draft "
+            "(LOCALSERVE_SPECULATIVE), or ngram",
+        )
+
+    if abs(target.n_vocab - draft.n_vocab) > MAX_VOCAB_DIFFERENCE:
+        raise refuse(f"{draft.n_vocab} tokens against {target.n_vocab}")
+    if (target.bos, target.eos, target.add_bos) != (draft.bos, draft.eos, draft.add_bos):
+        raise refuse("its begin/end-of-text tokens differ")
+    ours, theirs = target.vocabulary(), draft.vocabulary()
+    for token in range(FIRST_COMPARED_TOKEN, min(target.n_vocab, draft.n_vocab)):
+        if ours[token] != theirs[token]:
+            raise refuse(
+                f"token {token} is {ours[token].decode('utf-8', 'replace')!r} in one "
+                f"and {theirs[token].decode('utf-8', 'replace')!r} in the other"
+            )
+
+
+class DraftModel:
+    """A small model guessing the target's next tokens, greedily. Its context holds one
+    sequence per slot of the target's; each holds what the draft model has read of that
+    slot's sequence, and is cut back to what still matches before every draft."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_slots: int,
+        num_ctx: int,
+        n_threads: int,
+        kv_cache_type: str = "f16",
+        n_vocab_target: int | None = None,
+        p_min: float = P_MIN,
+    ) -> None:
+        self.model = model
+        self.p_min = p_min
+        # Tokens past the target's vocabulary would be invalid input to it.
+        self.n_vocab = min(model.n_vocab, n_vocab_target or model.n_vocab)
+        options = LoadOptions(
+            num_ctx=num_ctx,
+            num_parallel=n_slots,
+            num_batch=CATCH_UP_CHUNK + n_slots,
+            kv_cache_type=kv_cache_type,
+            speculative="off",
+        )
+        # No LoRA adapters: they belong to the target.
+        self.context = Context(model, options, n_threads=n_threads, adapters=[])
+        self.batch = Batch(self.context.shape.n_batch)
+        self.read: list[list[int]] = [[] for _ in range(self.context.shape.n_seq_max)]
+        self.decodes = 0  # llama_decode calls, for the stats
+
+    def close(self) -> None:
+        self.batch.close()
+        self.context.close()
+        self.model.close()
+
+    def draft(self, requests: Sequence[DraftRequest]) -> list[list[int]]:
+        """Each request's guess (possibly empty), in order."""
+        found: list[list[int]] = [[] for _ in requests]
+        rows = self._catch_up(requests)
+        while self.batch.n_tokens:
+            if self.context.decode(self.batch) != 0:
+                # No room in the draft model's cache, or an error: draft nothing more
+                # this step and let those sequences be read again next time.
+                for request in requests:
+                    self.context.seq_rm(request.slot)
+                    self.read[request.slot] = []
+                return found
+            self.decodes += 1
+            # Read every row's logits before the batch is refilled for the next position.
+            guesses = {index: self._guess(row) for index, row in rows.items()}
+            self.batch.clear()
+            rows = {}
+            for index, token in guesses.items():
+                if token is None:
+                    continue
+                request = requests[index]
+                found[index].append(token)
+                if len(found[index]) < request.wanted:
+                    read = self.read[request.slot]
+                    self.batch.add([token], len(read), request.slot, True)
+                    read.append(token)
+                    rows[index] = self.batch.n_tokens - 1
+        return found
+
+    def _catch_up(self, requests: Sequence[DraftRequest]) -> dict[int, int]:
+        """Fill the batch with what each sequence's draft copy lacks; returns, for each
+        request whose copy will be complete, its logits row."""
+        self.batch.clear()
+        budget = CATCH_UP_CHUNK
+        rows: dict[int, int] = {}
+        for index, request in enumerate(requests):
+            history = request.history
+            if request.wanted <= 0 or not history:
+                continue
+            read = self.read[request.slot]
+            keep = 0
+            limit = min(len(read), len(history) - 1)  # the last token is fed again
+            while keep < limit and read[keep] == history[keep]:
+                keep += 1
+            take = min(len(history) - keep, budget)
+            if take <= 0:
+                continue
+            self.context.seq_rm(request.slot, keep, -1)
+            complete = keep + take == len(history)
+            self.batch.add(history[keep : keep + take], keep, request.slot, complete)
+            self.read[request.slot] = list(history[: keep + take])
+            budget -= take
+            if complete:
+                rows[index] = self.batch.n_tokens - 1
+        return rows
+
+    def _guess(self, row: int) -> int | None:
+        """The most likely next token, if the draft model is sure enough of it."""
+        logits = self.context.logits(row)[: self.n_vocab]
+        token = int(np.argmax(logits))
+        if self.p_min > 0:
+            probability = 1.0 / float(np.exp(logits - logits[token]).sum())
+            if probability < self.p_min:
+                return None
+        return token

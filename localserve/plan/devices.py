@@ -13,6 +13,9 @@ GPU, a 4 GiB card, two cards) and ``localserve plan --gpu-memory 24GiB`` simulat
   is plugged in: llama.cpp would not use it.
 - If llama-cpp-python cannot be imported, NVIDIA cards through nvidia-ml-py (``pynvml``)
   when it is installed; otherwise no GPU.
+- RPC workers (``localserve worker`` on other machines, engine/rpc.py) join as one more
+  GPU each device they serve (``with_workers``), first in the list as llama.cpp orders
+  them, named RPC0, RPC1... with their address as the description.
 
 llama_cpp is imported inside ``probe()`` only (the engine owns llama_cpp; this is the one
 read-only exception). On a CUDA build asking a device for its free memory creates a CUDA
@@ -27,12 +30,13 @@ import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from localserve.errors import InvalidOptionError
 
-__all__ = ["GPU", "Devices", "parse_size", "probe", "probe_ram"]
+__all__ = ["GPU", "Devices", "parse_size", "probe", "probe_ram", "with_workers"]
 
 log = logging.getLogger("localserve.plan")
 
@@ -96,6 +100,34 @@ class Devices:
         (``size`` 0: no GPU at all)."""
         gpus = (GPU("GPU0", size, size, "simulated"),) if size > 0 else ()
         return replace(self, gpus=gpus, can_offload=True, source="simulated", notes=())
+
+
+def with_workers(
+    devices: Devices, endpoints: Sequence[str], *, timeout: float = 5.0
+) -> tuple[Devices, tuple[str, ...]]:
+    """``devices`` with the devices of the RPC workers at ``endpoints`` that answer
+    within ``timeout`` seconds, and those workers' addresses (the ones to load with).
+    A worker that does not answer is left out, with a note that says so."""
+    from localserve.engine.rpc import probe_workers
+
+    if not endpoints:
+        return devices, ()
+    found, notes = probe_workers(endpoints, timeout)
+    remote = tuple(
+        GPU(f"RPC{i}", d.total_bytes, d.free_bytes, d.endpoint) for i, d in enumerate(found)
+    )
+    answered = tuple(dict.fromkeys(d.endpoint for d in found))
+    return (
+        replace(
+            devices,
+            # llama.cpp puts RPC devices before the local GPUs ("to minimize network
+            # transfers", llama.cpp's llama_prepare_model_devices).
+            gpus=remote + devices.usable_gpus,
+            can_offload=bool(remote) or devices.can_offload,
+            notes=devices.notes + notes,
+        ),
+        answered,
+    )
 
 
 # ----------------------------------------------------------------------------- sizes

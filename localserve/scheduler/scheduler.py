@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from localserve.engine.options import LoadOptions
+from localserve.engine.options import SPECULATIVE, LoadOptions
 from localserve.engine.protocol import NO_EXTRAS, DoneEvent, Event, GenerateJob, ModelFiles
-from localserve.errors import ModelNotFoundError, ServerBusyError
+from localserve.errors import InvalidOptionError, ModelNotFoundError, ServerBusyError
 from localserve.store.manifest import Manifest
 from localserve.store.refs import ModelRef
 from localserve.store.store import ModelStore
@@ -353,15 +353,34 @@ class Scheduler:
             async with self._changed:
                 await self._changed.wait()
 
-    def _extras(self, manifest: Manifest) -> ModelFiles:
+    def _extras(self, ref: ModelRef, manifest: Manifest, load: LoadOptions) -> ModelFiles:
         from localserve.store.create import read_config
 
         template = read_config(self.store, manifest).template if manifest.layers else None
+        draft, draft_name = self._draft_model(ref, load.speculative)
         return ModelFiles(
             projector=self.store.projector_path(manifest),
             adapters=tuple((self.store.blob_path(a.digest), a.scale) for a in manifest.adapters),
             template=template,
+            draft=draft,
+            draft_name=draft_name,
         )
+
+    def _draft_model(self, ref: ModelRef, speculative: str) -> tuple[tuple[Path, ...], str]:
+        """The files of the draft model that ``speculative`` names, if it names one. A
+        model is not its own draft: loading it twice would only double the work."""
+        if speculative in SPECULATIVE:
+            return (), ""
+        try:
+            draft_ref, draft = self.store.get(speculative)
+        except ModelNotFoundError:
+            raise InvalidOptionError(
+                f"the draft model '{speculative}' is not in the store",
+                hint="pull it, or set LOCALSERVE_SPECULATIVE to ngram or off",
+            ) from None
+        if draft_ref == ref:
+            return (), ""
+        return tuple(self.store.blob_paths(draft)), str(draft_ref)
 
     async def _load(self, ref: ModelRef, manifest: Manifest, model: ModelRequest) -> Resident:
         self._check_open()  # close() may have run while this load waited for room or idle
@@ -370,7 +389,8 @@ class Scheduler:
         log.info(
             "loading %s (num_ctx %d, parallel %d)", ref, model.load.num_ctx, model.load.num_parallel
         )
-        runner = await self.runner_factory(paths, model.load, extras=self._extras(manifest))
+        extras = self._extras(ref, manifest, model.load)
+        runner = await self.runner_factory(paths, model.load, extras=extras)
         if self.closing:  # close() ran during the load: this runner must not outlive it
             await runner.close(reason=self.closing)
             raise ServerBusyError(self.closing)

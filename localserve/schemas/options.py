@@ -45,6 +45,7 @@ def split_options(
     kv_cache_type: str = "f16",
     flash_attention: str = "auto",
     speculative: str = "ngram",
+    draft_p_min: float = 0.75,
 ) -> SplitOptions:
     """Validate ``options`` (plus wire-level ``overrides`` such as OpenAI's max_tokens)."""
     given = dict(options or {})
@@ -62,6 +63,7 @@ def split_options(
         "kv_cache_type": kv_cache_type,
         "flash_attention": flash_attention,
         "speculative": speculative,
+        "draft_p_min": draft_p_min,
     }
     for key in LOAD_KEYS & set(given):
         if given[key] is not None:

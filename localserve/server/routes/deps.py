@@ -60,6 +60,7 @@ def model_request(
         kv_cache_type=settings.kv_cache_type,
         flash_attention=settings.flash_attention,
         speculative=settings.speculative,
+        draft_p_min=settings.draft_p_min,
         overrides=overrides,
     )
     return ModelRequest(name, split.load, keep_alive), split.sampling

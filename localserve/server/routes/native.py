@@ -99,7 +99,7 @@ def running_entry(app: Any, resident: Resident) -> dict[str, Any]:
             expires = _moment(time.time() + resident.keep_alive)
     else:
         expires = _moment(resident.expires_at)
-    return {
+    entry: dict[str, Any] = {
         "name": resident.name,
         "model": resident.name,
         # Memory the runner's plan says it uses (weights, KV, compute), and the GPU's share.
@@ -112,6 +112,11 @@ def running_entry(app: Any, resident: Resident) -> dict[str, Any]:
         "size_vram": int(resident.runner.info.get("size_vram", 0)),
         "context_length": int(resident.runner.info.get("num_ctx", resident.options.num_ctx)),
     }
+    # localserve's extension, only when RPC workers hold layers: the split per device
+    # (name, the worker's address, layers, bytes).
+    if resident.runner.info.get("devices"):
+        entry["devices"] = resident.runner.info["devices"]
+    return entry
 
 
 def _moment(epoch_seconds: float) -> datetime:
