@@ -46,7 +46,7 @@ from localserve.engine.logprobs import token_logprob
 from localserve.engine.media import MediaChunk, Projector
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.protocol import DoneEvent, ErrorEvent, Event, LogprobsEvent, TextEvent
-from localserve.engine.speculate import Drafter, DraftModel, DraftRequest
+from localserve.engine.speculate import MODEL_MAX_DRAFT, Drafter, DraftModel, DraftRequest
 from localserve.engine.text import StopMatcher, Utf8Stream
 from localserve.errors import EngineError, PromptTooLongError
 
@@ -566,7 +566,7 @@ class Engine:
             if job.options.num_predict >= 0:
                 limit = min(limit, job.options.num_predict - job.generated - 1)
             if job.draft_by_model:
-                wanted = job.drafter.budget(limit)
+                wanted = job.drafter.budget(min(limit, MODEL_MAX_DRAFT))
                 if wanted > 0:
                     by_model.append((job, DraftRequest(job.slot, job.drafter.history, wanted)))
                     room -= wanted

@@ -40,11 +40,18 @@ from localserve.errors import InvalidOptionError
 # others in the batch, wait for 8.
 NGRAM_SIZES = (12, 8, 6)
 BUSY_MIN_NGRAM = 8
-MAX_DRAFT = 32
-# The first draft's length; then it doubles after a draft kept whole and shrinks to
-# what was kept (plus one) after one cut short, so a sequence that copies long runs
-# drafts long and one that matches a word or two does not pay for eight.
-FIRST_DRAFT = 8
+# Drafts are as long as they were useful: the first is FIRST_DRAFT tokens, one kept
+# whole doubles the next (up to MAX_DRAFT, llama-server's ngram-simple drafts 48), one
+# cut short sets it to what was kept plus one, but never below MIN_DRAFT: a copy that
+# diverged for a word re-syncs and goes on for long runs. (Measured on the copy task:
+# 16/48/8 gave 1.06x llama-server's ngram-simple at 1 stream, 8/32/1 gave 0.85-0.94x;
+# free writing, where drafts are rare, was within the run-to-run noise with both.)
+MAX_DRAFT = 48
+FIRST_DRAFT = 16
+MIN_DRAFT = 8
+# A draft model's guesses cost a decode of the draft model each, one after another,
+# where an n-gram lookup costs nothing: its drafts stop at this length.
+MODEL_MAX_DRAFT = 8
 # After this many failed drafts in a row, skip 2, 4, 8... steps (at most MAX_PAUSE).
 MAX_PAUSE = 32
 
@@ -118,7 +125,7 @@ class Drafter:
         if accepted == drafted:
             self._length = min(MAX_DRAFT, self._length * 2)
         else:
-            self._length = max(1, accepted + 1)
+            self._length = max(MIN_DRAFT, accepted + 1)
         if accepted:
             self._misses = 0
         else:
