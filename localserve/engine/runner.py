@@ -135,6 +135,12 @@ class Runner:
             projector=self.projector,
             draft_model=draft,
         )
+        if self.rpc_guard is not None:
+            # Arm the sockets the load opened now, before any generation: a timeout set
+            # while ggml already waits in recv() does not apply to that wait (Linux reads
+            # it when the call starts), so a worker stopped right after the load would
+            # otherwise hang the first request.
+            self.rpc_guard.arm()
         # A Modelfile's TEMPLATE replaces the GGUF's own.
         template = message.get("template")
         template = self.model.chat_template() if template is None else template
