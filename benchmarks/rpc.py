@@ -6,7 +6,7 @@
 Three daemons serve one model (default Gemma 3 270M Q4_K_M) at once, each in its own
 LOCALSERVE_HOME: "local" (every layer on this machine's CPU), "1 worker" (half the
 offloadable layers on one `localserve worker`) and "2 workers" (two thirds of them
-on two workers, a third each). Every worker sits behind a small TCP proxy in this
+on two workers, a third each, with LOCALSERVE_SCHED_SPREAD). Every worker sits behind a small TCP proxy in this
 script that counts the bytes each way and the round trips (a reply after a request
 is one), which is what a network would carry.
 
@@ -232,6 +232,9 @@ def main() -> int:
         for i, (name, (via, _)) in enumerate(setups.items()):
             env = {"LOCALSERVE_RPC_WORKERS": ",".join(p.endpoint for p in via)} if via else {}
             env["LOCALSERVE_NUM_PARALLEL"] = "1"
+            if len(via) > 1:
+                # Largest first would put every layer on one of the two (they fit it).
+                env["LOCALSERVE_SCHED_SPREAD"] = "1"
             d = start_daemon(work / f"home-{i}", args.model, env=env)
             stack.callback(stop_daemon, d, check=False)
             daemons[name] = d

@@ -151,6 +151,13 @@ class Settings(BaseSettings):
         default="2m",
         description="Longest wait for an RPC worker's answer before the model is unloaded.",
     )
+    sched_spread: bool = Field(
+        default=False,
+        description=(
+            "Spread a model's layers over every GPU and RPC worker in proportion to free "
+            "memory, instead of filling the largest device first."
+        ),
+    )
     debug: bool = Field(default=False, description="Show tracebacks and log at debug level.")
 
     @field_validator("origins", mode="before")

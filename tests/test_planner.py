@@ -181,21 +181,95 @@ def test_explicit_num_gpu_wins(gemma: GGUFInfo) -> None:
     assert plan_of(gemma, gpus(80 * GiB), num_gpu=5).gpu_layers == 5
 
 
-def test_two_gpus_split_in_proportion_to_free_memory(gemma: GGUFInfo) -> None:
+def test_layers_fill_the_largest_device_first(gemma: GGUFInfo) -> None:
+    # A model that fits one card goes to one card: the larger, or the first of equals.
     even = plan_of(gemma, gpus(24 * GiB, 24 * GiB))
+    assert [d.layers for d in even.devices] == [0, 19, 0]
+    later = plan_of(gemma, gpus(8 * GiB, 24 * GiB))
+    assert [d.layers for d in later.devices] == [0, 0, 19]
+    assert later.tensor_split == (0, 19)  # what the runner hands llama.cpp
+    assert later.layers[-1].device == "GPU1" and later.processor == "100% GPU"
+
+    # Too big for either card: the larger takes what it alone would take, the smaller
+    # as much of the rest as fits, the rest stays on the CPU.
+    alone = plan_of(gemma, gpus(1300 * MiB), num_ctx=4096)
+    both = plan_of(gemma, gpus(700 * MiB, 1300 * MiB), num_ctx=4096)
+    cpu, small, large = (d.layers for d in both.devices)
+    assert large == alone.gpu_layers
+    assert small > 0 and cpu > 0
+    assert all(d.fits for d in both.devices)
+    assert both.gpu_layers == small + large and both.tensor_split == (small, large)
+    # Layers stay in order: CPU first, then the cards in device order, output last.
+    assert [layer.device for layer in both.layers[1:]] == (
+        ["CPU"] * cpu + ["GPU0"] * small + ["GPU1"] * large
+    )
+    # Two cards that hold the model only together: the later one in device order takes
+    # the output layer (the heaviest), and the larger, freed of it, every other layer.
+    pair = plan_of(gemma, gpus(1300 * MiB, 1200 * MiB), num_ctx=4096)
+    assert pair.gpu_layers == pair.n_layers and all(d.fits for d in pair.devices)
+    assert pair.tensor_split[0] > pair.tensor_split[1] > 0
+
+    # An explicit num_gpu beyond what fits: the extra layers go to the largest card,
+    # overcommitting it (a note warns).
+    more = plan_of(gemma, gpus(700 * MiB, 1300 * MiB), num_ctx=4096, num_gpu=both.gpu_layers + 2)
+    assert more.tensor_split == (small, large + 2)
+    assert more.devices[1].fits and not more.devices[2].fits
+    assert any("GPU1 needs" in note and "loading may fail" in note for note in more.notes)
+
+
+def test_spread_cuts_in_proportion_to_free_memory(gemma: GGUFInfo) -> None:
+    even = plan_of(gemma, gpus(24 * GiB, 24 * GiB), spread=True)
     assert even.gpu_layers == 19
     # Layer j of the 19 offloaded goes to GPU0 while j/19 < 0.5: j = 0..9.
     assert [d.layers for d in even.devices] == [0, 10, 9]
-    uneven = plan_of(gemma, gpus(24 * GiB, 8 * GiB))
+    uneven = plan_of(gemma, gpus(24 * GiB, 8 * GiB), spread=True)
     assert [d.layers for d in uneven.devices] == [0, 15, 4]  # j/19 < 0.75: j = 0..14
     # The output layer goes with the last card, and that card holds the logits.
     assert uneven.layers[-1].device == "GPU1"
     assert uneven.devices[2].compute_bytes > uneven.devices[1].compute_bytes
     assert uneven.processor == "100% GPU"
     # Two cards, each too small for the whole model: together they hold more than one.
-    one = plan_of(gemma, gpus(1300 * MiB), num_ctx=4096)
-    two = plan_of(gemma, gpus(1300 * MiB, 1300 * MiB), num_ctx=4096)
+    one = plan_of(gemma, gpus(1300 * MiB), num_ctx=4096, spread=True)
+    two = plan_of(gemma, gpus(1300 * MiB, 1300 * MiB), num_ctx=4096, spread=True)
     assert two.gpu_layers > one.gpu_layers
+
+
+def llama_cpp_placement(n_layers: int, n_gpu: int, split: list[float]) -> list[int | None]:
+    """llama.cpp's load_tensors placement, written out from llama-model.cpp: cumulative
+    split points normalized in single precision, then upper_bound per offloaded layer."""
+    import bisect
+    import struct
+
+    def f32(x: float) -> float:
+        return float(struct.unpack("f", struct.pack("f", x))[0])
+
+    points, total = [], 0.0
+    for value in split:
+        total = f32(total + value)
+        points.append(total)
+    points = [f32(point / total) for point in points]
+    start = n_layers - n_gpu
+    return [
+        None if il < start else bisect.bisect_right(points, f32((il - start) / n_gpu))
+        for il in range(n_layers)
+    ]
+
+
+@pytest.mark.parametrize(
+    "sizes", [(700, 1300), (1300, 700), (700, 1300, 800), (600, 600, 600, 2000), (1300, 1200)]
+)
+def test_the_tensor_split_makes_llama_cpp_place_layers_as_planned(
+    gemma: GGUFInfo, sizes: tuple[int, ...]
+) -> None:
+    p = plan_of(gemma, gpus(*(size * MiB for size in sizes)), num_ctx=4096)
+    planned = [
+        None if layer.device == "CPU" else int(layer.device.removeprefix("GPU"))
+        for layer in p.layers[1:]
+    ]
+    assert p.gpu_layers > 0  # a placement worth checking
+    split = [float(n) for n in p.tensor_split]
+    assert llama_cpp_placement(p.n_layers, p.gpu_layers, split) == planned
+    assert all(d.fits for d in p.devices)
 
 
 def test_gpu_without_room_for_its_overhead_gets_nothing(gemma: GGUFInfo) -> None:

@@ -157,8 +157,9 @@ def running(d: Daemon) -> list[dict[str, object]]:
 @needs_rpc
 @pytest.mark.slow
 def test_split_across_cpu_and_two_workers(tmp_path: Path, model_path: Path) -> None:
-    """Greedy output is the local output; the plan's split is llama.cpp's; a worker that
-    does not answer is left out of the load and the log says so."""
+    """Greedy output is the local output; the plan's split is what llama.cpp did, both
+    largest first (the default) and spread; a worker that does not answer is left out of
+    the load and the log says so."""
     home = tmp_path / "home"
     dead = f"127.0.0.1:{free_port()}"
     with workers(tmp_path, 2) as (first, second):
@@ -166,19 +167,33 @@ def test_split_across_cpu_and_two_workers(tmp_path: Path, model_path: Path) -> N
             "LOCALSERVE_RPC_WORKERS": f"{first.endpoint},{dead},{second.endpoint}",
             "LOCALSERVE_DEBUG": "1",  # llama.cpp's load lines in the daemon log
         }
-        planned = planned_split(model_path, [first.endpoint, second.endpoint])
         with running_daemon(home, model_path, env=env) as d:
             local = generate(d, {"num_gpu": 0})
             assert "devices" not in running(d)[0]  # no worker took part
 
-            # Every block but the first and the output layer on the workers.
-            split = generate(d, {"num_gpu": N_LAYER})
-            assert split["response"] == local["response"]
+            # Every block but the first and the output layer leave the CPU.
+            largest = generate(d, {"num_gpu": N_LAYER})
+            assert largest["response"] == local["response"]
+            shown = shown_split(d)
+            # Largest first: the layers fit one worker, so one worker takes them all
+            # (which one: the one that reported more free memory; both report this
+            # machine's RAM). One device boundary instead of two.
+            assert shown.pop(("CPU", "")) == 1
+            ((name, where), layers), *others = shown.items()
+            assert layers == N_LAYER and not others
+            assert (name, where) in {("RPC0", first.endpoint), ("RPC1", second.endpoint)}
+            # What llama.cpp itself did, from its log lines in the daemon's log.
+            log = d.log.read_text(errors="replace")
+            assert llama_split(log) == {**shown, ("CPU", ""): 1}
+            assert f"RPC worker {dead} did not answer" in log
 
-            (entry,) = running(d)
-            shown = {(x["name"], x["description"]): x["layers"] for x in entry["devices"]}
-            # The planner's split: two equal workers (each reports this machine's RAM),
-            # the offloaded layers cut in proportion, in the order the workers answered.
+        planned = planned_split(model_path, [first.endpoint, second.endpoint], spread=True)
+        with running_daemon(home, model_path, env={**env, "LOCALSERVE_SCHED_SPREAD": "1"}) as d:
+            spread = generate(d, {"num_gpu": N_LAYER})
+            assert spread["response"] == local["response"]
+            shown = shown_split(d)
+            # Spread: two equal workers, the offloaded layers cut in proportion, in the
+            # order the workers answered.
             assert shown == planned
             assert shown == {
                 ("RPC0", first.endpoint): 2,
@@ -187,20 +202,33 @@ def test_split_across_cpu_and_two_workers(tmp_path: Path, model_path: Path) -> N
             }
             table = cli("ps", env={"LOCALSERVE_HOST": f"127.0.0.1:{d.port}"})
             assert f"CPU 1, RPC0 ({first.endpoint}) 2, RPC1 ({second.endpoint}) 2" in table.stdout
-            # What llama.cpp itself did, from its log lines in the daemon's log.
             log = d.log.read_text(errors="replace")
             assert llama_split(log) == shown
             assert f"offloaded {N_LAYER}/{N_LAYER + 1} layers to GPU" in log
-            assert f"RPC worker {dead} did not answer" in log
 
 
-def planned_split(model: Path, endpoints: list[str]) -> dict[tuple[str, str], int]:
+def shown_split(d: Daemon) -> dict[tuple[str, str], int]:
+    """Layers per device of the loaded model, as /api/ps shows them."""
+    (entry,) = running(d)
+    devices = entry["devices"]
+    assert isinstance(devices, list)
+    return {(x["name"], x["description"]): x["layers"] for x in devices}
+
+
+def planned_split(
+    model: Path, endpoints: list[str], *, spread: bool = False
+) -> dict[tuple[str, str], int]:
     """The plan for ``num_gpu`` N_LAYER with these workers (asked before any load: a
     worker that serves a runner answers nobody else)."""
     devices, _ = with_workers(Devices.cpu_only(8 << 30), endpoints, timeout=5)
     assert len(devices.gpus) == len(endpoints)
     result = plan(
-        read_gguf_model([model]), num_ctx=4096, num_parallel=4, devices=devices, num_gpu=N_LAYER
+        read_gguf_model([model]),
+        num_ctx=4096,
+        num_parallel=4,
+        devices=devices,
+        num_gpu=N_LAYER,
+        spread=spread,
     )
     return {(x.name, x.description): x.layers for x in result.devices if x.layers or not x.is_gpu}
 

@@ -73,6 +73,15 @@ def plan(
         ),
     ] = None,
     rpc: RpcOpt = None,
+    spread: Annotated[
+        bool | None,
+        typer.Option(
+            "--spread/--no-spread",
+            help="Cut the layers across all devices in proportion to free memory instead of "
+            "filling the largest first [default: LOCALSERVE_SCHED_SPREAD].",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show how a model would be split between GPU and CPU memory, without loading it.
@@ -109,6 +118,7 @@ def plan(
         kv_type=kv_type,
         projector=header.projector,
         adapters=header.adapters,
+        spread=settings.sched_spread if spread is None else spread,
     )
     if as_json:
         output.print_json(_entry(header, result))

@@ -112,10 +112,24 @@ def supports_gpu_offload() -> bool:
 class Model:
     """A loaded GGUF (weights only; contexts hold the KV cache)."""
 
-    def __init__(self, paths: Sequence[Path], *, n_gpu_layers: int = -1) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        *,
+        n_gpu_layers: int = -1,
+        tensor_split: Sequence[int] = (),
+    ) -> None:
+        """``tensor_split``: offloaded layers per device, in llama.cpp's device order
+        (the plan's split); empty for llama.cpp's own, in proportion to free memory."""
         init_backend()
         params = L.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        # llama.cpp copies the array during the load (it reads llama_max_devices() floats).
+        split = (ctypes.c_float * max(int(L.llama_max_devices()), len(tensor_split)))(
+            *map(float, tensor_split)
+        )
+        if any(tensor_split):
+            params.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
         # With no layers offloaded, llama.cpp would still create a GPU context and
         # compute buffers on it (op offload): ~0.5 GiB of VRAM that /api/ps cannot
         # show, measured on an H200. An empty, NULL-terminated device list keeps a

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import ipaddress
 import logging
 import os
@@ -265,8 +266,10 @@ def load_library() -> Any:
     return lib
 
 
-def _ggml() -> Any:
-    """The libggml that libllama itself uses. Not ``llama_cpp._ggml.libggml``: a wheel
+@functools.cache
+def ggml_library() -> Any:
+    """The libggml that libllama itself uses (the device queries of plan/devices.py
+    read it too). Not ``llama_cpp._ggml.libggml``: a wheel
     holds ``libggml.so`` and ``libggml.so.0`` as two copies of one file (no symlinks in
     wheels), that module loads the first, libllama the second, and each copy has its own
     backend registry: an RPC server registered in the wrong one is never used."""
@@ -312,7 +315,7 @@ def use_workers(endpoints: Sequence[str], timeout: float) -> SocketGuard:
     (llama.cpp puts RPC devices before local GPUs), named RPC0, RPC1... in this order.
     Returns the guard that keeps ggml's sockets to them from waiting forever."""
     lib = load_library()
-    ggml = _ggml()
+    ggml = ggml_library()
     # ggml_abort would otherwise try to attach gdb for a backtrace when a worker dies.
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")
     guard = SocketGuard(endpoints, timeout)
@@ -412,7 +415,7 @@ class ServedDevice:
 def worker_devices(names: Sequence[str] = ()) -> tuple[list[int], list[ServedDevice]]:
     """The ggml devices a worker serves, as ``rpc-server`` picks them: those named, else
     every GPU, else the CPU. Returns (device pointers, descriptions)."""
-    ggml = _ggml()
+    ggml = ggml_library()
     pointers: list[int] = []
     if names:
         for name in names:

@@ -118,7 +118,9 @@ class Runner:
             from localserve.engine.rpc import use_workers
 
             self.rpc_guard = use_workers(self.rpc_workers, self.rpc_timeout)
-        self.model, gpu_layers, retried = self._load_model(paths, memory.gpu_layers)
+        self.model, gpu_layers, retried = self._load_model(
+            paths, memory.gpu_layers, memory.tensor_split
+        )
         self._load_adapters(adapters)
         # Never more context per sequence than the model was trained for.
         num_ctx = min(options.num_ctx, self.model.n_ctx_train or options.num_ctx)
@@ -264,6 +266,7 @@ class Runner:
         """The memory plan (plan/planner.py): how many layers go to the GPU for
         ``num_gpu`` -1, or a clear refusal before loading when RAM cannot hold it.
         LoRA ``adapters`` that do not fit the model are refused here, before loading."""
+        from localserve.config import load_settings
         from localserve.plan.devices import probe
         from localserve.plan.planner import plan
         from localserve.store.adapter import check_adapter, read_adapter
@@ -287,6 +290,7 @@ class Runner:
             num_gpu=options.num_gpu,
             projector=read_projector(projector) if projector else None,
             adapters=lora,
+            spread=load_settings().sched_spread,
         ).require_fit()
 
     def _devices(self, local: Any, num_gpu: int) -> Any:
@@ -305,20 +309,23 @@ class Runner:
         self.rpc_notes = devices.notes[len(local.notes) :]
         return devices
 
-    def _load_model(self, paths: list[Path], gpu_layers: int) -> tuple[Any, int, str]:
-        """Load with the planned layers; if that fails (out of GPU memory, say), retry
-        once with half as many and say so."""
+    def _load_model(
+        self, paths: list[Path], gpu_layers: int, split: tuple[int, ...]
+    ) -> tuple[Any, int, str]:
+        """Load with the planned layers, placed on the devices as planned (``split``:
+        layers per device); if that fails (out of GPU memory, say), retry once with half
+        as many, cut between the devices in the same proportions, and say so."""
         from localserve.engine.llama import Model
 
         try:
-            return Model(paths, n_gpu_layers=gpu_layers), gpu_layers, ""
+            return Model(paths, n_gpu_layers=gpu_layers, tensor_split=split), gpu_layers, ""
         except LocalserveError:
             if gpu_layers <= 0:
                 raise
         fewer = gpu_layers // 2
         log.warning("loading with %d GPU layers failed; retrying with %d", gpu_layers, fewer)
         return (
-            Model(paths, n_gpu_layers=fewer),
+            Model(paths, n_gpu_layers=fewer, tensor_split=split),
             fewer,
             f"retried with {fewer} GPU layers after the planned {gpu_layers} failed",
         )

@@ -231,7 +231,8 @@ def probe(*, gpus: bool = True) -> Devices:
 def _probe_ggml(base: Devices) -> Devices:
     # The engine owns llama_cpp; this read-only device query is the one exception.
     import llama_cpp.llama_cpp as llama
-    from llama_cpp._ggml import libggml
+
+    from localserve.engine.rpc import ggml_library
 
     if not llama.llama_supports_gpu_offload():
         notes: tuple[str, ...] = ()
@@ -246,22 +247,7 @@ def _probe_ggml(base: Devices) -> Devices:
                 "used; see docs/gpu.md to install a CUDA build",
             )
         return replace(base, can_offload=False, source="ggml", notes=notes)
-    lib: Any = libggml
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_count.argtypes = []
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-        getattr(lib, fn).restype = ctypes.c_char_p
-        getattr(lib, fn).argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_type.restype = ctypes.c_int
-    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_memory.restype = None
-    lib.ggml_backend_dev_memory.argtypes = [
-        ctypes.c_void_p,
-        ctypes.POINTER(ctypes.c_size_t),
-        ctypes.POINTER(ctypes.c_size_t),
-    ]
+    lib = ggml_library()
     discrete: list[GPU] = []
     integrated: list[GPU] = []
     for i in range(int(lib.ggml_backend_dev_count())):

@@ -16,9 +16,17 @@ negative value) everything. A model with tied embeddings (no ``output.weight``) 
 copy of ``token_embd`` in the output layer's buffer, so offloading the output layer costs
 the embedding matrix again on the GPU.
 
-**Placement on several GPUs** (split mode "layer", llama.cpp's default): the offloaded
-layers are cut in proportion to each card's free memory, in device order; layer il goes
-to the first device whose cumulative share exceeds (il - first_gpu_layer) / k.
+**Placement on several devices** (local GPUs and RPC workers' devices; split mode
+"layer"): the largest device first. The device with the most free memory takes as many
+of the offloaded layers as fit, then the next largest takes what is left, and so on;
+the layers still left stay on the CPU. Each device boundary costs a copy of the
+activations per token (over the network for a worker), so a model that fits one device
+goes to one device, as Ollama does with GPUs. The runner hands the layer counts to
+llama.cpp as ``tensor_split`` (``Plan.tensor_split``), which cuts the offloaded layers
+in device order: layer il goes to the first device whose cumulative share exceeds
+(il - first_gpu_layer) / k. ``spread`` (LOCALSERVE_SCHED_SPREAD, as OLLAMA_SCHED_SPREAD)
+instead cuts them in proportion to each device's free memory, llama.cpp's own default:
+every device computes a part, for batch throughput over many streams.
 
 **Formulas** (bytes; docs/gpu.md has the long form):
 
@@ -59,7 +67,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal
 
@@ -220,6 +228,12 @@ class Plan:
         if self.gpu_layers >= self.n_layers:
             return self.total_bytes
         return self.gpu_bytes
+
+    @property
+    def tensor_split(self) -> tuple[int, ...]:
+        """Offloaded layers per device (local GPUs and workers' devices), in llama.cpp's
+        device order: the ``tensor_split`` that makes llama.cpp place them as planned."""
+        return tuple(d.layers for d in self.devices if d.is_gpu)
 
     def require_fit(self) -> Plan:
         """This plan, or ModelTooLargeError when RAM cannot hold the CPU's share."""
@@ -473,8 +487,19 @@ class _Options:
     cpu_overhead: int
 
 
-def _assign(n_layers: int, n_gpu: int, gpus: Sequence[GPU]) -> list[int | None]:
-    """llama.cpp's device for each offloadable layer (None = CPU) with n_gpu_layers = n_gpu."""
+def _placement(n_layers: int, counts: Sequence[int]) -> list[int | None]:
+    """The device of each offloadable layer (None = CPU) when device i takes counts[i]
+    of the last sum(counts) layers, in device order: what llama.cpp does with
+    n_gpu_layers = sum(counts) and tensor_split = counts."""
+    devices: list[int | None] = [None] * (n_layers - sum(counts))
+    for i, count in enumerate(counts):
+        devices += [i] * count
+    return devices
+
+
+def _spread(n_layers: int, n_gpu: int, gpus: Sequence[GPU]) -> list[int | None]:
+    """llama.cpp's default device for each offloadable layer (None = CPU) with
+    n_gpu_layers = n_gpu and no tensor_split: in proportion to free memory."""
     devices: list[int | None] = [None] * n_layers
     if n_gpu <= 0 or not gpus:
         return devices
@@ -490,6 +515,40 @@ def _assign(n_layers: int, n_gpu: int, gpus: Sequence[GPU]) -> list[int | None]:
         position = _f32(float(il - start) / n_gpu)
         devices[il] = min(bisect.bisect_right(shares, position), len(gpus) - 1)
     return devices
+
+
+def _by_size(gpus: Sequence[GPU]) -> list[int]:
+    """Device indices, the most free memory first (ties in device order)."""
+    return sorted(range(len(gpus)), key=lambda i: -gpus[i].free_bytes)
+
+
+def _largest_first(
+    wanted: int, gpus: Sequence[GPU], fits: Callable[[list[int], int], bool]
+) -> list[int]:
+    """Layers per device: the largest device takes as many of ``wanted`` as fit, then
+    the next largest, and so on; the sum is less than ``wanted`` when they all fill up.
+    ``fits(counts, i)``: device i holds its share of the placement ``counts`` gives."""
+    counts = [0] * len(gpus)
+    grew = True
+    while grew and sum(counts) < wanted:
+        # Again while a device took more: a device later in device order that took
+        # layers took the output layer (the heaviest) from the ones before it, which
+        # may now hold more.
+        grew = False
+        for device in _by_size(gpus):
+            # A device's need grows with its layer count: search for the most that fit.
+            low, high = counts[device], counts[device] + wanted - sum(counts)
+            while low < high:
+                middle = (low + high + 1) // 2
+                trial = counts.copy()
+                trial[device] = middle
+                if fits(trial, device):
+                    low = middle
+                else:
+                    high = middle - 1
+            grew = grew or low > counts[device]
+            counts[device] = low
+    return counts
 
 
 def _device_loads(
@@ -594,6 +653,7 @@ def plan(
     cpu_overhead: int = CPU_OVERHEAD_BYTES,
     projector: ProjectorInfo | None = None,
     adapters: Sequence[AdapterInfo] = (),
+    spread: bool = False,
 ) -> Plan:
     """Plan a load of ``info`` with these options on ``devices``.
 
@@ -606,7 +666,9 @@ def plan(
     LoRA adapters loaded on top of it (check them first: store/adapter.py).
     ``kv_type``: the K and V cache's type (a quantized one must divide the heads into
     whole blocks). ``flash_attention`` False only adds a note: the compute buffer is
-    sized for flash attention, and without it llama.cpp needs more.
+    sized for flash attention, and without it llama.cpp needs more. ``spread``: cut the
+    offloaded layers across all devices in proportion to free memory (llama.cpp's
+    default) instead of filling the largest device first.
     """
     for name, value, low in (
         ("num_ctx", num_ctx, 1),
@@ -645,28 +707,52 @@ def plan(
     projector_bytes = projector_need(projector) if projector else 0
     adapter_layers = _adapter_layers(adapters, shape.n_layer)
 
-    def place(n: int) -> tuple[list[LayerPlan], list[DevicePlan]]:
-        placement = _assign(n_layers, n, gpus)
+    def loads(placement: list[int | None]) -> tuple[list[LayerPlan], list[DevicePlan]]:
         return _device_loads(
             shape, kv, compute, placement, gpus, ram, options, projector_bytes, adapter_layers
         )
 
+    def fits(counts: list[int], device: int) -> bool:
+        return loads(_placement(n_layers, counts))[1][device + 1].fits
+
     if not gpus:
         if num_gpu > 0:
             notes.append(f"num_gpu {num_gpu} ignored: no GPU llama.cpp can offload to")
-        gpu_layers = 0
-    elif num_gpu >= 0:
-        gpu_layers = min(num_gpu, n_layers)
-        if num_gpu > n_layers:
-            notes.append(f"num_gpu {num_gpu} is more than the model's {n_layers} layers")
+        placement: list[int | None] = [None] * n_layers
+    elif spread:
+        if num_gpu >= 0:
+            gpu_layers = min(num_gpu, n_layers)
+        else:
+            # The most layers whose share fits every device. One device: more free
+            # memory never means fewer layers, since a larger one fits every count a
+            # smaller one does.
+            gpu_layers = next(
+                (
+                    n
+                    for n in range(n_layers, 0, -1)
+                    if all(d.fits for d in loads(_spread(n_layers, n, gpus))[1] if d.is_gpu)
+                ),
+                0,
+            )
+        placement = _spread(n_layers, gpu_layers, gpus)
     else:
-        # The most layers whose GPU share fits every card. One card: more free memory
-        # never means fewer layers, since a larger card fits every count a smaller one does.
-        gpu_layers = next(
-            (n for n in range(n_layers, 0, -1) if all(d.fits for d in place(n)[1] if d.is_gpu)),
-            0,
-        )
-    layers, device_plans = place(gpu_layers)
+        wanted = n_layers if num_gpu < 0 else min(num_gpu, n_layers)
+        counts = _largest_first(wanted, gpus, fits)
+        if num_gpu < 0:
+            # A device that took layers earlier in device order than one decided before
+            # it moves that one's layers away from the output layer, which only makes
+            # it lighter; still, check every device and hand back what does not fit.
+            while bad := [i for i, c in enumerate(counts) if c and not fits(counts, i)]:
+                counts[bad[0]] -= 1
+        elif sum(counts) < wanted:
+            # An explicit num_gpu is used as given: the rest goes to the largest device,
+            # overcommitting it (a note below says so).
+            counts[_by_size(gpus)[0]] += wanted - sum(counts)
+        placement = _placement(n_layers, counts)
+    if gpus and num_gpu > n_layers:
+        notes.append(f"num_gpu {num_gpu} is more than the model's {n_layers} layers")
+    gpu_layers = sum(1 for d in placement if d is not None)
+    layers, device_plans = loads(placement)
     for d in device_plans:
         if d.is_gpu and not d.fits:
             notes.append(
