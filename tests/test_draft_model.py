@@ -16,7 +16,7 @@ from localserve.engine.engine import Engine, Job
 from localserve.engine.llama import Model
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.protocol import DoneEvent, TextEvent
-from localserve.engine.speculate import DraftModel, DraftRequest, check_vocabularies
+from localserve.engine.speculate import CostGate, DraftModel, DraftRequest, check_vocabularies
 from localserve.errors import InvalidOptionError
 from tests.support import tiny_gguf
 from tests.support.daemon import add_model, running_daemon
@@ -56,7 +56,16 @@ def make_engine(target: Model, draft: Path | None) -> Engine:
     if draft is not None:
         # p_min 0: a random-weight model is never sure of anything; every guess counts.
         draft_model = DraftModel(Model([draft]), n_slots=4, num_ctx=512, n_threads=2, p_min=0.0)
-    return Engine(target, options, n_threads=2, park_idle=False, draft_model=draft_model)
+    built = Engine(target, options, n_threads=2, park_idle=False, draft_model=draft_model)
+    # Draft on every step: the cost gate times steps, and these tests must not depend on
+    # how fast this machine runs either model (test_speculative.py tests the gate).
+    built.draft_gate = AlwaysDraft()
+    return built
+
+
+class AlwaysDraft(CostGate):
+    def allow(self, sequences: int) -> bool:
+        return True
 
 
 def run(built: Engine, jobs: list[Job]) -> tuple[dict[str, str], dict[str, DoneEvent]]:

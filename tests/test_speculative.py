@@ -14,7 +14,7 @@ from localserve.engine.grammar import grammar_for
 from localserve.engine.llama import Model
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.protocol import DoneEvent, TextEvent
-from localserve.engine.speculate import Drafter
+from localserve.engine.speculate import GATE_PAUSE, PROBE_EVERY, CostGate, Drafter
 from tests.support.tiny_gguf import write_tiny_gguf
 
 # Prompts that repeat themselves, so the drafter finds something to copy.
@@ -194,3 +194,45 @@ def test_drafter_backs_off_after_failures() -> None:
     assert skipped > 25  # pauses grow: most steps draft nothing
     drafter.record(3, 2)
     assert drafter.accepted == 2
+
+
+def run_gate(gate: CostGate, steps: int, on_cost: float, sequences: int = 1) -> list[bool]:
+    """Feed ``steps`` steps: a plain step costs 1 s per token, a drafting one ``on_cost``."""
+    allowed = []
+    for _ in range(steps):
+        drafted = gate.allow(sequences)
+        allowed.append(drafted)
+        gate.observe(drafted, on_cost if drafted else 1.0, 1)
+    return allowed
+
+
+def test_the_cost_gate_keeps_a_draft_model_that_pays() -> None:
+    gate = CostGate()
+    allowed = run_gate(gate, 400, on_cost=0.5)
+    # Plain steps only to measure them: about one in PROBE_EVERY.
+    plain = allowed.count(False)
+    assert 0 < plain <= 400 // PROBE_EVERY + 2
+    assert gate.paused_steps == 0
+
+
+def test_the_cost_gate_pauses_a_draft_model_that_costs() -> None:
+    gate = CostGate()
+    allowed = run_gate(gate, 2000, on_cost=1.3)
+    # It tries, loses, and pauses for longer and longer: few drafting steps in all.
+    assert allowed[:4] == [True] * 4
+    assert allowed.count(True) < 2000 // 20
+    assert gate.paused_steps > 1400
+    # The pauses grow: the last drafting steps are further apart than the first.
+    on = [i for i, a in enumerate(allowed) if a]
+    assert on[-1] - on[-2] > GATE_PAUSE or on[-1] - on[-5] > 4 * GATE_PAUSE
+
+
+def test_the_cost_gate_measures_afresh_when_the_batch_changes() -> None:
+    gate = CostGate()
+    run_gate(gate, 30, on_cost=1.3, sequences=1)
+    assert not gate.allow(1)  # paused for one stream
+    # Four streams: another cost per token, measured on its own.
+    assert run_gate(gate, 4, on_cost=0.5, sequences=4) == [True] * 4
+    assert run_gate(gate, 200, on_cost=0.5, sequences=4).count(True) > 180
+    # Back to one stream: that verdict still stands.
+    assert not gate.allow(1)

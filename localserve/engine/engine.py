@@ -46,7 +46,13 @@ from localserve.engine.logprobs import token_logprob
 from localserve.engine.media import MediaChunk, Projector
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.protocol import DoneEvent, ErrorEvent, Event, LogprobsEvent, TextEvent
-from localserve.engine.speculate import MODEL_MAX_DRAFT, Drafter, DraftModel, DraftRequest
+from localserve.engine.speculate import (
+    MODEL_MAX_DRAFT,
+    CostGate,
+    Drafter,
+    DraftModel,
+    DraftRequest,
+)
 from localserve.engine.text import StopMatcher, Utf8Stream
 from localserve.errors import EngineError, PromptTooLongError
 
@@ -189,6 +195,8 @@ class Engine:
         # Speculative drafts from a second model (the engine closes it); None: n-gram
         # lookup, when options.speculative is "ngram".
         self.draft_model = draft_model
+        # Whether the draft model's guesses pay for themselves on this machine (timed).
+        self.draft_gate = CostGate()
         self.options = options
         # ``park_idle`` off keeps idle sequences in the KV cache (tests of the full pool).
         self.park_idle = park_idle
@@ -267,6 +275,8 @@ class Engine:
             "kv_positions_cached": sum(len(s.tokens) for s in self.slots),
             "parked_sequences": len(self.parked),
             "parked_bytes": self.parked_bytes,
+            # Steps where the draft model sat out because its guesses cost more than they saved.
+            "draft_gate_paused_steps": self.draft_gate.paused_steps,
             **self.stats.__dict__,
         }
 
@@ -400,7 +410,9 @@ class Engine:
         generating = [j for j in running if j.generating]
         reading = [j for j in running if not j.generating]
         n_batch = self.context.shape.n_batch
-        self._draft(generating, n_batch)
+        started_ns = time.perf_counter_ns()
+        emitted_before = sum(j.generated for j in generating)
+        by_model = self._draft(generating, n_batch)
         budget = n_batch - sum(1 + len(j.draft) for j in generating)
         if generating:
             budget = min(budget, self.options.prefill_chunk)
@@ -475,6 +487,13 @@ class Engine:
             assert job.sampler is not None
             token = job.sampler.sample(self.context, row)
             self._on_token(job, token, events, row)
+        if self.draft_model is not None and not reading and not at_media:
+            # A step of generation alone: what it cost per token, for the draft model's gate.
+            self.draft_gate.observe(
+                by_model,
+                (time.perf_counter_ns() - started_ns) / 1e9,
+                sum(j.generated for j in generating) - emitted_before,
+            )
         return events
 
     def _prompt_logprobs(self, job: Job, count: int) -> LogprobsEvent:
@@ -553,11 +572,14 @@ class Engine:
         self.slots[job.slot].tokens.extend(job.tokens[job.n_past : job.n_past + chunk.n_pos])
         job.n_past += chunk.n_pos
 
-    def _draft(self, generating: list[Job], n_batch: int) -> None:
+    def _draft(self, generating: list[Job], n_batch: int) -> bool:
         """This step's draft for each generating job that drafts, within the batch, the
-        context and the tokens the job may still produce."""
+        context and the tokens the job may still produce. A job that drafts with the
+        draft model drafts nothing while the cost gate holds the draft model back.
+        Returns whether the draft model ran."""
         room = n_batch - len(generating)
         by_model: list[tuple[Job, DraftRequest]] = []
+        model_allowed = self.draft_model is not None and self.draft_gate.allow(len(generating))
         for job in generating:
             job.draft = []
             if job.drafter is None or room <= 0:
@@ -566,17 +588,19 @@ class Engine:
             if job.options.num_predict >= 0:
                 limit = min(limit, job.options.num_predict - job.generated - 1)
             if job.draft_by_model:
-                wanted = job.drafter.budget(min(limit, MODEL_MAX_DRAFT))
+                wanted = job.drafter.budget(min(limit, MODEL_MAX_DRAFT)) if model_allowed else 0
                 if wanted > 0:
                     by_model.append((job, DraftRequest(job.slot, job.drafter.history, wanted)))
                     room -= wanted
                 continue
             job.draft = job.drafter.draft(limit, busy=len(generating) > 1)
             room -= len(job.draft)
-        if by_model and self.draft_model is not None:
-            guesses = self.draft_model.draft([request for _, request in by_model])
-            for (job, _), guess in zip(by_model, guesses, strict=True):
-                job.draft = guess
+        if not by_model or self.draft_model is None:
+            return False
+        guesses = self.draft_model.draft([request for _, request in by_model])
+        for (job, _), guess in zip(by_model, guesses, strict=True):
+            job.draft = guess
+        return True
 
     def _verify(self, job: Job, row: int, events: list[Event]) -> None:
         """Sample each fed position in order, as plain decoding would have: position i's

@@ -133,6 +133,98 @@ class Drafter:
             self._pause = min(MAX_PAUSE, 1 << self._misses) if self._misses > 1 else 0
 
 
+# The cost gate (``CostGate``): compare a step's seconds per emitted token with and
+# without the draft model over at least this many steps of each kind...
+GATE_MIN_ON = 4
+GATE_MIN_OFF = 2
+# ...measuring a step without it after every PROBE_EVERY steps with it (the price of
+# knowing: one step in 16 at the plain rate)...
+PROBE_EVERY = 16
+# ...and when drafting costs more per token, skip it for GATE_PAUSE steps, doubled on
+# each loss in a row up to GATE_MAX_PAUSE, then measure it again.
+GATE_PAUSE = 32
+GATE_MAX_PAUSE = 512
+# Weight of the newest step in the running means.
+GATE_WEIGHT = 0.25
+
+
+class CostGate:
+    """Whether drafting with the draft model pays on this machine, measured.
+
+    A draft model's guesses cost a decode of it per drafted position; whether the
+    tokens they save are worth that depends on the pair of models and the hardware: a
+    draft model whose output layer is as large as the target's (a small vocabulary-
+    heavy target, a CPU) costs almost a target step per guess. So the engine times
+    every generation step and feeds ``observe``: the step's seconds and the tokens it
+    emitted, with or without the draft model. While the draft model's steps cost more
+    per token than plain ones, ``allow`` says no, for longer and longer pauses; plain
+    steps are measured every PROBE_EVERY drafting steps. The cost per token depends on
+    how many sequences generate together, so each batch size has its own verdict.
+    """
+
+    def __init__(self) -> None:
+        self._verdicts: dict[int, _Verdict] = {}
+        self._current = _Verdict()
+        self.paused_steps = 0  # for the stats: steps the gate said no
+
+    def allow(self, sequences: int) -> bool:
+        """May this step, with ``sequences`` generating, draft with the draft model?"""
+        verdict = self._current = self._verdicts.setdefault(sequences, _Verdict())
+        if verdict.skip > 0:
+            verdict.skip -= 1
+            self.paused_steps += 1
+            return False
+        if verdict.since_probe >= PROBE_EVERY or (
+            verdict.on.count >= GATE_MIN_ON and verdict.off.count < GATE_MIN_OFF
+        ):
+            verdict.since_probe = 0
+            return False
+        return True
+
+    def observe(self, drafted: bool, seconds: float, tokens: int) -> None:
+        """The step ``allow`` was last asked about: did it use the draft model, how
+        long did it take, how many tokens did it emit."""
+        verdict = self._current
+        if tokens <= 0:
+            return
+        if not drafted:
+            verdict.off.add(seconds / tokens)
+            return
+        verdict.since_probe += 1
+        verdict.on.add(seconds / tokens)
+        if verdict.on.count < GATE_MIN_ON or verdict.off.count < GATE_MIN_OFF:
+            return
+        if verdict.on.value > verdict.off.value:
+            verdict.skip = verdict.pause
+            verdict.pause = min(GATE_MAX_PAUSE, verdict.pause * 2)
+            verdict.on = _Mean()  # measured afresh after the pause
+        else:
+            verdict.pause = GATE_PAUSE
+
+
+class _Verdict:
+    """The gate's measurements and decision for one batch size."""
+
+    def __init__(self) -> None:
+        self.on = _Mean()  # seconds per token of steps that used the draft model
+        self.off = _Mean()  # ... and of steps that did not
+        self.skip = 0  # steps left without the draft model
+        self.pause = GATE_PAUSE  # the next pause, if drafting loses again
+        self.since_probe = 0  # drafting steps since the last plain one
+
+
+class _Mean:
+    """An exponentially weighted running mean and how many values went in."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.count = 0
+
+    def add(self, x: float) -> None:
+        self.value = x if self.count == 0 else self.value + GATE_WEIGHT * (x - self.value)
+        self.count += 1
+
+
 # A draft model's guess is kept only while its probability is at least this: an unsure
 # guess is usually rejected, and each rejected row still costs the target a row of
 # compute, and the draft model a decode. (llama-server's --draft-p-min is the same
