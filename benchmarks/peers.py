@@ -12,6 +12,7 @@ package itself, installed with the ``server`` extra.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import socket
@@ -67,9 +68,15 @@ def binary(name: str) -> Path:
     path = build / "bin" / name
     if not path.is_file():
         source = source_dir()
+        # Without AMX, as scripts/llama-wheel builds localserve's own llama.cpp (some
+        # virtual machines advertise it and then fault on its first instruction).
+        flags = (
+            "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" if platform.machine() == "x86_64" else ""
+        )
         subprocess.run(
             ["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_SERVER=ON",
-             "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"],
+             "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+             f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"],
             check=True,
         )  # fmt: skip
         jobs = str(os.cpu_count() or 2)

@@ -59,8 +59,17 @@ TASKS = {
 }
 
 
+# Per localserve configuration: [generated, drafted, accepted] tokens, this task and count.
+DRAFTS: dict[str, list[int]] = {}
+
+
 async def localserve_request(
-    client: httpx.AsyncClient, task: str, tokens: int, seed: int, speculative: bool
+    client: httpx.AsyncClient,
+    task: str,
+    tokens: int,
+    seed: int,
+    speculative: bool,
+    tally: list[int] | None = None,
 ) -> int:
     prompt, temperature = TASKS[task]
     body = {
@@ -77,6 +86,10 @@ async def localserve_request(
         },
     }
     answer = (await client.post("/api/generate", json=body)).json()
+    if tally is not None:
+        tally[0] += int(answer["eval_count"])
+        tally[1] += int(answer.get("draft_count", 0))
+        tally[2] += int(answer.get("draft_accepted_count", 0))
     return int(answer["eval_count"])
 
 
@@ -110,8 +123,10 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> None:
                 client = clients[
                     "localserve draft" if config == "localserve draft" else "localserve"
                 ]
+                # Counted in the measured rounds only (rep -1 is the warm-up).
+                tally = DRAFTS.setdefault(config, [0, 0, 0]) if rep >= 0 else None
                 return lambda i: localserve_request(
-                    client, task, args.tokens, rep * 100 + i, speculative
+                    client, task, args.tokens, rep * 100 + i, speculative, tally
                 )
             client = clients[config]
             return lambda i: server_request(client, task, args.tokens, rep * 100 + i)
@@ -122,6 +137,7 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> None:
         for task in TASKS:
             for streams in args.streams:
                 rates: dict[str, list[float]] = {c: [] for c in configs}
+                DRAFTS.clear()
                 for config in configs:  # warm-up: loads, caches the prompt
                     await rate(sender(config, task, -1), streams)
                 for rep in range(args.reps):
@@ -142,6 +158,15 @@ async def measure(args: argparse.Namespace, urls: dict[str, str]) -> None:
                         f"{median['localserve draft'] / median['llama-server draft']:.2f}x"
                     )
                 print(f"{task:>4}, {streams} stream(s): {line} tok/s; {ratios}", flush=True)
+                # What drafting cost in rows fed: rejected drafted tokens per token made
+                # (each is a row of the output layer that bought nothing).
+                for config, (made, drafted, kept) in DRAFTS.items():
+                    if drafted:
+                        print(
+                            f"      {config}: drafted {drafted}, accepted {kept}, rejected "
+                            f"rows per generated token {(drafted - kept) / max(made, 1):.3f}",
+                            flush=True,
+                        )
     finally:
         for client in clients.values():
             await client.aclose()
