@@ -16,10 +16,11 @@ from localserve.engine.engine import Engine, Job
 from localserve.engine.llama import Model
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.protocol import DoneEvent, TextEvent
-from localserve.engine.speculate import CostGate, DraftModel, DraftRequest, check_vocabularies
+from localserve.engine.speculate import DraftModel, DraftRequest, check_vocabularies
 from localserve.errors import InvalidOptionError
 from tests.support import tiny_gguf
 from tests.support.daemon import add_model, running_daemon
+from tests.support.gates import AlwaysDraft
 from tests.support.tiny_gguf import write_tiny_gguf
 
 PROMPTS = [
@@ -61,11 +62,6 @@ def make_engine(target: Model, draft: Path | None) -> Engine:
     # how fast this machine runs either model (test_speculative.py tests the gate).
     built.draft_gate = AlwaysDraft()
     return built
-
-
-class AlwaysDraft(CostGate):
-    def allow(self, sequences: int) -> bool:
-        return True
 
 
 def run(built: Engine, jobs: list[Job]) -> tuple[dict[str, str], dict[str, DoneEvent]]:

@@ -15,6 +15,7 @@ from localserve.engine.llama import Model
 from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.protocol import DoneEvent, TextEvent
 from localserve.engine.speculate import GATE_PAUSE, PROBE_EVERY, CostGate, Drafter
+from tests.support.gates import AlwaysDraft
 from tests.support.tiny_gguf import write_tiny_gguf
 
 # Prompts that repeat themselves, so the drafter finds something to copy.
@@ -36,7 +37,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Model]:
 
 def engine(model: Model, speculative: str) -> Engine:
     options = LoadOptions(num_ctx=512, num_parallel=4, speculative=speculative)
-    return Engine(model, options, n_threads=2, park_idle=False)
+    built = Engine(model, options, n_threads=2, park_idle=False)
+    built.draft_gate = AlwaysDraft()  # drafts on every step, however fast this machine is
+    return built
 
 
 def run(built: Engine, jobs: list[Job]) -> tuple[dict[str, str], dict[str, DoneEvent]]:
@@ -196,26 +199,38 @@ def test_drafter_backs_off_after_failures() -> None:
     assert drafter.accepted == 2
 
 
-def run_gate(gate: CostGate, steps: int, on_cost: float, sequences: int = 1) -> list[bool]:
-    """Feed ``steps`` steps: a plain step costs 1 s per token, a drafting one ``on_cost``."""
+def run_gate(
+    gate: CostGate, steps: int, on_cost: float, sequences: int = 1, every: int = 1
+) -> list[bool]:
+    """Feed ``steps`` steps: a plain step costs 1 s per token, a drafting one ``on_cost``;
+    the text offers a draft every ``every`` steps. Returns what ``allow`` said."""
     allowed = []
-    for _ in range(steps):
-        drafted = gate.allow(sequences)
-        allowed.append(drafted)
+    for i in range(steps):
+        ok = gate.allow(sequences)
+        allowed.append(ok)
+        drafted = ok and i % every == 0
         gate.observe(drafted, on_cost if drafted else 1.0, 1)
     return allowed
 
 
-def test_the_cost_gate_keeps_a_draft_model_that_pays() -> None:
+def test_the_cost_gate_keeps_drafts_that_pay() -> None:
     gate = CostGate()
-    allowed = run_gate(gate, 400, on_cost=0.5)
+    allowed = run_gate(gate, 400, on_cost=0.6)
     # Plain steps only to measure them: about one in PROBE_EVERY.
     plain = allowed.count(False)
     assert 0 < plain <= 400 // PROBE_EVERY + 2
     assert gate.paused_steps == 0
+    # Drafts that cost under half: a plain step is forced four times less often.
+    cheap = run_gate(CostGate(), 400, on_cost=0.2).count(False)
+    assert 0 < cheap <= 400 // (4 * PROBE_EVERY) + 3
 
 
-def test_the_cost_gate_pauses_a_draft_model_that_costs() -> None:
+def test_plain_steps_that_come_by_themselves_need_no_forcing() -> None:
+    # Drafts on every third step (free text): the steps between measure the plain cost.
+    assert run_gate(CostGate(), 300, on_cost=0.8, every=3) == [True] * 300
+
+
+def test_the_cost_gate_pauses_drafts_that_cost() -> None:
     gate = CostGate()
     allowed = run_gate(gate, 2000, on_cost=1.3)
     # It tries, loses, and pauses for longer and longer: few drafting steps in all.

@@ -195,7 +195,7 @@ class Engine:
         # Speculative drafts from a second model (the engine closes it); None: n-gram
         # lookup, when options.speculative is "ngram".
         self.draft_model = draft_model
-        # Whether the draft model's guesses pay for themselves on this machine (timed).
+        # Whether drafts pay for themselves on this machine, for this text (timed).
         self.draft_gate = CostGate()
         self.options = options
         # ``park_idle`` off keeps idle sequences in the KV cache (tests of the full pool).
@@ -412,7 +412,8 @@ class Engine:
         n_batch = self.context.shape.n_batch
         started_ns = time.perf_counter_ns()
         emitted_before = sum(j.generated for j in generating)
-        by_model = self._draft(generating, n_batch)
+        speculating = any(j.drafter is not None for j in generating)
+        ran_draft_model = self._draft(generating, n_batch) if speculating else False
         budget = n_batch - sum(1 + len(j.draft) for j in generating)
         if generating:
             budget = min(budget, self.options.prefill_chunk)
@@ -458,6 +459,7 @@ class Engine:
                 return events
 
         self.stats.steps += 1
+        fed_drafts = ran_draft_model or any(j.draft for j in generating)
         jobs_in_step = len(plan)
         self.stats.max_jobs_in_step = max(self.stats.max_jobs_in_step, jobs_in_step)
         if jobs_in_step > 1:
@@ -487,10 +489,10 @@ class Engine:
             assert job.sampler is not None
             token = job.sampler.sample(self.context, row)
             self._on_token(job, token, events, row)
-        if self.draft_model is not None and not reading and not at_media:
-            # A step of generation alone: what it cost per token, for the draft model's gate.
+        if speculating and not reading and not at_media:
+            # A step of generation alone: what it cost per token, for the cost gate.
             self.draft_gate.observe(
-                by_model,
+                fed_drafts,
                 (time.perf_counter_ns() - started_ns) / 1e9,
                 sum(j.generated for j in generating) - emitted_before,
             )
@@ -574,21 +576,20 @@ class Engine:
 
     def _draft(self, generating: list[Job], n_batch: int) -> bool:
         """This step's draft for each generating job that drafts, within the batch, the
-        context and the tokens the job may still produce. A job that drafts with the
-        draft model drafts nothing while the cost gate holds the draft model back.
-        Returns whether the draft model ran."""
+        context and the tokens the job may still produce; none while the cost gate
+        says drafts cost more than they save. Returns whether the draft model ran."""
         room = n_batch - len(generating)
         by_model: list[tuple[Job, DraftRequest]] = []
-        model_allowed = self.draft_model is not None and self.draft_gate.allow(len(generating))
+        allowed = self.draft_gate.allow(len(generating))
         for job in generating:
             job.draft = []
-            if job.drafter is None or room <= 0:
+            if job.drafter is None or room <= 0 or not allowed:
                 continue
             limit = min(room, self.num_ctx - job.n_past - 2)
             if job.options.num_predict >= 0:
                 limit = min(limit, job.options.num_predict - job.generated - 1)
             if job.draft_by_model:
-                wanted = job.drafter.budget(min(limit, MODEL_MAX_DRAFT)) if model_allowed else 0
+                wanted = job.drafter.budget(min(limit, MODEL_MAX_DRAFT))
                 if wanted > 0:
                     by_model.append((job, DraftRequest(job.slot, job.drafter.history, wanted)))
                     room -= wanted

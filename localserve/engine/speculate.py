@@ -134,11 +134,12 @@ class Drafter:
 
 
 # The cost gate (``CostGate``): compare a step's seconds per emitted token with and
-# without the draft model over at least this many steps of each kind...
+# without drafts over at least this many steps of each kind...
 GATE_MIN_ON = 4
 GATE_MIN_OFF = 2
-# ...measuring a step without it after every PROBE_EVERY steps with it (the price of
-# knowing: one step in 16 at the plain rate)...
+# ...forcing a step without drafts after PROBE_EVERY drafting steps in a row (the price
+# of knowing: one step in 16 at the plain rate), or after 4 x PROBE_EVERY while drafts
+# cost less than half as much per token (a copy: a plain step there costs the most)...
 PROBE_EVERY = 16
 # ...and when drafting costs more per token, skip it for GATE_PAUSE steps, doubled on
 # each loss in a row up to GATE_MAX_PAUSE, then measure it again.
@@ -149,17 +150,20 @@ GATE_WEIGHT = 0.25
 
 
 class CostGate:
-    """Whether drafting with the draft model pays on this machine, measured.
+    """Whether speculative drafts pay on this machine, for this text, measured.
 
-    A draft model's guesses cost a decode of it per drafted position; whether the
-    tokens they save are worth that depends on the pair of models and the hardware: a
-    draft model whose output layer is as large as the target's (a small vocabulary-
-    heavy target, a CPU) costs almost a target step per guess. So the engine times
-    every generation step and feeds ``observe``: the step's seconds and the tokens it
-    emitted, with or without the draft model. While the draft model's steps cost more
-    per token than plain ones, ``allow`` says no, for longer and longer pauses; plain
-    steps are measured every PROBE_EVERY drafting steps. The cost per token depends on
-    how many sequences generate together, so each batch size has its own verdict.
+    A drafted row costs the target a row of compute, and a draft model's guesses cost a
+    decode of it each. What the kept tokens save depends on the text, the models and
+    the hardware: on a CPU, beside other sequences, the batch is compute-bound and
+    every rejected row costs about a token; a draft model whose output layer is as
+    large as the target's (a small, vocabulary-heavy target) costs nearly a target step
+    per guess. So the engine times every generation step and feeds ``observe``: the
+    step's seconds and the tokens it emitted, with drafts (or the draft model) or
+    without. While drafting steps cost more per token than plain ones, ``allow`` says
+    no, for longer and longer pauses. Plain steps come by themselves when nothing
+    matches; when every step drafts, one is forced now and then to keep that number
+    fresh. The cost per token depends on how many sequences generate together, so each
+    batch size has its own verdict.
     """
 
     def __init__(self) -> None:
@@ -168,29 +172,31 @@ class CostGate:
         self.paused_steps = 0  # for the stats: steps the gate said no
 
     def allow(self, sequences: int) -> bool:
-        """May this step, with ``sequences`` generating, draft with the draft model?"""
+        """May this step, with ``sequences`` generating, feed drafts?"""
         verdict = self._current = self._verdicts.setdefault(sequences, _Verdict())
         if verdict.skip > 0:
             verdict.skip -= 1
             self.paused_steps += 1
             return False
-        if verdict.since_probe >= PROBE_EVERY or (
+        winning = verdict.off.count and verdict.on.value < verdict.off.value / 2
+        if verdict.since_plain >= PROBE_EVERY * (4 if winning else 1) or (
             verdict.on.count >= GATE_MIN_ON and verdict.off.count < GATE_MIN_OFF
         ):
-            verdict.since_probe = 0
+            verdict.since_plain = 0
             return False
         return True
 
     def observe(self, drafted: bool, seconds: float, tokens: int) -> None:
-        """The step ``allow`` was last asked about: did it use the draft model, how
-        long did it take, how many tokens did it emit."""
+        """The step ``allow`` was last asked about: did it feed drafts (or run the
+        draft model), how long did it take, how many tokens did it emit."""
         verdict = self._current
         if tokens <= 0:
             return
         if not drafted:
             verdict.off.add(seconds / tokens)
+            verdict.since_plain = 0
             return
-        verdict.since_probe += 1
+        verdict.since_plain += 1
         verdict.on.add(seconds / tokens)
         if verdict.on.count < GATE_MIN_ON or verdict.off.count < GATE_MIN_OFF:
             return
@@ -210,7 +216,7 @@ class _Verdict:
         self.off = _Mean()  # ... and of steps that did not
         self.skip = 0  # steps left without the draft model
         self.pause = GATE_PAUSE  # the next pause, if drafting loses again
-        self.since_probe = 0  # drafting steps since the last plain one
+        self.since_plain = 0  # drafting steps since the last plain one
 
 
 class _Mean:
