@@ -58,6 +58,37 @@ def test_host_check_is_off_for_a_public_bind() -> None:
     assert response.status_code == 200
 
 
+def test_the_daemons_own_origin_may_post() -> None:
+    """The chat page opened by host name on a public bind posts with its own origin."""
+    app = make_app(host="0.0.0.0:11435", api_key="k")
+    auth = {"Authorization": "Bearer k"}
+    copy = {"source": "a", "destination": "b"}
+
+    async def body(c: httpx.AsyncClient) -> list[int]:
+        return [
+            (await c.post("/api/copy", json=copy, headers={**auth, "Origin": origin})).status_code
+            for origin in (
+                "http://server.lan:11435",  # the page itself
+                "https://SERVER.lan:11435",  # behind a TLS proxy, any case
+                "http://server.lan:8080",  # another port is another origin
+                "http://other.lan:11435",
+                "server.lan:11435",  # not an origin
+            )
+        ]
+
+    codes = call(app, body, host="server.lan:11435")
+    assert codes[:2] == [404, 404]  # past the guard: no model "a" to copy
+    assert codes[2:] == [403, 403, 403]
+    # On a loopback bind a rebound name is refused by the Host check, Origin or not.
+    rebound = call(
+        make_app(),
+        lambda c: c.post("/api/copy", json=copy, headers={"Origin": "http://evil.example"}),
+        host="evil.example",
+    )
+    assert rebound.status_code == 403
+    assert rebound.json() == {"error": "forbidden host header"}
+
+
 def test_api_key_is_required_everywhere_but_health() -> None:
     app = make_app(api_key="s3cret")
 

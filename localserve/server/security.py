@@ -9,7 +9,8 @@
   at 127.0.0.1 cannot talk to the daemon.
 - Browsers: CORS answers only localhost origins plus ``LOCALSERVE_ORIGINS``; a
   state-changing request that a browser sends from any other origin (a form post,
-  a ``text/plain`` fetch that skips preflight) gets 403. Scripts and curl send no
+  a ``text/plain`` fetch that skips preflight) gets 403, unless the origin is the
+  daemon's own (the chat page, opened by its host name). Scripts and curl send no
   Origin and are unaffected, so ``curl -d '{...}'`` keeps working as with Ollama.
 - Bodies: at most MAX_BODY bytes (413), counted as they arrive.
 - Paths: no control characters (400), percent-encoded or not.
@@ -146,7 +147,12 @@ class Guard:
             if not (name in self.allowed_hosts or _is_ip(name)):
                 return 403, "forbidden host header"
         origin = headers.get("origin", b"").decode("latin-1")
-        if origin and scope["method"] not in SAFE_METHODS and not self._origin_allowed(origin):
+        if (
+            origin
+            and scope["method"] not in SAFE_METHODS
+            and not self._origin_allowed(origin)
+            and not _same_origin(origin, headers.get("host", b"").decode("latin-1"))
+        ):
             return 403, f"origin {origin} is not allowed"
         public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX)
         if self.expected and not public and scope["method"] != "OPTIONS":
@@ -180,6 +186,16 @@ class Guard:
         route = scope.get("route")
         label = getattr(route, "path", None) or "unmatched"
         metrics.requests.labels(route=label, status=str(status)).inc()
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether a browser sent this request from a page the daemon itself served (the
+    chat page opened as http://yourhost:11435/): the Origin names the Host the request
+    was sent to. Not a cross-site request, so no CSRF; a rebound domain is refused by
+    the Host check, and beyond loopback the API key is required anyway. The scheme is
+    not compared: behind a TLS proxy the page is https and the daemon sees http."""
+    _, separator, authority = origin.partition("://")
+    return bool(separator and host) and authority.lower() == host.lower()
 
 
 def _is_ip(name: str) -> bool:
