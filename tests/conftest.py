@@ -3,11 +3,20 @@ point at a temp dir for every test."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["tests.support.tiny_gguf", "tests.support.fakehub", "tests.support.daemon"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Started in the background by a shell without job control (`.ci/run &`), pytest
+    # and every process it starts would ignore SIGINT, and the tests of Ctrl+C would
+    # fail. A handler, unlike an ignored signal, is reset to the default at exec.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +29,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("LOCALSERVE_KV_CACHE_TYPE", raising=False)
     monkeypatch.delenv("LOCALSERVE_FLASH_ATTENTION", raising=False)
     monkeypatch.delenv("LOCALSERVE_RPC_WORKERS", raising=False)
+    monkeypatch.delenv("LOCALSERVE_SCHED_SPREAD", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
