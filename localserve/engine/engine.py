@@ -275,7 +275,7 @@ class Engine:
             "kv_positions_cached": sum(len(s.tokens) for s in self.slots),
             "parked_sequences": len(self.parked),
             "parked_bytes": self.parked_bytes,
-            # Steps where the draft model sat out because its guesses cost more than they saved.
+            # Steps where drafts sat out because they cost more than they saved.
             "draft_gate_paused_steps": self.draft_gate.paused_steps,
             **self.stats.__dict__,
         }
@@ -410,9 +410,10 @@ class Engine:
         generating = [j for j in running if j.generating]
         reading = [j for j in running if not j.generating]
         n_batch = self.context.shape.n_batch
-        started_ns = time.perf_counter_ns()
-        emitted_before = sum(j.generated for j in generating)
         speculating = any(j.drafter is not None for j in generating)
+        if speculating:  # the cost gate's measure of this step starts here
+            started_ns = time.perf_counter_ns()
+            emitted_before = sum(j.generated for j in generating)
         ran_draft_model = self._draft(generating, n_batch) if speculating else False
         budget = n_batch - sum(1 + len(j.draft) for j in generating)
         if generating:

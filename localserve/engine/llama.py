@@ -124,11 +124,11 @@ class Model:
         init_backend()
         params = L.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
-        # llama.cpp copies the array during the load (it reads llama_max_devices() floats).
-        split = (ctypes.c_float * max(int(L.llama_max_devices()), len(tensor_split)))(
-            *map(float, tensor_split)
-        )
         if any(tensor_split):
+            # Read during the load only, llama_max_devices() floats of it.
+            split = (ctypes.c_float * max(int(L.llama_max_devices()), len(tensor_split)))(
+                *map(float, tensor_split)
+            )
             params.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
         # With no layers offloaded, llama.cpp would still create a GPU context and
         # compute buffers on it (op offload): ~0.5 GiB of VRAM that /api/ps cannot

@@ -272,6 +272,7 @@ class Runner:
         from localserve.store.adapter import check_adapter, read_adapter
         from localserve.store.gguf import read_gguf_model, read_projector
 
+        settings = load_settings()  # the daemon's environment, inherited
         info = read_gguf_model(paths)
         lora = [read_adapter(a["path"]) for a in adapters or []]
         for adapter in lora:
@@ -286,20 +287,18 @@ class Runner:
             flash_attention=options.flash_attention != "off",
             # num_gpu 0 asks for the CPU alone: asking a GPU for its free memory
             # would create a GPU context in this process for nothing.
-            devices=self._devices(probe(gpus=options.num_gpu != 0), options.num_gpu),
+            devices=self._devices(probe(gpus=options.num_gpu != 0), options.num_gpu, settings),
             num_gpu=options.num_gpu,
             projector=read_projector(projector) if projector else None,
             adapters=lora,
-            spread=load_settings().sched_spread,
+            spread=settings.sched_spread,
         ).require_fit()
 
-    def _devices(self, local: Any, num_gpu: int) -> Any:
+    def _devices(self, local: Any, num_gpu: int, settings: Any) -> Any:
         """``local`` plus the devices of the RPC workers in LOCALSERVE_RPC_WORKERS that
         answer now (plan/devices.py ``with_workers``); none for a CPU-only load."""
-        from localserve.config import load_settings
         from localserve.plan.devices import with_workers
 
-        settings = load_settings()  # the daemon's environment, inherited
         if not settings.rpc_workers or num_gpu == 0:
             return local
         self.rpc_timeout = settings.rpc_timeout_seconds

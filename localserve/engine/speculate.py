@@ -212,9 +212,9 @@ class _Verdict:
     """The gate's measurements and decision for one batch size."""
 
     def __init__(self) -> None:
-        self.on = _Mean()  # seconds per token of steps that used the draft model
+        self.on = _Mean()  # seconds per token of steps that fed drafts
         self.off = _Mean()  # ... and of steps that did not
-        self.skip = 0  # steps left without the draft model
+        self.skip = 0  # steps left without drafts
         self.pause = GATE_PAUSE  # the next pause, if drafting loses again
         self.since_plain = 0  # drafting steps since the last plain one
 

@@ -141,8 +141,8 @@ class Guard:
             # Routes match with Python's `$`, which also matches before a final newline:
             # /v1/models/tiny%0A would otherwise answer for "tiny".
             return 400, "control characters in the URL path"
+        host = headers.get("host", b"").decode("latin-1").lower()
         if self.check_host:
-            host = headers.get("host", b"").decode("latin-1").lower()
             name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
             if not (name in self.allowed_hosts or _is_ip(name)):
                 return 403, "forbidden host header"
@@ -150,8 +150,7 @@ class Guard:
         if (
             origin
             and scope["method"] not in SAFE_METHODS
-            and not self._origin_allowed(origin)
-            and not _same_origin(origin, headers.get("host", b"").decode("latin-1"))
+            and not self._origin_allowed(origin, host)
         ):
             return 403, f"origin {origin} is not allowed"
         public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX)
@@ -161,8 +160,12 @@ class Guard:
                 return 401, "missing or invalid API key"
         return None
 
-    def _origin_allowed(self, origin: str) -> bool:
-        return origin in self.origins or bool(self.local_origin.match(origin))
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        return (
+            origin in self.origins
+            or bool(self.local_origin.match(origin))
+            or _same_origin(origin, host)
+        )
 
     async def _respond(self, send: Send, path: str, status: int, message: str) -> None:
         body = json.dumps(error_body(path, status, message)).encode()
@@ -193,9 +196,10 @@ def _same_origin(origin: str, host: str) -> bool:
     chat page opened as http://yourhost:11435/): the Origin names the Host the request
     was sent to. Not a cross-site request, so no CSRF; a rebound domain is refused by
     the Host check, and beyond loopback the API key is required anyway. The scheme is
-    not compared: behind a TLS proxy the page is https and the daemon sees http."""
+    not compared: behind a TLS proxy the page is https and the daemon sees http.
+    ``host``: the Host header, lowercased."""
     _, separator, authority = origin.partition("://")
-    return bool(separator and host) and authority.lower() == host.lower()
+    return bool(separator and host) and authority.lower() == host
 
 
 def _is_ip(name: str) -> bool:
