@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.prompts import TOPICS, prompt  # noqa: E402
 from localserve.engine.engine import Engine, Job  # noqa: E402
 from localserve.engine.llama import Model  # noqa: E402
-from localserve.engine.options import LoadOptions, SamplingOptions  # noqa: E402
-from localserve.engine.protocol import DoneEvent, TextEvent  # noqa: E402
 from localserve.plan import Devices, plan  # noqa: E402
+from localserve.runtime.options import LoadOptions, SamplingOptions  # noqa: E402
+from localserve.runtime.protocol import DoneEvent, TextEvent  # noqa: E402
 from localserve.store.gguf import read_gguf  # noqa: E402
 
 MiB = 1 << 20

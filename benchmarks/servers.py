@@ -1,6 +1,6 @@
 """The servers the benchmark drives, behind one interface: start, stream, rss, close.
 
-- ``localserve``: localserve's engine through its runner process (engine/client.py),
+- ``localserve``: localserve's engine through its runner process (scheduler/runner_client.py),
   no HTTP: what the engine itself can do.
 - ``localserve-http``: the whole daemon (HTTP, routes, scheduler, runner) through
   Ollama's streaming /api/generate. This is the one the targets are about.
@@ -85,8 +85,8 @@ class Localserve:
         self.runner: Any = None
 
     async def start(self) -> None:
-        from localserve.engine.client import RunnerClient
-        from localserve.engine.options import LoadOptions
+        from localserve.runtime.options import LoadOptions
+        from localserve.scheduler.runner_client import RunnerClient
 
         model, parallel, ctx, threads = self.args
         self.runner = await RunnerClient.start(
@@ -94,8 +94,8 @@ class Localserve:
         )
 
     async def stream(self, text: str, tokens: int) -> Stream:
-        from localserve.engine.options import SamplingOptions
-        from localserve.engine.protocol import DoneEvent, GenerateJob, TextEvent
+        from localserve.runtime.options import SamplingOptions
+        from localserve.runtime.protocol import DoneEvent, GenerateJob, TextEvent
 
         first = last = 0.0
         done: DoneEvent | None = None

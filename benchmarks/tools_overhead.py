@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from localserve.engine.templates import ChatTemplate
+from localserve.runtime.templates import ChatTemplate
 from tests.support import chat_templates
 from tests.support.daemon import add_model, start_daemon, stop_daemon
 from tests.support.tiny_gguf import gemma_path

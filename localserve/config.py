@@ -1,6 +1,10 @@
-"""The one settings object: every LOCALSERVE_* variable, typed, with the paths derived from it.
+"""The one settings object: every LOCALSERVE_* variable, typed, with the paths derived from it,
+and the parsers of the values it holds (durations, addresses, RPC workers, KV cache types,
+flash attention modes, the debug switch, the one loopback check). Requests take some of
+the same values (``kv_cache_type`` in a load's options), so runtime/options.py parses them
+with these functions too: one vocabulary, one error message.
 
-docs/configuration.md documents every field; tests/test_config.py fails when one is missing.
+docs/configuration.md documents every field; tests/unit/test_config.py fails when one is missing.
 
 Paths: with ``LOCALSERVE_HOME`` set, everything lives under it::
 
@@ -14,10 +18,13 @@ Without it, the platform's user data, state and cache directories (platformdirs)
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -76,6 +83,140 @@ def split_host(value: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise InvalidOptionError(f"invalid LOCALSERVE_HOST {value!r}: port out of range")
     return host, port
+
+
+# ------------------------------------------------------------------ the debug switch
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+
+def parse_flag(value: str) -> bool:
+    """A yes/no setting: 1/true/yes/on or 0/false/no/off (any case), else a clear error."""
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InvalidOptionError(f"invalid switch {value!r}", hint="use 1 or 0 (true/false)")
+
+
+def debug_enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """LOCALSERVE_DEBUG, read without the rest of the settings: the CLI's error edge and the
+    runner need it even when another variable is invalid. Unreadable counts as off."""
+    try:
+        return parse_flag(environ.get("LOCALSERVE_DEBUG", ""))
+    except InvalidOptionError:
+        return False
+
+
+# ----------------------------------------------------------------------- addresses
+
+
+def is_loopback(host: str) -> bool:
+    """True for a name or address only this machine can reach: ``localhost``,
+    127.0.0.0/8 and ``::1`` (bracketed or not). The daemon's bind check, its Host-header
+    guard, the RPC worker's bind check and the CLI all ask this one function."""
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+DEFAULT_RPC_PORT: Final = 50052
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """An RPC worker's ``host:port`` (``[v6]:port``; port 50052 when left out) into its parts."""
+    value = text.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif value.count(":") == 1:
+        host, port_text = value.split(":")
+    else:
+        host, port_text = value, ""
+    try:
+        port = int(port_text) if port_text else DEFAULT_RPC_PORT
+    except ValueError:
+        port = -1
+    if not host or not 0 < port < 65536:
+        raise InvalidOptionError(
+            f"invalid RPC worker address {text!r}", hint="write host:port, such as 10.0.0.2:50052"
+        )
+    return host, port
+
+
+def parse_workers(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"a:1,b:2"`` (or a list of such) into ``("a:1", "b:2")``, checked, duplicates dropped."""
+    items = text.split(",") if isinstance(text, str) else [p for t in text for p in t.split(",")]
+    found: list[str] = []
+    for item in items:
+        if not item.strip():
+            continue
+        host, port = parse_endpoint(item)
+        endpoint = f"{host}:{port}"
+        if endpoint not in found:
+            found.append(endpoint)
+    return tuple(found)
+
+
+# ------------------------------------------------------ KV cache and flash attention
+
+# The KV cache types llama.cpp takes for type_k / type_v (llama-server's --cache-type-k
+# list), Ollama's three first. f16, q8_0 and q4_0 have flash-attention kernels on every
+# backend; the others run everywhere on the CPU, but a GPU build may lack kernels for
+# them (CUDA builds them only with GGML_CUDA_FA_ALL_QUANTS) and run attention on the CPU.
+KV_CACHE_TYPES: Final = ("f16", "q8_0", "q4_0", "f32", "bf16", "q4_1", "iq4_nl", "q5_0", "q5_1")
+# Not quantized: no block size to respect, and no flash attention needed for the V cache.
+PLAIN_KV_CACHE_TYPES: Final = frozenset({"f32", "f16", "bf16"})
+FLASH_ATTENTION_MODES: Final = ("auto", "on", "off")
+_FLASH_ALIASES: Final = {
+    "auto": "auto",
+    "on": "on",
+    "true": "on",
+    "1": "on",
+    "enabled": "on",
+    "off": "off",
+    "false": "off",
+    "0": "off",
+    "disabled": "off",
+}
+
+
+def kv_cache_type(value: object, name: str = "kv_cache_type") -> str:
+    """A KV cache type in llama.cpp's spelling (``Q8_0`` -> ``q8_0``), or a clear error."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text not in KV_CACHE_TYPES:
+        raise InvalidOptionError(
+            f"{name} must be one of {', '.join(KV_CACHE_TYPES)}, got {value!r}"
+        )
+    return text
+
+
+def flash_attention_mode(value: object, name: str = "flash_attention") -> str:
+    """``auto``, ``on`` or ``off`` (booleans and 1/0 as Ollama's OLLAMA_FLASH_ATTENTION)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    found = _FLASH_ALIASES.get(value.strip().lower()) if isinstance(value, str) else None
+    if found is None:
+        raise InvalidOptionError(
+            f"{name} must be one of {', '.join(FLASH_ATTENTION_MODES)}, got {value!r}"
+        )
+    return found
+
+
+def check_kv_flash_attention(kv_type: str, flash_attention: str) -> None:
+    """llama.cpp reads a quantized V cache only through flash attention: refuse the
+    combination here rather than let the context fail to build."""
+    if kv_type not in PLAIN_KV_CACHE_TYPES and flash_attention == "off":
+        raise InvalidOptionError(
+            f"a {kv_type} V cache needs flash attention: set flash_attention to on or auto",
+            hint="or use kv_cache_type f16 (LOCALSERVE_KV_CACHE_TYPE, LOCALSERVE_FLASH_ATTENTION)",
+        )
 
 
 class Settings(BaseSettings):
@@ -160,6 +301,11 @@ class Settings(BaseSettings):
     )
     debug: bool = Field(default=False, description="Show tracebacks and log at debug level.")
 
+    @field_validator("debug", mode="before")
+    @classmethod
+    def _parse_debug(cls, value: object) -> object:
+        return parse_flag(value) if isinstance(value, str) else value
+
     @field_validator("origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -176,8 +322,6 @@ class Settings(BaseSettings):
     @field_validator("rpc_workers", mode="before")
     @classmethod
     def _split_rpc_workers(cls, value: object) -> object:
-        from localserve.engine.rpc import parse_workers
-
         if isinstance(value, str):
             return list(parse_workers(value))
         if isinstance(value, list | tuple):
@@ -200,15 +344,11 @@ class Settings(BaseSettings):
     @field_validator("kv_cache_type")
     @classmethod
     def _check_kv_cache_type(cls, value: str) -> str:
-        from localserve.engine.options import kv_cache_type
-
         return kv_cache_type(value, "it")
 
     @field_validator("flash_attention")
     @classmethod
     def _check_flash_attention(cls, value: str, info: ValidationInfo) -> str:
-        from localserve.engine.options import PLAIN_KV_CACHE_TYPES, flash_attention_mode
-
         mode = flash_attention_mode(value, "it")
         kv = info.data.get("kv_cache_type", "f16")
         if mode == "off" and kv not in PLAIN_KV_CACHE_TYPES:

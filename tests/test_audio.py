@@ -24,10 +24,10 @@ from PIL import Image
 from localserve.engine.engine import Engine, Job
 from localserve.engine.llama import Model
 from localserve.engine.media import Projector
-from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.engine.prompt import Prompt, PromptBuilder
-from localserve.engine.protocol import DoneEvent, Event, LogprobsEvent
 from localserve.errors import InvalidOptionError
+from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.protocol import DoneEvent, Event, LogprobsEvent
 from tests.support.daemon import Daemon, add_model, running_daemon
 from tests.support.tiny_gguf import write_tiny_gguf
 from tests.support.tiny_projector import write_tiny_audio_projector, write_tiny_projector

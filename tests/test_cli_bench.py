@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from localserve import bench
+from localserve.client import bench
 from localserve.errors import InvalidOptionError, ModelNotFoundError
 from tests.support.cli import cli
 from tests.support.daemon import Daemon, daemon, daemon_env, free_port, stopped_afterwards

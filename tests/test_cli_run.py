@@ -206,7 +206,8 @@ def test_unknown_model_is_not_found(env: dict[str, str], tmp_path: Path) -> None
 
 
 def test_ps_table_json_keepalive_and_stop_model(env: dict[str, str], tiny_gguf_path: Path) -> None:
-    from localserve.plan import plan, probe
+    from localserve.engine.devices import probe
+    from localserve.plan import plan
     from localserve.store.gguf import read_gguf
 
     # Where the daemon's plan (default settings) puts the model on this machine: "100%

@@ -14,10 +14,10 @@ import pytest
 
 from localserve.engine.engine import Engine, Job
 from localserve.engine.llama import Model
-from localserve.engine.options import LoadOptions, SamplingOptions
-from localserve.engine.protocol import DoneEvent, TextEvent
 from localserve.engine.speculate import DraftModel, DraftRequest, check_vocabularies
 from localserve.errors import InvalidOptionError
+from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.protocol import DoneEvent, TextEvent
 from tests.support import tiny_gguf
 from tests.support.daemon import add_model, running_daemon
 from tests.support.gates import AlwaysDraft

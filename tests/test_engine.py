@@ -13,9 +13,9 @@ from localserve.engine.embed import Embedder
 from localserve.engine.engine import Engine, Job
 from localserve.engine.grammar import grammar_for
 from localserve.engine.llama import Model
-from localserve.engine.options import LoadOptions, SamplingOptions
-from localserve.engine.protocol import DoneEvent, Event, TextEvent
 from localserve.errors import InvalidOptionError, PromptTooLongError
+from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.protocol import DoneEvent, Event, TextEvent
 from tests.support.json_prefix import is_json_prefix
 
 GREEDY = SamplingOptions(temperature=0.0, num_predict=24)
@@ -477,9 +477,9 @@ def test_lazy_tool_grammar_waits_for_the_call_marker(model: Model) -> None:
     only what continues a valid call."""
     import llama_cpp.llama_cpp as L
 
-    from localserve.engine.chat.formats import ToolFormat
-    from localserve.engine.chat.tool_grammar import tool_grammar
     from localserve.engine.llama import Sampler
+    from localserve.engine.tool_grammar import tool_grammar
+    from localserve.runtime.chat.formats import ToolFormat
 
     hermes = ToolFormat("hermes", starts=("<tool_call>",), end="</tool_call>")
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
@@ -503,7 +503,7 @@ def test_lazy_tool_grammar_waits_for_the_call_marker(model: Model) -> None:
 def test_logprobs_greedy_token_is_the_top_one_and_batch_independent(model: Model) -> None:
     """Greedy: the chosen token is the top-1 alternative and its logprob the maximum;
     a sequence's logprobs are the same alone and in a batch of 8 (tiny F32 model)."""
-    from localserve.engine.protocol import LogprobsEvent
+    from localserve.runtime.protocol import LogprobsEvent
 
     def logprobs_of(engine: Engine, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}

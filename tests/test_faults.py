@@ -37,8 +37,8 @@ from localserve.errors import DamagedModelError, InvalidReferenceError, ModelNot
 from localserve.store import download, verify
 from localserve.store.importing import import_gguf
 from localserve.store.pull import hub_ref, pull_model
-from localserve.store.store import ModelStore
-from localserve.store.verify import Stamp, blob_problem, check_model, read_stamp
+from localserve.store.store import ModelStore, Stamp
+from localserve.store.verify import blob_problem, check_model
 from tests.support.cli import cli
 from tests.support.daemon import (
     Daemon,
@@ -178,7 +178,7 @@ def test_import_and_pull_stamp_what_they_verified(
         pass
     for blob_digest in (digest, sha256_of(hub_model)):
         blob = store.blob_path(blob_digest)
-        assert read_stamp(store, blob_digest) == Stamp.of(blob.stat())
+        assert store.read_stamp(blob_digest) == Stamp.of(blob.stat())
     hashes = HashCounter(monkeypatch)
     for name in ("tiny", HUB_NAME):
         check_model(store, store.get(name)[1])
@@ -194,7 +194,7 @@ def test_a_store_without_stamps_hashes_once_then_stamps(
     manifest = store.get("tiny")[1]
     check_model(store, manifest)
     assert hashes.calls == 1
-    assert read_stamp(store, digest) == Stamp.of(store.blob_path(digest).stat())
+    assert store.read_stamp(digest) == Stamp.of(store.blob_path(digest).stat())
     check_model(store, manifest)
     assert hashes.calls == 1
 
@@ -207,7 +207,7 @@ def test_an_unreadable_stamp_means_hash_again(
     hashes = HashCounter(monkeypatch)
     assert blob_problem(store, digest, tiny_copy.stat().st_size) is None
     assert hashes.calls == 1
-    assert read_stamp(store, digest) is not None
+    assert store.read_stamp(digest) is not None
 
 
 def test_a_metadata_change_costs_one_hash_and_passes(
@@ -329,7 +329,7 @@ def test_pull_checks_a_stored_model_cheaply_and_repairs_it(
         pass
     assert fake_hub.requests_for("/cdn-lfs/")  # downloaded again
     assert blob.read_bytes() == hub_model.read_bytes()
-    assert read_stamp(store, sha256_of(hub_model)) == Stamp.of(blob.stat())
+    assert store.read_stamp(sha256_of(hub_model)) == Stamp.of(blob.stat())
     assert leftovers(store) == []
 
 
@@ -663,5 +663,5 @@ def test_many_different_pulls_at_once(
         manifest = store.get(name)[1]
         blob = store.blob_path(manifest.digest)
         assert manifest.digest == sha256_of(source) == sha256_of(blob)
-        assert read_stamp(store, manifest.digest) == Stamp.of(blob.stat())
+        assert store.read_stamp(manifest.digest) == Stamp.of(blob.stat())
     assert leftovers(store) == []

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from localserve.engine.client import RunnerClient
-from localserve.engine.options import LoadOptions
+from localserve.runtime.options import LoadOptions
+from localserve.scheduler.runner_client import RunnerClient
 from tests.support.jobs import collect
 
 pytestmark = pytest.mark.slow

@@ -17,19 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localserve.config import load_settings
+from localserve.config import FLASH_ATTENTION_MODES, KV_CACHE_TYPES, load_settings
 from localserve.engine import llama
 from localserve.engine.engine import Engine, Job
 from localserve.engine.llama import GGML_KV_TYPES, Context, Model
-from localserve.engine.options import (
-    FLASH_ATTENTION_MODES,
-    KV_CACHE_TYPES,
-    LoadOptions,
-    SamplingOptions,
-)
-from localserve.engine.protocol import DoneEvent, TextEvent
 from localserve.errors import InvalidOptionError
 from localserve.plan import Devices, plan
+from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.protocol import DoneEvent, TextEvent
 from localserve.schemas.options import split_options
 from localserve.store.gguf import GGML_TYPES, read_gguf
 from tests.support.daemon import running_daemon
@@ -245,7 +240,7 @@ def test_heads_narrower_than_a_block_are_refused_before_loading(tiny_gguf_path: 
 
 def test_the_runner_refuses_them_as_an_option_error(tiny_gguf_path: Path) -> None:
     """Found by the runner's plan, before llama.cpp loads anything: a 400, not a 500."""
-    from localserve.engine.client import RunnerClient
+    from localserve.scheduler.runner_client import RunnerClient
 
     async def body() -> None:
         options = LoadOptions(num_ctx=256, num_parallel=1, num_thread=2, kv_cache_type="q4_0")

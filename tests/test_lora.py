@@ -18,10 +18,10 @@ import pytest
 from localserve.engine.embed import Embedder
 from localserve.engine.engine import Engine, Job
 from localserve.engine.llama import LoraAdapter, Model
-from localserve.engine.options import LoadOptions, SamplingOptions
-from localserve.engine.protocol import TextEvent
 from localserve.errors import EngineError, InvalidGGUFError, WrongGGUFKindError
 from localserve.plan import Devices, plan
+from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.protocol import TextEvent
 from localserve.store.adapter import AdapterInfo, check_adapter, read_adapter
 from localserve.store.gguf import GGUFInfo, read_gguf, read_gguf_model
 from tests.support.tiny_gguf import finish_gguf, write_tiny_gguf
@@ -392,8 +392,8 @@ def test_adapters_are_freed_once_whatever_the_order(files: dict[str, Path]) -> N
 def load_runner(
     files: dict[str, Path], adapters: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
+    from localserve.engine import devices
     from localserve.engine import runner as runner_module
-    from localserve.plan import devices
 
     monkeypatch.setattr(devices, "probe", lambda **_: Devices.cpu_only(64 << 30))
     runner = runner_module.Runner(out_fd=-1)

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from localserve.engine import devices
 from localserve.engine import runner as runner_module
-from localserve.engine.options import SamplingOptions
-from localserve.engine.protocol import DoneEvent, GenerateJob
-from localserve.plan import devices
 from localserve.plan.devices import Devices
+from localserve.runtime.options import SamplingOptions
+from localserve.runtime.protocol import DoneEvent, GenerateJob
 from tests.support.tiny_gguf import write_tiny_gguf
 from tests.support.tiny_projector import write_tiny_audio_projector
 from tests.test_audio import AUDIO_TOKENS, sound

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from localserve.engine.devices import probe
 from localserve.errors import InvalidOptionError
-from localserve.plan import GPU, Devices, ModelTooLargeError, Plan, parse_size, plan, probe
+from localserve.plan import GPU, Devices, ModelTooLargeError, Plan, parse_size, plan
 from localserve.plan.devices import probe_ram
 from localserve.plan.planner import KV_PAD, processor_label
 from localserve.plan.source import load_header, read_hub_header
@@ -539,7 +540,7 @@ def llama_cpp_sizes(
     """What llama.cpp says it allocates on the CPU (MiB) for each (num_ctx, num_parallel,
     num_batch, num_ubatch), with the engine's own context parameters."""
     from localserve.engine.llama import Context, Model
-    from localserve.engine.options import LoadOptions
+    from localserve.runtime.options import LoadOptions
 
     pattern = re.compile(r"(KV|compute|output) buffer size =\s+([\d.]+) MiB")
     caplog.set_level(logging.INFO, logger="localserve.llama")
@@ -654,7 +655,7 @@ def fake_pynvml(*cards: tuple[str, int, int]) -> Any:
 def test_probe_falls_back_to_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from localserve.plan import devices as devices_module
+    from localserve.engine import devices as devices_module
 
     def no_llama_cpp(base: Devices) -> Devices:
         raise ImportError("no llama_cpp here")

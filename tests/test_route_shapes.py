@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from localserve.config import load_settings
-from localserve.engine.protocol import TextEvent, ThinkingEvent, ToolCallEvent
+from localserve.runtime.protocol import TextEvent, ThinkingEvent, ToolCallEvent
 from localserve.server.app import create_app
 from localserve.store.importing import import_gguf
 from localserve.store.store import ModelStore

@@ -21,9 +21,10 @@ import pytest
 
 from localserve.cli.app import app
 from localserve.cli.errors import run_with_error_edge
+from localserve.config import is_loopback, parse_workers
 from localserve.engine import rpc
+from localserve.engine.devices import with_workers
 from localserve.plan import Devices, plan
-from localserve.plan.devices import with_workers
 from localserve.store.gguf import read_gguf_model
 from tests.support.cli import cli
 from tests.support.daemon import Daemon, alive, free_port, running_daemon, wait_until
@@ -67,8 +68,8 @@ def test_the_network_warning_says_who_can_reach_the_worker() -> None:
         "every machine that can route to 10.1.2.3 on TCP port 50052"
     )
     assert "any address of this one" in rpc.exposure("0.0.0.0", 50052)
-    assert rpc.is_loopback("127.0.0.1") and rpc.is_loopback("::1")
-    assert rpc.is_loopback("localhost") and not rpc.is_loopback("192.168.1.2")
+    assert is_loopback("127.0.0.1") and is_loopback("::1")
+    assert is_loopback("localhost") and not is_loopback("192.168.1.2")
 
 
 def test_a_build_without_rpc_says_how_to_rebuild(
@@ -83,10 +84,10 @@ def test_a_build_without_rpc_says_how_to_rebuild(
 
 
 def test_worker_addresses_are_checked() -> None:
-    assert rpc.parse_workers("a:1, b:2,a:1,[::1]:5,c") == ("a:1", "b:2", "::1:5", "c:50052")
+    assert parse_workers("a:1, b:2,a:1,[::1]:5,c") == ("a:1", "b:2", "::1:5", "c:50052")
     for bad in ("a:x", "a:0", ":5"):
         with pytest.raises(ValueError, match="invalid RPC worker address"):
-            rpc.parse_workers(bad)
+            parse_workers(bad)
 
 
 def test_a_worker_that_refuses_or_never_answers_is_left_out() -> None:

@@ -1,4 +1,4 @@
-"""The runner as a real child process, driven through engine/client.py."""
+"""The runner as a real child process, driven through scheduler/runner_client.py."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from localserve.engine.client import RunnerClient
-from localserve.engine.options import LoadOptions
-from localserve.engine.protocol import GenerateJob
 from localserve.errors import (
     EngineError,
     InvalidOptionError,
     PromptTooLongError,
     RunnerCrashedError,
 )
+from localserve.runtime.options import LoadOptions
+from localserve.runtime.protocol import GenerateJob
+from localserve.scheduler.runner_client import RunnerClient
 from tests.support.daemon import alive
 from tests.support.jobs import collect
 
@@ -169,8 +169,8 @@ def test_runner_dies_with_its_parent(tiny_gguf_path: Path, tmp_path: Path) -> No
     script.write_text(
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from localserve.engine.client import RunnerClient\n"
-        "from localserve.engine.options import LoadOptions\n"
+        "from localserve.scheduler.runner_client import RunnerClient\n"
+        "from localserve.runtime.options import LoadOptions\n"
         "async def main():\n"
         f"    r = await RunnerClient.start([Path({str(tiny_gguf_path)!r})], LoadOptions(num_ctx=64, num_parallel=1))\n"
         "    print(r.pid, flush=True)\n"
@@ -274,7 +274,8 @@ def test_runner_plans_memory_before_loading(tiny_gguf_path: Path) -> None:
     info = run_async(body)
     # What the planner decides on this machine: everything on the CPU with a CPU-only
     # build, everything on the GPU where llama.cpp can offload (the tiny model fits).
-    from localserve.plan import plan, probe
+    from localserve.engine.devices import probe
+    from localserve.plan import plan
     from localserve.store.gguf import read_gguf
 
     expected = plan(
@@ -299,11 +300,12 @@ def test_runner_refuses_what_ram_cannot_hold(
     tiny_gguf_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before llama.cpp is asked to load anything."""
+    from localserve.engine import devices
     from localserve.engine import runner as runner_module
     from localserve.errors import ModelTooLargeError
-    from localserve.plan import devices
+    from localserve.plan import Devices
 
-    monkeypatch.setattr(devices, "probe", lambda **_: devices.Devices.cpu_only(64 << 20))
+    monkeypatch.setattr(devices, "probe", lambda **_: Devices.cpu_only(64 << 20))
     loader = runner_module.Runner(out_fd=-1)
     monkeypatch.setattr(loader, "_load_model", lambda *_: pytest.fail("loaded despite the plan"))
     with pytest.raises(ModelTooLargeError) as caught:

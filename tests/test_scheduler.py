@@ -19,14 +19,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from localserve.engine.options import LoadOptions, SamplingOptions
-from localserve.engine.protocol import DoneEvent, Event, TextEvent
 from localserve.errors import (
     EngineError,
     ModelNotFoundError,
     RunnerCrashedError,
     ServerBusyError,
 )
+from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.protocol import DoneEvent, Event, TextEvent
 from localserve.scheduler.scheduler import ModelRequest, Resident, Scheduler
 from localserve.store.manifest import BlobEntry, HubSource, Manifest
 from localserve.store.refs import parse_ref

@@ -12,9 +12,9 @@ import pytest
 from localserve.engine.engine import Engine, Job
 from localserve.engine.grammar import grammar_for
 from localserve.engine.llama import Model
-from localserve.engine.options import LoadOptions, SamplingOptions
-from localserve.engine.protocol import DoneEvent, TextEvent
 from localserve.engine.speculate import GATE_PAUSE, PROBE_EVERY, CostGate, Drafter
+from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.protocol import DoneEvent, TextEvent
 from tests.support.gates import AlwaysDraft
 from tests.support.tiny_gguf import write_tiny_gguf
 

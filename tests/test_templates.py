@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from localserve.engine.templates import (
+from localserve.errors import InvalidOptionError, TemplateError
+from localserve.runtime.templates import (
     FALLBACK_TEMPLATE,
     ChatTemplate,
     TemplateLimits,
     strip_leading_bos,
     validate_messages,
 )
-from localserve.errors import InvalidOptionError, TemplateError
 from localserve.store.gguf import read_gguf
 from tests.support.tiny_gguf import CHATML_TEMPLATE, gemma_path
 

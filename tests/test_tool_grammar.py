@@ -1,5 +1,5 @@
 """``tool_choice: required`` on a random-weight model, for every call format: the
-grammar built from the tool's schema (engine/chat/tool_grammar.py) must make even
+grammar built from the tool's schema (engine/tool_grammar.py) must make even
 noise a call that the format's parser reads back with arguments matching the schema.
 Real llama.cpp sampling on the tiny model, in-process (the engine, no runner)."""
 
@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from localserve.engine.chat.formats import ChatFormat, detect
-from localserve.engine.chat.parse import AnswerParser, HarmonyParser
-from localserve.engine.chat.tool_grammar import enforced_kinds, tool_grammar
 from localserve.engine.engine import Engine, Job
 from localserve.engine.llama import Model
-from localserve.engine.options import LoadOptions, SamplingOptions
-from localserve.engine.protocol import Event, ToolCallEvent
-from localserve.engine.templates import ChatTemplate
+from localserve.engine.tool_grammar import enforced_kinds, tool_grammar
+from localserve.runtime.chat.formats import ChatFormat, detect
+from localserve.runtime.chat.parse import AnswerParser, HarmonyParser
+from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.protocol import Event, ToolCallEvent
+from localserve.runtime.templates import ChatTemplate
 from tests.support import chat_templates
 
 FAMILIES = [

@@ -1,4 +1,4 @@
-"""Tool-call and thinking detection and parsing (engine/chat/), without a model.
+"""Tool-call and thinking detection and parsing (runtime/chat/), without a model.
 
 Each family's template (tests/support/chat_templates.py) is detected by rendering
 it; each family's answer text is parsed whole and streamed in pieces of every size,
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from localserve.engine.chat.formats import PLAIN, ChatFormat, ThinkingTags, ToolFormat, detect
-from localserve.engine.chat.parse import AnswerParser, HarmonyParser
-from localserve.engine.protocol import Event, TextEvent, ThinkingEvent, ToolCallEvent
-from localserve.engine.templates import ChatTemplate
+from localserve.runtime.chat.formats import PLAIN, ChatFormat, ThinkingTags, ToolFormat, detect
+from localserve.runtime.chat.parse import AnswerParser, HarmonyParser
+from localserve.runtime.protocol import Event, TextEvent, ThinkingEvent, ToolCallEvent
+from localserve.runtime.templates import ChatTemplate
 from tests.support import chat_templates as templates
 
 WEATHER = {"city": "Paris", "days": 3}
@@ -253,8 +253,8 @@ def test_random_text_never_raises(name: str, text: str, piece: int, opened: bool
 
 
 def test_think_switch_reaches_the_template() -> None:
-    from localserve.engine.protocol import GenerateJob
     from localserve.engine.runner import _template_kwargs
+    from localserve.runtime.protocol import GenerateJob
 
     assert _template_kwargs(GenerateJob(think=None)) == {}
     off = _template_kwargs(GenerateJob(think=False))

@@ -1,6 +1,6 @@
 """`localserve bench MODEL`: how fast a model runs here, measured through the daemon.
 
-The measuring is localserve/bench.py; this module checks the options, makes sure a
+The measuring is localserve/client/bench.py; this module checks the options, makes sure a
 daemon answers (starting one, as `run` does), shows progress on a terminal, and
 prints the medians as a table or one JSON object.
 """
@@ -18,11 +18,11 @@ from localserve.cli.params import JsonOpt, ModelArg
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from localserve.bench import BenchResult
+    from localserve.client.bench import BenchResult
 
 app = typer.Typer()
 
-# The defaults live in localserve/bench.py; repeated here because help shows them.
+# The defaults live in localserve/client/bench.py; repeated here because help shows them.
 DEFAULT_PROMPT_TOKENS = 512
 DEFAULT_DECODE_TOKENS = 128
 DEFAULT_CONCURRENCY = "1,4,8"
@@ -79,9 +79,9 @@ def bench(
     """
     import asyncio
 
-    from localserve.bench import BenchConfig, parse_concurrency, run_bench
     from localserve.cli.run import ensure_daemon
     from localserve.client import Client
+    from localserve.client.bench import BenchConfig, parse_concurrency, run_bench
     from localserve.config import load_settings
     from localserve.store.refs import parse_ref
 

@@ -27,7 +27,7 @@ def serve(
     from localserve.server import daemon
 
     if rpc:
-        from localserve.engine.rpc import parse_workers
+        from localserve.config import parse_workers
 
         # A setting like any other: the daemon and its runners read it from the
         # environment they inherit.

@@ -10,7 +10,6 @@ A traceback is printed only with LOCALSERVE_DEBUG=1.
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -49,10 +48,6 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
-def debug_enabled() -> bool:
-    return os.environ.get("LOCALSERVE_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def describe(exc: BaseException) -> tuple[str, str | None, int]:
     """(message, hint, exit code) for any exception that reaches the edge."""
     for kind, code in EXIT_CODES:
@@ -73,6 +68,8 @@ def describe(exc: BaseException) -> tuple[str, str | None, int]:
 
 def report(exc: BaseException) -> int:
     """Print an error as one line (plus hint) on stderr; returns the exit code."""
+    from localserve.config import debug_enabled  # pydantic: only when there is an error
+
     message, hint, code = describe(exc)
     if debug_enabled():
         traceback.print_exception(exc, file=sys.stderr)

@@ -302,9 +302,9 @@ def create(
 def _capabilities(template: str | None) -> tuple[str, ...]:
     """What the chat template can do (tools, thinking), found by rendering it as the
     daemon does for /api/show."""
-    from localserve.engine.chat.formats import PLAIN, detect
-    from localserve.engine.templates import ChatTemplate
     from localserve.errors import TemplateError
+    from localserve.runtime.chat.formats import PLAIN, detect
+    from localserve.runtime.templates import ChatTemplate
 
     try:
         return (detect(ChatTemplate(template)) if template else PLAIN).capabilities

@@ -89,12 +89,11 @@ def plan(
     MODEL may be a Hugging Face reference that is not pulled yet: then only its GGUF
     header is fetched, a few MB over HTTP Range requests.
     """
-    from localserve.config import load_settings
-    from localserve.engine.options import kv_cache_type as check_kv_cache_type
-    from localserve.engine.rpc import parse_workers
-    from localserve.plan import parse_size, probe
+    from localserve.config import kv_cache_type as check_kv_cache_type
+    from localserve.config import load_settings, parse_workers
+    from localserve.engine.devices import probe, with_workers
+    from localserve.plan import parse_size, ram_only
     from localserve.plan import plan as make_plan
-    from localserve.plan.devices import with_workers
     from localserve.plan.source import load_header
 
     simulated = parse_size(gpu_memory) if gpu_memory is not None else None
@@ -105,7 +104,7 @@ def plan(
         else check_kv_cache_type(kv_cache_type, "--kv-cache-type")
     )
     header = load_header(model)
-    devices = probe() if simulated is None else probe(gpus=False).simulate_gpu(simulated)
+    devices = probe() if simulated is None else ram_only().simulate_gpu(simulated)
     workers = parse_workers(rpc) if rpc else tuple(settings.rpc_workers)
     if workers and num_gpu != 0:
         devices, _ = with_workers(devices, workers, timeout=min(5.0, settings.rpc_timeout_seconds))

@@ -150,14 +150,10 @@ def run(
 
 def is_local(host: str) -> bool:
     """True when ``host`` is this machine (where we may start a daemon and use the store)."""
-    import ipaddress
+    from localserve.config import is_loopback
 
-    if host in ("localhost", "0.0.0.0", "::", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    # A daemon bound to every address (0.0.0.0, ::) is this machine's too.
+    return host in ("0.0.0.0", "::", "") or is_loopback(host)
 
 
 def ensure_daemon(client: Client, settings: Settings) -> None:

@@ -69,11 +69,12 @@ def worker(
     Another machine's daemon lists it in LOCALSERVE_RPC_WORKERS (or `serve --rpc`) and
     puts model layers in this machine's memory (docs/scale.md).
     """
+    from localserve.config import is_loopback
     from localserve.engine import rpc
-    from localserve.engine.options import default_threads
     from localserve.errors import InvalidOptionError
+    from localserve.runtime.options import default_threads
 
-    if not rpc.is_loopback(host) and not allow_network:
+    if not is_loopback(host) and not allow_network:
         raise InvalidOptionError(
             f"refusing to listen on {host}: anyone who can reach it could use this "
             "machine's memory and compute, with no password and no encryption",
@@ -96,7 +97,7 @@ def worker(
         )
     if cache is not None:
         err.print(f"  tensor cache: {cache}", markup=False)
-    if not rpc.is_loopback(host):
+    if not is_loopback(host):
         err.print(
             f"warning: no authentication, no encryption: {rpc.exposure(host, port)} can "
             "read and write this machine's memory through this worker. Stop it when not in use.",

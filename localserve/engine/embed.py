@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from localserve.engine.llama import Batch, Context, Model
-from localserve.engine.options import LoadOptions
 from localserve.errors import EngineError, PromptTooLongError
+from localserve.runtime.options import LoadOptions
 
 POOLING_NONE = 0
 POOLING_MEAN = 1

@@ -44,8 +44,6 @@ from typing import Any
 from localserve.engine.llama import Batch, Context, Model, Sampler
 from localserve.engine.logprobs import token_logprob
 from localserve.engine.media import MediaChunk, Projector
-from localserve.engine.options import LoadOptions, SamplingOptions
-from localserve.engine.protocol import DoneEvent, ErrorEvent, Event, LogprobsEvent, TextEvent
 from localserve.engine.speculate import (
     MODEL_MAX_DRAFT,
     CostGate,
@@ -55,11 +53,13 @@ from localserve.engine.speculate import (
 )
 from localserve.engine.text import StopMatcher, Utf8Stream
 from localserve.errors import EngineError, PromptTooLongError
+from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.protocol import DoneEvent, ErrorEvent, Event, LogprobsEvent, TextEvent
 
 
 class OutputParser:
     """Turns a job's answer text into events. This one passes it through as text;
-    engine/chat/ has the parsers that split out thinking and tool calls."""
+    runtime/chat/ has the parsers that split out thinking and tool calls."""
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id

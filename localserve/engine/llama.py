@@ -21,15 +21,14 @@ from typing import Any
 import llama_cpp.llama_cpp as L  # noqa: TID253 - the engine owns llama_cpp
 import numpy as np
 
-from localserve.engine.options import (
+from localserve.config import (
     PLAIN_KV_CACHE_TYPES,
-    LoadOptions,
-    SamplingOptions,
     check_kv_flash_attention,
     flash_attention_mode,
     kv_cache_type,
 )
 from localserve.errors import EngineError, InvalidOptionError
+from localserve.runtime.options import LoadOptions, SamplingOptions
 
 
 def _close_devnull_at_exit() -> None:

@@ -24,13 +24,13 @@ from typing import Any
 
 from localserve.engine.llama import Model
 from localserve.engine.media import MediaChunk, MediaPrompt, Projector
-from localserve.engine.templates import (
+from localserve.errors import InvalidOptionError, PromptTooLongError
+from localserve.runtime.templates import (
     FALLBACK_STOPS,
     ChatTemplate,
     strip_leading_bos,
     validate_messages,
 )
-from localserve.errors import InvalidOptionError, PromptTooLongError
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
+from localserve.config import is_loopback, parse_endpoint
 from localserve.errors import EngineError, InvalidOptionError, RpcUnavailableError
 
 log = logging.getLogger("localserve.rpc")
 
-DEFAULT_PORT: Final = 50052
 # ggml-rpc.h: RPC_PROTO_MAJOR_VERSION. Another major version speaks another protocol.
 PROTO_MAJOR: Final = 7
 # ggml-rpc.cpp: enum rpc_cmd, and transport.h: RPC_CONN_CAPS_SIZE.
@@ -63,51 +63,6 @@ REBUILD_HINT: Final = (
 
 
 # ------------------------------------------------------------------- endpoints
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port``; port 50052 when left out) into its parts."""
-    value = text.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    elif value.count(":") == 1:
-        host, port_text = value.split(":")
-    else:
-        host, port_text = value, ""
-    try:
-        port = int(port_text) if port_text else DEFAULT_PORT
-    except ValueError:
-        port = -1
-    if not host or not 0 < port < 65536:
-        raise InvalidOptionError(
-            f"invalid RPC worker address {text!r}", hint="write host:port, such as 10.0.0.2:50052"
-        )
-    return host, port
-
-
-def parse_workers(text: str | Sequence[str]) -> tuple[str, ...]:
-    """``"a:1,b:2"`` (or a list of such) into ``("a:1", "b:2")``, checked, duplicates dropped."""
-    items = text.split(",") if isinstance(text, str) else [p for t in text for p in t.split(",")]
-    found: list[str] = []
-    for item in items:
-        if not item.strip():
-            continue
-        host, port = parse_endpoint(item)
-        endpoint = f"{host}:{port}"
-        if endpoint not in found:
-            found.append(endpoint)
-    return tuple(found)
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def exposure(host: str, port: int) -> str:

@@ -29,18 +29,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from localserve.engine.protocol import (
-    ErrorEvent,
-    FrameReader,
-    GenerateJob,
-    encode,
-    event_to_wire,
-)
+from localserve.config import debug_enabled
 from localserve.errors import (
     InvalidOptionError,
     LocalserveError,
     PromptTooLongError,
     TemplateError,
+)
+from localserve.runtime.protocol import (
+    ErrorEvent,
+    FrameReader,
+    GenerateJob,
+    encode,
+    event_to_wire,
 )
 
 log = logging.getLogger("localserve.runner")
@@ -70,7 +71,7 @@ class Runner:
         self.engine: Any = None
         self.embedder: Any = None
         self.builder: Any = None
-        self.chat: Any = None  # engine/chat/formats.py ChatFormat of the template
+        self.chat: Any = None  # runtime/chat/formats.py ChatFormat of the template
         self.preserved: frozenset[int] = frozenset()
         self.model: Any = None
         self.projector: Any = None  # engine/media.py Projector, for a model with an mmproj
@@ -101,11 +102,11 @@ class Runner:
     # ------------------------------------------------------------------ load
 
     def load(self, message: dict[str, Any]) -> dict[str, Any]:
-        from localserve.engine.chat.formats import detect
         from localserve.engine.engine import Engine
         from localserve.engine.llama import supports_gpu_offload
-        from localserve.engine.options import LoadOptions, default_threads
         from localserve.engine.prompt import PromptBuilder
+        from localserve.runtime.chat.formats import detect
+        from localserve.runtime.options import LoadOptions, default_threads
 
         started = time.perf_counter_ns()
         options = LoadOptions.from_dict(message.get("options") or {})
@@ -192,9 +193,9 @@ class Runner:
         memory it takes. It goes where the target went when it fits there (planned
         after the target loaded, so the free memory it sees is what is left); a draft
         whose vocabulary differs from the target's is refused."""
+        from localserve.engine.devices import probe
         from localserve.engine.llama import Model
         from localserve.engine.speculate import CATCH_UP_CHUNK, DraftModel, check_vocabularies
-        from localserve.plan.devices import probe
         from localserve.plan.planner import plan
         from localserve.store.gguf import read_gguf_model
 
@@ -267,7 +268,7 @@ class Runner:
         ``num_gpu`` -1, or a clear refusal before loading when RAM cannot hold it.
         LoRA ``adapters`` that do not fit the model are refused here, before loading."""
         from localserve.config import load_settings
-        from localserve.plan.devices import probe
+        from localserve.engine.devices import probe
         from localserve.plan.planner import plan
         from localserve.store.adapter import check_adapter, read_adapter
         from localserve.store.gguf import read_gguf_model, read_projector
@@ -296,8 +297,8 @@ class Runner:
 
     def _devices(self, local: Any, num_gpu: int, settings: Any) -> Any:
         """``local`` plus the devices of the RPC workers in LOCALSERVE_RPC_WORKERS that
-        answer now (plan/devices.py ``with_workers``); none for a CPU-only load."""
-        from localserve.plan.devices import with_workers
+        answer now (engine/devices.py ``with_workers``); none for a CPU-only load."""
+        from localserve.engine.devices import with_workers
 
         if not settings.rpc_workers or num_gpu == 0:
             return local
@@ -436,7 +437,7 @@ class Runner:
         triggers: tuple[str, ...] = ()
         opened = bool(chat.thinking) and prompt.tail.rstrip().endswith(chat.thinking.open)
         if tools:
-            from localserve.engine.chat.tool_grammar import tool_grammar
+            from localserve.engine.tool_grammar import tool_grammar
 
             enforced = tool_grammar(
                 chat.tools,
@@ -483,7 +484,7 @@ class Runner:
     def _parser_factory(
         self, request: GenerateJob, tools: list[dict[str, Any]] | None, opened: bool
     ) -> Callable[[str], Any]:
-        from localserve.engine.chat.parse import AnswerParser, HarmonyParser
+        from localserve.runtime.chat.parse import AnswerParser, HarmonyParser
 
         chat = self.chat
         names = [str((t.get("function") or {}).get("name", "")) for t in tools or []]
@@ -607,11 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
     _die_with_parent()
-    level = (
-        logging.DEBUG
-        if os.environ.get("LOCALSERVE_DEBUG", "") in ("1", "true")
-        else logging.WARNING
-    )
+    level = logging.DEBUG if debug_enabled() else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
 
     runner = Runner(out_fd)

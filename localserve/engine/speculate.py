@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from localserve.engine.llama import Batch, Context, Model
-from localserve.engine.options import LoadOptions
 from localserve.errors import InvalidOptionError
+from localserve.runtime.options import LoadOptions
 
 # Suffix lengths tried, longest first: a longer match predicts better. No shorter
 # match than 6 tokens: every drafted row costs a row of the output layer (a large

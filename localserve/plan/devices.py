@@ -1,49 +1,25 @@
-"""What memory this machine has for a model: GPUs (total and free) and RAM.
+"""What memory a machine has for a model: GPUs (total and free) and RAM, as plain values.
 
-``Devices`` is a plain value, so the planner is tested against made-up machines (no
-GPU, a 4 GiB card, two cards) and ``localserve plan --gpu-memory 24GiB`` simulates one.
-``probe()`` reads the real machine:
-
-- RAM from ``/proc/meminfo`` (``MemAvailable``: free plus reclaimable page cache),
-  else ``os.sysconf``;
-- GPUs as llama.cpp itself sees them, through ggml's backend device API
-  (``ggml_backend_dev_count/get/name/description/type/memory``) bound with ctypes on
-  the library llama-cpp-python loads. That covers CUDA, ROCm, Metal and Vulkan builds
-  alike. ``llama_supports_gpu_offload()`` false (a CPU-only build) means no GPU, whatever
-  is plugged in: llama.cpp would not use it.
-- If llama-cpp-python cannot be imported, NVIDIA cards through nvidia-ml-py (``pynvml``)
-  when it is installed; otherwise no GPU.
-- RPC workers (``localserve worker`` on other machines, engine/rpc.py) join as one more
-  GPU each device they serve (``with_workers``), first in the list as llama.cpp orders
-  them, named RPC0, RPC1... with their address as the description.
-
-llama_cpp is imported inside ``probe()`` only (the engine owns llama_cpp; this is the one
-read-only exception). On a CUDA build asking a device for its free memory creates a CUDA
-context in the calling process (a few hundred MB of VRAM until the process exits), so a
-long-lived process such as the daemon should probe in a short-lived child (the runner).
+``Devices`` is what the planner is handed: the real machine's, read by the engine's
+probe (engine/devices.py, which asks llama.cpp's ggml for its GPUs and RPC workers for
+theirs), or a made-up one, so the planner is tested against machines that are not here
+(no GPU, a 4 GiB card, two cards) and ``localserve plan --gpu-memory 24GiB`` simulates one.
+RAM is read here (``probe_ram``: ``/proc/meminfo``, else ``os.sysconf``); nothing in this
+module loads llama.cpp.
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import math
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Final
 
 from localserve.errors import InvalidOptionError
 
-__all__ = ["GPU", "Devices", "parse_size", "probe", "probe_ram", "with_workers"]
-
-log = logging.getLogger("localserve.plan")
-
-# ggml_backend_dev_type (ggml-backend.h)
-_DEV_CPU: Final = 0
-_DEV_GPU: Final = 1
-_DEV_IGPU: Final = 2
+__all__ = ["GPU", "Devices", "parse_size", "probe_ram", "ram_only"]
 
 
 @dataclass(frozen=True)
@@ -95,39 +71,22 @@ class Devices:
         avail = ram_bytes if available_bytes is None else available_bytes
         return cls(ram_total_bytes=ram_bytes, ram_available_bytes=avail, gpus=gpus)
 
+    def with_remote(self, remote: Sequence[GPU], notes: Sequence[str] = ()) -> Devices:
+        """These devices with ``remote`` ones (RPC workers' devices) ahead of the local
+        GPUs, as llama.cpp orders them ("to minimize network transfers",
+        llama.cpp's llama_prepare_model_devices), and ``notes`` on workers left out."""
+        return replace(
+            self,
+            gpus=tuple(remote) + self.usable_gpus,
+            can_offload=bool(remote) or self.can_offload,
+            notes=self.notes + tuple(notes),
+        )
+
     def simulate_gpu(self, size: int) -> Devices:
         """These RAM facts with one empty card of ``size`` bytes instead of the real GPUs
         (``size`` 0: no GPU at all)."""
         gpus = (GPU("GPU0", size, size, "simulated"),) if size > 0 else ()
         return replace(self, gpus=gpus, can_offload=True, source="simulated", notes=())
-
-
-def with_workers(
-    devices: Devices, endpoints: Sequence[str], *, timeout: float = 5.0
-) -> tuple[Devices, tuple[str, ...]]:
-    """``devices`` with the devices of the RPC workers at ``endpoints`` that answer
-    within ``timeout`` seconds, and those workers' addresses (the ones to load with).
-    A worker that does not answer is left out, with a note that says so."""
-    from localserve.engine.rpc import probe_workers
-
-    if not endpoints:
-        return devices, ()
-    found, notes = probe_workers(endpoints, timeout)
-    remote = tuple(
-        GPU(f"RPC{i}", d.total_bytes, d.free_bytes, d.endpoint) for i, d in enumerate(found)
-    )
-    answered = tuple(dict.fromkeys(d.endpoint for d in found))
-    return (
-        replace(
-            devices,
-            # llama.cpp puts RPC devices before the local GPUs ("to minimize network
-            # transfers", llama.cpp's llama_prepare_model_devices).
-            gpus=remote + devices.usable_gpus,
-            can_offload=bool(remote) or devices.can_offload,
-            notes=devices.notes + notes,
-        ),
-        answered,
-    )
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -204,88 +163,8 @@ def probe_ram(meminfo: str = "/proc/meminfo") -> tuple[int, int]:
         return 0, 0
 
 
-# ------------------------------------------------------------------------------ GPUs
-
-
-def probe(*, gpus: bool = True) -> Devices:
-    """The real machine: RAM, and the GPUs llama.cpp would use (see the module docstring).
-
-    ``gpus=False`` reads RAM only (for a simulated card: nothing loads llama.cpp then).
-    """
+def ram_only() -> Devices:
+    """This machine's RAM and no GPU: what a CPU-only load plans against, and the base
+    a simulated card (``localserve plan --gpu-memory``) is put on. Loads no library."""
     total, available = probe_ram()
-    base = Devices(ram_total_bytes=total, ram_available_bytes=available, source="none")
-    if not gpus:
-        return base
-    try:
-        return _probe_ggml(base)
-    except (ImportError, OSError, AttributeError) as exc:
-        log.debug("ggml device probe unavailable: %s", exc)
-    try:
-        found = _probe_nvml()
-    except Exception as exc:  # pynvml raises its own NVMLError types
-        log.debug("NVML probe unavailable: %s", exc)
-        return base
-    return replace(base, gpus=found, source="nvml")
-
-
-def _probe_ggml(base: Devices) -> Devices:
-    # The engine owns llama_cpp; this read-only device query is the one exception.
-    import llama_cpp.llama_cpp as llama
-
-    from localserve.engine.rpc import ggml_library
-
-    if not llama.llama_supports_gpu_offload():
-        notes: tuple[str, ...] = ()
-        try:
-            seen = _probe_nvml()
-        except Exception:
-            seen = ()
-        if seen:
-            names = ", ".join(g.description or g.name for g in seen)
-            notes = (
-                f"this llama-cpp-python build cannot offload to a GPU, so {names} is not "
-                "used; see docs/gpu.md to install a CUDA build",
-            )
-        return replace(base, can_offload=False, source="ggml", notes=notes)
-    lib = ggml_library()
-    discrete: list[GPU] = []
-    integrated: list[GPU] = []
-    for i in range(int(lib.ggml_backend_dev_count())):
-        dev = lib.ggml_backend_dev_get(i)
-        kind = int(lib.ggml_backend_dev_type(dev))
-        if kind not in (_DEV_GPU, _DEV_IGPU):
-            continue  # the CPU, and accelerators (BLAS, AMX) that work with it
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        if free.value == 0 and total.value == 0:
-            # As llama.cpp does: a device that reports nothing shares host memory.
-            free.value, total.value = base.ram_available_bytes, base.ram_total_bytes
-        gpu = GPU(
-            name=(lib.ggml_backend_dev_name(dev) or b"").decode("utf-8", "replace"),
-            total_bytes=int(total.value),
-            free_bytes=int(free.value),
-            description=(lib.ggml_backend_dev_description(dev) or b"").decode("utf-8", "replace"),
-        )
-        (discrete if kind == _DEV_GPU else integrated).append(gpu)
-    # llama.cpp uses integrated GPUs only when there is no discrete one.
-    return replace(base, gpus=tuple(discrete or integrated), source="ggml")
-
-
-def _probe_nvml() -> tuple[GPU, ...]:
-    import importlib
-
-    # nvidia-ml-py is optional and untyped: imported by name so that mypy does not need it.
-    pynvml: Any = importlib.import_module("pynvml")
-    pynvml.nvmlInit()
-    try:
-        gpus = []
-        for i in range(int(pynvml.nvmlDeviceGetCount())):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            if isinstance(name, bytes):
-                name = name.decode("utf-8", "replace")
-            gpus.append(GPU(f"CUDA{i}", int(memory.total), int(memory.free), str(name)))
-        return tuple(gpus)
-    finally:
-        pynvml.nvmlShutdown()
+    return Devices(ram_total_bytes=total, ram_available_bytes=available, source="none")

@@ -71,7 +71,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal
 
-from localserve.engine.options import KV_CACHE_TYPES
+from localserve.config import KV_CACHE_TYPES
 from localserve.errors import InvalidOptionError, ModelTooLargeError
 from localserve.plan.devices import GPU, Devices
 from localserve.store.adapter import AdapterInfo

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from localserve.engine.options import SPECULATIVE, LoadOptions
-from localserve.engine.protocol import NO_EXTRAS, DoneEvent, Event, GenerateJob, ModelFiles
 from localserve.errors import InvalidOptionError, ModelNotFoundError, ServerBusyError
+from localserve.runtime.options import SPECULATIVE, LoadOptions
+from localserve.runtime.protocol import NO_EXTRAS, DoneEvent, Event, GenerateJob, ModelFiles
 from localserve.store.manifest import Manifest
 from localserve.store.refs import ModelRef
 from localserve.store.store import ModelStore
@@ -48,7 +48,7 @@ Reply = dict[str, Any]  # a runner's one answer to embed / stats
 
 
 class Runner(Protocol):
-    """What the scheduler needs of a runner (engine/client.py's RunnerClient; a fake in tests)."""
+    """What the scheduler needs of a runner (scheduler/runner_client.py's RunnerClient; a fake in tests)."""
 
     info: dict[str, Any]
 
@@ -76,7 +76,7 @@ class RunnerFactory(Protocol):
 async def start_runner(
     paths: Sequence[Path], options: LoadOptions, *, extras: ModelFiles = NO_EXTRAS
 ) -> Runner:
-    from localserve.engine.client import RunnerClient
+    from localserve.scheduler.runner_client import RunnerClient
 
     return await RunnerClient.start(paths, options, extras=extras)
 

@@ -24,8 +24,8 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from localserve.engine.protocol import GenerateJob
 from localserve.errors import InvalidOptionError
+from localserve.runtime.protocol import GenerateJob
 
 # Formats llama.cpp's stb_image decodes, by Pillow's names for them.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TGA", "PPM", "PSD")

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from localserve.engine.options import SamplingOptions
-from localserve.engine.protocol import DoneEvent, GenerateJob
+from localserve.runtime.options import SamplingOptions
+from localserve.runtime.protocol import DoneEvent, GenerateJob
 from localserve.schemas.base import Request, keep_alive_seconds
 from localserve.schemas.media import check_media
 from localserve.schemas.tools import check_think, check_tools, history_message

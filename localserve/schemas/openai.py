@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from localserve.engine.options import SamplingOptions
-from localserve.engine.protocol import DoneEvent, GenerateJob
 from localserve.errors import InvalidOptionError
+from localserve.runtime.options import SamplingOptions
+from localserve.runtime.protocol import DoneEvent, GenerateJob
 from localserve.schemas.base import Request
 from localserve.schemas.media import check_media, from_url
 from localserve.schemas.tools import THINK_LEVELS, check_tools, history_message

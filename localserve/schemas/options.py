@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from localserve.engine.options import LoadOptions, SamplingOptions
 from localserve.errors import InvalidOptionError
+from localserve.runtime.options import LoadOptions, SamplingOptions
 
 LOAD_KEYS = {"num_ctx", "num_batch", "num_gpu", "num_thread", "kv_cache_type", "flash_attention"}
 SAMPLING_KEYS = {

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from localserve import __version__
 from localserve.config import Settings, load_settings
-from localserve.engine.options import LoadOptions
+from localserve.runtime.options import LoadOptions
 from localserve.scheduler.scheduler import RunnerFactory, Scheduler, start_runner
 from localserve.server import errors, security
 from localserve.server.metrics import Metrics

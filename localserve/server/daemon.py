@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from localserve import __version__
-from localserve.config import Settings
+from localserve.config import Settings, is_loopback
 from localserve.errors import LocalserveError
-from localserve.server.security import is_loopback
 
 log = logging.getLogger("localserve.daemon")
 

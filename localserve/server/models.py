@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from localserve.engine.chat.formats import PLAIN, ChatFormat, detect
-from localserve.engine.templates import ChatTemplate
 from localserve.errors import StoreError, TemplateError
+from localserve.runtime.chat.formats import PLAIN, ChatFormat, detect
+from localserve.runtime.templates import ChatTemplate
 from localserve.schemas.ollama import timestamp
 from localserve.store.create import ModelConfig, iter_config_lines, model_modelfile, read_config
 from localserve.store.gguf import (
@@ -85,7 +85,7 @@ def chat_template(app: Any, manifest: Manifest) -> str | None:
 
 def chat_format(app: Any, manifest: Manifest) -> ChatFormat:
     """What the model's chat template can do (tools, thinking), found by rendering it
-    (engine/chat/formats.py); cached per template like the header per blob."""
+    (runtime/chat/formats.py); cached per template like the header per blob."""
     cache: dict[str, ChatFormat] = app.state.formats
     source = chat_template(app, manifest)
     key = manifest.digest if manifest.layer("template") is None else f"template:{source}"

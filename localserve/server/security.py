@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from localserve.config import Settings
+from localserve.config import Settings, is_loopback
 from localserve.server.errors import error_body
 
 if TYPE_CHECKING:
@@ -42,15 +42,6 @@ PUBLIC_PREFIX = "/web/"  # the chat page's scripts and styles: nothing secret in
 LOCAL_ORIGIN = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def install(app: FastAPI, settings: Settings) -> None:

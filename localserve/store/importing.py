@@ -28,7 +28,7 @@ from localserve.store.manifest import BlobEntry, ImportSource, Manifest
 from localserve.store.progress import Progress
 from localserve.store.refs import parse_ref
 from localserve.store.store import ModelStore
-from localserve.store.verify import blob_problem, record_verified
+from localserve.store.verify import blob_problem
 
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 _BLOCK = 8 << 20
@@ -161,7 +161,7 @@ def stage_blob(store: ModelStore, source: Path) -> Generator[Progress, None, str
             # Imported before by a hard link: the very bytes just hashed. Stamp after the
             # unlink, which changes the file's ctime.
             staged.unlink()
-            record_verified(store, digest)
+            store.record_verified(digest)
         elif store.has_blob(digest) and blob_problem(store, digest, size) is None:
             staged.unlink()
         else:  # new, or the stored copy changed on disk: these checked bytes replace it

@@ -170,8 +170,8 @@ def check_template(template: str, where: str) -> str:
             "takes a Jinja chat template, the format of a GGUF's tokenizer.chat_template "
             "({% for message in messages %}...)"
         )
-    from localserve.engine.templates import ChatTemplate
     from localserve.errors import TemplateError
+    from localserve.runtime.templates import ChatTemplate
 
     try:
         ChatTemplate(template, bos_token="", eos_token="")

@@ -22,10 +22,12 @@ to a blob afterwards (a disk fault, an edit of an imported file) is verify.py's 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +36,22 @@ from pydantic import ValidationError
 from localserve.errors import InvalidReferenceError, ModelNotFoundError, StoreError
 from localserve.store.manifest import CopySource, Manifest
 from localserve.store.refs import ModelRef, parse_digest, parse_ref
+
+log = logging.getLogger("localserve.store")
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A blob's stat as of the moment its sha256 last matched (verify.py)."""
+
+    size: int
+    inode: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stamp:
+        return cls(st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -267,11 +285,39 @@ class ModelStore:
             return None
         return self.blob_path(manifest.projector.digest)
 
+    # Stamps: a blob's stat as of its last sha256 check (verify.py says what they are for).
+
+    def read_stamp(self, digest: str) -> Stamp | None:
+        """The blob's stamp; None when there is none or it cannot be read (then: re-hash)."""
+        try:
+            data = json.loads(self.stamp_path(digest).read_bytes())
+            return Stamp(
+                size=int(data["size"]),
+                inode=int(data["inode"]),
+                mtime_ns=int(data["mtime_ns"]),
+                ctime_ns=int(data["ctime_ns"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write_stamp(self, digest: str, stamp: Stamp) -> None:
+        """Record ``stamp``; a stamp that cannot be written (a read-only store) only means
+        the blob is hashed again at its next check, so that is no error."""
+        try:
+            self.verified_dir.mkdir(parents=True, exist_ok=True)
+            # Not fsynced: a stamp lost to a power cut only costs one re-hash.
+            data = json.dumps(asdict(stamp)).encode()
+            atomic_write(self.stamp_path(digest), data, durable=False)
+        except OSError as exc:
+            log.info("cannot record blob sha256-%s as verified: %s", digest[:12], exc)
+
+    def record_verified(self, digest: str) -> None:
+        """Stamp blob ``digest`` as it is now; call right after its bytes were checked."""
+        self.write_stamp(digest, Stamp.of(self.blob_path(digest).stat()))
+
     def commit_blob(self, staged: Path, digest: str) -> Path:
         """Move a verified file into blobs/ under its digest (atomic, same filesystem),
         and stamp it as verified."""
-        from localserve.store.verify import record_verified
-
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         target = self.blob_path(digest)
         with open(staged, "rb") as handle:
@@ -279,7 +325,7 @@ class ModelStore:
         os.replace(staged, target)
         _fsync_dir(self.blobs_dir)
         # After the rename: a rename changes the file's ctime, which the stamp records.
-        record_verified(self, digest)
+        self.record_verified(digest)
         return target
 
     def delete_blob(self, digest: str) -> None:

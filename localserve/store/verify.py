@@ -22,64 +22,17 @@ full re-hash would find; the cheap path does not pay for that on every load.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from localserve.errors import DamagedModelError, InvalidReferenceError
 from localserve.store.manifest import Manifest
 from localserve.store.refs import parse_ref
-from localserve.store.store import ModelStore, atomic_write
+from localserve.store.store import ModelStore, Stamp
 
 log = logging.getLogger("localserve.store")
-
-
-@dataclass(frozen=True)
-class Stamp:
-    """A blob's stat as of the moment its sha256 last matched."""
-
-    size: int
-    inode: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> Stamp:
-        return cls(st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def read_stamp(store: ModelStore, digest: str) -> Stamp | None:
-    """The blob's stamp; None when there is none or it cannot be read (then: re-hash)."""
-    try:
-        data = json.loads(store.stamp_path(digest).read_bytes())
-        return Stamp(
-            size=int(data["size"]),
-            inode=int(data["inode"]),
-            mtime_ns=int(data["mtime_ns"]),
-            ctime_ns=int(data["ctime_ns"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def write_stamp(store: ModelStore, digest: str, stamp: Stamp) -> None:
-    """Record ``stamp``; a stamp that cannot be written (a read-only store) only means
-    the blob is hashed again at its next check, so that is no error."""
-    try:
-        store.verified_dir.mkdir(parents=True, exist_ok=True)
-        # Not fsynced: a stamp lost to a power cut only costs one re-hash.
-        data = json.dumps(asdict(stamp)).encode()
-        atomic_write(store.stamp_path(digest), data, durable=False)
-    except OSError as exc:
-        log.info("cannot record blob sha256-%s as verified: %s", digest[:12], exc)
-
-
-def record_verified(store: ModelStore, digest: str) -> None:
-    """Stamp blob ``digest`` as it is now; call right after its bytes were checked."""
-    write_stamp(store, digest, Stamp.of(store.blob_path(digest).stat()))
 
 
 def blob_problem(store: ModelStore, digest: str, size: int) -> str | None:
@@ -96,7 +49,7 @@ def blob_problem(store: ModelStore, digest: str, size: int) -> str | None:
         return f"cannot be read ({exc.strerror})"
     if st.st_size != size:
         return f"is {st.st_size} bytes instead of {size}"
-    if read_stamp(store, digest) == Stamp.of(st):
+    if store.read_stamp(digest) == Stamp.of(st):
         return None
     log.info(
         "checking the sha256 of blob sha256-%s (%d bytes): not verified since it last changed",
@@ -113,7 +66,7 @@ def blob_problem(store: ModelStore, digest: str, size: int) -> str | None:
         return "no longer matches its sha256 (it changed on disk)"
     log.info("blob sha256-%s verified in %.1fs", digest[:12], time.perf_counter() - started)
     if stamp is not None:
-        write_stamp(store, digest, stamp)
+        store.write_stamp(digest, stamp)
     return None
 
 

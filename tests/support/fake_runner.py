@@ -1,4 +1,4 @@
-"""A scripted stand-in for engine/client.py's RunnerClient: the scheduler's and the
+"""A scripted stand-in for scheduler/runner_client.py's RunnerClient: the scheduler's and the
 routes' tests run in-process against it, with no llama.cpp.
 
 Every generation yields ``TextEvent("Hello")``, waits for its job's ``gate`` (an
@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from localserve.engine.options import LoadOptions
-from localserve.engine.protocol import (
+from localserve.errors import EngineError, RunnerCrashedError
+from localserve.runtime.options import LoadOptions
+from localserve.runtime.protocol import (
     NO_EXTRAS,
     DoneEvent,
     Event,
@@ -25,7 +26,6 @@ from localserve.engine.protocol import (
     ModelFiles,
     TextEvent,
 )
-from localserve.errors import EngineError, RunnerCrashedError
 
 T = TypeVar("T")
 ID = "r1"  # the request id on the fake's events (the real client's are per request)

@@ -1,11 +1,11 @@
-"""Running a job on a runner process (engine/client.py) given in its wire form."""
+"""Running a job on a runner process (scheduler/runner_client.py) given in its wire form."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from localserve.engine.client import RunnerClient
-from localserve.engine.protocol import DoneEvent, GenerateJob, TextEvent, event_to_wire
+from localserve.runtime.protocol import DoneEvent, GenerateJob, TextEvent, event_to_wire
+from localserve.scheduler.runner_client import RunnerClient
 
 
 async def collect(runner: RunnerClient, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -10,8 +10,9 @@ from typing import Any
 
 from fastapi import Request
 
-from localserve.engine.options import SamplingOptions
-from localserve.engine.protocol import (
+from localserve.errors import InvalidOptionError, LocalserveError
+from localserve.runtime.options import SamplingOptions
+from localserve.runtime.protocol import (
     DoneEvent,
     Event,
     GenerateJob,
@@ -20,7 +21,6 @@ from localserve.engine.protocol import (
     ThinkingEvent,
     ToolCallEvent,
 )
-from localserve.errors import InvalidOptionError, LocalserveError
 from localserve.scheduler.scheduler import ModelRequest, Scheduler
 from localserve.schemas.media import check_count, media_kinds
 from localserve.schemas.options import split_options

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from localserve import __version__
-from localserve.engine.protocol import (
+from localserve.runtime.protocol import (
     DoneEvent,
     GenerateJob,
     LogprobsEvent,

@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from localserve.engine.options import SamplingOptions
-from localserve.engine.protocol import (
+from localserve.runtime.options import SamplingOptions
+from localserve.runtime.protocol import (
     DoneEvent,
     Event,
     GenerateJob,

@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from localserve.engine.templates import ChatTemplate
 from localserve.errors import TemplateError
+from localserve.runtime.templates import ChatTemplate
 
 FormatKind = Literal[
     "hermes",  # <tool_call>{"name": ..., "arguments": {...}}</tool_call>

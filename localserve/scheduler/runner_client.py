@@ -21,8 +21,15 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from localserve.engine.options import LoadOptions
-from localserve.engine.protocol import (
+from localserve.errors import (
+    EngineError,
+    InvalidOptionError,
+    PromptTooLongError,
+    RunnerCrashedError,
+    TemplateError,
+)
+from localserve.runtime.options import LoadOptions
+from localserve.runtime.protocol import (
     HEADER,
     DoneEvent,
     ErrorEvent,
@@ -32,13 +39,6 @@ from localserve.engine.protocol import (
     decode_body,
     encode,
     event_from_wire,
-)
-from localserve.errors import (
-    EngineError,
-    InvalidOptionError,
-    PromptTooLongError,
-    RunnerCrashedError,
-    TemplateError,
 )
 
 log = logging.getLogger("localserve.runner")

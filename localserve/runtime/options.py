@@ -11,61 +11,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Final
+from typing import Any
 
+from localserve.config import (
+    check_kv_flash_attention,
+    flash_attention_mode,
+    kv_cache_type,
+)
 from localserve.errors import InvalidOptionError
-
-# The KV cache types llama.cpp takes for type_k / type_v (llama-server's --cache-type-k
-# list), Ollama's three first. f16, q8_0 and q4_0 have flash-attention kernels on every
-# backend; the others run everywhere on the CPU, but a GPU build may lack kernels for
-# them (CUDA builds them only with GGML_CUDA_FA_ALL_QUANTS) and run attention on the CPU.
-KV_CACHE_TYPES: Final = ("f16", "q8_0", "q4_0", "f32", "bf16", "q4_1", "iq4_nl", "q5_0", "q5_1")
-# Not quantized: no block size to respect, and no flash attention needed for the V cache.
-PLAIN_KV_CACHE_TYPES: Final = frozenset({"f32", "f16", "bf16"})
-FLASH_ATTENTION_MODES: Final = ("auto", "on", "off")
-_FLASH_ALIASES: Final = {
-    "auto": "auto",
-    "on": "on",
-    "true": "on",
-    "1": "on",
-    "enabled": "on",
-    "off": "off",
-    "false": "off",
-    "0": "off",
-    "disabled": "off",
-}
-
-
-def kv_cache_type(value: object, name: str = "kv_cache_type") -> str:
-    """A KV cache type in llama.cpp's spelling (``Q8_0`` -> ``q8_0``), or a clear error."""
-    text = value.strip().lower() if isinstance(value, str) else None
-    if text not in KV_CACHE_TYPES:
-        raise InvalidOptionError(
-            f"{name} must be one of {', '.join(KV_CACHE_TYPES)}, got {value!r}"
-        )
-    return text
-
-
-def flash_attention_mode(value: object, name: str = "flash_attention") -> str:
-    """``auto``, ``on`` or ``off`` (booleans and 1/0 as Ollama's OLLAMA_FLASH_ATTENTION)."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    found = _FLASH_ALIASES.get(value.strip().lower()) if isinstance(value, str) else None
-    if found is None:
-        raise InvalidOptionError(
-            f"{name} must be one of {', '.join(FLASH_ATTENTION_MODES)}, got {value!r}"
-        )
-    return found
-
-
-def check_kv_flash_attention(kv_type: str, flash_attention: str) -> None:
-    """llama.cpp reads a quantized V cache only through flash attention: refuse the
-    combination here rather than let the context fail to build."""
-    if kv_type not in PLAIN_KV_CACHE_TYPES and flash_attention == "off":
-        raise InvalidOptionError(
-            f"a {kv_type} V cache needs flash attention: set flash_attention to on or auto",
-            hint="or use kv_cache_type f16 (LOCALSERVE_KV_CACHE_TYPE, LOCALSERVE_FLASH_ATTENTION)",
-        )
 
 
 def default_threads() -> int:

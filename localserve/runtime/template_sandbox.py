@@ -1,4 +1,4 @@
-"""The Jinja sandbox that chat templates run in (engine/templates.py renders chats with it).
+"""The Jinja sandbox that chat templates run in (runtime/templates.py renders chats with it).
 
 A chat template comes from whoever uploaded the model, so it is treated as hostile.
 It is rendered the way Hugging Face transformers renders it, so real templates

@@ -25,14 +25,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from localserve.engine.chat.formats import (
+from localserve.runtime.chat.formats import (
     DEEPSEEK_CALL_BEGIN,
     DEEPSEEK_CALL_END,
     DEEPSEEK_SEP,
     ThinkingTags,
     ToolFormat,
 )
-from localserve.engine.protocol import Event, TextEvent, ThinkingEvent, ToolCallEvent
+from localserve.runtime.protocol import Event, TextEvent, ThinkingEvent, ToolCallEvent
 
 Call = tuple[str, dict[str, Any], str]  # name, arguments, the model's call id
 # JSON is parsed with strict=False: a raw control character inside a string (a weak

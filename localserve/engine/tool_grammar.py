@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from localserve.engine.chat.formats import (
+from localserve.errors import InvalidOptionError
+from localserve.runtime.chat.formats import (
     DEEPSEEK_CALL_BEGIN,
     DEEPSEEK_CALL_END,
     DEEPSEEK_CALLS_BEGIN,
@@ -31,7 +32,6 @@ from localserve.engine.chat.formats import (
     DEEPSEEK_SEP,
     ToolFormat,
 )
-from localserve.errors import InvalidOptionError
 
 MAX_SCHEMA_BYTES = 64 << 10
 _SPACE = "[ \\t\\n]{0,8}"

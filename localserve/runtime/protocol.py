@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from localserve.engine.options import SamplingOptions
+from localserve.runtime.options import SamplingOptions
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 << 20  # a batch of embeddings for many long inputs is the largest thing sent

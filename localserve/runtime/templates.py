@@ -1,7 +1,7 @@
 """Chat templates: the Jinja in a GGUF's ``tokenizer.chat_template``, rendered safely.
 
 A chat template comes from whoever uploaded the model, so it is treated as hostile:
-it is compiled and rendered in the sandbox of engine/template_sandbox.py, with time,
+it is compiled and rendered in the sandbox of runtime/template_sandbox.py, with time,
 output, size and memory limits. It is rendered the way Hugging Face transformers
 renders it, so real templates behave the same here, with the variables ``messages``,
 ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``tools`` (None when absent),
@@ -49,8 +49,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from localserve.engine.template_sandbox import DEFAULT_LIMITS, SandboxedTemplate, TemplateLimits
 from localserve.errors import InvalidOptionError
+from localserve.runtime.template_sandbox import DEFAULT_LIMITS, SandboxedTemplate, TemplateLimits
 
 __all__ = [
     "DEFAULT_LIMITS",
