@@ -8,7 +8,6 @@ import typer
 
 from localserve.cli import output
 from localserve.cli.params import JsonOpt
-from localserve.plan.planner import processor_label
 
 if TYPE_CHECKING:
     from localserve.client import RunningModel
@@ -20,6 +19,10 @@ app = typer.Typer()
 def ps(as_json: JsonOpt = False) -> None:
     """List the models loaded in the daemon, and when each will be unloaded."""
     from localserve.client import Client
+
+    # Here, not at the top: the planner module brings the settings (pydantic) and the
+    # GGUF reader, which `localserve --help` must not pay for.
+    from localserve.plan.planner import processor_label
 
     with Client.from_settings() as client:
         running = client.ps()
@@ -44,6 +47,8 @@ def ps(as_json: JsonOpt = False) -> None:
 
 
 def _entry(m: RunningModel) -> dict[str, Any]:
+    from localserve.plan.planner import processor_label
+
     return {
         "name": m.name,
         "id": m.short_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import collections
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,30 +67,40 @@ def imports() -> Iterator[Import]:
     """Every import statement of every localserve module, localserve's and others'."""
     known = modules()
     for name, path in known.items():
-        tree = ast.parse(path.read_text(), str(path))
-        inside = {
-            id(node)
-            for func in ast.walk(tree)
-            if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef)
-            for node in ast.walk(func)
-        }
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(tree):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parent = package.split(".")
-                    parent = parent[: len(parent) - node.level + 1]
-                    base = ".".join([*parent, base] if base else parent)
-                # ``from localserve.engine import rpc`` imports the module engine.rpc.
-                targets = [
-                    f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
-                ]
-            for target in targets:
-                yield Import(name, target, node.lineno, id(node) in inside)
+        yield from imports_in(name, path.read_text(), known, package=path.name == "__init__.py")
+
+
+def imports_in(
+    name: str, source: str, known: Iterable[str], *, package: bool = False
+) -> Iterator[Import]:
+    """The import statements of module ``name`` with this ``source`` (``package``: it is
+    a package's ``__init__``); ``known`` tells modules from names imported out of them."""
+    tree = ast.parse(source, name)
+    inside = {
+        id(node)
+        for func in ast.walk(tree)
+        if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef)
+        for node in ast.walk(func)
+    }
+    known = set(known)
+    parent_package = name if package else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                parent = parent_package.split(".")
+                parent = parent[: len(parent) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            # ``from localserve.engine import rpc`` imports the module engine.rpc.
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
+        for target in targets:
+            yield Import(name, target, node.lineno, id(node) in inside)
 
 
 def layer_of(module: str) -> str:
@@ -105,8 +115,17 @@ RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 def violations() -> list[str]:
     """What breaks the order: upward or sideways imports, the daemon importing the engine,
     a library imported outside the layer that owns it."""
+    return _check(imports())
+
+
+def violations_in(name: str, source: str) -> list[str]:
+    """What :func:`violations` would say of module ``name`` if it held ``source``."""
+    return _check(imports_in(name, source, modules()))
+
+
+def _check(found_imports: Iterable[Import]) -> list[str]:
     found: list[str] = []
-    for imp in dict.fromkeys(imports()):  # one entry per statement and target
+    for imp in dict.fromkeys(found_imports):  # one entry per statement and target
         top = imp.target.split(".")[0]
         if top in OWNED and layer_of(imp.source) not in OWNED[top]:
             found.append(f"{imp.where}: only {', '.join(OWNED[top])} may import {top}")
