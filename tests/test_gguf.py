@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from localserve.errors import InvalidGGUFError
-from localserve.store import gguf as gguf_module
 from localserve.store.gguf import (
     ArraySummary,
     GGUFInfo,
@@ -21,6 +20,7 @@ from localserve.store.gguf import (
     read_gguf_from,
     read_gguf_model,
 )
+from localserve.store.gguf import parser as gguf_parser
 from tests.support import bad_gguf as bad
 from tests.support.bad_gguf import (
     ARRAY,
@@ -600,7 +600,7 @@ def test_string_over_64_mib_is_refused_even_in_a_huge_file() -> None:
 
 def test_header_size_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # Many 1 MiB strings: each allowed, together more header than we will buffer.
-    monkeypatch.setattr(gguf_module, "MAX_HEADER_BYTES", 4 << 20)
+    monkeypatch.setattr(gguf_parser, "MAX_HEADER_BYTES", 4 << 20)
     data = gguf_bytes([kv(f"k{i}", STRING, b"x" * (1 << 20)) for i in range(5)])
     with pytest.raises(InvalidGGUFError, match="header is larger than 4 MiB"):
         _parse(data)

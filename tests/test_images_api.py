@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from localserve.plan.devices import Devices
-from localserve.plan.planner import plan, projector_need
+from localserve.plan.planner import plan
+from localserve.plan.sizes import projector_need
 from localserve.store.gguf import read_gguf_model, read_projector
 from tests.support.daemon import Daemon, add_model, running_daemon
 from tests.support.tiny_gguf import write_tiny_gguf

@@ -461,7 +461,8 @@ def test_plan_of_a_hub_model_holds_the_projector_pull_would_fetch(
     hub: FakeHub, store: ModelStore, files: dict[str, Path]
 ) -> None:
     from localserve.plan.devices import Devices
-    from localserve.plan.planner import plan, projector_need
+    from localserve.plan.planner import plan
+    from localserve.plan.sizes import projector_need
     from localserve.plan.source import read_hub_header
     from localserve.store.gguf import read_gguf_model
     from localserve.store.refs import parse_ref

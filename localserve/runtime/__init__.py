@@ -4,7 +4,8 @@ logic both sides need.
 - ``protocol``: the frames over the runner's pipe, typed (the load, the ready reply,
   jobs, events, embed and stats results, error kinds); JSON exists only at the pipe.
 - ``options``: load and sampling options, validated.
-- ``templates`` and ``template_sandbox``: chat templates rendered in a sandboxed Jinja.
+- ``templates`` and ``template_sandbox``: chat templates rendered in a sandboxed Jinja
+  (its environment in ``template_environment``, its limits in ``template_limits``).
 - ``chat``: what a template can do (tool-call format, thinking tags) and the parsers
   that split an answer into text, thinking and tool calls.
 

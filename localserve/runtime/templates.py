@@ -50,7 +50,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from localserve.errors import InvalidOptionError
-from localserve.runtime.template_sandbox import DEFAULT_LIMITS, SandboxedTemplate, TemplateLimits
+from localserve.runtime.template_limits import DEFAULT_LIMITS, TemplateLimits
+from localserve.runtime.template_sandbox import SandboxedTemplate
 
 __all__ = [
     "DEFAULT_LIMITS",

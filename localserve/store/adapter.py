@@ -1,7 +1,7 @@
 """LoRA adapters: read an adapter GGUF and check it against its base model.
 
 An adapter is a GGUF like a model, and its header goes through the same checks
-(store/gguf.py); then it must be what llama.cpp's ``llama_adapter_lora_init``
+(store/gguf/); then it must be what llama.cpp's ``llama_adapter_lora_init``
 (src/llama-adapter.cpp in the vendored sources) accepts, and everything it would
 refuse, or abort on, is refused here first with a clear reason, so that a wrong file
 is turned away when a model is created, not when it loads:
@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from localserve.errors import InvalidGGUFError, WrongGGUFKindError
-from localserve.store.gguf import PROJECTOR_ARCHITECTURE, GGUFInfo, TensorInfo, read_gguf
+from localserve.store.gguf.format import PROJECTOR_ARCHITECTURE
+from localserve.store.gguf.info import GGUFInfo, TensorInfo
+from localserve.store.gguf.parser import read_gguf
 
 __all__ = ["AdapterInfo", "LoraPair", "check_adapter", "read_adapter"]
 
