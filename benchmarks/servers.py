@@ -86,12 +86,12 @@ class Localserve:
 
     async def start(self) -> None:
         from localserve.runtime.options import LoadOptions
+        from localserve.runtime.protocol import LoadRequest
         from localserve.scheduler.runner_client import RunnerClient
 
         model, parallel, ctx, threads = self.args
-        self.runner = await RunnerClient.start(
-            [model], LoadOptions(num_ctx=ctx, num_parallel=parallel, num_thread=threads)
-        )
+        options = LoadOptions(num_ctx=ctx, num_parallel=parallel, num_thread=threads)
+        self.runner = await RunnerClient.start(LoadRequest((model,), options))
 
     async def stream(self, text: str, tokens: int) -> Stream:
         from localserve.runtime.options import SamplingOptions

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from localserve.runtime.options import LoadOptions
+from localserve.runtime.protocol import LoadRequest
 from localserve.scheduler.runner_client import RunnerClient
 from tests.support.jobs import collect
 
@@ -18,18 +19,18 @@ pytestmark = pytest.mark.slow
 def test_gemma_batches_caches_and_chats(gemma_gguf_path: Path) -> None:
     async def body() -> None:
         runner = await RunnerClient.start(
-            [gemma_gguf_path], LoadOptions(num_ctx=1024, num_parallel=4, num_thread=2)
+            LoadRequest((gemma_gguf_path,), LoadOptions(num_ctx=1024, num_parallel=4, num_thread=2))
         )
         try:
-            assert runner.info["has_template"] is False  # a base model: fallback format
+            assert runner.info.has_template is False  # a base model: fallback format
             greedy = {"temperature": 0, "num_predict": 16, "ignore_eos": True}
             prompts = [f"The {word} is" for word in ("sky", "sea", "sun", "moon")]
             results = await asyncio.gather(
                 *(collect(runner, {"prompt": p, "options": greedy}) for p in prompts)
             )
             assert all(done["eval_count"] == 16 for _, done in results)
-            stats = await runner.call("stats")
-            assert stats["max_jobs_in_step"] == 4
+            stats = await runner.stats()
+            assert stats.max_jobs_in_step == 4
 
             text, _ = await collect(
                 runner,

@@ -24,7 +24,7 @@ from localserve.engine.llama import GGML_KV_TYPES, Context, Model
 from localserve.errors import InvalidOptionError
 from localserve.plan import Devices, plan
 from localserve.runtime.options import LoadOptions, SamplingOptions
-from localserve.runtime.protocol import DoneEvent, TextEvent
+from localserve.runtime.protocol import DoneEvent, LoadRequest, TextEvent
 from localserve.schemas.options import split_options
 from localserve.store.gguf import GGML_TYPES, read_gguf
 from tests.support.daemon import running_daemon
@@ -244,7 +244,7 @@ def test_the_runner_refuses_them_as_an_option_error(tiny_gguf_path: Path) -> Non
 
     async def body() -> None:
         options = LoadOptions(num_ctx=256, num_parallel=1, num_thread=2, kv_cache_type="q4_0")
-        await RunnerClient.start([tiny_gguf_path], options)
+        await RunnerClient.start(LoadRequest((tiny_gguf_path,), options))
 
     with pytest.raises(InvalidOptionError) as caught:
         asyncio.run(asyncio.wait_for(body(), 60))

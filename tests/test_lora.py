@@ -21,7 +21,7 @@ from localserve.engine.llama import LoraAdapter, Model
 from localserve.errors import EngineError, InvalidGGUFError, WrongGGUFKindError
 from localserve.plan import Devices, plan
 from localserve.runtime.options import LoadOptions, SamplingOptions
-from localserve.runtime.protocol import TextEvent
+from localserve.runtime.protocol import LoadRequest, RunnerInfo, TextEvent
 from localserve.store.adapter import AdapterInfo, check_adapter, read_adapter
 from localserve.store.gguf import GGUFInfo, read_gguf, read_gguf_model
 from tests.support.tiny_gguf import finish_gguf, write_tiny_gguf
@@ -389,56 +389,36 @@ def test_adapters_are_freed_once_whatever_the_order(files: dict[str, Path]) -> N
 # --------------------------------------------------------------------------- runner
 
 
-def load_runner(
-    files: dict[str, Path], adapters: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> dict[str, Any]:
-    from localserve.engine import devices
-    from localserve.engine import runner as runner_module
+def load_runner(files: dict[str, Path], adapters: tuple[tuple[Path, float], ...]) -> RunnerInfo:
+    from localserve.engine.loading import Loader
 
-    monkeypatch.setattr(devices, "probe", lambda **_: Devices.cpu_only(64 << 30))
-    runner = runner_module.Runner(out_fd=-1)
-    try:
-        info = runner.load(
-            {
-                "paths": [str(files["base"])],
-                "adapters": adapters,
-                "options": {"num_ctx": 256, "num_parallel": 1, "num_gpu": 0},
-            }
-        )
-        return dict(info)
-    finally:
-        runner.close()
+    loader = Loader(probe=lambda **_: Devices.cpu_only(64 << 30))
+    options = LoadOptions(num_ctx=256, num_parallel=1, num_gpu=0)
+    loaded = loader.load(LoadRequest((files["base"],), options, adapters=adapters))
+    loaded.close()
+    return loaded.info
 
 
-def test_runner_loads_adapters_and_counts_them(
-    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    plain = load_runner(files, [], monkeypatch)
-    tuned = load_runner(
-        files,
-        [
-            {"path": str(files["lora"]), "scale": 1.0},
-            {"path": str(files["everywhere"]), "scale": 0.5},
-        ],
-        monkeypatch,
-    )
-    assert (plain["adapters"], tuned["adapters"]) == (0, 2)
+def test_runner_loads_adapters_and_counts_them(files: dict[str, Path]) -> None:
+    plain = load_runner(files, ())
+    tuned = load_runner(files, ((files["lora"], 1.0), (files["everywhere"], 0.5)))
+    assert (plain.adapters, tuned.adapters) == (0, 2)
     lora = (
         read_adapter(files["lora"]).weights_bytes + read_adapter(files["everywhere"]).weights_bytes
     )
-    assert tuned["size"] - plain["size"] == lora
-    assert "adapters" in tuned["plan"]
+    assert tuned.size - plain.size == lora
+    assert "adapters" in tuned.plan
 
 
 def test_runner_refuses_an_adapter_for_another_model_before_loading(
     files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from localserve.engine import runner as runner_module
+    from localserve.engine.loading import Loader
 
-    runner = runner_module.Runner(out_fd=-1)
-    monkeypatch.setattr(runner, "_load_model", lambda *_: pytest.fail("loaded despite the check"))
+    loader = Loader(probe=lambda **_: Devices.cpu_only(64 << 30))
+    monkeypatch.setattr(loader, "_load_model", lambda *_: pytest.fail("loaded despite the check"))
     with pytest.raises(WrongGGUFKindError, match=r"of shape \[128, 128\]"):
-        runner.load({"paths": [str(files["base"])], "adapters": [{"path": str(files["wide"])}]})
+        loader.load(LoadRequest((files["base"],), adapters=((files["wide"], 1.0),)))
 
 
 # ------------------------------------------------------------------------------ plan

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from localserve.engine import devices
-from localserve.engine import runner as runner_module
+from localserve.engine.loading import Loader
+from localserve.engine.runner import Runner
 from localserve.plan.devices import Devices
-from localserve.runtime.options import SamplingOptions
-from localserve.runtime.protocol import DoneEvent, GenerateJob
+from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.protocol import DoneEvent, ErrorEvent, ErrorKind, GenerateJob, LoadRequest
 from tests.support.tiny_gguf import write_tiny_gguf
 from tests.support.tiny_projector import write_tiny_audio_projector
 from tests.test_audio import AUDIO_TOKENS, sound
@@ -29,18 +29,12 @@ SHORT = SamplingOptions(temperature=0.0, num_predict=2, ignore_eos=True)
 
 
 @pytest.fixture
-def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setattr(devices, "probe", lambda **_: Devices.cpu_only(64 << 30))
+def runner(tmp_path: Path) -> Iterator[Runner]:
     model = write_tiny_gguf(tmp_path / "tiny.gguf")
     projector = write_tiny_audio_projector(tmp_path / "audio.gguf", text_embd=64)
-    loaded = runner_module.Runner(out_fd=-1)
-    loaded.load(
-        {
-            "paths": [str(model)],
-            "projector": str(projector),
-            "options": {"num_ctx": 512, "num_parallel": 2, "num_gpu": 0, "speculative": "off"},
-        }
-    )
+    loader = Loader(probe=lambda **_: Devices.cpu_only(64 << 30))
+    options = LoadOptions(num_ctx=512, num_parallel=2, num_gpu=0, speculative="off")
+    loaded = Runner(-1, loader.load(LoadRequest((model,), options, projector=projector)))
     yield loaded
     loaded.close()
 
@@ -57,25 +51,25 @@ def generate(
     return {"op": "generate", "id": request_id, "job": job.to_wire()}
 
 
-def held_back(runner: Any, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+def held_back(runner: Runner, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Make every preparation wait for the returned event before it starts."""
     release = threading.Event()
-    build = runner._jobs
+    build = runner.jobs.build
 
     def slow(*args: Any) -> Any:
         assert release.wait(60), "the test never released the preparation"
         return build(*args)
 
-    monkeypatch.setattr(runner, "_jobs", slow)
+    monkeypatch.setattr(runner.jobs, "build", slow)
     return release
 
 
-def wait_prepared(runner: Any) -> list[dict[str, Any]]:
+def wait_prepared(runner: Runner) -> list[Any]:
     concurrent.futures.wait(list(runner.preparing.values()), timeout=60)
     return runner.prepared()
 
 
-def steps(runner: Any, count: int) -> list[Any]:
+def steps(runner: Runner, count: int) -> list[Any]:
     events = []
     for _ in range(count):
         events.extend(runner.engine.step())
@@ -83,7 +77,7 @@ def steps(runner: Any, count: int) -> list[Any]:
 
 
 def test_streams_keep_going_while_a_sound_is_prepared(
-    runner: Any, monkeypatch: pytest.MonkeyPatch
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert runner.handle(generate("text", LONG)) == []
     steps(runner, 2)
@@ -107,7 +101,7 @@ def test_streams_keep_going_while_a_sound_is_prepared(
 
 
 def test_cancelled_while_prepared_ends_as_cancelled(
-    runner: Any, monkeypatch: pytest.MonkeyPatch
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runner.handle(generate("text", LONG))
     steps(runner, 1)
@@ -122,7 +116,7 @@ def test_cancelled_while_prepared_ends_as_cancelled(
 
 
 def test_a_bad_sound_prepared_aside_is_an_error_for_its_request_only(
-    runner: Any, monkeypatch: pytest.MonkeyPatch
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runner.handle(generate("text", LONG))
     steps(runner, 1)
@@ -130,8 +124,8 @@ def test_a_bad_sound_prepared_aside_is_an_error_for_its_request_only(
     one_sample = sound(440, seconds=1 / 16_000)
     runner.handle(generate("bad", SHORT, one_sample))
     release.set()
-    entries = wait_prepared(runner)
-    assert len(entries) == 1
-    assert entries[0]["id"] == "bad" and "too short" in entries[0]["message"]
-    assert entries[0]["type"] == "error" and entries[0]["kind"] == "invalid"
+    [error] = wait_prepared(runner)
+    assert isinstance(error, ErrorEvent)
+    assert error.id == "bad" and "too short" in error.message
+    assert error.kind is ErrorKind.INVALID
     assert "text" in runner.engine.jobs  # the stream goes on

@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -19,7 +19,7 @@ from localserve.errors import (
     RunnerCrashedError,
 )
 from localserve.runtime.options import LoadOptions
-from localserve.runtime.protocol import GenerateJob
+from localserve.runtime.protocol import GenerateJob, LoadRequest, RunnerInfo
 from localserve.scheduler.runner_client import RunnerClient
 from tests.support.daemon import alive
 from tests.support.jobs import collect
@@ -34,10 +34,10 @@ def run_async(body: Callable[[], Awaitable[T]]) -> T:
 
 def test_load_generate_chat_and_stats(tiny_gguf_path: Path) -> None:
     async def body() -> None:
-        runner = await RunnerClient.start([tiny_gguf_path], SMALL)
+        runner = await RunnerClient.start(LoadRequest((tiny_gguf_path,), SMALL))
         try:
-            assert runner.info["num_ctx"] == 256 and runner.info["has_template"] is True
-            assert runner.info["load_duration"] > 0
+            assert runner.info.num_ctx == 256 and runner.info.has_template is True
+            assert runner.info.load_duration > 0
             text, done = await collect(
                 runner,
                 {"prompt": "Hello", "raw": True, "options": {"temperature": 0, "num_predict": 10}},
@@ -52,10 +52,10 @@ def test_load_generate_chat_and_stats(tiny_gguf_path: Path) -> None:
             }
             _, done = await collect(runner, chat)
             assert done["prompt_eval_count"] > 5
-            stats = await runner.call("stats")
-            assert stats["slots_total"] == 2 and stats["generated_tokens"] >= 10
-            embedded = await runner.call("embed", inputs=["a", "b"], truncate=True)
-            assert len(embedded["embeddings"]) == 2
+            stats = await runner.stats()
+            assert stats.slots_total == 2 and stats.generated_tokens >= 10
+            embedded = await runner.embed(["a", "b"], truncate=True)
+            assert len(embedded.embeddings) == 2
         finally:
             await runner.close()
         assert runner.process.returncode == 0
@@ -66,7 +66,7 @@ def test_load_generate_chat_and_stats(tiny_gguf_path: Path) -> None:
 
 def test_concurrent_streams_and_a_cancelled_one(tiny_gguf_path: Path) -> None:
     async def body() -> None:
-        runner = await RunnerClient.start([tiny_gguf_path], SMALL)
+        runner = await RunnerClient.start(LoadRequest((tiny_gguf_path,), SMALL))
         try:
             long = {
                 "prompt": "Once",
@@ -90,9 +90,9 @@ def test_concurrent_streams_and_a_cancelled_one(tiny_gguf_path: Path) -> None:
                 )
             )
             assert all(done["eval_count"] == 12 for _, done in results)
-            stats = await runner.call("stats")
-            assert stats["slots_busy"] == 0 and stats["waiting"] == 0
-            assert stats["max_jobs_in_step"] == 2
+            stats = await runner.stats()
+            assert stats.slots_busy == 0 and stats.waiting == 0
+            assert stats.max_jobs_in_step == 2
         finally:
             await runner.close()
 
@@ -102,7 +102,7 @@ def test_concurrent_streams_and_a_cancelled_one(tiny_gguf_path: Path) -> None:
 def test_bad_requests_are_errors_not_crashes(tiny_gguf_path: Path) -> None:
     async def body() -> None:
         runner = await RunnerClient.start(
-            [tiny_gguf_path], LoadOptions(num_ctx=64, num_parallel=1, num_thread=2)
+            LoadRequest((tiny_gguf_path,), LoadOptions(num_ctx=64, num_parallel=1, num_thread=2))
         )
         try:
             with pytest.raises(PromptTooLongError, match="64"):
@@ -128,7 +128,7 @@ def test_killed_runner_fails_its_streams_at_once(tiny_gguf_path: Path) -> None:
         # The whole training context and no end-of-generation: the stream is still
         # running when the kill lands.
         runner = await RunnerClient.start(
-            [tiny_gguf_path], LoadOptions(num_ctx=2048, num_parallel=1, num_thread=2)
+            LoadRequest((tiny_gguf_path,), LoadOptions(num_ctx=2048, num_parallel=1, num_thread=2))
         )
         options = {"temperature": 0, "num_predict": 100_000, "ignore_eos": True}
         stream = runner.generate(
@@ -155,7 +155,7 @@ def test_unloadable_model_is_a_clear_error(tmp_path: Path) -> None:
 
     async def body() -> None:
         with pytest.raises(EngineError, match="failed to load"):
-            await RunnerClient.start([bogus], SMALL)
+            await RunnerClient.start(LoadRequest((bogus,), SMALL))
 
     run_async(body)
 
@@ -171,8 +171,9 @@ def test_runner_dies_with_its_parent(tiny_gguf_path: Path, tmp_path: Path) -> No
         "from pathlib import Path\n"
         "from localserve.scheduler.runner_client import RunnerClient\n"
         "from localserve.runtime.options import LoadOptions\n"
+        "from localserve.runtime.protocol import LoadRequest\n"
         "async def main():\n"
-        f"    r = await RunnerClient.start([Path({str(tiny_gguf_path)!r})], LoadOptions(num_ctx=64, num_parallel=1))\n"
+        f"    r = await RunnerClient.start(LoadRequest((Path({str(tiny_gguf_path)!r}),), LoadOptions(num_ctx=64, num_parallel=1)))\n"
         "    print(r.pid, flush=True)\n"
         "    await asyncio.sleep(60)\n"
         "asyncio.run(main())\n"
@@ -207,7 +208,7 @@ def test_runner_dies_with_its_parent(tiny_gguf_path: Path, tmp_path: Path) -> No
 def test_long_chat_drops_oldest_turns_but_keeps_system_and_latest(tiny_gguf_path: Path) -> None:
     async def body() -> None:
         runner = await RunnerClient.start(
-            [tiny_gguf_path], LoadOptions(num_ctx=128, num_parallel=1, num_thread=2)
+            LoadRequest((tiny_gguf_path,), LoadOptions(num_ctx=128, num_parallel=1, num_thread=2))
         )
         try:
             messages = [{"role": "system", "content": "Be brief."}]
@@ -233,7 +234,7 @@ def test_long_chat_drops_oldest_turns_but_keeps_system_and_latest(tiny_gguf_path
 
 def test_context_tokens_round_trip_and_num_predict_zero(tiny_gguf_path: Path) -> None:
     async def body() -> None:
-        runner = await RunnerClient.start([tiny_gguf_path], SMALL)
+        runner = await RunnerClient.start(LoadRequest((tiny_gguf_path,), SMALL))
         try:
             greedy = {"temperature": 0, "num_predict": 6}
             first, done = await collect(
@@ -264,10 +265,10 @@ def test_context_tokens_round_trip_and_num_predict_zero(tiny_gguf_path: Path) ->
 
 
 def test_runner_plans_memory_before_loading(tiny_gguf_path: Path) -> None:
-    async def body() -> dict[str, Any]:
-        runner = await RunnerClient.start([tiny_gguf_path], SMALL)
+    async def body() -> RunnerInfo:
+        runner = await RunnerClient.start(LoadRequest((tiny_gguf_path,), SMALL))
         try:
-            return dict(runner.info)
+            return runner.info
         finally:
             await runner.close()
 
@@ -287,29 +288,25 @@ def test_runner_plans_memory_before_loading(tiny_gguf_path: Path) -> None:
         kv_type=SMALL.kv_cache_type,
         devices=probe(),
     )
-    assert info["gpu_layers"] == expected.gpu_layers
+    assert info.gpu_layers == expected.gpu_layers
     assert expected.gpu_layers in (0, expected.n_layers)
-    assert info["size_vram"] == expected.size_vram
-    assert info["size"] == expected.total_bytes
-    assert info["size"] > tiny_gguf_path.stat().st_size  # weights plus KV and compute
-    assert "layers on GPU" in info["plan"]
-    assert expected.processor in info["plan"]
+    assert info.size_vram == expected.size_vram
+    assert info.size == expected.total_bytes
+    assert info.size > tiny_gguf_path.stat().st_size  # weights plus KV and compute
+    assert "layers on GPU" in info.plan
+    assert expected.processor in info.plan
 
 
 def test_runner_refuses_what_ram_cannot_hold(
     tiny_gguf_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before llama.cpp is asked to load anything."""
-    from localserve.engine import devices
-    from localserve.engine import runner as runner_module
+    from localserve.engine.loading import Loader
     from localserve.errors import ModelTooLargeError
     from localserve.plan import Devices
 
-    monkeypatch.setattr(devices, "probe", lambda **_: Devices.cpu_only(64 << 20))
-    loader = runner_module.Runner(out_fd=-1)
+    loader = Loader(probe=lambda **_: Devices.cpu_only(64 << 20))
     monkeypatch.setattr(loader, "_load_model", lambda *_: pytest.fail("loaded despite the plan"))
     with pytest.raises(ModelTooLargeError) as caught:
-        loader.load(
-            {"paths": [str(tiny_gguf_path)], "options": {"num_ctx": 4096, "num_parallel": 64}}
-        )
+        loader.load(LoadRequest((tiny_gguf_path,), LoadOptions(num_ctx=4096, num_parallel=64)))
     assert caught.value.needed_bytes > caught.value.available_bytes

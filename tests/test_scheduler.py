@@ -197,7 +197,7 @@ def test_first_request_loads_and_concurrent_requests_share_one_load(
         for stream in [*alpha, beta]:
             await stream.result()
         assert factory.max_loading == 1
-        assert [paths for paths, _ in factory.loads] == [
+        assert [list(load.paths) for load in factory.loads] == [
             store.blob_paths(store.get("alpha")[1]),
             store.blob_paths(store.get("beta")[1]),
         ]
@@ -236,8 +236,8 @@ def test_resident_runner_is_reused_and_only_the_loader_reports_load_duration(
         assert len(factory.loads) == 1
         assert len(factory.runners[0].requests) == 3
         embedded = await scheduler.embed(req("alpha"), ["a", "b"], truncate=True)
-        assert embedded["embeddings"] == [[0.5, 0.5], [0.5, 0.5]]
-        assert embedded["load_duration"] == 0
+        assert embedded.embeddings == [[0.5, 0.5], [0.5, 0.5]]
+        assert embedded.load_duration == 0
         assert len(factory.loads) == 1
         await scheduler.close()
 
@@ -767,7 +767,8 @@ def test_waiting_busy_slots_and_running_report_the_state(
         assert (scheduler.waiting(), scheduler.busy_slots()) == (0, 0)
         assert names(scheduler) == [key(store, "alpha")]
         stats = await scheduler.stats(key(store, "alpha"))
-        assert stats == {"type": "stats", "active": 0}
+        assert stats is not None
+        assert (stats.slots_total, stats.slots_busy) == (2, 0)
         factory.runners[0].kill()
         assert scheduler.running() == []
         assert scheduler.total_slots() == 0

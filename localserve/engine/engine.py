@@ -38,8 +38,7 @@ import itertools
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
 from localserve.engine.llama import Batch, Context, Model, Sampler
 from localserve.engine.logprobs import token_logprob
@@ -54,7 +53,14 @@ from localserve.engine.speculate import (
 from localserve.engine.text import StopMatcher, Utf8Stream
 from localserve.errors import EngineError, PromptTooLongError
 from localserve.runtime.options import LoadOptions, SamplingOptions
-from localserve.runtime.protocol import DoneEvent, ErrorEvent, Event, LogprobsEvent, TextEvent
+from localserve.runtime.protocol import (
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    LogprobsEvent,
+    RunnerStats,
+    TextEvent,
+)
 
 
 class OutputParser:
@@ -266,19 +272,21 @@ class Engine:
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.job is not None)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "slots_total": len(self.slots),
-            "slots_busy": self.busy_slots(),
-            "waiting": len(self.waiting),
-            "kv_cells": self.context.shape.n_ctx,
-            "kv_positions_cached": sum(len(s.tokens) for s in self.slots),
-            "parked_sequences": len(self.parked),
-            "parked_bytes": self.parked_bytes,
+    def describe(self, request_id: str = "") -> RunnerStats:
+        """The answer to a ``stats`` request: slots and caches now, counters so far."""
+        return RunnerStats(
+            request_id,
+            slots_total=len(self.slots),
+            slots_busy=self.busy_slots(),
+            waiting=len(self.waiting),
+            kv_cells=self.context.shape.n_ctx,
+            kv_positions_cached=sum(len(s.tokens) for s in self.slots),
+            parked_sequences=len(self.parked),
+            parked_bytes=self.parked_bytes,
             # Steps where drafts sat out because they cost more than they saved.
-            "draft_gate_paused_steps": self.draft_gate.paused_steps,
-            **self.stats.__dict__,
-        }
+            draft_gate_paused_steps=self.draft_gate.paused_steps,
+            **asdict(self.stats),
+        )
 
     # ----------------------------------------------------------------- step
 

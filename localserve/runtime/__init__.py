@@ -3,6 +3,7 @@ logic both sides need.
 
 - ``protocol``: the frames over the runner's pipe, typed (the load, the ready reply,
   jobs, events, embed and stats results, error kinds); JSON exists only at the pipe.
+- ``framing``: how those frames travel: a length, then a JSON object.
 - ``options``: load and sampling options, validated.
 - ``templates`` and ``template_sandbox``: chat templates rendered in a sandboxed Jinja
   (its environment in ``template_environment``, its limits in ``template_limits``).

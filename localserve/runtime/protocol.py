@@ -1,92 +1,225 @@
-"""The daemon <-> runner wire: length-prefixed JSON frames over the runner's stdin/stdout.
+"""The daemon <-> runner contract: every message on a runner's pipe, typed.
 
-Each frame is a 4-byte big-endian length and a UTF-8 JSON object. The daemon sends
-one request per frame (``{"op": "generate" | "embed" | "cancel" | "stats" |
-"shutdown", "id": ...}``); the runner answers with ``{"events": [...]}`` frames,
-one per engine step carrying the events of every request in that step (text
-deltas, done, error), so a busy runner makes one write per step, not one per token.
-Its first frame after a ``load`` is ``{"ready": {...}}`` or ``{"fatal": "..."}``.
+The daemon starts ``python -m localserve.engine.runner`` and writes frames to its stdin
+(framing.py: length-prefixed JSON objects); the runner answers on its stdout.
 
-The contract between the routes, the scheduler and the runner is typed: a route
-builds a :class:`GenerateJob` from its wire schema, and every layer above the pipe
-sees the typed events below (:data:`Event`). JSON exists only at the pipe:
-``GenerateJob.to_wire``/``from_wire`` and :func:`event_to_wire`/:func:`event_from_wire`.
+- The first frame is a :class:`LoadRequest` (op ``load``). The runner answers
+  ``{"ready": ...}`` (:class:`RunnerInfo`) once the model is loaded, or ``{"fatal":
+  ..., "kind": ...}`` (:class:`LoadFailure`) and exits.
+- Then one :class:`Request` per frame, ``{"op": ..., "id": "r1", "job": ...}`` (:class:`Op`):
+  ``generate`` carries a :class:`GenerateJob`, ``embed`` an :class:`EmbedJob`, ``cancel``
+  and ``stats`` only the id, ``shutdown`` nothing (the runner exits).
+- The runner writes ``{"events": [...]}`` frames, one per engine step carrying the
+  events of every request in that step (text deltas, done, error: :data:`Event`), so a
+  busy runner makes one write per step, not one per token. The one answer to an
+  ``embed`` (:class:`EmbedResult`) or a ``stats`` (:class:`RunnerStats`) travels in
+  the same frames. A request that fails gets an :class:`ErrorEvent`, whose
+  :class:`ErrorKind` names the exception the daemon raises for it (:data:`ERROR_TYPES`,
+  the one table both sides read).
+
+Every layer above the pipe sees these dataclasses: a route builds a GenerateJob from
+its wire schema, the scheduler hands it on, and events come back typed. JSON exists
+only at the pipe: the ``to_wire``/``from_wire`` methods and functions here, called by
+the runner (engine/runner.py) and the daemon's client (scheduler/runner_client.py).
+Events are plain dataclasses, not validated models: their frames are the hot path.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from localserve.runtime.options import SamplingOptions
-
-HEADER = struct.Struct(">I")
-MAX_FRAME = 256 << 20  # a batch of embeddings for many long inputs is the largest thing sent
-
-
-class ProtocolError(Exception):
-    """A frame that is not what the protocol says (a bug, or a corrupted pipe)."""
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(data) > MAX_FRAME:
-        raise ProtocolError(f"frame of {len(data)} bytes is over the limit")
-    return HEADER.pack(len(data)) + data
+from localserve.errors import (
+    EngineError,
+    InvalidOptionError,
+    LocalserveError,
+    PromptTooLongError,
+    TemplateError,
+)
+from localserve.runtime.framing import ProtocolError
+from localserve.runtime.options import LoadOptions, SamplingOptions
 
 
-def decode_body(body: bytes) -> dict[str, Any]:
-    try:
-        message = json.loads(body)
-    except ValueError as exc:
-        raise ProtocolError(f"undecodable frame: {exc}") from None
-    if not isinstance(message, dict):
-        raise ProtocolError("a frame must hold a JSON object")
-    return message
+class Op(StrEnum):
+    """What a frame from the daemon asks for."""
+
+    LOAD = "load"  # the first frame: a LoadRequest
+    GENERATE = "generate"  # events until each answer's DoneEvent (or an ErrorEvent)
+    EMBED = "embed"  # one EmbedResult
+    STATS = "stats"  # one RunnerStats
+    CANCEL = "cancel"  # no answer of its own: the generation ends with done_reason "cancel"
+    SHUTDOWN = "shutdown"  # no answer: the runner exits
 
 
-class FrameReader:
-    """Incremental decoder: feed it bytes as they arrive, get whole messages back."""
+# ------------------------------------------------------------------ errors
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buffer += data
-        messages = []
-        while len(self._buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self._buffer)
-            if size > MAX_FRAME:
-                raise ProtocolError(f"frame of {size} bytes is over the limit")
-            if len(self._buffer) < HEADER.size + size:
-                break
-            body = bytes(self._buffer[HEADER.size : HEADER.size + size])
-            del self._buffer[: HEADER.size + size]
-            messages.append(decode_body(body))
-        return messages
+class ErrorKind(StrEnum):
+    """A failed request's category on the wire: which exception the daemon raises."""
+
+    TOO_LONG = "too_long"
+    TEMPLATE = "template"
+    INVALID = "invalid"
+    ENGINE = "engine"
+
+
+# The one translation between exceptions (errors.py) and kinds, read both ways: the
+# runner names an exception by the first type it is an instance of (error_kind), the
+# daemon raises a kind's type (ErrorEvent.error, LoadFailure.error).
+ERROR_TYPES: Final[dict[ErrorKind, type[LocalserveError]]] = {
+    ErrorKind.TOO_LONG: PromptTooLongError,
+    ErrorKind.TEMPLATE: TemplateError,
+    ErrorKind.INVALID: InvalidOptionError,
+    ErrorKind.ENGINE: EngineError,
+}
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """The kind of a request's failure (see ERROR_TYPES)."""
+    for kind, error_type in ERROR_TYPES.items():
+        if isinstance(exc, error_type):
+            return kind
+    # Any other bad value (a ValueError not of the types above) is the request's too.
+    return ErrorKind.INVALID if isinstance(exc, ValueError) else ErrorKind.ENGINE
 
 
 # ------------------------------------------------------------------ the load
 
 
 @dataclass(frozen=True)
-class ModelFiles:
-    """What a runner loads besides the GGUF parts: the multimodal projector, LoRA
-    adapters with their scales, and a Modelfile's chat template."""
+class LoadRequest:
+    """The first frame: what the runner loads.
 
+    The GGUF parts and the load options; besides them the multimodal projector, LoRA
+    adapters with their scales, a Modelfile's chat template (None: the GGUF's own),
+    and a draft model for speculative decoding (LOCALSERVE_SPECULATIVE names it): its
+    GGUF parts and its name, for messages.
+    """
+
+    paths: tuple[Path, ...]
+    options: LoadOptions = field(default_factory=LoadOptions)
     projector: Path | None = None
     adapters: tuple[tuple[Path, float], ...] = ()
     template: str | None = None
-    # A draft model for speculative decoding (LOCALSERVE_SPECULATIVE names it): its
-    # GGUF parts and its name, for messages.
     draft: tuple[Path, ...] = ()
     draft_name: str = ""
 
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "op": Op.LOAD.value,
+            "paths": [str(p) for p in self.paths],
+            "options": self.options.to_dict(),
+            "projector": str(self.projector) if self.projector else None,
+            "adapters": [{"path": str(path), "scale": scale} for path, scale in self.adapters],
+            "template": self.template,
+            "draft": [str(p) for p in self.draft],
+            "draft_name": self.draft_name,
+        }
 
-NO_EXTRAS = ModelFiles()
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> LoadRequest:
+        """The load, its options validated (InvalidOptionError)."""
+        if data.get("op") != Op.LOAD:
+            raise ProtocolError(f"the first frame must be a load, not {data.get('op')!r}")
+        adapters = []
+        for adapter in data.get("adapters") or ():
+            scale = adapter.get("scale", 1.0)
+            if isinstance(scale, bool) or not isinstance(scale, int | float):
+                raise InvalidOptionError(f"an adapter's scale must be a number, not {scale!r}")
+            adapters.append((Path(adapter["path"]), float(scale)))
+        return cls(
+            paths=tuple(Path(p) for p in data["paths"]),
+            options=LoadOptions.from_dict(data.get("options") or {}),
+            projector=Path(data["projector"]) if data.get("projector") else None,
+            adapters=tuple(adapters),
+            template=data.get("template"),
+            draft=tuple(Path(p) for p in data.get("draft") or ()),
+            draft_name=str(data.get("draft_name") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    """A device holding part of the model: its name, where it is (a worker's address),
+    the layers placed there and their bytes."""
+
+    name: str
+    description: str
+    layers: int
+    size: int
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """The ready reply: the loaded model and where it went (RunnerClient.info)."""
+
+    pid: int
+    load_duration: int  # ns
+    num_ctx: int  # per sequence, never more than the model was trained for
+    num_parallel: int  # sequences decoded together (slots)
+    n_ctx_train: int
+    n_vocab: int
+    n_embd: int
+    n_threads: int
+    has_template: bool  # a chat template of its own (or the Modelfile's)
+    capabilities: tuple[str, ...]  # "tools", "thinking", "vision", "audio"...
+    gpu_offload: bool  # this llama.cpp build can offload to a GPU
+    plan: str  # the memory plan in one line, with retries and RPC notes: the daemon log
+    gpu_layers: int  # layers loaded onto GPUs
+    n_layers: int  # offloadable layers
+    size: int  # bytes the plan says the model takes (a draft model's included)
+    size_vram: int  # of them, on GPUs
+    adapters: int  # LoRA adapters applied
+    # Layers per device, only when RPC workers took some (/api/ps, `localserve ps`).
+    devices: tuple[DeviceShare, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ready": asdict(self)}
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """The answer to a load that failed; the runner exits after it."""
+
+    message: str
+    kind: ErrorKind = ErrorKind.ENGINE
+
+    @classmethod
+    def of(cls, exc: LocalserveError) -> LoadFailure:
+        # Only an option the model cannot take (a KV cache type, say) is the caller's to
+        # fix; anything else that stops a load (a damaged file, too little memory, a
+        # template) is the engine's.
+        invalid = isinstance(exc, ERROR_TYPES[ErrorKind.INVALID])
+        return cls(str(exc), ErrorKind.INVALID if invalid else ErrorKind.ENGINE)
+
+    def error(self) -> LocalserveError:
+        """The exception the daemon raises for it."""
+        return ERROR_TYPES[self.kind](f"the model failed to load: {self.message}")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"fatal": self.message, "kind": self.kind.value}
+
+
+def load_reply_from_wire(data: dict[str, Any]) -> RunnerInfo | LoadFailure:
+    """The runner's first frame (``RunnerInfo.to_wire`` or ``LoadFailure.to_wire``), typed."""
+    try:
+        if "ready" in data:
+            ready = data["ready"]
+            return RunnerInfo(
+                **{
+                    **ready,
+                    "capabilities": tuple(ready["capabilities"]),
+                    "devices": tuple(DeviceShare(**d) for d in ready["devices"]),
+                }
+            )
+        if "fatal" in data:
+            return LoadFailure(str(data["fatal"]), ErrorKind(data.get("kind", "engine")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed answer to the load: {exc!r}") from None
+    raise ProtocolError(f"not an answer to the load: {sorted(data)}")
+
 
 # ------------------------------------------------------------------ the job
 
@@ -227,16 +360,157 @@ class DoneEvent:
 
 @dataclass(frozen=True)
 class ErrorEvent:
-    """A request that failed; ``kind`` names the exception type (runner.error_kind)."""
+    """A request that failed; ``kind`` names the exception's type (ERROR_TYPES)."""
 
     id: str
     message: str
-    kind: str = "engine"
+    kind: ErrorKind = ErrorKind.ENGINE
     choice: int = 0  # which of the request's ``n`` answers
     type: Literal["error"] = "error"
 
+    def error(self) -> LocalserveError:
+        """The exception the daemon raises for it."""
+        return ERROR_TYPES[self.kind](self.message or "runner error")
+
+
+# ------------------------------------------------------------- the requests
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """An embedding request: the texts, and whether one longer than the context is cut
+    to fit (else it is refused)."""
+
+    inputs: list[str]
+    truncate: bool = True
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "truncate": self.truncate}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> EmbedJob:
+        inputs = data.get("inputs")
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            raise InvalidOptionError("inputs must be a list of strings")
+        return cls(inputs, truncate=bool(data.get("truncate", True)))
+
+
+@dataclass(frozen=True)
+class Request:
+    """A frame from the daemon after the load: what it asks for, the id every answer to
+    it carries (``r1``, ``r2``...; none for ``shutdown``), and the job of an op that
+    carries one (``generate``: a GenerateJob; ``embed``: an EmbedJob)."""
+
+    op: Op
+    id: str = ""
+    job: GenerateJob | EmbedJob | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"op": self.op.value}
+        if self.id:
+            data["id"] = self.id
+        if self.job is not None:
+            data["job"] = self.job.to_wire()
+        return data
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Request:
+        """The request; InvalidOptionError for an op that does not exist (or a bad
+        embed), TypeError for a job with fields of the wrong shape."""
+        try:
+            op = Op(str(data.get("op")))
+        except ValueError:
+            raise InvalidOptionError(f"unknown op {data.get('op')!r}") from None
+        job: GenerateJob | EmbedJob | None = None
+        if op is Op.GENERATE:
+            job = GenerateJob.from_wire(data.get("job") or {})
+        elif op is Op.EMBED:
+            job = EmbedJob.from_wire(data.get("job") or {})
+        return cls(op, str(data.get("id", "")), job)
+
+
+# -------------------------------------------------------------- the answers
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """The answer to an ``embed``: one vector per input."""
+
+    id: str
+    embeddings: list[list[float]]
+    prompt_eval_count: int  # tokens read
+    prompt_eval_duration: int  # ns
+    load_duration: int = 0  # set by the scheduler: how long this request waited for a load
+    type: Literal["embeddings"] = "embeddings"
+
+    def with_load(self, load_duration: int) -> EmbedResult:
+        return replace(self, load_duration=load_duration)
+
+    def to_wire(self) -> dict[str, Any]:
+        # Not asdict: that would copy every vector.
+        return {
+            "id": self.id,
+            "type": self.type,
+            "embeddings": self.embeddings,
+            "prompt_eval_count": self.prompt_eval_count,
+            "prompt_eval_duration": self.prompt_eval_duration,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> EmbedResult:
+        return cls(
+            str(data["id"]),
+            data["embeddings"],
+            int(data["prompt_eval_count"]),
+            int(data["prompt_eval_duration"]),
+        )
+
+
+@dataclass(frozen=True)
+class RunnerStats:
+    """The answer to ``stats``: the engine's slots and caches now (engine/engine.py
+    ``describe``), and its counters since the load (``EngineStats``)."""
+
+    id: str = ""
+    slots_total: int = 0
+    slots_busy: int = 0
+    waiting: int = 0  # jobs waiting for a slot
+    kv_cells: int = 0
+    kv_positions_cached: int = 0
+    parked_sequences: int = 0  # idle sequences held in host memory now
+    parked_bytes: int = 0
+    draft_gate_paused_steps: int = 0  # steps where drafts sat out: they cost more than they saved
+    # EngineStats
+    steps: int = 0
+    prompt_tokens: int = 0  # decoded prompt tokens (cache hits excluded)
+    generated_tokens: int = 0
+    prefix_hits: int = 0  # jobs that started from a cached prefix
+    prefix_tokens: int = 0  # prompt tokens they did not have to decode
+    max_jobs_in_step: int = 0  # most jobs that shared one llama_decode
+    multi_job_steps: int = 0  # steps that decoded tokens of two jobs or more
+    kv_full_retries: int = 0
+    media_encoded: int = 0  # images and sounds encoded (cached ones are not)
+    draft_tokens: int = 0  # speculative tokens fed for verification
+    draft_accepted: int = 0  # of them, the ones the sampler picked
+    parked: int = 0  # idle sequences moved to host memory
+    restored: int = 0  # parked sequences a job continued
+    type: Literal["stats"] = "stats"
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RunnerStats:
+        return cls(**{k: v for k, v in data.items() if k in _STATS_FIELDS})
+
+
+_STATS_FIELDS = frozenset(f.name for f in fields(RunnerStats))
 
 Event = TextEvent | ThinkingEvent | ToolCallEvent | LogprobsEvent | DoneEvent | ErrorEvent
+# What the runner sends back in its events frames: a generation's events, or the one
+# answer to an embed or a stats request.
+Reply = Event | EmbedResult | RunnerStats
+
 _EVENT_TYPES: dict[str, type[Any]] = {
     "logprobs": LogprobsEvent,
     "text": TextEvent,
@@ -245,6 +519,7 @@ _EVENT_TYPES: dict[str, type[Any]] = {
     "done": DoneEvent,
     "error": ErrorEvent,
 }
+_EVENT_FIELDS = {name: frozenset(f.name for f in fields(t)) for name, t in _EVENT_TYPES.items()}
 
 
 def event_to_wire(event: Event) -> dict[str, Any]:
@@ -254,11 +529,21 @@ def event_to_wire(event: Event) -> dict[str, Any]:
     return data
 
 
+def reply_to_wire(reply: Reply) -> dict[str, Any]:
+    if isinstance(reply, EmbedResult | RunnerStats):
+        return reply.to_wire()
+    return event_to_wire(reply)
+
+
 def event_from_wire(data: dict[str, Any]) -> Event | None:
     """The typed event of a frame's entry, or None for a one-answer reply (stats...)."""
-    kind = _EVENT_TYPES.get(str(data.get("type")))
+    name = str(data.get("type"))
+    kind = _EVENT_TYPES.get(name)
     if kind is None:
         return None
-    known = {f.name for f in fields(kind)}
-    event: Event = kind(**{k: v for k, v in data.items() if k in known})
+    known = _EVENT_FIELDS[name]
+    values = {k: v for k, v in data.items() if k in known}
+    if kind is ErrorEvent:
+        values["kind"] = ErrorKind(values.get("kind", ErrorKind.ENGINE))
+    event: Event = kind(**values)
     return event

@@ -1,10 +1,13 @@
 """The daemon's side of a runner: start it, talk to it, notice when it dies.
 
 No llama_cpp here: this module only spawns ``python -m localserve.engine.runner``
-and speaks protocol.py over its pipes, from asyncio. One reader task receives the
-runner's frames and routes each event to the queue of the request it belongs to.
-When the pipe closes (the runner exited, crashed, or was killed), every request
-still in flight fails at once with RunnerCrashedError, and ``alive`` turns false.
+and speaks runtime/protocol.py over its pipes, from asyncio: it sends the typed
+LoadRequest and Requests, and hands back typed answers (RunnerInfo as ``info``,
+events, EmbedResult, RunnerStats); a failed request raises the exception its
+ErrorKind names. One reader task receives the runner's frames and routes each
+answer to the queue of the request it belongs to. When the pipe closes (the runner
+exited, crashed, or was killed), every request still in flight fails at once with
+RunnerCrashedError, and ``alive`` turns false.
 """
 
 from __future__ import annotations
@@ -17,34 +20,33 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any, TypeVar
 
-from localserve.errors import (
-    EngineError,
-    InvalidOptionError,
-    PromptTooLongError,
-    RunnerCrashedError,
-    TemplateError,
-)
-from localserve.runtime.options import LoadOptions
+from localserve.errors import RunnerCrashedError
+from localserve.runtime.framing import ProtocolError, encode, read_frame
 from localserve.runtime.protocol import (
-    HEADER,
     DoneEvent,
+    EmbedJob,
+    EmbedResult,
     ErrorEvent,
     Event,
     GenerateJob,
-    ModelFiles,
-    decode_body,
-    encode,
+    LoadFailure,
+    LoadRequest,
+    Op,
+    Request,
+    RunnerInfo,
+    RunnerStats,
     event_from_wire,
+    load_reply_from_wire,
 )
 
 log = logging.getLogger("localserve.runner")
 
-Reply = dict[str, Any]  # the one answer to ``embed``, ``stats``, ``health``
 _END = object()
+Answer = TypeVar("Answer", EmbedResult, RunnerStats)
 
 
 class RunnerClient:
@@ -53,7 +55,7 @@ class RunnerClient:
     def __init__(
         self,
         process: asyncio.subprocess.Process,
-        info: dict[str, Any],
+        info: RunnerInfo,
         stderr_tail: collections.deque[str],
     ) -> None:
         self.process = process
@@ -71,10 +73,8 @@ class RunnerClient:
     @classmethod
     async def start(
         cls,
-        paths: Sequence[Path],
-        options: LoadOptions,
+        load: LoadRequest,
         *,
-        extras: ModelFiles | None = None,
         env: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> RunnerClient:
@@ -93,36 +93,24 @@ class RunnerClient:
         stderr_task = asyncio.create_task(_drain_stderr(process, tail))
         assert process.stdin is not None
         assert process.stdout is not None
-        process.stdin.write(
-            encode(
-                {
-                    "op": "load",
-                    "paths": [str(p) for p in paths],
-                    "projector": str(extras.projector) if extras and extras.projector else None,
-                    "adapters": [
-                        {"path": str(path), "scale": scale}
-                        for path, scale in (extras.adapters if extras else ())
-                    ],
-                    "template": extras.template if extras else None,
-                    "draft": [str(p) for p in (extras.draft if extras else ())],
-                    "draft_name": extras.draft_name if extras else "",
-                    "options": options.to_dict(),
-                }
-            )
-        )
+        process.stdin.write(encode(load.to_wire()))
         try:
-            first = await asyncio.wait_for(_read_frame(process.stdout), timeout)
+            first = await asyncio.wait_for(read_frame(process.stdout), timeout)
         except (TimeoutError, asyncio.CancelledError):
             await _kill(process)
             raise
-        if first is None or "ready" not in first:
+        try:
+            reply = None if first is None else load_reply_from_wire(first)
+        except ProtocolError as exc:
+            reply = LoadFailure(str(exc))
+        if not isinstance(reply, RunnerInfo):
             await _kill(process)
             await asyncio.wait_for(stderr_task, 5)
-            reason = (first or {}).get("fatal") or _crash_reason(process.returncode, tail)
-            if (first or {}).get("kind") == "option":  # an option this model cannot take
-                raise InvalidOptionError(f"the model failed to load: {reason}")
-            raise EngineError(f"the model failed to load: {reason}")
-        client = cls(process, first["ready"], tail)
+            failure = reply or LoadFailure("")
+            # No word from the runner: it crashed, and its last log line says why.
+            reason = failure.message or _crash_reason(process.returncode, tail)
+            raise replace(failure, message=reason).error()
+        client = cls(process, reply, tail)
         client._reader = asyncio.create_task(client._read_loop(stderr_task))
         return client
 
@@ -147,7 +135,7 @@ class RunnerClient:
         Stopping the iteration early (the client went away) cancels the request in
         the runner, which frees its slots within one engine step.
         """
-        request_id, queue = await self._send({"op": "generate", "job": job.to_wire()})
+        request_id, queue = await self._send(Op.GENERATE, job)
         finished = False
         answers_left = max(1, job.n)
         try:
@@ -160,7 +148,7 @@ class RunnerClient:
                     continue  # not an event of a generation: ignore it
                 if isinstance(event, ErrorEvent):
                     finished = True
-                    raise _error_of(event)
+                    raise event.error()
                 yield event
                 if isinstance(event, DoneEvent):
                     answers_left -= 1
@@ -171,11 +159,19 @@ class RunnerClient:
             self._queues.pop(request_id, None)
             if not finished and self.alive:
                 with contextlib.suppress(Exception):
-                    await self._write({"op": "cancel", "id": request_id})
+                    await self._write(Request(Op.CANCEL, request_id))
 
-    async def call(self, op: str, **fields: Any) -> Reply:
-        """A request with one answer (``embed``, ``stats``)."""
-        request_id, queue = await self._send({**fields, "op": op})
+    async def embed(self, inputs: list[str], *, truncate: bool) -> EmbedResult:
+        """One pooled, normalised vector per input."""
+        return await self._ask(Op.EMBED, EmbedJob(inputs, truncate), EmbedResult)
+
+    async def stats(self) -> RunnerStats:
+        """The engine's slots, caches and counters now."""
+        return await self._ask(Op.STATS, None, RunnerStats)
+
+    async def _ask(self, op: Op, job: EmbedJob | None, answer: type[Answer]) -> Answer:
+        """A request with one answer, of type ``answer``."""
+        request_id, queue = await self._send(op, job)
         try:
             reply = await queue.get()
         finally:
@@ -184,32 +180,35 @@ class RunnerClient:
             raise RunnerCrashedError(self._stopped_message())
         error = event_from_wire(reply)
         if isinstance(error, ErrorEvent):
-            raise _error_of(error)
-        return dict(reply)
+            raise error.error()
+        return answer.from_wire(reply)
 
     def _stopped_message(self) -> str:
         if self._closing:
             return self._closing
         return f"the model runner stopped: {self.exit_reason}"
 
-    async def _send(self, message: dict[str, Any]) -> tuple[str, asyncio.Queue[Any]]:
+    async def _send(
+        self, op: Op, job: GenerateJob | EmbedJob | None
+    ) -> tuple[str, asyncio.Queue[Any]]:
+        """Send a request under a new id; its answers will arrive on the queue."""
         if not self.alive:
             raise RunnerCrashedError(self._stopped_message())
         request_id = f"r{next(self._ids)}"
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._queues[request_id] = queue
         try:
-            await self._write({**message, "id": request_id})
+            await self._write(Request(op, request_id, job))
         except (ConnectionError, RuntimeError) as exc:
             self._queues.pop(request_id, None)
             raise RunnerCrashedError(f"the model runner stopped: {exc}") from exc
         return request_id, queue
 
-    async def _write(self, message: dict[str, Any]) -> None:
+    async def _write(self, request: Request) -> None:
         stdin = self.process.stdin
         assert stdin is not None
         async with self._write_lock:
-            stdin.write(encode(message))
+            stdin.write(encode(request.to_wire()))
             await stdin.drain()
 
     async def _read_loop(self, stderr_task: asyncio.Task[None]) -> None:
@@ -217,7 +216,7 @@ class RunnerClient:
         assert stdout is not None
         try:
             while True:
-                frame = await _read_frame(stdout)
+                frame = await read_frame(stdout)
                 if frame is None:
                     break
                 for event in frame.get("events", ()):
@@ -245,7 +244,7 @@ class RunnerClient:
         self._closing = reason
         if self.process.returncode is None:
             with contextlib.suppress(Exception):
-                await self._write({"op": "shutdown"})
+                await self._write(Request(Op.SHUTDOWN))
             try:
                 await asyncio.wait_for(self.process.wait(), timeout)
             except TimeoutError:
@@ -254,27 +253,6 @@ class RunnerClient:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reader, timeout)
         self.exit_reason = reason
-
-
-_ERRORS: dict[str, type[Exception]] = {
-    "too_long": PromptTooLongError,
-    "template": TemplateError,
-    "invalid": InvalidOptionError,
-}
-
-
-def _error_of(event: ErrorEvent) -> Exception:
-    """The exception for an error event (its ``kind`` names the type, see runner.py)."""
-    return _ERRORS.get(event.kind, EngineError)(event.message or "runner error")
-
-
-async def _read_frame(stream: asyncio.StreamReader) -> dict[str, Any] | None:
-    try:
-        header = await stream.readexactly(HEADER.size)
-        (size,) = HEADER.unpack(header)
-        return decode_body(await stream.readexactly(size))
-    except asyncio.IncompleteReadError:
-        return None
 
 
 async def _drain_stderr(process: asyncio.subprocess.Process, tail: collections.deque[str]) -> None:

@@ -29,14 +29,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from localserve.errors import InvalidOptionError, ModelNotFoundError, ServerBusyError
 from localserve.runtime.options import SPECULATIVE, LoadOptions
-from localserve.runtime.protocol import NO_EXTRAS, DoneEvent, Event, GenerateJob, ModelFiles
+from localserve.runtime.protocol import (
+    DoneEvent,
+    EmbedResult,
+    Event,
+    GenerateJob,
+    LoadRequest,
+    RunnerInfo,
+    RunnerStats,
+)
 from localserve.store.manifest import Manifest
 from localserve.store.refs import ModelRef
 from localserve.store.store import ModelStore
@@ -44,13 +52,11 @@ from localserve.store.verify import check_model
 
 log = logging.getLogger("localserve.scheduler")
 
-Reply = dict[str, Any]  # a runner's one answer to embed / stats
-
 
 class Runner(Protocol):
     """What the scheduler needs of a runner (scheduler/runner_client.py's RunnerClient; a fake in tests)."""
 
-    info: dict[str, Any]
+    info: RunnerInfo
 
     @property
     def alive(self) -> bool: ...
@@ -60,25 +66,23 @@ class Runner(Protocol):
 
     def generate(self, job: GenerateJob) -> AsyncIterator[Event]: ...
 
-    async def call(self, op: str, **fields: Any) -> Reply: ...
+    async def embed(self, inputs: list[str], *, truncate: bool) -> EmbedResult: ...
+
+    async def stats(self) -> RunnerStats: ...
 
     async def close(self, timeout: float = 5.0, *, reason: str = ...) -> None: ...
 
 
 class RunnerFactory(Protocol):
-    """Starts a runner for a model's files."""
+    """Starts a runner that loads a model's files."""
 
-    def __call__(
-        self, paths: Sequence[Path], options: LoadOptions, *, extras: ModelFiles = ...
-    ) -> Awaitable[Runner]: ...
+    def __call__(self, load: LoadRequest) -> Awaitable[Runner]: ...
 
 
-async def start_runner(
-    paths: Sequence[Path], options: LoadOptions, *, extras: ModelFiles = NO_EXTRAS
-) -> Runner:
+async def start_runner(load: LoadRequest) -> Runner:
     from localserve.scheduler.runner_client import RunnerClient
 
-    return await RunnerClient.start(paths, options, extras=extras)
+    return await RunnerClient.start(load)
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ class Resident:
 
     @property
     def slots(self) -> int:
-        return int(self.runner.info.get("num_parallel", self.options.num_parallel))
+        return self.runner.info.num_parallel
 
 
 class Scheduler:
@@ -201,14 +205,16 @@ class Scheduler:
                 finally:
                     await self._release(resident, model.keep_alive)
 
-    async def embed(self, model: ModelRequest, inputs: list[str], *, truncate: bool) -> Reply:
+    async def embed(self, model: ModelRequest, inputs: list[str], *, truncate: bool) -> EmbedResult:
+        """Embed ``inputs`` on ``model``; the result's ``load_duration`` is how long this
+        request waited for a load (ns)."""
         async with self._admitted():
             resident, load_ns = await self._acquire(model)
             try:
-                result = await resident.runner.call("embed", inputs=inputs, truncate=truncate)
+                result = await resident.runner.embed(inputs, truncate=truncate)
             finally:
                 await self._release(resident, model.keep_alive)
-        return {**result, "load_duration": load_ns}
+        return result.with_load(load_ns)
 
     async def load(self, model: ModelRequest) -> tuple[Resident, int]:
         """Make sure ``model`` is resident (an empty prompt); returns it and the load time in ns."""
@@ -240,12 +246,12 @@ class Scheduler:
         await resident.runner.close(reason=reason)
         return True
 
-    async def stats(self, name: str) -> Reply | None:
+    async def stats(self, name: str) -> RunnerStats | None:
         ref, _ = self.store.get(name)
         resident = self.resident.get(str(ref))
         if resident is None or not resident.runner.alive:
             return None
-        return await resident.runner.call("stats")
+        return await resident.runner.stats()
 
     # -------------------------------------------------------------- internals
 
@@ -353,12 +359,15 @@ class Scheduler:
             async with self._changed:
                 await self._changed.wait()
 
-    def _extras(self, ref: ModelRef, manifest: Manifest, load: LoadOptions) -> ModelFiles:
+    def _load_request(self, ref: ModelRef, manifest: Manifest, load: LoadOptions) -> LoadRequest:
+        """What the runner loads: the model's files, its Modelfile's template, a draft."""
         from localserve.store.create import read_config
 
         template = read_config(self.store, manifest).template if manifest.layers else None
         draft, draft_name = self._draft_model(ref, load.speculative)
-        return ModelFiles(
+        return LoadRequest(
+            paths=tuple(self.store.blob_paths(manifest)),
+            options=load,
             projector=self.store.projector_path(manifest),
             adapters=tuple((self.store.blob_path(a.digest), a.scale) for a in manifest.adapters),
             template=template,
@@ -384,13 +393,11 @@ class Scheduler:
 
     async def _load(self, ref: ModelRef, manifest: Manifest, model: ModelRequest) -> Resident:
         self._check_open()  # close() may have run while this load waited for room or idle
-        paths = self.store.blob_paths(manifest)
         started = time.perf_counter()
         log.info(
             "loading %s (num_ctx %d, parallel %d)", ref, model.load.num_ctx, model.load.num_parallel
         )
-        extras = self._extras(ref, manifest, model.load)
-        runner = await self.runner_factory(paths, model.load, extras=extras)
+        runner = await self.runner_factory(self._load_request(ref, manifest, model.load))
         if self.closing:  # close() ran during the load: this runner must not outlive it
             await runner.close(reason=self.closing)
             raise ServerBusyError(self.closing)
@@ -416,7 +423,7 @@ class Scheduler:
             ref,
             elapsed,
             runner.pid,
-            runner.info.get("plan", "no memory plan"),
+            runner.info.plan,
         )
         return resident
 

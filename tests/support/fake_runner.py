@@ -3,7 +3,9 @@ routes' tests run in-process against it, with no llama.cpp.
 
 Every generation yields ``TextEvent("Hello")``, waits for its job's ``gate`` (an
 ``asyncio.Event`` on a :class:`GatedJob`), then yields the runner's ``script`` (by
-default ``" world"``) and a done event with ``eval_count`` 2.
+default ``" world"``) and a done event with ``eval_count`` 2. Its ``info`` is a
+RunnerInfo as a CPU-only load of the files would give; ``embed`` answers with a
+vector of two halves per input, ``stats`` with the slots in use.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from localserve.errors import EngineError, RunnerCrashedError
 from localserve.runtime.options import LoadOptions
 from localserve.runtime.protocol import (
-    NO_EXTRAS,
     DoneEvent,
+    EmbedResult,
     Event,
     GenerateJob,
-    ModelFiles,
+    LoadRequest,
+    RunnerInfo,
+    RunnerStats,
     TextEvent,
 )
 
@@ -48,8 +52,8 @@ class FakeRunner:
     ) -> None:
         self.paths = list(paths)
         self.options = options
-        self.info: dict[str, Any] = {"num_parallel": options.num_parallel, "n_ctx": options.num_ctx}
         self._pid = next(_pids)
+        self.info = fake_info(self._pid, self.paths, options)
         self._slots = asyncio.Semaphore(options.num_parallel)
         self._stopped = asyncio.Event()
         self.exit_reason: str | None = None
@@ -117,12 +121,15 @@ class FakeRunner:
             if not finished and self.alive:
                 self.cancelled += 1
 
-    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+    async def embed(self, inputs: list[str], *, truncate: bool) -> EmbedResult:
         if not self.alive:
             raise RunnerCrashedError(self._message())
-        if op == "embed":
-            return {"type": "embed", "embeddings": [[0.5, 0.5] for _ in fields["inputs"]]}
-        return {"type": op, "active": self.active}
+        return EmbedResult(ID, [[0.5, 0.5] for _ in inputs], len(inputs), 1)
+
+    async def stats(self) -> RunnerStats:
+        if not self.alive:
+            raise RunnerCrashedError(self._message())
+        return RunnerStats(ID, slots_total=self.options.num_parallel, slots_busy=self.active)
 
     async def close(self, timeout: float = 5.0, *, reason: str = "the model was unloaded") -> None:
         self.close_reasons.append(reason)
@@ -132,12 +139,35 @@ class FakeRunner:
         await asyncio.sleep(0)
 
 
+def fake_info(pid: int, paths: Sequence[Path], options: LoadOptions) -> RunnerInfo:
+    """The ready reply of a CPU-only load of ``paths`` with ``options``."""
+    size = sum(p.stat().st_size for p in paths if p.exists())
+    return RunnerInfo(
+        pid=pid,
+        load_duration=1_000_000,
+        num_ctx=options.num_ctx,
+        num_parallel=options.num_parallel,
+        n_ctx_train=options.num_ctx,
+        n_vocab=256,
+        n_embd=2,
+        n_threads=options.num_thread or 1,
+        has_template=True,
+        capabilities=("completion",),
+        gpu_offload=False,
+        plan=f"0/1 layers on GPU, 100% CPU, total {size} bytes",
+        gpu_layers=0,
+        n_layers=1,
+        size=size,
+        size_vram=0,
+        adapters=0,
+    )
+
+
 class FakeFactory:
     """The ``runner_factory``: records every load; loads can be held or made to fail."""
 
     def __init__(self) -> None:
-        self.loads: list[tuple[list[Path], LoadOptions]] = []
-        self.extras: list[ModelFiles] = []
+        self.loads: list[LoadRequest] = []
         self.runners: list[FakeRunner] = []
         self.hold = False  # each load waits for its own event in ``held``
         self.held: list[asyncio.Event] = []
@@ -146,11 +176,8 @@ class FakeFactory:
         self.max_loading = 0
         self.script: Sequence[Event] | None = None  # given to every runner (FakeRunner.script)
 
-    async def __call__(
-        self, paths: Sequence[Path], options: LoadOptions, *, extras: ModelFiles = NO_EXTRAS
-    ) -> FakeRunner:
-        self.loads.append((list(paths), options))
-        self.extras.append(extras)
+    async def __call__(self, load: LoadRequest) -> FakeRunner:
+        self.loads.append(load)
         self.loading += 1
         self.max_loading = max(self.max_loading, self.loading)
         try:
@@ -165,10 +192,10 @@ class FakeFactory:
                 raise EngineError("the model failed to load: out of memory")
         finally:
             self.loading -= 1
-        runner = FakeRunner(paths, options, self.script)
+        runner = FakeRunner(load.paths, load.options, self.script)
         self.runners.append(runner)
         return runner
 
     @property
     def options(self) -> list[LoadOptions]:
-        return [options for _, options in self.loads]
+        return [load.options for load in self.loads]

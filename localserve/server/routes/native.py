@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,23 +100,24 @@ def running_entry(app: Any, resident: Resident) -> dict[str, Any]:
             expires = _moment(time.time() + resident.keep_alive)
     else:
         expires = _moment(resident.expires_at)
+    info = resident.runner.info
     entry: dict[str, Any] = {
         "name": resident.name,
         "model": resident.name,
         # Memory the runner's plan says it uses (weights, KV, compute), and the GPU's share.
-        "size": int(resident.runner.info.get("size", resident.manifest.size)),
+        "size": info.size,
         "digest": resident.manifest.digest,
         "details": details,
         "expires_at": timestamp(expires)
         if expires.year < 9999
         else "9999-12-31T23:59:59.000000000Z",
-        "size_vram": int(resident.runner.info.get("size_vram", 0)),
-        "context_length": int(resident.runner.info.get("num_ctx", resident.options.num_ctx)),
+        "size_vram": info.size_vram,
+        "context_length": info.num_ctx,
     }
     # localserve's extension, only when RPC workers hold layers: the split per device
     # (name, the worker's address, layers, bytes).
-    if resident.runner.info.get("devices"):
-        entry["devices"] = resident.runner.info["devices"]
+    if info.devices:
+        entry["devices"] = [asdict(device) for device in info.devices]
     return entry
 
 
@@ -354,15 +356,15 @@ async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
             "prompt_eval_count": 0,
         }
     result = await scheduler(request).embed(model, inputs, truncate=body.truncate)
-    vectors = result["embeddings"]
+    vectors = result.embeddings
     if body.dimensions is not None:
         vectors = [shorten(v, body.dimensions) for v in vectors]
     return {
         "model": body.model,
         "embeddings": vectors,
         "total_duration": time.perf_counter_ns() - started,
-        "load_duration": int(result.get("load_duration", 0)),
-        "prompt_eval_count": int(result.get("prompt_eval_count", 0)),
+        "load_duration": result.load_duration,
+        "prompt_eval_count": result.prompt_eval_count,
     }
 
 
@@ -373,4 +375,4 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any
         await scheduler(request).load(model)
         return {"embedding": []}
     result = await scheduler(request).embed(model, [body.prompt], truncate=True)
-    return {"embedding": result["embeddings"][0]}
+    return {"embedding": result.embeddings[0]}

@@ -364,14 +364,14 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
         request, body.model, body.options, keep_alive_seconds(body.keep_alive)
     )
     result = await scheduler(request).embed(model_req, inputs, truncate=True)
-    vectors = result["embeddings"]
+    vectors = result.embeddings
     if body.dimensions is not None:
         vectors = [shorten(v, body.dimensions) for v in vectors]
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
         for i, v in enumerate(vectors)
     ]
-    tokens = int(result.get("prompt_eval_count", 0))
+    tokens = result.prompt_eval_count
     return {
         "object": "list",
         "data": data,

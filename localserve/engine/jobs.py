@@ -1,0 +1,169 @@
+"""From a GenerateJob to the engine's jobs: the prompt rendered and tokenized, the
+grammar (a JSON format, or the tool-call grammar that enforces ``tool_choice``), the
+answer parser (thinking, tool calls), and one job per answer of the request's ``n``,
+each with its own seed, the later ones copying the first one's prompt cells.
+
+Nothing here touches a llama.cpp context: the runner builds jobs of prompts with
+images or sounds on a thread of its own (engine/runner.py).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from localserve.errors import InvalidOptionError
+from localserve.runtime.protocol import GenerateJob
+
+if TYPE_CHECKING:
+    from localserve.engine.engine import Job
+    from localserve.engine.loading import Loaded
+
+
+class JobBuilder:
+    """Makes the engine jobs of requests to one loaded model."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        self.builder = loaded.builder
+        self.chat = loaded.chat
+        self.preserved = loaded.preserved
+        self.num_ctx = loaded.engine.num_ctx
+
+    def build(self, request_id: str, request: GenerateJob) -> list[Job]:
+        """The request's engine jobs (one per answer), its prompt rendered and tokenized."""
+        from localserve.engine.engine import Job
+        from localserve.engine.grammar import grammar_for
+
+        chat = self.chat
+        wants_tools = bool(request.tools) and request.tool_choice != "none"
+        if wants_tools and chat.tools is None:
+            raise InvalidOptionError("the model does not support tools")
+        if request.think and not chat.thinks:
+            raise InvalidOptionError("the model does not support thinking")
+        kwargs = _template_kwargs(request)
+        tools = request.tools if wants_tools else None
+        num_ctx = self.num_ctx
+        if request.messages is not None:
+            prompt = self.builder.chat(
+                request.messages,
+                num_ctx=num_ctx,
+                tools=tools,
+                template_kwargs=kwargs,
+                images={
+                    i: _media_bytes(m.get("images"))
+                    for i, m in enumerate(request.messages)
+                    if isinstance(m, dict) and m.get("images")
+                },
+            )
+        elif request.suffix is not None:
+            prompt = self.builder.infill(request.prompt or "", request.suffix, num_ctx=num_ctx)
+        else:
+            prompt = self.builder.completion(
+                request.prompt or "",
+                system=request.system,
+                raw=request.raw,
+                num_ctx=num_ctx,
+                context=request.context,
+                template_kwargs=kwargs,
+                images=_media_bytes(request.images),
+            )
+        grammar = grammar_for(request.format)
+        triggers: tuple[str, ...] = ()
+        thinking = chat.thinking
+        opened = thinking is not None and prompt.tail.rstrip().endswith(thinking.open)
+        if tools and chat.tools is not None:  # (a model without tools was refused above)
+            from localserve.engine.tool_grammar import tool_grammar
+
+            # The prompt opened a thinking block: the call comes after its end.
+            after = thinking.close if thinking and opened and request.think is not False else ""
+            enforced = tool_grammar(
+                chat.tools,
+                tools,
+                choice=request.tool_choice,
+                parallel=request.parallel_tool_calls,
+                after=after,
+            )
+            # A format grammar (JSON mode) wins over the lazy one for "auto".
+            if enforced is not None and (request.tool_choice != "auto" or grammar is None):
+                grammar, triggers = enforced.gbnf, enforced.triggers
+        parses = not request.raw and bool(tools or chat.thinks)
+        options = request.options
+        if prompt.stops:
+            options = replace(options, stop=(*options.stop, *prompt.stops))
+        first: Job | None = None
+        jobs: list[Job] = []
+        for choice in range(max(1, request.n)):
+            seeded = options
+            if choice and options.seed >= 0:  # n answers, not n copies of one
+                seeded = replace(options, seed=options.seed + choice)
+            job = Job(
+                f"{request_id}#{choice}" if choice else request_id,
+                prompt.tokens,
+                seeded,
+                grammar,
+                grammar_triggers=triggers,
+                dropped_messages=prompt.dropped_messages,
+                want_context=request.want_context,
+                parser_factory=self._parser_factory(request, tools, opened) if parses else None,
+                preserved_tokens=self.preserved if parses else frozenset(),
+                logprobs=request.top_logprobs if request.logprobs else -1,
+                prompt_logprobs=request.prompt_logprobs,
+                # The other answers copy the first one's prompt cells once it has read
+                # the prompt: one prefill for all of them.
+                parent=first,
+                media=prompt.media,
+            )
+            jobs.append(job)
+            first = first or job
+        return jobs
+
+    def _parser_factory(
+        self, request: GenerateJob, tools: list[dict[str, Any]] | None, opened: bool
+    ) -> Callable[[str], Any]:
+        from localserve.runtime.chat.parse import AnswerParser, HarmonyParser
+
+        chat = self.chat
+        names = [str((t.get("function") or {}).get("name", "")) for t in tools or []]
+        show = request.think is not False
+        if chat.harmony:
+            return lambda job_id: HarmonyParser(job_id, tool_names=names, show_thinking=show)
+        return lambda job_id: AnswerParser(
+            job_id,
+            tools=chat.tools if tools else None,
+            tool_names=names,
+            thinking=chat.thinking,
+            in_thinking=opened,
+            show_thinking=show,
+        )
+
+
+def request_of(job_id: str) -> tuple[str, int]:
+    """A job id's request id and answer index (``r5#2``: the third answer of ``r5``)."""
+    request_id, _, choice = job_id.partition("#")
+    return request_id, int(choice or 0)
+
+
+def _media_bytes(items: object) -> list[bytes]:
+    """A request's base64 media (the route checked them) as bytes."""
+    if not items:
+        return []
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise InvalidOptionError("images must be a list of base64 strings")
+    try:
+        return [base64.b64decode(item, validate=True) for item in items]
+    except ValueError:
+        raise InvalidOptionError("an image is not valid base64") from None
+
+
+def _template_kwargs(request: GenerateJob) -> dict[str, Any]:
+    """Variables for the chat template: the request's own (``chat_template_kwargs``),
+    and the thinking switch under the names templates read."""
+    kwargs = dict(request.template_kwargs)
+    if request.think is not None:
+        kwargs.setdefault("enable_thinking", bool(request.think))
+        kwargs.setdefault("thinking", bool(request.think))
+    if isinstance(request.think, str):
+        kwargs.setdefault("reasoning_effort", request.think)
+    return kwargs
