@@ -477,7 +477,7 @@ def test_lazy_tool_grammar_waits_for_the_call_marker(model: Model) -> None:
     only what continues a valid call."""
     import llama_cpp.llama_cpp as L
 
-    from localserve.engine.llama import Sampler
+    from localserve.engine.sampler import Sampler
     from localserve.engine.tool_grammar import tool_grammar
     from localserve.runtime.chat.formats import ToolFormat
 

@@ -108,7 +108,7 @@ def test_required_after_an_opened_thinking_block(engine: Engine) -> None:
     it closes the block, only a call may follow."""
     import llama_cpp.llama_cpp as L
 
-    from localserve.engine.llama import Sampler
+    from localserve.engine.sampler import Sampler
 
     found = detect(ChatTemplate(chat_templates.HERMES))
     assert found.tools is not None

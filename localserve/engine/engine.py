@@ -40,9 +40,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from localserve.engine.llama import Batch, Context, Model, Sampler
+from localserve.engine.llama import Batch, Context, Model
 from localserve.engine.logprobs import token_logprob
 from localserve.engine.media import MediaChunk, Projector
+from localserve.engine.sampler import Sampler
 from localserve.engine.speculate import (
     MODEL_MAX_DRAFT,
     CostGate,
