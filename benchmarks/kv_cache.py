@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.prompts import TOPICS, prompt  # noqa: E402
-from localserve.engine.engine import Engine, Job  # noqa: E402
+from localserve.engine.engine import Engine  # noqa: E402
+from localserve.engine.job import Job  # noqa: E402
 from localserve.engine.llama import Model  # noqa: E402
 from localserve.plan import Devices, plan  # noqa: E402
 from localserve.runtime.options import LoadOptions, SamplingOptions  # noqa: E402

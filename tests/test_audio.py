@@ -21,7 +21,8 @@ import openai
 import pytest
 from PIL import Image
 
-from localserve.engine.engine import Engine, Job
+from localserve.engine.engine import Engine
+from localserve.engine.job import Job
 from localserve.engine.llama import Model
 from localserve.engine.media import Projector
 from localserve.engine.prompt import Prompt, PromptBuilder

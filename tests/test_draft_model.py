@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localserve.engine.engine import Engine, Job
+from localserve.engine.engine import Engine
+from localserve.engine.job import Job
 from localserve.engine.llama import Model
 from localserve.engine.speculate import DraftModel, DraftRequest, check_vocabularies
 from localserve.errors import InvalidOptionError

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from localserve.engine.embed import Embedder
-from localserve.engine.engine import Engine, Job
+from localserve.engine.engine import Engine
 from localserve.engine.grammar import grammar_for
+from localserve.engine.job import Job
 from localserve.engine.llama import Model
 from localserve.errors import InvalidOptionError, PromptTooLongError
 from localserve.runtime.options import LoadOptions, SamplingOptions

@@ -19,7 +19,8 @@ import pytest
 
 from localserve.config import FLASH_ATTENTION_MODES, KV_CACHE_TYPES, load_settings
 from localserve.engine import llama
-from localserve.engine.engine import Engine, Job
+from localserve.engine.engine import Engine
+from localserve.engine.job import Job
 from localserve.engine.llama import GGML_KV_TYPES, Context, Model
 from localserve.errors import InvalidOptionError
 from localserve.plan import Devices, plan

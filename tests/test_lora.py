@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from localserve.engine.embed import Embedder
-from localserve.engine.engine import Engine, Job
+from localserve.engine.engine import Engine
+from localserve.engine.job import Job
 from localserve.engine.llama import LoraAdapter, Model
 from localserve.errors import EngineError, InvalidGGUFError, WrongGGUFKindError
 from localserve.plan import Devices, plan

@@ -141,7 +141,7 @@ def test_answers_come_back_as_sent() -> None:
 
 
 def test_stats_hold_every_engine_counter() -> None:
-    from localserve.engine.engine import EngineStats
+    from localserve.engine.job import EngineStats
 
     counters = {f.name for f in fields(EngineStats)}
     assert counters <= {f.name for f in fields(RunnerStats)}

@@ -9,8 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from localserve.engine.engine import Engine, Job
+from localserve.engine.engine import Engine
 from localserve.engine.grammar import grammar_for
+from localserve.engine.job import Job
 from localserve.engine.llama import Model
 from localserve.engine.speculate import GATE_PAUSE, PROBE_EVERY, CostGate, Drafter
 from localserve.runtime.options import LoadOptions, SamplingOptions

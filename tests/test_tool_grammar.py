@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from localserve.engine.engine import Engine, Job
+from localserve.engine.engine import Engine
+from localserve.engine.job import Job
 from localserve.engine.llama import Model
 from localserve.engine.tool_grammar import enforced_kinds, tool_grammar
 from localserve.runtime.chat.formats import ChatFormat, detect

@@ -253,7 +253,7 @@ def test_random_text_never_raises(name: str, text: str, piece: int, opened: bool
 
 
 def test_think_switch_reaches_the_template() -> None:
-    from localserve.engine.jobs import _template_kwargs
+    from localserve.engine.prepare import _template_kwargs
     from localserve.runtime.protocol import GenerateJob
 
     assert _template_kwargs(GenerateJob(think=None)) == {}

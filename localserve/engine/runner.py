@@ -7,7 +7,7 @@ stdout (runtime/protocol.py). File descriptor 1 is pointed at stderr right away 
 that nothing printed by llama.cpp or a stray ``print`` can corrupt the protocol stream.
 
 One thread does everything: wait for input (blocking only when idle), hand
-requests to the engine (their jobs made by engine/jobs.py), run one engine step,
+requests to the engine (their jobs made by engine/prepare.py), run one engine step,
 write that step's events in one frame. If llama.cpp crashes or aborts, only this
 process dies; the daemon sees its pipe close and fails the requests it had in
 flight. If the daemon dies, the kernel kills this process too (PR_SET_PDEATHSIG),
@@ -30,8 +30,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from localserve.config import debug_enabled
-from localserve.engine.jobs import JobBuilder, request_of
 from localserve.engine.loading import Loaded, Loader
+from localserve.engine.prepare import JobBuilder, request_of
 from localserve.errors import InvalidOptionError, LocalserveError
 from localserve.runtime.framing import FrameReader, write_frame
 from localserve.runtime.protocol import (
@@ -53,7 +53,7 @@ from localserve.runtime.protocol import (
 
 if TYPE_CHECKING:
     from localserve.engine.embed import Embedder
-    from localserve.engine.engine import Job
+    from localserve.engine.job import Job
 
 log = logging.getLogger("localserve.runner")
 

@@ -18,7 +18,7 @@ from localserve.errors import InvalidOptionError
 from localserve.runtime.protocol import GenerateJob
 
 if TYPE_CHECKING:
-    from localserve.engine.engine import Job
+    from localserve.engine.job import Job
     from localserve.engine.loading import Loaded
 
 
@@ -33,8 +33,8 @@ class JobBuilder:
 
     def build(self, request_id: str, request: GenerateJob) -> list[Job]:
         """The request's engine jobs (one per answer), its prompt rendered and tokenized."""
-        from localserve.engine.engine import Job
         from localserve.engine.grammar import grammar_for
+        from localserve.engine.job import Job
 
         chat = self.chat
         wants_tools = bool(request.tools) and request.tool_choice != "none"
