@@ -24,6 +24,7 @@ from localserve.runtime.protocol import (
     ThinkingEvent,
     ToolCallEvent,
 )
+from localserve.schemas.answer import Answer
 from localserve.schemas.base import keep_alive_seconds
 from localserve.schemas.openai import (
     ChatCompletionRequest,
@@ -34,7 +35,6 @@ from localserve.schemas.openai import (
 )
 from localserve.server.errors import OPENAI_ERRORS
 from localserve.server.routes.deps import (
-    Answer,
     check_capabilities,
     model_request,
     scheduler,
