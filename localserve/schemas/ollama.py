@@ -382,16 +382,15 @@ class AnswerShape:
     as one object.
     """
 
-    n = 1
-    # ``started``: perf_counter_ns() when the request arrived (for total_duration).
+    n = 1  # Ollama has no ``n``: one answer per request
 
     def __init__(
         self, model: str, *, chat: bool = False, logprobs: bool = False, started: int
     ) -> None:
         self.model = model
-        self.chat = chat
-        self.logprobs = logprobs
-        self.started = started
+        self.chat = chat  # /api/chat (a message) or /api/generate (a response)
+        self.logprobs = logprobs  # every chunk carries a logprobs list
+        self.started = started  # perf_counter_ns() at the request's arrival: total_duration
         self._pending: list[dict[str, Any]] = []  # log-probabilities of tokens not yet sent
 
     def head(self) -> list[AnswerResponse]:
