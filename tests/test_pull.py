@@ -21,6 +21,7 @@ from localserve.errors import (
     NoSuchFileError,
     RepoNotFoundError,
 )
+from localserve.schemas.ollama import ProgressResponse
 from localserve.store import download as download_module
 from localserve.store.download import DownloadOptions
 from localserve.store.progress import Progress
@@ -89,7 +90,9 @@ def test_pull_default_quant(hub: FakeHub, store: ModelStore, model_files: dict[s
     assert [p.completed for p in progress] == sorted(
         p.completed or 0 for p in progress
     )  # never goes back
-    assert progress[-1].to_wire() == {
+    last = progress[-1]
+    wire = ProgressResponse.of(last.status, last.digest, last.total, last.completed)
+    assert wire.model_dump() == {
         "status": f"pulling {expected_digest[:12]}",
         "digest": f"sha256:{expected_digest}",
         "total": progress[-1].total,

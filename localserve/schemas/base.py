@@ -1,5 +1,8 @@
-"""The base of every wire request model: unknown fields ignored, null means "default",
-types checked strictly, text that is valid Unicode.
+"""The bases of the wire models: :class:`Request` for the bodies the daemon accepts,
+:class:`Response` for the objects it sends.
+
+Requests: unknown fields ignored, null means "default", types checked strictly, text
+that is valid Unicode.
 
 Ollama's Go decoder leaves a field at its default on null (``"stream": null``
 streams), and OpenAI documents most fields as "<type> or null"; clients that
@@ -10,6 +13,14 @@ a valid float).
 JSON may escape half of a surrogate pair (``"\\ud800"``); Python's JSON parser lets it
 through as a string no UTF-8 encoder accepts, so it would fail deep inside (the
 tokenizer, the runner pipe) as a 500. It is refused here instead, as a 400.
+
+Responses: one rule says which keys a client sees. A field without a default is always
+sent, as null when it is None (OpenAI's ``"finish_reason": null``); a field whose
+default is None is left out while it is None (Ollama sends ``thinking`` only when there
+is some). Each is written by the same JSON encoder as the dict it replaced, so the
+bytes on the wire did not change: streamed chunks and whole answers as a dict for
+json.dumps (server/streaming.py, JSONResponse), a route's ``response_model`` by
+FastAPI through pydantic (tests/golden/wire.txt pins them all).
 """
 
 from __future__ import annotations
@@ -38,6 +49,28 @@ class Request(BaseModel):
             _check_unicode(data)
             return {k: v for k, v in data.items() if v is not None}
         return data
+
+
+class Response(BaseModel):
+    """The base of every wire response model (see the module docstring for the rule)."""
+
+    # The daemon builds these itself: an unknown field is a bug to hear about.
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        # The rule, applied once per class: pydantic then leaves these keys out itself,
+        # in model_dump and in FastAPI's own JSON of a response_model alike.
+        optional = [f for f in cls.model_fields.values() if f.default is None]
+        if any(f.exclude_if is None for f in optional):
+            for field in optional:
+                field.exclude_if = _is_none
+            cls.model_rebuild(force=True)
+
+
+def _is_none(value: object) -> bool:
+    return value is None
 
 
 def _check_unicode(value: Any) -> None:

@@ -1,4 +1,5 @@
-"""OpenAI's wire format for /v1: the request fields we honour, and chunk builders.
+"""OpenAI's wire format for /v1: the request fields we honour, the objects we return,
+and the shapes that make chat completions and completions of engine events.
 
 The official ``openai`` SDK is the judge (tests/test_compat_openai.py). Beyond
 OpenAI's fields, ``options`` (Ollama's options object) and ``num_ctx`` are accepted
@@ -8,14 +9,28 @@ context size.
 
 from __future__ import annotations
 
+import base64
+import json
+import struct
+import time
+import uuid
 from typing import Any, Literal
 
 from pydantic import Field
 
 from localserve.errors import InvalidOptionError
 from localserve.runtime.options import SamplingOptions
-from localserve.runtime.protocol import DoneEvent, GenerateJob
-from localserve.schemas.base import Request
+from localserve.runtime.protocol import (
+    DoneEvent,
+    Event,
+    GenerateJob,
+    LogprobsEvent,
+    TextEvent,
+    ThinkingEvent,
+    ToolCallEvent,
+)
+from localserve.schemas.answer import Answer, TokenLogprob, token_logprobs
+from localserve.schemas.base import Request, Response
 from localserve.schemas.media import check_media, from_url
 from localserve.schemas.tools import THINK_LEVELS, check_tools, history_message
 
@@ -213,3 +228,395 @@ def finish_reason(done: DoneEvent, called: bool = False) -> str:
     if done.done_reason == "length":
         return "length"
     return "tool_calls" if called else "stop"
+
+
+# -------------------------------------------------------------------- responses
+
+FINGERPRINT = "localserve"
+
+
+class ModelCard(Response):
+    id: str
+    object: Literal["model"] = "model"
+    created: int  # unix seconds
+    owned_by: str = "localserve"
+
+
+class ModelList(Response):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class PredictionTokens(Response):
+    accepted_prediction_tokens: int
+    rejected_prediction_tokens: int
+
+
+class Usage(Response):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    # OpenAI's names for tokens of a predicted output that were / were not used: here,
+    # speculative decoding's accepted and rejected drafts.
+    completion_tokens_details: PredictionTokens | None = None
+
+    @classmethod
+    def of(cls, done: list[DoneEvent | None]) -> Usage:
+        """One prompt (the ``n`` answers share it), every answer's tokens."""
+        finished = [d for d in done if d is not None] or [DoneEvent("", "stop")]
+        prompt = finished[0].prompt_eval_count
+        completion = sum(d.eval_count for d in finished)
+        drafted = sum(d.draft_count for d in finished)
+        details = None
+        if drafted:
+            accepted = sum(d.draft_accepted for d in finished)
+            details = PredictionTokens(
+                accepted_prediction_tokens=accepted, rejected_prediction_tokens=drafted - accepted
+            )
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            completion_tokens_details=details,
+        )
+
+
+class FunctionCall(Response):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ChatToolCall(Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    @classmethod
+    def of(cls, call: ToolCallEvent) -> ChatToolCall:
+        return cls(
+            id=call_id(call),
+            function=FunctionCall(name=call.name, arguments=json.dumps(call.arguments)),
+        )
+
+
+def call_id(call: ToolCallEvent) -> str:
+    """The model's own id for a call where its format has one, else a new one."""
+    return call.call_id or f"call_{uuid.uuid4().hex[:24]}"
+
+
+class ChoiceLogprobs(Response):
+    content: list[TokenLogprob]
+
+
+class ChatMessage(Response):
+    role: Literal["assistant"] = "assistant"
+    content: str | None  # null when the answer is only tool calls
+    reasoning_content: str | None = None
+    tool_calls: list[ChatToolCall] | None = None
+
+
+class ChatChoice(Response):
+    index: int
+    message: ChatMessage
+    logprobs: ChoiceLogprobs | None
+    finish_reason: str
+
+
+class ChatCompletionResponse(Response):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str = FINGERPRINT
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class DeltaFunction(Response):
+    name: str | None = None
+    arguments: str
+
+
+class DeltaToolCall(Response):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+
+class Delta(Response):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
+
+
+class ChunkChoice(Response):
+    index: int
+    delta: Delta
+    logprobs: ChoiceLogprobs | None
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(Response):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str = FINGERPRINT
+    choices: list[ChunkChoice]  # empty in the usage chunk
+    usage: Usage | None = None
+
+
+ChatChunks = list[ChatCompletionChunk]
+
+
+class ChatShape:
+    """Chat completion objects and chunks for one request's ``n`` answers.
+
+    Streamed: each answer's role first, then its text, reasoning and tool calls as
+    they come (a call as OpenAI streams one: its id and name, then its arguments), a
+    finish chunk per answer, and the usage chunk when asked for. Log-probabilities
+    ride on the next text chunk of their answer.
+    """
+
+    def __init__(self, body: ChatCompletionRequest) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = body.model
+        self.n = body.n
+        self.logprobs = body.logprobs
+        self.include_usage = body.include_usage
+        self._called = [False] * self.n
+        self._finished: list[DoneEvent | None] = [None] * self.n
+        # Log-probabilities of tokens not yet shown, per answer.
+        self._pending: list[list[dict[str, Any]]] = [[] for _ in range(self.n)]
+
+    def head(self) -> ChatChunks:
+        # OpenAI sends each answer's role first.
+        return [self._chunk(i, Delta(role="assistant", content="")) for i in range(self.n)]
+
+    def chunks(self, event: Event) -> ChatChunks:
+        index = event.choice
+        if isinstance(event, LogprobsEvent):
+            self._pending[index].extend(event.entries)
+            return []
+        if isinstance(event, TextEvent | ThinkingEvent):
+            logprobs, self._pending[index] = self._pending[index], []
+            delta = (
+                Delta(content=event.text)
+                if isinstance(event, TextEvent)
+                else Delta(reasoning_content=event.text)
+            )
+            return [self._chunk(index, delta, logprobs=logprobs)]
+        if isinstance(event, ToolCallEvent):
+            self._called[index] = True
+            function = DeltaFunction(name=event.name, arguments="")
+            named = DeltaToolCall(
+                index=event.index, id=call_id(event), type="function", function=function
+            )
+            arguments = DeltaFunction(arguments=json.dumps(event.arguments))
+            return [
+                self._chunk(index, Delta(tool_calls=[named])),
+                self._chunk(
+                    index, Delta(tool_calls=[DeltaToolCall(index=event.index, function=arguments)])
+                ),
+            ]
+        if isinstance(event, DoneEvent):
+            self._finished[index] = event
+            return [self._chunk(index, Delta(), finish=finish_reason(event, self._called[index]))]
+        return []
+
+    def tail(self) -> ChatChunks:
+        if not self.include_usage:
+            return []
+        return [self._completion_chunk([], usage=Usage.of(self._finished))]
+
+    def whole(self, answers: list[Answer]) -> ChatCompletionResponse:
+        return ChatCompletionResponse(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[self._choice(i, answer) for i, answer in enumerate(answers)],
+            usage=Usage.of([a.done for a in answers]),
+        )
+
+    def _chunk(
+        self,
+        index: int,
+        delta: Delta,
+        finish: str | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> ChatCompletionChunk:
+        choice = ChunkChoice(
+            index=index,
+            delta=delta,
+            logprobs=ChoiceLogprobs(content=token_logprobs(logprobs)) if logprobs else None,
+            finish_reason=finish,
+        )
+        return self._completion_chunk([choice])
+
+    def _completion_chunk(
+        self, choices: list[ChunkChoice], usage: Usage | None = None
+    ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+
+    def _choice(self, index: int, answer: Answer) -> ChatChoice:
+        done = answer.done or DoneEvent("", "stop")
+        message = ChatMessage(
+            content=answer.content if answer.content or not answer.calls else None,
+            reasoning_content=answer.reasoning or None,
+            tool_calls=[ChatToolCall.of(c) for c in answer.calls] or None,
+        )
+        return ChatChoice(
+            index=index,
+            message=message,
+            logprobs=ChoiceLogprobs(content=token_logprobs(answer.logprobs))
+            if self.logprobs
+            else None,
+            finish_reason=finish_reason(done, bool(answer.calls)),
+        )
+
+
+class LegacyLogprobs(Response):
+    """The completions API's older shape: parallel lists, alternatives as a dict per
+    token, and each token's offset in the returned text."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+    @classmethod
+    def of(cls, entries: list[dict[str, Any]], offset: int) -> LegacyLogprobs:
+        offsets = []
+        for entry in entries:
+            offsets.append(offset)
+            offset += len(entry["token"])
+        return cls(
+            tokens=[e["token"] for e in entries],
+            token_logprobs=[e["logprob"] for e in entries],
+            top_logprobs=[
+                {alt["token"]: alt["logprob"] for alt in e["top_logprobs"]} for e in entries
+            ],
+            text_offset=offsets,
+        )
+
+
+class CompletionChoice(Response):
+    index: int
+    text: str
+    logprobs: LegacyLogprobs | None
+    finish_reason: str | None
+
+
+class CompletionResponse(Response):
+    """A completion, or a chunk of one (the same object, as OpenAI streams it)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str = FINGERPRINT
+    choices: list[CompletionChoice]  # empty in the usage chunk
+    usage: Usage | None = None
+
+
+class CompletionShape:
+    """Completion objects and chunks for one request's ``n`` answers: text only (the
+    completions API has no place for reasoning or tool calls); with ``echo`` the text
+    starts with the prompt, and so do the log-probabilities of the whole answer."""
+
+    def __init__(self, body: CompletionRequest) -> None:
+        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = body.model
+        self.n = body.n
+        self.top = body.logprobs  # None: no log-probabilities
+        self.include_usage = body.include_usage
+        self.prefix = body.text() if body.echo else ""
+        self._pending: list[list[dict[str, Any]]] = [[] for _ in range(self.n)]
+        self._offsets = [len(self.prefix)] * self.n  # where each answer's next text starts
+        self._finished: list[DoneEvent | None] = [None] * self.n
+
+    def head(self) -> list[CompletionResponse]:
+        return [self._completion([self._choice(i, "", None)]) for i in range(self.n)]
+
+    def chunks(self, event: Event) -> list[CompletionResponse]:
+        index = event.choice
+        if isinstance(event, LogprobsEvent):
+            self._pending[index].extend(event.entries)
+            return []
+        if isinstance(event, TextEvent):
+            logprobs = self._logprobs(self._pending[index], self._offsets[index])
+            self._offsets[index] += len(event.text)
+            self._pending[index] = []
+            return [self._completion([self._choice(index, event.text, None, logprobs)])]
+        if isinstance(event, DoneEvent):
+            self._finished[index] = event
+            return [self._completion([self._choice(index, "", event)])]
+        return []
+
+    def tail(self) -> list[CompletionResponse]:
+        if not self.include_usage:
+            return []
+        return [self._completion([], usage=Usage.of(self._finished))]
+
+    def whole(self, answers: list[Answer]) -> CompletionResponse:
+        choices = [
+            # With echo the entries begin with the prompt's own tokens, at offset 0.
+            self._choice(i, self.prefix + a.content, a.done, self._logprobs(a.logprobs, 0))
+            for i, a in enumerate(answers)
+        ]
+        return self._completion(choices, usage=Usage.of([a.done for a in answers]))
+
+    def _logprobs(self, entries: list[dict[str, Any]], offset: int) -> LegacyLogprobs | None:
+        return LegacyLogprobs.of(entries, offset) if self.top is not None else None
+
+    def _choice(
+        self,
+        index: int,
+        text: str,
+        done: DoneEvent | None,
+        logprobs: LegacyLogprobs | None = None,
+    ) -> CompletionChoice:
+        return CompletionChoice(
+            index=index,
+            text=text,
+            logprobs=logprobs,
+            finish_reason=finish_reason(done) if done else None,
+        )
+
+    def _completion(
+        self, choices: list[CompletionChoice], usage: Usage | None = None
+    ) -> CompletionResponse:
+        return CompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+
+
+class Embedding(Response):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # base64: little-endian float32, what the SDK asks for
+
+    @classmethod
+    def of(cls, index: int, vector: list[float], encoding: str) -> Embedding:
+        if encoding == "base64":
+            packed = struct.pack(f"<{len(vector)}f", *vector)
+            return cls(index=index, embedding=base64.b64encode(packed).decode())
+        return cls(index=index, embedding=vector)
+
+
+class EmbeddingUsage(Response):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(Response):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

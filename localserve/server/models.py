@@ -15,7 +15,7 @@ from typing import Any
 from localserve.errors import StoreError, TemplateError
 from localserve.runtime.chat.formats import PLAIN, ChatFormat, detect
 from localserve.runtime.templates import ChatTemplate
-from localserve.schemas.ollama import timestamp
+from localserve.schemas.ollama import ListedModel, ModelDetails, ShowResponse, timestamp
 from localserve.store.create import ModelConfig, iter_config_lines, model_modelfile, read_config
 from localserve.store.gguf import (
     GGUFInfo,
@@ -109,44 +109,44 @@ def capabilities(app: Any, manifest: Manifest) -> list[str]:
     return [*found, "embedding"]
 
 
-def model_details(app: Any, manifest: Manifest) -> dict[str, Any]:
+def model_details(app: Any, manifest: Manifest, parent: str = "") -> ModelDetails:
     info = gguf_info(app, manifest)
     family = info.architecture or "unknown"
-    return {
-        "parent_model": "",
-        "format": "gguf",
-        "family": family,
-        "families": [family],
-        "parameter_size": parameter_size_label(info.parameter_count),
-        "quantization_level": manifest.quantization or info.quantization,
-    }
+    return ModelDetails(
+        parent_model=parent,
+        format="gguf",
+        family=family,
+        families=[family],
+        parameter_size=parameter_size_label(info.parameter_count),
+        quantization_level=manifest.quantization or info.quantization,
+    )
 
 
-def tag_entry(app: Any, stored: StoredModel) -> dict[str, Any]:
+def tag_entry(app: Any, stored: StoredModel) -> ListedModel:
     try:
         details = model_details(app, stored.manifest)
     except (StoreError, OSError) as exc:
         # One damaged model must not break the list; loading it says what is wrong.
         log.warning("cannot read the GGUF header of %s: %s", stored.name, exc)
-        details = {
-            "parent_model": "",
-            "format": "gguf",
-            "family": "unknown",
-            "families": ["unknown"],
-            "parameter_size": "",
-            "quantization_level": stored.manifest.quantization or "",
-        }
-    return {
-        "name": stored.name,
-        "model": stored.name,
-        "modified_at": timestamp(stored.modified_at),
-        "size": stored.manifest.total_size,
-        "digest": stored.manifest.digest,
-        "details": details,
-    }
+        details = ModelDetails(
+            parent_model="",
+            format="gguf",
+            family="unknown",
+            families=["unknown"],
+            parameter_size="",
+            quantization_level=stored.manifest.quantization or "",
+        )
+    return ListedModel(
+        name=stored.name,
+        model=stored.name,
+        modified_at=timestamp(stored.modified_at),
+        size=stored.manifest.total_size,
+        digest=stored.manifest.digest,
+        details=details,
+    )
 
 
-def show_model(app: Any, name: str, verbose: bool) -> dict[str, Any]:
+def show_model(app: Any, name: str, verbose: bool) -> ShowResponse:
     store: ModelStore = app.state.store
     _, manifest = store.get(name)
     info = gguf_info(app, manifest)
@@ -154,33 +154,29 @@ def show_model(app: Any, name: str, verbose: bool) -> dict[str, Any]:
     if not verbose:
         # Ollama leaves the long tokenizer arrays out unless asked; we never send them.
         model_info = {k: v for k, v in model_info.items() if v is not None}
-    source = manifest.source.model_dump()
     config = model_config(app, manifest)
     template = chat_template(app, manifest)
-    result: dict[str, Any] = {
-        "modelfile": model_modelfile(store, manifest, config, template),
-        "parameters": "\n".join(iter_config_lines(config)),
-        "template": template or "",
-        "details": model_details(app, manifest),
-        "model_info": model_info,
-        "capabilities": capabilities(app, manifest),
-        "modified_at": timestamp(manifest.created_at),
-        "source": source,
-    }
-    projector = projector_info(app, manifest)
-    if projector is not None:
-        # Ollama's key: the projector's metadata, like model_info is the model's.
-        projector_kv = projector.projector_info()
-        if not verbose:
-            projector_kv = {k: v for k, v in projector_kv.items() if v is not None}
-        result["projector_info"] = projector_kv
-    if config.system is not None:
-        result["system"] = config.system
-    if config.messages:
-        result["messages"] = config.messages
     licence = config.license if config.license is not None else info.license
-    if licence:
-        result["license"] = licence
-    if manifest.base is not None:
-        result["details"]["parent_model"] = manifest.base
-    return result
+    return ShowResponse(
+        modelfile=model_modelfile(store, manifest, config, template),
+        parameters="\n".join(iter_config_lines(config)),
+        template=template or "",
+        details=model_details(app, manifest, parent=manifest.base or ""),
+        model_info=model_info,
+        capabilities=capabilities(app, manifest),
+        modified_at=timestamp(manifest.created_at),
+        source=manifest.source.model_dump(),
+        projector_info=_projector_kv(app, manifest, verbose),
+        system=config.system,
+        messages=config.messages or None,
+        license=licence or None,
+    )
+
+
+def _projector_kv(app: Any, manifest: Manifest, verbose: bool) -> dict[str, Any] | None:
+    """The multimodal projector's metadata (Ollama's ``projector_info``), if any."""
+    projector = projector_info(app, manifest)
+    if projector is None:
+        return None
+    found = projector.projector_info()
+    return found if verbose else {k: v for k, v in found.items() if v is not None}

@@ -1,4 +1,5 @@
-"""Streaming responses: NDJSON (Ollama) and server-sent events (OpenAI).
+"""Streaming responses: NDJSON (Ollama) and server-sent events (OpenAI), of the
+schemas' response models (and plain dicts: the error lines).
 
 The status line goes out with the first chunk, so an error after that can only be
 reported in the stream: as a last ``{"error": ...}`` line (NDJSON) or a last
@@ -18,10 +19,12 @@ from typing import Any, TypeVar
 
 from fastapi.responses import StreamingResponse
 
+from localserve.schemas.base import Response
 from localserve.server.errors import error_body, message_of
 
 log = logging.getLogger("localserve.server")
 T = TypeVar("T")
+Chunk = Response | dict[str, Any]
 _DONE = object()
 
 
@@ -72,17 +75,23 @@ async def iterate_in_thread(generator: Generator[T]) -> AsyncIterator[T]:
 _SPLITLINES_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
-def _json(obj: dict[str, Any]) -> bytes:
-    """Compact JSON on one line for every line reader (generated text can hold anything)."""
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+def _json(obj: Chunk) -> bytes:
+    """Compact JSON on one line for every line reader (generated text can hold anything).
+
+    A model becomes a dict (model_dump's serializer, without its Python wrapper: this
+    is the streams' hot path) for json.dumps, not pydantic's own JSON, which writes some
+    floats differently (``1e-5`` for ``1e-05``, NaN as null): the bytes are the ones the
+    dicts before the models made."""
+    data = obj.__pydantic_serializer__.to_python(obj) if isinstance(obj, Response) else obj
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     return text.translate(_SPLITLINES_BREAKS).encode()
 
 
-def _line(obj: dict[str, Any]) -> bytes:
+def _line(obj: Chunk) -> bytes:
     return _json(obj) + b"\n"
 
 
-async def _ndjson(chunks: AsyncIterator[dict[str, Any]], path: str) -> AsyncIterator[bytes]:
+async def _ndjson(chunks: AsyncIterator[Chunk], path: str) -> AsyncIterator[bytes]:
     try:
         async for chunk in chunks:
             yield _line(chunk)
@@ -91,11 +100,11 @@ async def _ndjson(chunks: AsyncIterator[dict[str, Any]], path: str) -> AsyncIter
         yield _line(error_body(path, 500, message_of(exc)))
 
 
-def ndjson(chunks: AsyncIterator[dict[str, Any]], path: str) -> StreamingResponse:
+def ndjson(chunks: AsyncIterator[Chunk], path: str) -> StreamingResponse:
     return StreamingResponse(_ndjson(chunks, path), media_type="application/x-ndjson")
 
 
-async def _sse(chunks: AsyncIterator[dict[str, Any]], path: str) -> AsyncIterator[bytes]:
+async def _sse(chunks: AsyncIterator[Chunk], path: str) -> AsyncIterator[bytes]:
     try:
         async for chunk in chunks:
             yield b"data: " + _json(chunk) + b"\n\n"
@@ -105,27 +114,27 @@ async def _sse(chunks: AsyncIterator[dict[str, Any]], path: str) -> AsyncIterato
     yield b"data: [DONE]\n\n"
 
 
-def sse(chunks: AsyncIterator[dict[str, Any]], path: str) -> StreamingResponse:
+def sse(chunks: AsyncIterator[Chunk], path: str) -> StreamingResponse:
     return StreamingResponse(
         _sse(chunks, path), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
 
 
 async def first_then_rest(
-    chunks: AsyncIterator[dict[str, Any]], count: int = 1
-) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
+    chunks: AsyncIterator[T], count: int = 1
+) -> tuple[T | None, AsyncIterator[T]]:
     """Pull the first ``count`` chunks before answering, so errors that happen before
     any output (unknown model, bad options, a failed load, a full queue) get a real
     status code; returns the first chunk and an iterator over everything."""
     iterator = chunks.__aiter__()
-    held: list[dict[str, Any]] = []
+    held: list[T] = []
     for _ in range(count):
         try:
             held.append(await iterator.__anext__())
         except StopAsyncIteration:
             break
 
-    async def rest() -> AsyncIterator[dict[str, Any]]:
+    async def rest() -> AsyncIterator[T]:
         for chunk in held:
             yield chunk
         async for chunk in iterator:

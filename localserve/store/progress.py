@@ -1,13 +1,13 @@
 """Progress of long store work (pull, import), as a stream of small events.
 
-The same events feed the CLI's progress bars and, later, the daemon's ``/api/pull``
-NDJSON stream, whose wire shape they mirror (status, digest, total, completed).
+The same events feed the CLI's progress bars and the daemon's ``/api/pull`` and
+``/api/create`` NDJSON streams, whose lines mirror them (status, digest, total,
+completed: schemas/ollama.py ``ProgressResponse``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,14 +17,3 @@ class Progress:
     total: int | None = None
     completed: int | None = None
     filename: str | None = None  # a readable label for the blob
-
-    def to_wire(self) -> dict[str, Any]:
-        """The Ollama ``/api/pull`` stream object for this event."""
-        wire: dict[str, Any] = {"status": self.status}
-        if self.digest is not None:
-            wire["digest"] = f"sha256:{self.digest}"
-        if self.total is not None:
-            wire["total"] = self.total
-        if self.completed is not None:
-            wire["completed"] = self.completed
-        return wire

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
@@ -22,10 +21,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from localserve.errors import InvalidOptionError, InvalidReferenceError
-from localserve.schemas.ollama import CreateRequest
+from localserve.schemas.ollama import CreateRequest, ProgressResponse
 from localserve.server.errors import OLLAMA_ERRORS
 from localserve.server.routes.deps import store
-from localserve.server.routes.native import STREAMED
+from localserve.server.routes.native import streamed
 from localserve.server.streaming import first_then_rest, iterate_in_thread, ndjson
 from localserve.store.modelfile import (
     Adapter,
@@ -120,7 +119,7 @@ def _uploaded(models: Any, digest: str) -> Any:
     return models.blob_path(hex_digest)
 
 
-@router.post("/api/create", response_model=None, responses=STREAMED)
+@router.post("/api/create", response_model=None, responses=streamed(ProgressResponse))
 async def create(body: CreateRequest, request: Request) -> Response:
     from localserve.store.create import create_model
     from localserve.store.pull import pull_model
@@ -133,15 +132,15 @@ async def create(body: CreateRequest, request: Request) -> Response:
         models, body.model, spec, folder=models.root, pull=partial(pull_model, models)
     )
 
-    async def chunks() -> AsyncIterator[dict[str, Any]]:
-        async for event in iterate_in_thread(events):
-            yield event.to_wire()
-
+    chunks = (
+        ProgressResponse.of(e.status, e.digest, e.total, e.completed)
+        async for e in iterate_in_thread(events)
+    )
     if body.stream:
         # The base and the adapters are checked before the first status line: an
         # unknown base or a mismatched adapter is a 4xx, not an error after a 200.
-        _, rest = await first_then_rest(chunks())
+        _, rest = await first_then_rest(chunks)
         return ndjson(rest, request.url.path)
-    async for _ in chunks():
+    async for _ in chunks:
         pass
-    return JSONResponse({"status": "success"})
+    return JSONResponse(ProgressResponse(status="success").model_dump())

@@ -1,27 +1,24 @@
-"""What the Ollama and OpenAI routes share: the app's scheduler and store, the
-model and options a request asks for, the capability checks made before a model
-loads, and the answer a non-streamed response collects from engine events."""
+"""What the API routes share: the app's scheduler and store, the model and options a
+request asks for, the capability checks made before a model loads, and the run of a
+job: its engine events (timed for the metrics), streamed through the API's shape or
+gathered into whole answers."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, replace
-from typing import Any
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from fastapi import Request
 
 from localserve.errors import InvalidOptionError, LocalserveError
 from localserve.runtime.options import SamplingOptions
-from localserve.runtime.protocol import (
-    DoneEvent,
-    Event,
-    GenerateJob,
-    LogprobsEvent,
-    TextEvent,
-    ThinkingEvent,
-    ToolCallEvent,
-)
+from localserve.runtime.protocol import DoneEvent, Event, GenerateJob, LogprobsEvent
 from localserve.scheduler.scheduler import ModelRequest, Scheduler
+from localserve.schemas.answer import Answer, Shape
+from localserve.schemas.base import Response
 from localserve.schemas.media import check_count, media_kinds
 from localserve.schemas.options import split_options
 from localserve.server.models import capabilities, chat_format, gguf_info, model_config
@@ -123,35 +120,50 @@ async def check_capabilities(request: Request, name: str, job: GenerateJob) -> N
         raise InvalidOptionError(f"{name} does not support thinking")
 
 
-@dataclass
-class Answer:
-    """A whole answer gathered from engine events (for responses that do not stream)."""
+async def prepared(request: Request, name: str, job: GenerateJob) -> GenerateJob:
+    """The job with the model's Modelfile settings, once the model is known to be
+    able to do what it asks."""
+    job = with_model_settings(request, name, job)
+    await check_capabilities(request, name, job)
+    return job
 
-    text: list[str] = field(default_factory=list)
-    thinking: list[str] = field(default_factory=list)
-    calls: list[ToolCallEvent] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
-    done: DoneEvent | None = None
 
-    def add(self, event: Event) -> None:
-        if isinstance(event, LogprobsEvent):
-            self.logprobs.extend(event.entries)
-        elif isinstance(event, TextEvent):
-            self.text.append(event.text)
-        elif isinstance(event, ThinkingEvent):
-            self.thinking.append(event.text)
-        elif isinstance(event, ToolCallEvent):
-            self.calls.append(event)
-        elif isinstance(event, DoneEvent):
-            self.done = event
+async def run_job(
+    request: Request, model: ModelRequest, job: GenerateJob, started: int
+) -> AsyncIterator[Event]:
+    """The job's engine events from the scheduler, timed for the metrics: time to the
+    first thing shown (from ``started``, a perf_counter_ns()), and the done events."""
+    metrics = request.app.state.metrics
+    first = True
+    async for event in scheduler(request).generate(model, job):
+        if isinstance(event, DoneEvent):
+            metrics.record_done(event)
+        elif first and not isinstance(event, LogprobsEvent):
+            metrics.ttft.observe((time.perf_counter_ns() - started) / 1e9)
+            first = False
+        yield event
 
-    @property
-    def content(self) -> str:
-        return "".join(self.text)
 
-    @property
-    def reasoning(self) -> str:
-        return "".join(self.thinking)
+R = TypeVar("R", bound=Response)
+
+
+async def shaped(shape: Shape[R, Response], events: AsyncIterator[Event]) -> AsyncIterator[R]:
+    """A stream's objects: the shape's head, its chunks of each event, its tail."""
+    for chunk in shape.head():
+        yield chunk
+    async for event in events:
+        for chunk in shape.chunks(event):
+            yield chunk
+    for chunk in shape.tail():
+        yield chunk
+
+
+async def answers(events: AsyncIterator[Event], n: int) -> list[Answer]:
+    """The ``n`` whole answers of a request that does not stream."""
+    gathered = [Answer() for _ in range(n)]
+    async for event in events:
+        gathered[event.choice].add(event)
+    return gathered
 
 
 def shorten(vector: list[float], dimensions: int) -> list[float]:

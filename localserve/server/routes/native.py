@@ -1,14 +1,14 @@
 """Ollama's native API under /api (see docs/api.md and ../shared/WIRE.md).
 
-Routes stay thin: parse the body (schemas/ollama.py), split options, ask the
-scheduler, shape the chunks. No locks here; the scheduler owns concurrency.
+Routes stay thin: parse the body, build the job and ask the scheduler, shape the
+answer; the request and response models, and the shape that makes answers of engine
+events, are in schemas/ollama.py. No locks here; the scheduler owns concurrency.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -17,62 +17,76 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from localserve import __version__
-from localserve.runtime.protocol import (
-    DoneEvent,
-    GenerateJob,
-    LogprobsEvent,
-    TextEvent,
-    ThinkingEvent,
-    ToolCallEvent,
-)
+from localserve.runtime.protocol import GenerateJob
 from localserve.scheduler.scheduler import ModelRequest, Resident
+from localserve.schemas.base import Response as WireResponse
 from localserve.schemas.ollama import (
+    AnswerShape,
     ChatRequest,
+    ChatResponse,
     CopyRequest,
+    DeviceShare,
     EmbeddingsRequest,
+    EmbeddingsResponse,
     EmbedRequest,
+    EmbedResponse,
     GenerateRequest,
+    GenerateResponse,
+    ListResponse,
     NameRequest,
+    ProcessResponse,
+    ProgressResponse,
     PullRequest,
+    RunningModel,
     ShowRequest,
-    final_fields,
+    ShowResponse,
+    VersionResponse,
     timestamp,
 )
 from localserve.server.errors import OLLAMA_ERRORS
 from localserve.server.models import model_details, show_model, tag_entry
 from localserve.server.routes.deps import (
-    check_capabilities,
+    answers,
     model_request,
+    prepared,
+    run_job,
     scheduler,
+    shaped,
     shorten,
     store,
-    with_model_settings,
 )
 from localserve.server.streaming import first_then_rest, iterate_in_thread, ndjson
 
 router = APIRouter(responses=OLLAMA_ERRORS)
-# For the OpenAPI schema: what these routes answer with besides JSON.
-STREAMED: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "One JSON object, or with stream (the default) NDJSON lines",
-        "content": {"application/x-ndjson": {}},
+
+
+def streamed(model: type[WireResponse]) -> dict[int | str, dict[str, Any]]:
+    """For the OpenAPI schema: a route that answers ``model`` as one JSON object, or
+    with stream (the default) as NDJSON lines of the same kind."""
+    return {
+        200: {
+            "model": model,
+            "description": "One JSON object, or with stream (the default) NDJSON lines",
+            "content": {"application/x-ndjson": {}},
+        }
     }
-}
+
+
 EMPTY: dict[int | str, dict[str, Any]] = {200: {"description": "Done (an empty body)"}}
 
 
 # ------------------------------------------------------------------ basics
 
 
-@router.get("/api/version")
-async def version() -> dict[str, str]:
-    return {"version": __version__}
+@router.get("/api/version", response_model=VersionResponse)
+async def version() -> VersionResponse:
+    return VersionResponse(version=__version__)
 
 
-@router.get("/api/tags")
-async def tags(request: Request) -> dict[str, Any]:
+@router.get("/api/tags", response_model=ListResponse)
+async def tags(request: Request) -> ListResponse:
     models = await asyncio.to_thread(store(request).list_models)
-    return {"models": [await asyncio.to_thread(tag_entry, request.app, m) for m in models]}
+    return ListResponse(models=[await asyncio.to_thread(tag_entry, request.app, m) for m in models])
 
 
 @router.head("/api/version", include_in_schema=False)
@@ -82,17 +96,17 @@ async def head() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/api/ps")
-async def ps(request: Request) -> dict[str, Any]:
-    return {
-        "models": [
+@router.get("/api/ps", response_model=ProcessResponse)
+async def ps(request: Request) -> ProcessResponse:
+    return ProcessResponse(
+        models=[
             await asyncio.to_thread(running_entry, request.app, r)
             for r in scheduler(request).running()
         ]
-    }
+    )
 
 
-def running_entry(app: Any, resident: Resident) -> dict[str, Any]:
+def running_entry(app: Any, resident: Resident) -> RunningModel:
     details = model_details(app, resident.manifest)
     if resident.busy or resident.expires_at is None:
         expires = datetime.max.replace(tzinfo=UTC) if resident.keep_alive < 0 else datetime.now(UTC)
@@ -101,24 +115,20 @@ def running_entry(app: Any, resident: Resident) -> dict[str, Any]:
     else:
         expires = _moment(resident.expires_at)
     info = resident.runner.info
-    entry: dict[str, Any] = {
-        "name": resident.name,
-        "model": resident.name,
+    return RunningModel(
+        name=resident.name,
+        model=resident.name,
         # Memory the runner's plan says it uses (weights, KV, compute), and the GPU's share.
-        "size": info.size,
-        "digest": resident.manifest.digest,
-        "details": details,
-        "expires_at": timestamp(expires)
-        if expires.year < 9999
-        else "9999-12-31T23:59:59.000000000Z",
-        "size_vram": info.size_vram,
-        "context_length": info.num_ctx,
-    }
-    # localserve's extension, only when RPC workers hold layers: the split per device
-    # (name, the worker's address, layers, bytes).
-    if info.devices:
-        entry["devices"] = [asdict(device) for device in info.devices]
-    return entry
+        size=info.size,
+        digest=resident.manifest.digest,
+        details=details,
+        expires_at=timestamp(expires) if expires.year < 9999 else "9999-12-31T23:59:59.000000000Z",
+        size_vram=info.size_vram,
+        context_length=info.num_ctx,
+        # localserve's extension, only when RPC workers hold layers: the split per
+        # device (name, the worker's address, layers, bytes).
+        devices=[DeviceShare(**asdict(device)) for device in info.devices] or None,
+    )
 
 
 def _moment(epoch_seconds: float) -> datetime:
@@ -130,8 +140,8 @@ def _moment(epoch_seconds: float) -> datetime:
         return datetime.max.replace(tzinfo=UTC)
 
 
-@router.post("/api/show")
-async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
+@router.post("/api/show", response_model=ShowResponse)
+async def show(body: ShowRequest, request: Request) -> ShowResponse:
     return await asyncio.to_thread(show_model, request.app, body.model, body.verbose)
 
 
@@ -151,7 +161,7 @@ async def copy(body: CopyRequest, request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/api/pull", response_model=None, responses=STREAMED)
+@router.post("/api/pull", response_model=None, responses=streamed(ProgressResponse))
 async def pull(body: PullRequest, request: Request) -> Response:
     from localserve.store.pull import hub_ref, pull_model
 
@@ -159,187 +169,69 @@ async def pull(body: PullRequest, request: Request) -> Response:
     # repair it (checking it may hash a file, so not on the event loop).
     await asyncio.to_thread(hub_ref, body.model, store(request))
     events = pull_model(store(request), body.model)
-
-    async def chunks() -> AsyncIterator[dict[str, Any]]:
-        async for event in iterate_in_thread(events):
-            yield event.to_wire()
-
+    chunks = (
+        ProgressResponse.of(e.status, e.digest, e.total, e.completed)
+        async for e in iterate_in_thread(events)
+    )
     if body.stream:
         # Hold "pulling manifest" until the Hub has answered, so an unknown repository
         # or quantization is a 404 with a status, not an error line after a 200.
-        _, rest = await first_then_rest(chunks(), count=2)
+        _, rest = await first_then_rest(chunks, count=2)
         return ndjson(rest, request.url.path)
-    async for _ in chunks():
+    async for _ in chunks:
         pass
-    return JSONResponse({"status": "success"})
+    return JSONResponse(ProgressResponse(status="success").model_dump())
 
 
 # -------------------------------------------------------------- generation
 
 
-def _final_or_load(
-    name: str, reason: str, load_ns: int, started: int, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "model": name,
-        "created_at": timestamp(),
-        **extra,
-        "done": True,
-        "done_reason": reason,
-        "total_duration": time.perf_counter_ns() - started,
-        "load_duration": load_ns,
-    }
-
-
-async def _load_only(
-    request: Request, model: ModelRequest, started: int, **extra: Any
-) -> dict[str, Any]:
-    """An empty prompt or message list: load (or, with keep_alive 0, unload) the model."""
-    daemon_scheduler = scheduler(request)
-    if model.keep_alive == 0:
-        await daemon_scheduler.unload(model.name)
-        return _final_or_load(model.name, "unload", 0, started, **extra)
-    _, load_ns = await daemon_scheduler.load(model)
-    return _final_or_load(model.name, "load", load_ns, started, **extra)
-
-
-async def _stream(
-    request: Request, model: ModelRequest, job: GenerateJob, shape: str, started: int
-) -> AsyncIterator[dict[str, Any]]:
-    """Engine events as Ollama chunks: text and thinking as they come, each tool call
-    once complete, then the final chunk with the timings."""
-    metrics = request.app.state.metrics
-    first_token = True
-    pending: list[dict[str, Any]] = []  # log-probabilities of tokens not yet shown
-
-    def with_logprobs(body: dict[str, Any]) -> dict[str, Any]:
-        if job.logprobs:
-            body["logprobs"] = pending.copy()
-            pending.clear()
-        return body
-
-    async for event in scheduler(request).generate(model, job):
-        if isinstance(event, LogprobsEvent):
-            pending.extend(event.entries)
-            continue
-        if isinstance(event, DoneEvent):
-            metrics.record_done(event)
-            body = _chunk(model.name, shape, "")
-            body.update(final_fields(event, time.perf_counter_ns() - started))
-            if event.context is not None:
-                body["context"] = event.context
-            yield with_logprobs(body)
-            continue
-        if first_token:
-            metrics.ttft.observe((time.perf_counter_ns() - started) / 1e9)
-            first_token = False
-        if isinstance(event, TextEvent):
-            yield with_logprobs(_chunk(model.name, shape, event.text))
-        elif isinstance(event, ThinkingEvent):
-            yield with_logprobs(_chunk(model.name, shape, "", thinking=event.text))
-        elif isinstance(event, ToolCallEvent):
-            yield with_logprobs(_chunk(model.name, shape, "", calls=[event]))
-
-
-def _chunk(
-    name: str,
-    shape: str,
-    text: str,
-    *,
-    thinking: str | None = None,
-    calls: list[ToolCallEvent] | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": name, "created_at": timestamp()}
-    if shape == "chat":
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if thinking:
-            message["thinking"] = thinking
-        if calls:
-            message["tool_calls"] = [_tool_call(c) for c in calls]
-        body["message"] = message
-    else:
-        body["response"] = text
-        if thinking:
-            body["thinking"] = thinking
-    body["done"] = False
-    return body
-
-
-def _tool_call(call: ToolCallEvent) -> dict[str, Any]:
-    return {"function": {"index": call.index, "name": call.name, "arguments": call.arguments}}
-
-
-async def _respond(
-    request: Request, chunks: AsyncIterator[dict[str, Any]], stream: bool, shape: str
-) -> Response:
-    if stream:
-        _, rest = await first_then_rest(chunks)
-        return ndjson(rest, request.url.path)
-    text: list[str] = []
-    thinking: list[str] = []
-    calls: list[dict[str, Any]] = []
-    logprobs: list[dict[str, Any]] = []
-    final: dict[str, Any] = {}
-    async for chunk in chunks:
-        logprobs.extend(chunk.get("logprobs") or ())
-        if chunk["done"]:
-            final = chunk
-            continue
-        part = chunk["message"] if shape == "chat" else chunk
-        text.append(part["content"] if shape == "chat" else part["response"])
-        thinking.append(part.get("thinking", ""))
-        calls.extend(part.get("tool_calls", ()))
-    if shape == "chat":
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
-        if any(thinking):
-            message["thinking"] = "".join(thinking)
-        if calls:
-            message["tool_calls"] = calls
-        final["message"] = message
-    else:
-        final["response"] = "".join(text)
-        if any(thinking):
-            final["thinking"] = "".join(thinking)
-    if "logprobs" in final:
-        final["logprobs"] = logprobs
-    return JSONResponse(final)
-
-
-@router.post("/api/generate", response_model=None, responses=STREAMED)
+@router.post("/api/generate", response_model=None, responses=streamed(GenerateResponse))
 async def generate(body: GenerateRequest, request: Request) -> Response:
     started = time.perf_counter_ns()
     model, sampling = model_request(request, body.model, body.options, body.keep_alive_seconds())
     if not body.prompt and not body.suffix and not body.images:
-        return JSONResponse(await _load_only(request, model, started, response=""))
-    job = body.to_job(sampling)
-    job = with_model_settings(request, body.model, job)
-    await check_capabilities(request, body.model, job)
-    return await _respond(
-        request, _stream(request, model, job, "generate", started), body.stream, "generate"
-    )
+        return await _load_only(request, model, AnswerShape(body.model, started=started))
+    job = await prepared(request, body.model, body.to_job(sampling))
+    shape = AnswerShape(body.model, logprobs=job.logprobs, started=started)
+    return await _respond(request, model, job, shape, body.stream)
 
 
-@router.post("/api/chat", response_model=None, responses=STREAMED)
+@router.post("/api/chat", response_model=None, responses=streamed(ChatResponse))
 async def chat(body: ChatRequest, request: Request) -> Response:
     started = time.perf_counter_ns()
     model, sampling = model_request(request, body.model, body.options, body.keep_alive_seconds())
     if not body.messages:
-        return JSONResponse(
-            await _load_only(request, model, started, message={"role": "assistant", "content": ""})
-        )
-    job = body.to_job(sampling)
-    job = with_model_settings(request, body.model, job)
-    await check_capabilities(request, body.model, job)
-    return await _respond(
-        request, _stream(request, model, job, "chat", started), body.stream, "chat"
-    )
+        return await _load_only(request, model, AnswerShape(body.model, chat=True, started=started))
+    job = await prepared(request, body.model, body.to_job(sampling))
+    shape = AnswerShape(body.model, chat=True, logprobs=job.logprobs, started=started)
+    return await _respond(request, model, job, shape, body.stream)
+
+
+async def _load_only(request: Request, model: ModelRequest, shape: AnswerShape) -> Response:
+    """An empty prompt or message list: load (or, with keep_alive 0, unload) the model."""
+    if model.keep_alive == 0:
+        await scheduler(request).unload(model.name)
+        return JSONResponse(shape.loaded("unload", 0).model_dump())
+    _, load_ns = await scheduler(request).load(model)
+    return JSONResponse(shape.loaded("load", load_ns).model_dump())
+
+
+async def _respond(
+    request: Request, model: ModelRequest, job: GenerateJob, shape: AnswerShape, stream: bool
+) -> Response:
+    events = run_job(request, model, job, shape.started)
+    if stream:
+        _, rest = await first_then_rest(shaped(shape, events))
+        return ndjson(rest, request.url.path)
+    return JSONResponse(shape.whole(await answers(events, shape.n)).model_dump())
 
 
 # -------------------------------------------------------------- embeddings
 
 
-@router.post("/api/embed")
-async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
+@router.post("/api/embed", response_model=EmbedResponse)
+async def embed(body: EmbedRequest, request: Request) -> EmbedResponse:
     started = time.perf_counter_ns()
     if isinstance(body.input, str):
         inputs = [body.input] if body.input else []  # "" only loads, as in Ollama
@@ -348,31 +240,31 @@ async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
     model, _ = model_request(request, body.model, body.options, body.keep_alive_seconds())
     if not inputs:
         _, load_ns = await scheduler(request).load(model)
-        return {
-            "model": body.model,
-            "embeddings": [],
-            "total_duration": time.perf_counter_ns() - started,
-            "load_duration": load_ns,
-            "prompt_eval_count": 0,
-        }
+        return EmbedResponse(
+            model=body.model,
+            embeddings=[],
+            total_duration=time.perf_counter_ns() - started,
+            load_duration=load_ns,
+            prompt_eval_count=0,
+        )
     result = await scheduler(request).embed(model, inputs, truncate=body.truncate)
     vectors = result.embeddings
     if body.dimensions is not None:
         vectors = [shorten(v, body.dimensions) for v in vectors]
-    return {
-        "model": body.model,
-        "embeddings": vectors,
-        "total_duration": time.perf_counter_ns() - started,
-        "load_duration": result.load_duration,
-        "prompt_eval_count": result.prompt_eval_count,
-    }
+    return EmbedResponse(
+        model=body.model,
+        embeddings=vectors,
+        total_duration=time.perf_counter_ns() - started,
+        load_duration=result.load_duration,
+        prompt_eval_count=result.prompt_eval_count,
+    )
 
 
-@router.post("/api/embeddings")
-async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
+@router.post("/api/embeddings", response_model=EmbeddingsResponse)
+async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
     model, _ = model_request(request, body.model, body.options, body.keep_alive_seconds())
     if not body.prompt:
         await scheduler(request).load(model)
-        return {"embedding": []}
+        return EmbeddingsResponse(embedding=[])
     result = await scheduler(request).embed(model, [body.prompt], truncate=True)
-    return {"embedding": result.embeddings[0]}
+    return EmbeddingsResponse(embedding=result.embeddings[0])
