@@ -25,12 +25,13 @@ import pytest
 from localserve.config import load_settings
 from localserve.runtime.options import LoadOptions
 from localserve.runtime.protocol import (
-    NO_EXTRAS,
+    DeviceShare,
     DoneEvent,
+    EmbedResult,
     Event,
     GenerateJob,
+    LoadRequest,
     LogprobsEvent,
-    ModelFiles,
     TextEvent,
     ThinkingEvent,
     ToolCallEvent,
@@ -68,15 +69,16 @@ class ScriptedRunner(FakeRunner):
 
     def __init__(self, paths: Sequence[Path], options: LoadOptions) -> None:
         super().__init__(paths, options)
-        self.info = {
-            "num_ctx": 4096,
-            "size": 123_456_789,
-            "size_vram": 23_456_789,
-            "devices": [
-                {"name": "CPU", "description": "the host", "layers": 2, "size": 100},
-                {"name": "RPC0", "description": "10.0.0.2:50052", "layers": 3, "size": 200},
-            ],
-        }
+        self.info = replace(
+            self.info,
+            num_ctx=4096,
+            size=123_456_789,
+            size_vram=23_456_789,
+            devices=(
+                DeviceShare("CPU", "the host", 2, 100),
+                DeviceShare("RPC0", "10.0.0.2:50052", 3, 200),
+            ),
+        )
 
     def events_for(self, job: GenerateJob) -> list[Event]:
         steps: list[Event] = []
@@ -113,18 +115,15 @@ class ScriptedRunner(FakeRunner):
                 choice=choice,
             )
 
-    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        if op == "embed":
-            vectors = [[0.5, -0.25, 1e-05, 3.0 + i] for i, _ in enumerate(fields["inputs"])]
-            return {"type": "embed", "embeddings": vectors, "prompt_eval_count": 5}
-        return await super().call(op, **fields)
+    async def embed(self, inputs: list[str], *, truncate: bool) -> EmbedResult:
+        vectors = [[0.5, -0.25, 1e-05, 3.0 + i] for i, _ in enumerate(inputs)]
+        return EmbedResult(ID, vectors, prompt_eval_count=5, prompt_eval_duration=0)
 
 
 class ScriptedFactory(FakeFactory):
-    async def __call__(
-        self, paths: Sequence[Path], options: LoadOptions, *, extras: ModelFiles = NO_EXTRAS
-    ) -> FakeRunner:
-        runner = ScriptedRunner(paths, options)
+    async def __call__(self, load: LoadRequest) -> FakeRunner:
+        self.loads.append(load)
+        runner = ScriptedRunner(load.paths, load.options)
         self.runners.append(runner)
         return runner
 
