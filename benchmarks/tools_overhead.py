@@ -29,10 +29,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from localserve.runtime.templates import ChatTemplate
+from tests.e2e.test_tools_gemma import WEATHER, with_template
 from tests.support import chat_templates
 from tests.support.daemon import add_model, start_daemon, stop_daemon
 from tests.support.tiny_gguf import gemma_path
-from tests.test_tools_gemma import WEATHER, with_template
 
 QUESTIONS = [f"Tell me a story about the number {i}." for i in range(64)]
 

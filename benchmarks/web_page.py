@@ -36,9 +36,9 @@ from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.daemon import Daemon, add_model, start_daemon, stop_daemon
 from tests.support.tiny_gguf import gemma_path, write_tiny_gguf
-from tests.test_web_page import CHROMIUM, CHROMIUM_ARGS
 
 SCREENSHOT_PROMPT = "Why is the sky blue?"
 # Measures in the page, from the Enter key to the frame that shows the answer's first

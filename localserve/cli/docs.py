@@ -6,7 +6,7 @@
 
 The page is a fixed, hand-written preamble and exit-code table around every
 command's ``--help`` (rendered at a fixed width, so the terminal does not matter)
-and the chat's own help texts. tests/test_cli_run.py fails when the file is stale.
+and the chat's own help texts. tests/e2e/test_cli_run.py fails when the file is stale.
 """
 
 from __future__ import annotations

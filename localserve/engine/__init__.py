@@ -1,1 +1,3 @@
-"""The runner: one child process per loaded model; the only package that imports llama_cpp."""
+"""The runner process, and only it: one child process per loaded model
+(``python -m localserve.engine.runner``), the only package that imports llama_cpp.
+The daemon never imports this package (docs/architecture.md)."""

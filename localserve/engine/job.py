@@ -10,13 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from localserve.engine.media import MediaChunk
-from localserve.engine.sampler import Sampler
-from localserve.engine.speculate import Drafter
 from localserve.engine.text import StopMatcher, Utf8Stream
 from localserve.runtime.options import SamplingOptions
 from localserve.runtime.protocol import Event, TextEvent
+
+if TYPE_CHECKING:  # types only: importing them loads llama.cpp
+    from localserve.engine.media import MediaChunk
+    from localserve.engine.sampler import Sampler
+    from localserve.engine.speculate import Drafter
 
 
 class OutputParser:

@@ -223,7 +223,7 @@ def load_library() -> Any:
 
 @functools.cache
 def ggml_library() -> Any:
-    """The libggml that libllama itself uses (the device queries of plan/devices.py
+    """The libggml that libllama itself uses (the device queries of engine/devices.py
     read it too). Not ``llama_cpp._ggml.libggml``: a wheel
     holds ``libggml.so`` and ``libggml.so.0`` as two copies of one file (no symlinks in
     wheels), that module loads the first, libllama the second, and each copy has its own

@@ -24,7 +24,7 @@ has decided where each layer goes. Sizes follow the vendored llama.cpp sources
   attention), and the output phase, ``t x 4 x (n_vocab + 2 n_embd)``; plus the host
   logits buffer ``n_vocab x num_parallel x 4``. Against llama.cpp's own log (CPU) this is
   within a few percent or half a MiB for the tiny test model and Gemma 3 270M
-  (tests/test_planner.py; the numbers are in docs/gpu.md).
+  (tests/unit/test_planner.py; the numbers are in docs/gpu.md).
 - projector (a model that reads images): its weights (the mmproj file's tensors) plus
   an encode buffer for one image, ``P x 4 x (4 W + 2 F) + H x P^2 x 4`` for P patches
   of a W-wide, F-FFN, H-head vision tower (the attention scores without flash

@@ -20,7 +20,7 @@ default is None is left out while it is None (Ollama sends ``thinking`` only whe
 is some). Each is written by the same JSON encoder as the dict it replaced, so the
 bytes on the wire did not change: streamed chunks and whole answers as a dict for
 json.dumps (server/streaming.py, JSONResponse), a route's ``response_model`` by
-FastAPI through pydantic (tests/golden/wire.txt pins them all).
+FastAPI through pydantic (tests/unit/golden/wire.txt pins them all).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 Requests ignore unknown top-level fields (newer Ollama clients send fields older
 servers do not know, and Ollama itself ignores them) but check the types of the
 fields they know. The official ``ollama`` Python client is the judge of the shapes
-(tests/test_compat_ollama.py); tests/golden/wire.txt pins their bytes.
+(tests/e2e/test_compat_ollama.py); tests/unit/golden/wire.txt pins their bytes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """OpenAI's wire format for /v1: the request fields we honour, the objects we return,
 and the shapes that make chat completions and completions of engine events.
 
-The official ``openai`` SDK is the judge (tests/test_compat_openai.py). Beyond
+The official ``openai`` SDK is the judge (tests/e2e/test_compat_openai.py). Beyond
 OpenAI's fields, ``options`` (Ollama's options object) and ``num_ctx`` are accepted
 as extra body fields: a top complaint about Ollama is that /v1 cannot set the
 context size.

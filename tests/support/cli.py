@@ -19,3 +19,14 @@ def cli(
         env={**os.environ, "COLUMNS": "200", **(env or {})},
         check=False,
     )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr  # one error line...
+    assert errors[0] >= len(lines) - 2  # ...at the end, followed at most by its hint
+    for needle in needles:
+        assert needle in result.stderr

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from localserve.errors import EngineError, RunnerCrashedError
 from localserve.runtime.options import LoadOptions
@@ -30,6 +32,10 @@ from localserve.runtime.protocol import (
     RunnerStats,
     TextEvent,
 )
+from localserve.scheduler.scheduler import ModelRequest, Scheduler
+from localserve.store.manifest import BlobEntry, HubSource, Manifest
+from localserve.store.refs import parse_ref
+from localserve.store.store import ModelStore
 
 T = TypeVar("T")
 ID = "r1"  # the request id on the fake's events (the real client's are per request)
@@ -199,3 +205,61 @@ class FakeFactory:
     @property
     def options(self) -> list[LoadOptions]:
         return [load.options for load in self.loads]
+
+
+OPTIONS = LoadOptions(num_ctx=2048, num_parallel=2)
+
+TICK = 0.05  # the expiry loop's interval in these tests
+
+
+def add_model(store: ModelStore, name: str, data: bytes) -> Manifest:
+    digest = hashlib.sha256(data).hexdigest()
+    staged = store.partial_dir / "staged"
+    staged.write_bytes(data)
+    store.commit_blob(staged, digest)
+    ref = parse_ref(name)
+    manifest = Manifest(
+        name=str(ref),
+        files=(BlobEntry(digest=digest, size=len(data), filename="model.gguf"),),
+        source=HubSource(repo="o/r", revision="c" * 40),
+        quantization="Q4_K_M",
+    )
+    store.write_manifest(ref, manifest)
+    return manifest
+
+
+def scheduler_for(
+    store: ModelStore,
+    factory: FakeFactory,
+    *,
+    keep_alive: float = 60.0,
+    max_loaded: int = 3,
+    max_queue: int = 16,
+    options: LoadOptions = OPTIONS,
+) -> Scheduler:
+    return Scheduler(
+        store,
+        default_options=options,
+        keep_alive=keep_alive,
+        max_loaded=max_loaded,
+        max_queue=max_queue,
+        runner_factory=factory,
+        expire_interval=TICK,
+    )
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]], timeout: float = 120.0) -> T:
+    return asyncio.run(asyncio.wait_for(main(), timeout))
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.002)
+
+
+def req(name: str, keep_alive: float | None = None, **load: int) -> ModelRequest:
+    options = LoadOptions(**{**OPTIONS.to_dict(), **load})
+    return ModelRequest(name, options, keep_alive)

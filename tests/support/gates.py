@@ -2,7 +2,7 @@
 
 The engine's gate (engine/speculate.py ``CostGate``) times steps, so how often it lets
 drafts through depends on how fast this machine runs the model; tests that count drafts
-or steps must not. tests/test_speculative.py tests the gate itself, with given times.
+or steps must not. tests/unit/test_speculative.py tests the gate itself, with given times.
 """
 
 from __future__ import annotations

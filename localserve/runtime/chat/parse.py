@@ -7,7 +7,7 @@ back, as vLLM's and Ollama's parsers do, so a client never sees half a tag. A
 tool call is emitted once it is complete (its end marker seen, or the answer
 ended), with its arguments parsed as a JSON object; Ollama streams calls the same
 way. A call that does not parse comes back as text, markers included: never a
-half call, never an exception (``tests/test_tool_parsers.py`` fuzzes this).
+half call, never an exception (``tests/unit/test_tool_parsers.py`` fuzzes this).
 
 Thinking: with tags, text between the open and close tag is reasoning. When the
 prompt already ends with the open tag (Qwen 3, DeepSeek R1 templates), the answer
