@@ -334,7 +334,7 @@ class Context:
         # recomputed); it costs what a non-SWA model costs anyway.
         params.swa_full = True
         # The KV cache's type (K and V alike) and flash attention: llama.cpp reads a
-        # quantized V cache only through flash attention (options.py refuses "off").
+        # quantized V cache only through flash attention (config.check_kv_flash_attention refuses "off").
         kv_type = kv_cache_type(options.kv_cache_type)
         flash = flash_attention_mode(options.flash_attention)
         check_kv_flash_attention(kv_type, flash)

@@ -1,6 +1,6 @@
 """From a request to prompt tokens: chat template, BOS handling, context overflow.
 
-- Chat (``messages``): rendered with the model's own template (templates.py,
+- Chat (``messages``): rendered with the model's own template (runtime/templates.py,
   sandboxed), or the documented fallback format when the GGUF has none. If the
   result does not fit the context, the oldest turns are dropped, keeping every
   system message and the latest message, until it fits with room to answer; the
