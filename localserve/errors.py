@@ -81,7 +81,24 @@ class TemplateError(LocalserveError, ValueError):
 
 
 class PromptTooLongError(LocalserveError, ValueError):
-    """A prompt longer than the context (after dropping what may be dropped)."""
+    """A prompt longer than the context (after dropping what may be dropped).
+
+    ``tokens`` and ``limit`` (the prompt's length and the context's, when known) let each
+    API say it in the words its clients look for (OpenAI's ``context_length_exceeded``):
+    coding agents compact the conversation and retry on that error, and give up on others.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        tokens: int | None = None,
+        limit: int | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.tokens = tokens
+        self.limit = limit
 
 
 class ServerBusyError(LocalserveError):

@@ -71,6 +71,8 @@ class Embedder:
                     raise PromptTooLongError(
                         f"an input is {len(tokens)} tokens, but the context holds {self.num_ctx}",
                         hint="shorten it, raise num_ctx, or set truncate: true",
+                        tokens=len(tokens),
+                        limit=self.num_ctx,
                     )
                 tokens = tokens[: self.num_ctx]
             if not tokens:

@@ -139,7 +139,9 @@ class Engine:
         if len(job.tokens) >= self.num_ctx:
             raise PromptTooLongError(
                 f"the prompt is {len(job.tokens)} tokens, but the context holds {self.num_ctx}; "
-                "shorten it or load the model with a larger num_ctx"
+                "shorten it or load the model with a larger num_ctx",
+                tokens=len(job.tokens),
+                limit=self.num_ctx,
             )
         if job.id in self.jobs:
             raise EngineError(f"duplicate request id {job.id}")

@@ -151,6 +151,8 @@ class PromptBuilder:
                 + (" with its images" if images else "")
                 + f", but the context holds {num_ctx}",
                 hint="shorten the prompt, send fewer or smaller images, or raise num_ctx",
+                tokens=len(found.tokens),
+                limit=num_ctx,
             )
         return Prompt(found.tokens, tail=tail, media=found.media)
 
@@ -172,6 +174,8 @@ class PromptBuilder:
             raise PromptTooLongError(
                 f"the prefix and suffix are {len(tokens)} tokens, but the context holds {num_ctx}",
                 hint="send less code around the insertion point or raise num_ctx",
+                tokens=len(tokens),
+                limit=num_ctx,
             )
         return Prompt(tokens)
 
@@ -230,6 +234,8 @@ class PromptBuilder:
                 + (" with its images" if media_of else "")
                 + f", but the context holds {num_ctx}",
                 hint="shorten the message, send fewer or smaller images, or raise num_ctx",
+                tokens=len(best.tokens),
+                limit=num_ctx,
             )
         while low < high:  # invariant: ``best`` is the rendering of version ``high``
             middle = (low + high) // 2

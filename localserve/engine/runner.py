@@ -46,7 +46,6 @@ from localserve.runtime.protocol import (
     Op,
     Reply,
     Request,
-    error_kind,
     event_to_wire,
     reply_to_wire,
 )
@@ -105,7 +104,7 @@ class Runner:
                 raise InvalidOptionError(f"unknown op {request.op.value!r}")
             return act(request)
         except LocalserveError as exc:
-            return [ErrorEvent(request_id, str(exc), error_kind(exc))]
+            return [ErrorEvent.of(request_id, exc)]
         except TypeError as exc:  # a job with fields of the wrong shape: a daemon bug
             return [ErrorEvent(request_id, f"malformed request: {exc}", ErrorKind.INVALID)]
 
@@ -167,7 +166,7 @@ class Runner:
                 self._submit(future.result())
             except Exception as exc:  # one request's failure ends that request only
                 self.cancelled_early.discard(request_id)
-                errors.append(ErrorEvent(request_id, str(exc), error_kind(exc)))
+                errors.append(ErrorEvent.of(request_id, exc))
                 continue
             if request_id in self.cancelled_early:
                 self.cancelled_early.discard(request_id)

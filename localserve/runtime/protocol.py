@@ -366,11 +366,24 @@ class ErrorEvent:
     message: str
     kind: ErrorKind = ErrorKind.ENGINE
     choice: int = 0  # which of the request's ``n`` answers
+    # A prompt too long for the context: its length and the context's, in tokens.
+    tokens: int | None = None
+    limit: int | None = None
     type: Literal["error"] = "error"
+
+    @classmethod
+    def of(cls, request_id: str, exc: BaseException) -> ErrorEvent:
+        """The event for a request that failed with ``exc``."""
+        if isinstance(exc, PromptTooLongError):
+            return cls(request_id, str(exc), ErrorKind.TOO_LONG, tokens=exc.tokens, limit=exc.limit)
+        return cls(request_id, str(exc), error_kind(exc))
 
     def error(self) -> LocalserveError:
         """The exception the daemon raises for it."""
-        return ERROR_TYPES[self.kind](self.message or "runner error")
+        message = self.message or "runner error"
+        if self.kind == ErrorKind.TOO_LONG:
+            return PromptTooLongError(message, tokens=self.tokens, limit=self.limit)
+        return ERROR_TYPES[self.kind](message)
 
 
 # ------------------------------------------------------------- the requests

@@ -252,10 +252,16 @@ class PredictionTokens(Response):
     rejected_prediction_tokens: int
 
 
+class PromptTokens(Response):
+    # Prompt tokens whose KV came from the prefix cache instead of being read again.
+    cached_tokens: int
+
+
 class Usage(Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokens
     # OpenAI's names for tokens of a predicted output that were / were not used: here,
     # speculative decoding's accepted and rejected drafts.
     completion_tokens_details: PredictionTokens | None = None
@@ -277,6 +283,9 @@ class Usage(Response):
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=prompt + completion,
+            # The first answer read the prompt (from the cache where it could); the
+            # others copied its cells.
+            prompt_tokens_details=PromptTokens(cached_tokens=finished[0].prompt_cached),
             completion_tokens_details=details,
         )
 

@@ -102,12 +102,43 @@ def openai_type(status: int) -> str:
     return "api_error"
 
 
-def error_body(path: str, status: int, message: str) -> dict[str, Any]:
+def error_body(
+    path: str, status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     if path.startswith("/v1"):
         return {
-            "error": {"message": message, "type": openai_type(status), "param": None, "code": None}
+            "error": {
+                "message": message,
+                "type": openai_type(status),
+                "param": param,
+                "code": code,
+            }
         }
     return {"error": message}
+
+
+def body_of(path: str, exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of an exception on the route at ``path``.
+
+    A prompt longer than the context is said in each API's own words, because that is
+    what coding agents look for before they compact a conversation and retry: OpenAI's
+    ``context_length_exceeded`` code and message on /v1; both numbers everywhere.
+    """
+    status = status_of(exc)
+    if path.startswith("/v1") and isinstance(exc, e.PromptTooLongError) and exc.limit:
+        what = (
+            "messages"
+            if path.startswith("/v1/chat")
+            else "input"
+            if path.startswith("/v1/embeddings")
+            else "prompt"
+        )
+        message = (
+            f"This model's maximum context length is {exc.limit} tokens. However, your "
+            f"{what} resulted in {exc.tokens} tokens. Please reduce the length of the {what}."
+        )
+        return status, error_body(path, status, message, code="context_length_exceeded", param=what)
+    return status, error_body(path, status, message_of(exc))
 
 
 # Sent with error 503s (a full queue, a daemon stopping): a slot usually frees within a
@@ -125,11 +156,12 @@ def error_response(request: Request, status: int, message: str) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.LocalserveError)
     async def localserve_error(request: Request, exc: e.LocalserveError) -> JSONResponse:
-        status = status_of(exc)
+        status, body = body_of(request.url.path, exc)
         # A damaged store is the operator's business too, whatever the status says.
         if status >= 500 or isinstance(exc, e.DamagedModelError):
             log.error("%s %s: %s", request.method, request.url.path, exc)
-        return error_response(request, status, message_of(exc))
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from fastapi.responses import StreamingResponse
 
 from localserve.schemas.base import Response
-from localserve.server.errors import error_body, message_of
+from localserve.server.errors import body_of
 
 log = logging.getLogger("localserve.server")
 T = TypeVar("T")
@@ -97,7 +97,7 @@ async def _ndjson(chunks: AsyncIterator[Chunk], path: str) -> AsyncIterator[byte
             yield _line(chunk)
     except Exception as exc:
         log.warning("stream on %s ended with an error: %s", path, exc)
-        yield _line(error_body(path, 500, message_of(exc)))
+        yield _line(body_of(path, exc)[1])
 
 
 def ndjson(chunks: AsyncIterator[Chunk], path: str) -> StreamingResponse:
@@ -110,7 +110,7 @@ async def _sse(chunks: AsyncIterator[Chunk], path: str) -> AsyncIterator[bytes]:
             yield b"data: " + _json(chunk) + b"\n\n"
     except Exception as exc:
         log.warning("stream on %s ended with an error: %s", path, exc)
-        yield b"data: " + json.dumps(error_body(path, 500, message_of(exc))).encode() + b"\n\n"
+        yield b"data: " + json.dumps(body_of(path, exc)[1]).encode() + b"\n\n"
     yield b"data: [DONE]\n\n"
 
 

@@ -356,6 +356,23 @@ def test_missing_model_is_404(client: ollama.Client) -> None:
         assert "not found" in excinfo.value.error
 
 
+def test_a_prompt_over_the_context_names_both_numbers(client: ollama.Client) -> None:
+    """A 400 whose error says how long the prompt is and what the context holds."""
+    long = "many words " * 200
+    calls = [
+        lambda: client.generate(MODEL, long, options={"num_ctx": 64}),
+        lambda: list(client.generate(MODEL, long, options={"num_ctx": 64}, stream=True)),
+        lambda: client.chat(MODEL, [{"role": "user", "content": long}], options={"num_ctx": 64}),
+    ]
+    for call in calls:
+        with pytest.raises(ollama.ResponseError) as caught:
+            call()
+        assert caught.value.status_code == 400
+        found = re.search(r"is (\d+) tokens, but the context holds (\d+)", caught.value.error)
+        assert found is not None, caught.value.error
+        assert int(found[2]) == 64 < int(found[1])
+
+
 @pytest.mark.parametrize(
     "options",
     [{"temperature": "hot"}, {"num_predict": "many"}, {"temprature": 0.5}, {"num_ctx": 1.5}],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -244,6 +245,47 @@ def test_context_size_from_extra_body(
         model=MODEL, messages=USER, max_tokens=1, extra_body={"num_ctx": 1024}
     )
     assert running_context_length(daemon) == 1024
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_over_the_context_is_context_length_exceeded(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    """What coding agents look for before they compact and retry (issue 28): OpenAI's
+    code and message, naming the context and the prompt's length, from the real runner."""
+    long = [{"role": "user", "content": "many words " * 200}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=long, max_tokens=1, stream=stream, extra_body={"num_ctx": 64}
+        )
+    assert caught.value.code == "context_length_exceeded"
+    assert caught.value.param == "messages"
+    found = re.fullmatch(
+        r"This model's maximum context length is (\d+) tokens\. However, your messages "
+        r"resulted in (\d+) tokens\. Please reduce the length of the messages\.",
+        caught.value.body["message"],  # type: ignore[index]
+    )
+    assert found is not None, caught.value.body
+    limit, tokens = int(found[1]), int(found[2])
+    assert limit == 64 and tokens > limit
+    with pytest.raises(openai.BadRequestError) as completion:
+        client.completions.create(
+            model=MODEL, prompt="many words " * 200, max_tokens=1, extra_body={"num_ctx": 64}
+        )
+    assert (completion.value.code, completion.value.param) == ("context_length_exceeded", "prompt")
+
+
+def test_cached_tokens_count_the_prefix_cache(client: openai.OpenAI) -> None:
+    """The same long prompt twice: the second reads most of it from the prefix cache, and
+    usage says how much (prompt_tokens_details.cached_tokens)."""
+    messages = [{"role": "user", "content": "a shared beginning " * 20 + "then a question"}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    again = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    assert first.usage is not None and again.usage is not None
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens
+    details = again.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens is not None
+    assert first.usage.prompt_tokens // 2 < details.cached_tokens < again.usage.prompt_tokens
 
 
 def test_message_forms_the_sdk_sends(client: openai.OpenAI, tool_models: dict[str, str]) -> None:

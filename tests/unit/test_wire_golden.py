@@ -106,6 +106,7 @@ class ScriptedRunner(FakeRunner):
                 ID,
                 "stop" if choice == 0 else "length",
                 prompt_eval_count=7,
+                prompt_cached=5,
                 prompt_eval_duration=1000,
                 eval_count=3 + choice,
                 eval_duration=2000,
