@@ -299,6 +299,12 @@ class Settings(BaseSettings):
             "memory, instead of filling the largest device first."
         ),
     )
+    stream_ping: str = Field(
+        default="5s",
+        description="A streamed OpenAI answer with nothing to send for this long (a long "
+        "prompt being read, a queue, a load) sends a `: ping` comment, so clients with a "
+        "read timeout wait; 0 turns them off.",
+    )
     debug: bool = Field(default=False, description="Show tracebacks and log at debug level.")
 
     @field_validator("debug", mode="before")
@@ -333,6 +339,13 @@ class Settings(BaseSettings):
     def _check_rpc_timeout(cls, value: str) -> str:
         if parse_duration(value) <= 0:
             raise InvalidOptionError(f"invalid duration {value!r}: must be more than 0")
+        return value
+
+    @field_validator("stream_ping")
+    @classmethod
+    def _check_stream_ping(cls, value: str) -> str:
+        if parse_duration(value) < 0:
+            raise InvalidOptionError(f"invalid duration {value!r}: must be 0 or more")
         return value
 
     @field_validator("host")
@@ -398,6 +411,11 @@ class Settings(BaseSettings):
     @property
     def rpc_timeout_seconds(self) -> float:
         return parse_duration(self.rpc_timeout)
+
+    @property
+    def stream_ping_seconds(self) -> float | None:
+        """Seconds between keepalives of an idle stream; None: none are sent."""
+        return parse_duration(self.stream_ping) or None
 
 
 def load_settings() -> Settings:

@@ -60,6 +60,7 @@ from localserve.runtime.protocol import (
     ErrorEvent,
     Event,
     LogprobsEvent,
+    ProgressEvent,
     RunnerStats,
 )
 
@@ -194,7 +195,7 @@ class Engine:
         """One round of the loop; returns the events it produced (text, done, error)."""
         events: list[Event] = []
         self._drop_cancelled(events)
-        self._admit()
+        self._admit(events)
         running = [s.job for s in self.slots if s.job is not None]
         if not running:
             return events
@@ -207,14 +208,14 @@ class Engine:
                 self.waiting.remove(job)
             self._finish(job, "cancel", events)
 
-    def _admit(self) -> None:
+    def _admit(self, events: list[Event]) -> None:
         deferred: list[Job] = []
         try:
-            self._admit_waiting(deferred)
+            self._admit_waiting(deferred, events)
         finally:
             self.waiting.extendleft(reversed(deferred))  # in their order, at the front
 
-    def _admit_waiting(self, deferred: list[Job]) -> None:
+    def _admit_waiting(self, deferred: list[Job], events: list[Event]) -> None:
         while self.waiting:
             free = [s for s in self.slots if s.job is None]
             if not free:
@@ -263,6 +264,8 @@ class Engine:
             job.sampler.accept_prompt([t for t in job.tokens if t >= 0])
             slot.job = job
             slot.last_used = next(self._clock)
+            if job.progress:
+                events.append(_progress(job))
             for idle in self.slots:
                 if self.park_idle and idle.job is None and idle.tokens:
                     self._park(idle)
@@ -387,6 +390,8 @@ class Engine:
                 if job.prompt_logprobs:
                     events.append(self._prompt_logprobs(job, count))
             job.n_past += count
+            if job.progress and not job.generating:
+                events.append(_progress(job))
             if row < 0:
                 continue  # more prompt to read
             if not job.generating:
@@ -482,6 +487,8 @@ class Engine:
         self.stats.prompt_tokens += chunk.n_tokens
         self.slots[job.slot].tokens.extend(job.tokens[job.n_past : job.n_past + chunk.n_pos])
         job.n_past += chunk.n_pos
+        if job.progress:
+            events.append(_progress(job))
 
     def _draft(self, generating: list[Job], n_batch: int) -> bool:
         """This step's draft for each generating job that drafts, within the batch, the
@@ -626,3 +633,15 @@ class Engine:
             job.sampler.close()
             job.sampler = None
         self.jobs.pop(job.id, None)
+
+
+def _progress(job: Job) -> ProgressEvent:
+    """How far ``job`` has read its prompt (llama-server's ``prompt_progress``)."""
+    started = job.prompt_started_ns or time.perf_counter_ns()
+    return ProgressEvent(
+        job.id,
+        total=len(job.tokens),
+        cache=job.cached,
+        processed=job.n_past - job.cached,
+        time_ms=(time.perf_counter_ns() - started) // 1_000_000,
+    )

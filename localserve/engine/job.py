@@ -59,6 +59,8 @@ class Job:
     # Log-probabilities of the prompt's own tokens too (the completions API's ``echo``):
     # logits for every prompt token, so no cached prefix and small prompt chunks.
     prompt_logprobs: bool = False
+    # ProgressEvents while the prompt is read (a streamed request: its liveness).
+    progress: bool = False
     # Images and sounds, by where they start in ``tokens`` (which holds placeholder
     # ids for them: media.py). Each is decoded in a step of its own.
     media: dict[int, MediaChunk] = field(default_factory=dict)

@@ -110,6 +110,7 @@ class JobBuilder:
                 preserved_tokens=self.preserved if parses else frozenset(),
                 logprobs=request.top_logprobs if request.logprobs else -1,
                 prompt_logprobs=request.prompt_logprobs,
+                progress=request.progress,
                 # The other answers copy the first one's prompt cells once it has read
                 # the prompt: one prefill for all of them.
                 parent=first,

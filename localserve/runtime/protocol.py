@@ -264,6 +264,8 @@ class GenerateJob:
     top_logprobs: int = 0  # with that many likeliest alternatives (0-20)
     n: int = 1  # answers to generate from the one prompt (OpenAI's ``n``)
     prompt_logprobs: bool = False  # also the prompt tokens' (completions' ``echo``)
+    # ProgressEvents while the prompt is read: when it was admitted, and after each chunk.
+    progress: bool = False
     # Base64 images or sounds for a completion (a chat's are its messages' ``images``),
     # checked by the route (schemas/media.py); the runner decodes them.
     images: list[str] = field(default_factory=list)
@@ -330,6 +332,23 @@ class LogprobsEvent:
     prompt: bool = False  # entries of prompt tokens (the first one's logprob is None)
     choice: int = 0  # which of the request's ``n`` answers
     type: Literal["logprobs"] = "logprobs"
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """How far the reading of a prompt has got (for jobs that ask: ``progress``): sent
+    when the job gets its slot (``processed`` 0: the cached part is known then) and after
+    each chunk of the prompt, the last one just before the first token's events. Fields
+    as llama-server's ``prompt_progress``: tokens in all, found in the cache, read so far
+    (beyond the cache), and milliseconds since reading began."""
+
+    id: str
+    total: int
+    cache: int
+    processed: int
+    time_ms: int
+    choice: int = 0  # which of the request's ``n`` answers
+    type: Literal["progress"] = "progress"
 
 
 @dataclass(frozen=True)
@@ -519,13 +538,22 @@ class RunnerStats:
 
 _STATS_FIELDS = frozenset(f.name for f in fields(RunnerStats))
 
-Event = TextEvent | ThinkingEvent | ToolCallEvent | LogprobsEvent | DoneEvent | ErrorEvent
+Event = (
+    TextEvent
+    | ThinkingEvent
+    | ToolCallEvent
+    | LogprobsEvent
+    | ProgressEvent
+    | DoneEvent
+    | ErrorEvent
+)
 # What the runner sends back in its events frames: a generation's events, or the one
 # answer to an embed or a stats request.
 Reply = Event | EmbedResult | RunnerStats
 
 _EVENT_TYPES: dict[str, type[Any]] = {
     "logprobs": LogprobsEvent,
+    "progress": ProgressEvent,
     "text": TextEvent,
     "thinking": ThinkingEvent,
     "tool_call": ToolCallEvent,

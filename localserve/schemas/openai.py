@@ -25,6 +25,7 @@ from localserve.runtime.protocol import (
     Event,
     GenerateJob,
     LogprobsEvent,
+    ProgressEvent,
     TextEvent,
     ThinkingEvent,
     ToolCallEvent,
@@ -62,6 +63,8 @@ class SamplingFields(Request):
     options: dict[str, Any] | None = None
     num_ctx: int | None = Field(default=None, ge=16)
     keep_alive: str | float | int | None = None
+    # llama-server's: while a streamed prompt is read, chunks with its ``prompt_progress``.
+    return_progress: bool = False
 
     def overrides(self, max_tokens: int | None) -> dict[str, Any]:
         """These fields as Ollama options (they win over the same keys in ``options``)."""
@@ -111,6 +114,9 @@ class ChatCompletionRequest(SamplingFields):
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs or 0,
             n=self.n,
+            # A stream learns when the runner has taken the job (and how far the prompt
+            # is read): its status, and its keepalives, hang on that.
+            progress=self.stream,
         )
 
     def choice(self) -> str:
@@ -208,6 +214,7 @@ class CompletionRequest(SamplingFields):
             n=self.n,
             # echo with logprobs: the prompt's tokens come back with theirs too.
             prompt_logprobs=self.echo and self.logprobs is not None,
+            progress=self.stream,
         )
 
     def text(self) -> str:
@@ -367,14 +374,31 @@ class ChunkChoice(Response):
     finish_reason: str | None
 
 
+class PromptProgress(Response):
+    """How far a streamed prompt has been read (llama-server's ``prompt_progress``):
+    tokens in all, found in the cache, read beyond it, milliseconds since reading began."""
+
+    total: int
+    cache: int
+    processed: int
+    time_ms: int
+
+    @classmethod
+    def of(cls, event: ProgressEvent) -> PromptProgress:
+        return cls(
+            total=event.total, cache=event.cache, processed=event.processed, time_ms=event.time_ms
+        )
+
+
 class ChatCompletionChunk(Response):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     system_fingerprint: str = FINGERPRINT
-    choices: list[ChunkChoice]  # empty in the usage chunk
+    choices: list[ChunkChoice]  # empty in the usage and progress chunks
     usage: Usage | None = None
+    prompt_progress: PromptProgress | None = None
 
 
 ChatChunks = list[ChatCompletionChunk]
@@ -396,6 +420,7 @@ class ChatShape:
         self.n = body.n
         self.logprobs = body.logprobs
         self.include_usage = body.include_usage
+        self.progress = body.return_progress
         self._called = [False] * self.n
         self._finished: list[DoneEvent | None] = [None] * self.n
         # Log-probabilities of tokens not yet shown, per answer.
@@ -407,6 +432,10 @@ class ChatShape:
 
     def chunks(self, event: Event) -> ChatChunks:
         index = event.choice
+        if isinstance(event, ProgressEvent):
+            if not self.progress or index:  # the answers share one prompt
+                return []
+            return [self._completion_chunk([], prompt_progress=PromptProgress.of(event))]
         if isinstance(event, LogprobsEvent):
             self._pending[index].extend(event.entries)
             return []
@@ -466,10 +495,18 @@ class ChatShape:
         return self._completion_chunk([choice])
 
     def _completion_chunk(
-        self, choices: list[ChunkChoice], usage: Usage | None = None
+        self,
+        choices: list[ChunkChoice],
+        usage: Usage | None = None,
+        prompt_progress: PromptProgress | None = None,
     ) -> ChatCompletionChunk:
         return ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=usage,
+            prompt_progress=prompt_progress,
         )
 
     def _choice(self, index: int, answer: Answer) -> ChatChoice:
@@ -529,8 +566,9 @@ class CompletionResponse(Response):
     created: int
     model: str
     system_fingerprint: str = FINGERPRINT
-    choices: list[CompletionChoice]  # empty in the usage chunk
+    choices: list[CompletionChoice]  # empty in the usage and progress chunks
     usage: Usage | None = None
+    prompt_progress: PromptProgress | None = None
 
 
 class CompletionShape:
@@ -545,6 +583,7 @@ class CompletionShape:
         self.n = body.n
         self.top = body.logprobs  # None: no log-probabilities
         self.include_usage = body.include_usage
+        self.progress = body.return_progress
         self.prefix = body.text() if body.echo else ""
         self._pending: list[list[dict[str, Any]]] = [[] for _ in range(self.n)]
         self._offsets = [len(self.prefix)] * self.n  # where each answer's next text starts
@@ -555,6 +594,10 @@ class CompletionShape:
 
     def chunks(self, event: Event) -> list[CompletionResponse]:
         index = event.choice
+        if isinstance(event, ProgressEvent):
+            if not self.progress or index:  # the answers share one prompt
+                return []
+            return [self._completion([], prompt_progress=PromptProgress.of(event))]
         if isinstance(event, LogprobsEvent):
             self._pending[index].extend(event.entries)
             return []
@@ -599,10 +642,18 @@ class CompletionShape:
         )
 
     def _completion(
-        self, choices: list[CompletionChoice], usage: Usage | None = None
+        self,
+        choices: list[CompletionChoice],
+        usage: Usage | None = None,
+        prompt_progress: PromptProgress | None = None,
     ) -> CompletionResponse:
         return CompletionResponse(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=usage,
+            prompt_progress=prompt_progress,
         )
 
 

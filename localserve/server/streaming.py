@@ -104,20 +104,96 @@ def ndjson(chunks: AsyncIterator[Chunk], path: str) -> StreamingResponse:
     return StreamingResponse(_ndjson(chunks, path), media_type="application/x-ndjson")
 
 
-async def _sse(chunks: AsyncIterator[Chunk], path: str) -> AsyncIterator[bytes]:
+# What an idle SSE stream sends to show it is alive: a comment line, which every SSE
+# parser skips (the openai package's included), as llama-server does.
+PING = b": ping\n\n"
+
+
+async def _sse(chunks: AsyncIterator[Chunk], path: str, ping: float | None) -> AsyncIterator[bytes]:
     try:
-        async for chunk in chunks:
-            yield b"data: " + _json(chunk) + b"\n\n"
+        async for chunk in _with_pings(chunks, ping):
+            yield PING if chunk is None else b"data: " + _json(chunk) + b"\n\n"
     except Exception as exc:
         log.warning("stream on %s ended with an error: %s", path, exc)
         yield b"data: " + json.dumps(body_of(path, exc)[1]).encode() + b"\n\n"
     yield b"data: [DONE]\n\n"
 
 
-def sse(chunks: AsyncIterator[Chunk], path: str) -> StreamingResponse:
+def sse(chunks: AsyncIterator[Chunk], path: str, *, ping: float | None = None) -> StreamingResponse:
+    """Server-sent events of ``chunks``, and a ``: ping`` comment whenever none came for
+    ``ping`` seconds (None: never)."""
     return StreamingResponse(
-        _sse(chunks, path), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        _sse(chunks, path, ping),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
     )
+
+
+async def _with_pings(items: AsyncIterator[T], every: float | None) -> AsyncIterator[T | None]:
+    """``items``, with None in between whenever none came for ``every`` seconds.
+
+    asyncio has no way to wait for an async iterator's next item with a timeout that
+    leaves the wait running (``wait_for`` cancels it, and a cancelled async generator
+    cannot go on), so the next item is awaited in a task that a timeout leaves alone.
+    """
+    if every is None:
+        async for item in items:
+            yield item
+        return
+    iterator = items.__aiter__()
+    pending: asyncio.Future[T] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=every)
+            if not done:
+                yield None
+                continue
+            finished, pending = pending, None
+            try:
+                item = finished.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        if pending is not None:  # the client left, or an error: stop the work for it
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+
+
+async def hold(items: AsyncIterator[T], seconds: float | None) -> AsyncIterator[T]:
+    """Wait up to ``seconds`` (None: as long as it takes) for the first of ``items``, so
+    that an error before it (a prompt too long, a bad option, a failed load) raises here
+    and gets a real HTTP status; returns an iterator over every item, the first included
+    whether it came in time or not. A stream whose first item takes longer (a long
+    queue, a long load) starts without it, and keeps its client with pings."""
+    iterator = items.__aiter__()
+    first = asyncio.ensure_future(iterator.__anext__())
+    try:
+        await asyncio.wait({first}, timeout=seconds)
+    except BaseException:
+        first.cancel()
+        raise
+    if first.done() and not isinstance(first.exception(), StopAsyncIteration | None):
+        first.result()  # raises the error
+
+    async def everything() -> AsyncIterator[T]:
+        try:
+            try:
+                yield await first
+            except StopAsyncIteration:
+                return
+            async for item in iterator:
+                yield item
+        finally:
+            if not first.done():
+                first.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await first
+
+    return everything()
 
 
 async def first_then_rest(

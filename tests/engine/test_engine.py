@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from localserve.engine.job import Job
 from localserve.engine.llama import Model
 from localserve.errors import InvalidOptionError, PromptTooLongError
 from localserve.runtime.options import LoadOptions, SamplingOptions
-from localserve.runtime.protocol import DoneEvent, Event, TextEvent
+from localserve.runtime.protocol import DoneEvent, Event, ProgressEvent, TextEvent
 from tests.support.json_prefix import is_json_prefix
 
 GREEDY = SamplingOptions(temperature=0.0, num_predict=24)
@@ -573,3 +574,37 @@ def test_n_answers_share_one_prefill(model: Model) -> None:
         assert len(set(texts.values())) > 1  # four seeds, four answers
     finally:
         engine.close()
+
+
+def test_progress_events_follow_the_reading_of_a_prompt(model: Model) -> None:
+    """A job that asks (a streamed request) hears when it gets its slot and after each
+    chunk of its prompt, before its first token; one that does not hears nothing."""
+    engine = Engine(model, LoadOptions(num_ctx=256, num_parallel=2, prefill_chunk=32), n_threads=2)
+    try:
+        # Another stream generating keeps the long prompt to chunks of 32 tokens.
+        engine.submit(job(model, "other", "Once upon a time", SamplingOptions(num_predict=40)))
+        engine.step()
+        prompt = model.tokenize("word " * 100, add_special=True)
+        reader = Job("reader", prompt, GREEDY, progress=True)
+        engine.submit(reader)
+        seen: list[Event] = []
+        while engine.has_work():
+            seen += [e for e in engine.step() if e.id == "reader"]
+    finally:
+        engine.close()
+    progress = [e for e in seen if isinstance(e, ProgressEvent)]
+    first_text = next(i for i, e in enumerate(seen) if isinstance(e, TextEvent))
+    assert all(isinstance(e, ProgressEvent) for e in seen[: len(progress)])
+    assert len(progress) <= first_text  # every one before the first token
+    assert progress[0].processed == 0 and progress[0].cache == reader.cached
+    assert [p.total for p in progress] == [len(prompt)] * len(progress)
+    read = [p.processed for p in progress]
+    assert read == sorted(read) and read[-1] == len(prompt) - reader.cached
+    assert len(progress) >= 1 + (len(prompt) - reader.cached) // 32  # chunk by chunk
+    assert all(b - a <= 32 for a, b in itertools.pairwise(read))
+
+
+def test_no_progress_events_unless_asked(engine: Engine, model: Model) -> None:
+    engine.submit(job(model, "plain", "word " * 100))
+    _, done, _steps = run(engine)  # run() refuses any event but text and done
+    assert done["plain"].prompt_eval_count > 100

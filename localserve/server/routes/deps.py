@@ -15,7 +15,7 @@ from fastapi import Request
 
 from localserve.errors import InvalidOptionError, LocalserveError
 from localserve.runtime.options import SamplingOptions
-from localserve.runtime.protocol import DoneEvent, Event, GenerateJob, LogprobsEvent
+from localserve.runtime.protocol import DoneEvent, Event, GenerateJob, LogprobsEvent, ProgressEvent
 from localserve.scheduler.scheduler import ModelRequest, Scheduler
 from localserve.schemas.answer import Answer, Shape
 from localserve.schemas.base import Response
@@ -138,7 +138,7 @@ async def run_job(
     async for event in scheduler(request).generate(model, job):
         if isinstance(event, DoneEvent):
             metrics.record_done(event)
-        elif first and not isinstance(event, LogprobsEvent):
+        elif first and not isinstance(event, LogprobsEvent | ProgressEvent):
             metrics.ttft.observe((time.perf_counter_ns() - started) / 1e9)
             first = False
         yield event

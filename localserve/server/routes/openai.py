@@ -45,7 +45,7 @@ from localserve.server.routes.deps import (
     shorten,
     store,
 )
-from localserve.server.streaming import first_then_rest, sse
+from localserve.server.streaming import hold, sse
 from localserve.store.store import StoredModel
 
 router = APIRouter(prefix="/v1", responses=OPENAI_ERRORS)
@@ -107,10 +107,12 @@ async def _respond(
 ) -> Response:
     if not stream:
         return JSONResponse(shape.whole(await answers(events, shape.n)).model_dump())
-    # Hold the role chunk until the engine has produced something, so errors before
-    # any output (bad options, unknown model) still get a real HTTP status.
-    _, rest = await first_then_rest(shaped(shape, events), count=2)
-    return sse(rest, request.url.path)
+    # The status waits for the runner to take the job (its first ProgressEvent; a
+    # streamed job asks for them), so errors found before (a prompt too long, bad
+    # options, an unknown model) get a real one; and a client waiting on a long prompt,
+    # a queue or a load gets pings rather than silence.
+    ping = request.app.state.settings.stream_ping_seconds
+    return sse(shaped(shape, await hold(events, ping)), request.url.path, ping=ping)
 
 
 @router.post("/chat/completions", response_model=None, responses=streamed(ChatCompletionResponse))
