@@ -16,10 +16,11 @@ import pytest
 
 from localserve.engine.engine import Engine
 from localserve.engine.job import Job
-from localserve.engine.llama import Batch, Context, Model
+from localserve.engine.llama import Model
 from localserve.engine.logprobs import _NEAR, MAX_TOP, token_logprob
 from localserve.runtime.options import LoadOptions, SamplingOptions
 from localserve.runtime.protocol import LogprobsEvent
+from tests.support.logits import log_softmax, raw_logits
 from tests.support.tiny_gguf import write_tiny_gguf
 
 PROMPT = "Once upon a time there was a model that wrote the answer"
@@ -35,24 +36,6 @@ def model(
     loaded = Model([path])
     yield loaded
     loaded.close()
-
-
-def raw_logits(model: Model, tokens: list[int]) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Every position's logits, one row per token, from one decode of ``tokens``."""
-    context = Context(model, LoadOptions(num_ctx=256, num_parallel=1), n_threads=2)
-    batch = Batch(len(tokens))
-    try:
-        batch.add(tokens, 0, 0, True, want_all_logits=True)
-        assert context.decode(batch) == 0
-        return np.stack([context.logits(row).astype(np.float64) for row in range(len(tokens))])
-    finally:
-        batch.close()
-        context.close()
-
-
-def log_softmax(logits: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarray[Any, Any]:
-    peak = logits.max()
-    return logits - (peak + np.log(np.exp(logits - peak).sum()))
 
 
 def near_peak(logits: np.ndarray[Any, Any]) -> int:
