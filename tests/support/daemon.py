@@ -95,6 +95,14 @@ class Daemon:
         assert len(found) == 1, found
         return found[0]
 
+    def next_logged_prompt(self, seen: int, timeout: float = 60.0) -> str:
+        """The one prompt logged after the first ``seen`` (``len(logged_prompts())``
+        before a request): for a request whose text cannot carry a marker."""
+        assert wait_until(lambda: len(self.logged_prompts()) > seen, timeout), self.log_tail()
+        later = self.logged_prompts()[seen:]
+        assert len(later) == 1, later
+        return later[0]
+
     def logged_prompts(self) -> list[str]:
         """Every prompt the runners logged so far (see ``logged_prompt``), oldest first."""
         prompts = []
