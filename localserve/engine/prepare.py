@@ -10,6 +10,7 @@ images or sounds on a thread of its own (engine/runner.py).
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,14 @@ from localserve.runtime.protocol import GenerateJob
 if TYPE_CHECKING:
     from localserve.engine.job import Job
     from localserve.engine.loading import Loaded
+    from localserve.engine.prompt import Prompt
+
+log = logging.getLogger("localserve.runner")
+
+# The most of a prompt the debug log shows (its start and its end): a log to read, and
+# the daemon reads the runner's log a line at a time, up to 1 MiB a line
+# (scheduler/runner_client.py); a longer one would end its reading.
+LOGGED_PROMPT_CHARS = 8000
 
 
 class JobBuilder:
@@ -68,6 +77,13 @@ class JobBuilder:
                 context=request.context,
                 template_kwargs=kwargs,
                 images=_media_bytes(request.images),
+            )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "prompt of %s (%d tokens): %r",
+                request_id,
+                len(prompt.tokens),
+                self._readable(prompt),
             )
         grammar = grammar_for(request.format)
         triggers: tuple[str, ...] = ()
@@ -119,6 +135,23 @@ class JobBuilder:
             jobs.append(job)
             first = first or job
         return jobs
+
+    def _readable(self, prompt: Prompt) -> str:
+        """The prompt as the model reads it, special tokens written out, each image or
+        sound as ``[image]`` or ``[audio]`` (for the debug log)."""
+        model = self.builder.model
+        parts: list[bytes] = []
+        for position, token in enumerate(prompt.tokens):
+            medium = prompt.media.get(position)
+            if medium is not None:
+                parts.append(f"[{medium.kind}]".encode())
+            if token >= 0:
+                parts.append(model.piece(token, special=True))
+        text = b"".join(parts).decode("utf-8", "replace")
+        if len(text) > LOGGED_PROMPT_CHARS:
+            half = LOGGED_PROMPT_CHARS // 2
+            text = f"{text[:half]}[... {len(text) - 2 * half} characters ...]{text[-half:]}"
+        return text
 
     def _parser_factory(
         self, request: GenerateJob, tools: list[dict[str, Any]] | None, opened: bool

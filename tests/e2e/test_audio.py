@@ -16,7 +16,7 @@ import pytest
 
 from localserve.engine.llama import Model
 from tests.support.daemon import Daemon, add_model, running_daemon
-from tests.support.media import AUDIO_TOKENS, RATE, png, sound
+from tests.support.media import AUDIO_TOKENS, RATE, assert_medium_is_read, png, sound
 from tests.support.tiny_gguf import write_tiny_gguf
 from tests.support.tiny_projector import write_tiny_audio_projector, write_tiny_projector
 
@@ -57,6 +57,7 @@ def oai(daemon: Daemon) -> Iterator[openai.OpenAI]:
 
 
 OPTIONS = {"temperature": 0, "num_predict": 2}
+ONE = {"temperature": 0, "num_predict": 1}
 
 
 def test_show_lists_audio(client: ollama.Client, daemon: Daemon) -> None:
@@ -86,6 +87,15 @@ def test_ollama_images_carry_wav_bytes(client: ollama.Client, tmp_path: Path) ->
     assert chat_heard.prompt_eval_count >= chat_plain.prompt_eval_count + AUDIO_TOKENS
     assert chat_heard.done and chat_heard.message.role == "assistant"
 
+    def first(medium: bytes) -> dict[str, float]:
+        answer = client.generate(
+            "tiny-audio", "Describe", images=[medium], options=ONE, logprobs=True, top_logprobs=5
+        )
+        assert answer.logprobs
+        return {t.token: t.logprob for t in answer.logprobs[0].top_logprobs or []}
+
+    assert_medium_is_read(first, sound(440), sound(0))
+
 
 def test_openai_input_audio(oai: openai.OpenAI) -> None:
     def ask(content: object) -> int:
@@ -106,6 +116,22 @@ def test_openai_input_audio(oai: openai.OpenAI) -> None:
         ]
     )
     assert heard >= text_only + AUDIO_TOKENS
+
+    def first(medium: bytes) -> dict[str, float]:
+        part = {"type": "input_audio", "input_audio": {"data": b64(medium), "format": "wav"}}
+        done = oai.chat.completions.create(
+            model="tiny-audio",
+            messages=[{"role": "user", "content": [part]}],  # type: ignore[misc,list-item]
+            max_tokens=1,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=5,
+        )
+        logprobs = done.choices[0].logprobs
+        assert logprobs is not None and logprobs.content
+        return {t.token: t.logprob for t in logprobs.content[0].top_logprobs}
+
+    assert_medium_is_read(first, sound(330), sound(660))
 
 
 @pytest.mark.parametrize(

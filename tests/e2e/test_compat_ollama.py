@@ -142,7 +142,7 @@ def test_chat_streamed(client: ollama.Client) -> None:
     assert chunks[-1].done_reason == "length" and chunks[-1].eval_count == 8
 
 
-def test_chat_with_history_and_tools(client: ollama.Client, tool_models: dict[str, str]) -> None:
+def test_chat_with_history_and_tools(debug_daemon: Daemon) -> None:
     def add(a: int, b: int) -> int:
         """Add two numbers.
 
@@ -153,23 +153,45 @@ def test_chat_with_history_and_tools(client: ollama.Client, tool_models: dict[st
         return a + b
 
     messages = [
-        {"role": "user", "content": "What is 1 + 2?"},
+        {"role": "user", "content": "What is 1 + 2? (ollama-history)"},
         {
             "role": "assistant",
             "content": "",
             "tool_calls": [{"function": {"name": "add", "arguments": {"a": 1, "b": 2}}}],
         },
-        {"role": "tool", "content": "3", "tool_name": "add"},
+        {"role": "tool", "content": "the sum is 3", "tool_name": "add"},
     ]
-    # The history (a call and its result) renders through a template that takes tools.
-    result = client.chat("tiny-tools", messages, tools=[add], options={"num_predict": 4, **GREEDY})
-    assert result.message.role == "assistant" and result.done
-    assert result.eval_count == 4 and result.done_reason == "length"
+    with ollama.Client(host=debug_daemon.url, timeout=60) as client:
+        result = client.chat(
+            "tiny-tools", messages, tools=[add], options={"num_predict": 4, **GREEDY}
+        )
+        assert result.message.role == "assistant" and result.done
+        assert result.eval_count == 4 and result.done_reason == "length"
 
-    # A model whose template has no tools refuses them, as Ollama does.
-    with pytest.raises(ollama.ResponseError, match="tiny does not support tools") as refused:
-        client.chat(MODEL, messages, tools=[add])
-    assert refused.value.status_code == 400
+        # A model whose template has no tools refuses them, as Ollama does.
+        with pytest.raises(ollama.ResponseError, match="tiny does not support tools") as refused:
+            client.chat(MODEL, messages, tools=[add])
+        assert refused.value.status_code == 400
+
+    # The history went through the template: the tool's signature, the call with its
+    # arguments as an object, and the result, each where the template puts it.
+    prompt = debug_daemon.logged_prompt("(ollama-history)")
+    assert "<tools>\n" in prompt and '"name": "add"' in prompt and "the first number" in prompt
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
+    result_turn = "<|im_start|>user\n<tool_response>\nthe sum is 3\n</tool_response><|im_end|>"
+    assert prompt.index("(ollama-history)") < prompt.index(call) < prompt.index(result_turn)
+    assert prompt.endswith(result_turn + "\n<|im_start|>assistant\n"), prompt
+
+
+def test_the_debug_log_shortens_long_prompts(debug_daemon: Daemon) -> None:
+    # A long prompt is logged by its start and its end: one line of a readable size
+    # (the daemon reads its runners' log a line at a time, up to 1 MiB).
+    words = " ".join(["water"] * 2000)
+    with ollama.Client(host=debug_daemon.url, timeout=60) as client:
+        client.generate(MODEL, f"(long-start) {words} (long-end)", options={"num_predict": 1})
+    prompt = debug_daemon.logged_prompt("(long-start)")
+    assert prompt.endswith("(long-end)<|im_end|>\n<|im_start|>assistant\n"), prompt[-200:]
+    assert len(prompt) < 8100 and "characters ...]" in prompt
 
 
 def test_thinking_is_split_from_the_answer(

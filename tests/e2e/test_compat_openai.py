@@ -288,10 +288,10 @@ def test_cached_tokens_count_the_prefix_cache(client: openai.OpenAI) -> None:
     assert first.usage.prompt_tokens // 2 < details.cached_tokens < again.usage.prompt_tokens
 
 
-def test_message_forms_the_sdk_sends(client: openai.OpenAI, tool_models: dict[str, str]) -> None:
+def test_message_forms_the_sdk_sends(debug_daemon: Daemon) -> None:
     messages: list[dict[str, object]] = [
-        {"role": "developer", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "What is 1 + 2?"}]},
+        {"role": "developer", "content": "Be brief. (developer-turn)"},
+        {"role": "user", "content": [{"type": "text", "text": "What is 1 + 2? (sdk-forms)"}]},
         {
             "role": "assistant",
             "content": None,
@@ -303,7 +303,7 @@ def test_message_forms_the_sdk_sends(client: openai.OpenAI, tool_models: dict[st
                 }
             ],
         },
-        {"role": "tool", "tool_call_id": "call_1", "content": "3"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "the sum is 3"},
     ]
     tools = [
         {
@@ -319,21 +319,40 @@ def test_message_forms_the_sdk_sends(client: openai.OpenAI, tool_models: dict[st
             },
         }
     ]
-    completion = client.chat.completions.create(
-        model="tiny-tools",
-        messages=messages,  # type: ignore[arg-type]
-        tools=tools,  # type: ignore[arg-type]
-        max_tokens=3,
-    )
-    assert completion.choices[0].message.role == "assistant"
-    assert completion.usage is not None and completion.usage.completion_tokens == 3
-    with pytest.raises(openai.BadRequestError, match="tiny does not support tools"):
-        client.chat.completions.create(model=MODEL, messages=messages, tools=tools)  # type: ignore[arg-type]
+    with openai.OpenAI(
+        base_url=debug_daemon.url + "/v1", api_key="unused", max_retries=0, timeout=60
+    ) as client:
+        completion = client.chat.completions.create(
+            model="tiny-tools",
+            messages=messages,  # type: ignore[arg-type]
+            tools=tools,  # type: ignore[arg-type]
+            max_tokens=3,
+        )
+        assert completion.choices[0].message.role == "assistant"
+        assert completion.usage is not None and completion.usage.completion_tokens == 3
+        with pytest.raises(openai.BadRequestError, match="tiny does not support tools"):
+            client.chat.completions.create(model=MODEL, messages=messages, tools=tools)  # type: ignore[arg-type]
 
-    # Arguments are parsed (templates expect an object), so broken JSON is a 400.
-    messages[2]["tool_calls"][0]["function"]["arguments"] = '{"a": 1,'  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError, match="arguments"):
-        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=3)  # type: ignore[arg-type]
+        # Arguments are parsed (templates expect an object), so broken JSON is a 400.
+        broken = json.loads(json.dumps(messages))
+        broken[2]["tool_calls"][0]["function"]["arguments"] = '{"a": 1,'
+        with pytest.raises(openai.BadRequestError, match="arguments"):
+            client.chat.completions.create(model=MODEL, messages=broken, max_tokens=3)
+
+    # What the template made of each form: the developer turn as the system text before
+    # the tool signatures, the text part, the call's arguments string as an object, and
+    # the result, in that order.
+    prompt = debug_daemon.logged_prompt("(sdk-forms)")
+    order = [
+        "<|im_start|>system\nBe brief. (developer-turn)\n\nYou may call functions.",
+        '"description": "Add two numbers."',
+        "<|im_start|>user\nWhat is 1 + 2? (sdk-forms)<|im_end|>",
+        '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>',
+        "<tool_response>\nthe sum is 3\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
+    ]
+    assert all(part in prompt for part in order), prompt
+    assert [prompt.index(part) for part in order] == sorted(prompt.index(p) for p in order)
+    assert prompt.count("(developer-turn)") == 1, prompt  # not also as a turn of its own
 
 
 # ------------------------------------------------------------- completions

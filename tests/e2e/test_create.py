@@ -37,7 +37,8 @@ def store(isolated_home: Path, tiny_gguf_path: Path) -> ModelStore:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_gguf_path: Path) -> Iterator[Daemon]:
     home = tmp_path_factory.mktemp("create") / "localserve-home"
-    with running_daemon(home, tiny_gguf_path) as started:
+    # Debug: the runners log each prompt (Daemon.logged_prompt).
+    with running_daemon(home, tiny_gguf_path, env={"LOCALSERVE_DEBUG": "1"}) as started:
         yield started
 
 
@@ -93,30 +94,44 @@ def test_system_prompt_messages_and_template(
     (tmp_path / "Modelfile").write_text(f'FROM tiny\nTEMPLATE """{ONLY_LAST}"""\n')
     assert cli(daemon, "create", "last-only", cwd=tmp_path).returncode == 0
 
+    def turn(role: str, text: str) -> str:
+        return f"<|im_start|>{role}\n{text}<|im_end|>\n"
+
+    def prompt(model: str, messages: list[dict[str, str]], marker: str) -> str:
+        """What the model read for ``messages``, whose last one gets ``marker``."""
+        last = {**messages[-1], "content": f"{messages[-1]['content']} {marker}"}
+        chat(client, model, [*messages[:-1], last], num_predict=1)
+        return daemon.logged_prompt(marker)
+
+    system = "You are a very careful assistant who answers in rhymes."
+    examples = turn("user", "What is two plus two?") + turn("assistant", "Four, I implore.")
+    answer = "<|im_start|>assistant\n"
     question = [{"role": "user", "content": "Why?"}]
-    base = chat(client, "tiny", question, num_predict=1).prompt_eval_count or 0
-    with_settings = chat(client, "rhymes", question).prompt_eval_count or 0
-    assert with_settings > base + 10  # the system prompt and two example turns
+    assert prompt("tiny", question, "(q1)") == "<s>" + turn("user", "Why? (q1)") + answer
+    # The model's system prompt, then its example turns, then the conversation.
+    assert (
+        prompt("rhymes", question, "(q2)")
+        == "<s>" + turn("system", system) + examples + turn("user", "Why? (q2)") + answer
+    )
     # An explicit system prompt wins over the model's (but the examples stay).
     mine = [{"role": "system", "content": "Be brief."}, *question]
-    explicit = chat(client, "rhymes", mine).prompt_eval_count or 0
-    base_explicit = chat(client, "tiny", mine, num_predict=1).prompt_eval_count or 0
-    assert base_explicit < explicit < with_settings
-    # /api/generate uses the model's system prompt too.
-    generated = client.generate("rhymes", "Why?", options=GREEDY)
-    assert (generated.prompt_eval_count or 0) > (
-        client.generate("tiny", "Why?", options={"num_predict": 1}).prompt_eval_count or 0
+    assert (
+        prompt("rhymes", mine, "(q3)")
+        == "<s>" + turn("system", "Be brief.") + examples + turn("user", "Why? (q3)") + answer
     )
-    # The template renders only the last message: the history costs nothing.
+    # /api/generate uses the model's system prompt too (the examples are for chats).
+    client.generate("rhymes", "Why? (q4)", options=GREEDY)
+    assert (
+        daemon.logged_prompt("(q4)")
+        == "<s>" + turn("system", system) + turn("user", "Why? (q4)") + answer
+    )
+    # The template renders only the last message: the history is not in the prompt.
     history = [
         {"role": "user", "content": "one two three four five six"},
         {"role": "assistant", "content": "seven eight"},
         *question,
     ]
-    assert (
-        chat(client, "last-only", history, num_predict=1).prompt_eval_count
-        == chat(client, "last-only", question, num_predict=1).prompt_eval_count
-    )
+    assert prompt("last-only", history, "(q5)") == "<s>Why? (q5)"
 
 
 def test_show_what_was_created(client: ollama.Client, daemon: Daemon, tmp_path: Path) -> None:

@@ -23,12 +23,14 @@ from localserve.plan.planner import plan
 from localserve.plan.sizes import projector_need
 from localserve.store.gguf import read_gguf_model, read_projector
 from tests.support.daemon import Daemon, add_model, running_daemon
+from tests.support.media import assert_medium_is_read
 from tests.support.tiny_gguf import write_tiny_gguf
 from tests.support.tiny_projector import write_tiny_projector
 
 IMAGE_TOKENS = 4
 OPTIONS = ("-o", "num_predict=2", "-o", "temperature=0", "--verbose")
 GREEDY = {"temperature": 0, "num_predict": 4}
+ONE = {"temperature": 0, "num_predict": 1}
 
 
 def png(seed: int, side: int = 32) -> bytes:
@@ -104,6 +106,15 @@ def test_ollama_generate_with_images(client: ollama.Client) -> None:
     assert plain.prompt_eval_count is not None and seen.prompt_eval_count is not None
     assert seen.prompt_eval_count >= plain.prompt_eval_count + 2 * IMAGE_TOKENS
 
+    def first(picture: bytes) -> dict[str, float]:
+        answer = client.generate(
+            "tiny-vision", "Describe", images=[picture], options=ONE, logprobs=True, top_logprobs=5
+        )
+        assert answer.logprobs
+        return {t.token: t.logprob for t in answer.logprobs[0].top_logprobs or []}
+
+    assert_medium_is_read(first, png(2), png(3))
+
 
 def test_show_and_capabilities(client: ollama.Client, daemon: Daemon) -> None:
     assert "vision" in (client.show("tiny-vision").capabilities or [])
@@ -130,6 +141,22 @@ def test_openai_image_url_data_url(oai: openai.OpenAI) -> None:
         [{"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": {"url": url}}]
     )
     assert with_image >= text_only + IMAGE_TOKENS
+
+    def first(picture: bytes) -> dict[str, float]:
+        part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(picture)}}
+        done = oai.chat.completions.create(
+            model="tiny-vision",
+            messages=[{"role": "user", "content": [part]}],  # type: ignore[misc,list-item]
+            max_tokens=1,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=5,
+        )
+        logprobs = done.choices[0].logprobs
+        assert logprobs is not None and logprobs.content
+        return {t.token: t.logprob for t in logprobs.content[0].top_logprobs}
+
+    assert_medium_is_read(first, png(4), png(5))
 
 
 def test_openai_http_image_urls_are_refused(oai: openai.OpenAI) -> None:

@@ -100,7 +100,9 @@ def gemma_daemon(
     folder = tmp_path_factory.mktemp("gemma-tools")
     model = with_template(gemma_gguf_path, folder / "gemma-qwen3.gguf", chat_templates.QWEN3)
     home = folder / "localserve-home"
-    with running_daemon(home, env={"LOCALSERVE_CONTEXT_LENGTH": "2048"}) as started:
+    # Debug: the runner logs each prompt (Daemon.next_logged_prompt).
+    env = {"LOCALSERVE_CONTEXT_LENGTH": "2048", "LOCALSERVE_DEBUG": "1"}
+    with running_daemon(home, env=env) as started:
         add_model(home, model, MODEL)
         yield started
 
@@ -161,6 +163,39 @@ def test_openai_auto_tool_call_whole_and_streamed(oai: openai.OpenAI) -> None:
             arguments += (delta.function and delta.function.arguments) or ""
         finish = chunk.choices[0].finish_reason or finish
     assert (name, json.loads(arguments), finish) == ("get_weather", {"city": "Paris"}, "tool_calls")
+
+
+def test_tool_choice_none_gives_no_call(oai: openai.OpenAI, gemma_daemon: Daemon) -> None:
+    """The history that makes Gemma call get_weather (the tests above), with
+    ``tool_choice: "none"``: the runner leaves the tools out of the prompt and builds no
+    call grammar and no call parser, so no call comes back, whatever Gemma writes."""
+    extra = {"temperature": 0, "max_tokens": 60, "stop": STOP}
+
+    def ask(choice: str) -> tuple[Any, str]:
+        seen = len(gemma_daemon.logged_prompts())
+        completion = oai.chat.completions.create(
+            model=MODEL,
+            messages=FEW_SHOT_TOOLS,  # type: ignore[arg-type]
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice=choice,  # type: ignore[arg-type]
+            **extra,  # type: ignore[arg-type]
+        )
+        (choice_made,) = completion.choices
+        return choice_made, gemma_daemon.next_logged_prompt(seen)
+
+    # The control: the same request with "auto" calls, and its prompt lists the tool.
+    called, auto_prompt = ask("auto")
+    assert called.finish_reason == "tool_calls" and called.message.tool_calls, called
+    assert "<tools>" in auto_prompt and "Current weather in a city." in auto_prompt
+
+    answer, prompt = ask("none")
+    assert answer.finish_reason == "stop" and not answer.message.tool_calls, answer
+    assert "<tools>" not in prompt and "Current weather in a city." not in prompt
+    # The history's calls are still in it (they are the conversation, not the tools).
+    assert prompt.count("<tool_call>") == 2 and prompt.count("<tool_response>") == 2
+    # Gemma copies the history's calls as it would under "auto" (this build writes the
+    # call's text): it stays text.
+    assert answer.message.content
 
 
 def test_langchain_bind_tools(gemma_daemon: Daemon) -> None:

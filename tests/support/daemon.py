@@ -12,9 +12,11 @@ test's isolated home, for tests that break things on purpose).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,8 +34,10 @@ from localserve.store.store import ModelStore
 
 __all__ = [
     "Daemon",
+    "add_tool_models",
     "daemon",
     "daemon_env",
+    "debug_daemon",
     "free_port",
     "fresh_daemon",
     "rss_kib",
@@ -44,6 +48,8 @@ __all__ = [
     "wait_until",
 ]
 
+# engine/prepare.py's debug line, as the daemon forwards it: "runner PID: prompt of ...".
+_PROMPT_LINE = re.compile(r"runner \d+: prompt of \S+ \(\d+ tokens\): ('.*'|\".*\")$")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -73,6 +79,38 @@ class Daemon:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return killed
+
+    def logged_prompt(self, marker: str, timeout: float = 60.0) -> str:
+        """The one prompt holding ``marker`` that a runner logged, as the model read it
+        (special tokens written out): runners log each prompt at debug level
+        (LOCALSERVE_DEBUG=1 in the daemon's environment), engine/prepare.py. Their log
+        reaches the daemon's apart from their answers, so this waits for the line."""
+        found: list[str] = []
+
+        def logged() -> bool:
+            found[:] = [p for p in self.logged_prompts() if marker in p]
+            return bool(found)
+
+        assert wait_until(logged, timeout), f"no prompt with {marker!r}:\n{self.log_tail()}"
+        assert len(found) == 1, found
+        return found[0]
+
+    def next_logged_prompt(self, seen: int, timeout: float = 60.0) -> str:
+        """The one prompt logged after the first ``seen`` (``len(logged_prompts())``
+        before a request): for a request whose text cannot carry a marker."""
+        assert wait_until(lambda: len(self.logged_prompts()) > seen, timeout), self.log_tail()
+        later = self.logged_prompts()[seen:]
+        assert len(later) == 1, later
+        return later[0]
+
+    def logged_prompts(self) -> list[str]:
+        """Every prompt the runners logged so far (see ``logged_prompt``), oldest first."""
+        prompts = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            match = _PROMPT_LINE.search(line)
+            if match:
+                prompts.append(ast.literal_eval(match.group(1)))
+        return prompts
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -271,21 +309,35 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_gguf_path: Path) -> It
         yield started
 
 
-@pytest.fixture(scope="module")
-def tool_models(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Tiny models with templates that take tools and think, added to ``daemon``:
-    ``tiny-tools`` (Qwen 3 style: Hermes calls, <think>) and ``tiny-r1`` (the prompt
-    opens the thinking block, so every answer starts as reasoning)."""
+def add_tool_models(home: Path, folder: Path) -> dict[str, str]:
+    """Tiny models with templates that take tools and think, added to the store in
+    ``home``: ``tiny-tools`` (Qwen 3 style: Hermes calls, <think>) and ``tiny-r1`` (the
+    prompt opens the thinking block, so every answer starts as reasoning)."""
     from tests.support import chat_templates
     from tests.support.tiny_gguf import write_tiny_gguf
 
-    folder = tmp_path_factory.mktemp("tool-models")
     models = {"tiny-tools": chat_templates.QWEN3, "tiny-r1": chat_templates.R1}
     for name, template in models.items():
-        add_model(
-            daemon.home, write_tiny_gguf(folder / f"{name}.gguf", chat_template=template), name
-        )
+        add_model(home, write_tiny_gguf(folder / f"{name}.gguf", chat_template=template), name)
     return {name: name for name in models}
+
+
+@pytest.fixture(scope="module")
+def tool_models(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The tool models (``add_tool_models``), added to ``daemon``."""
+    return add_tool_models(daemon.home, tmp_path_factory.mktemp("tool-models"))
+
+
+@pytest.fixture(scope="module")
+def debug_daemon(
+    tmp_path_factory: pytest.TempPathFactory, tiny_gguf_path: Path
+) -> Iterator[Daemon]:
+    """A daemon of the module's own, with LOCALSERVE_DEBUG=1, so that its runners log
+    every prompt (``Daemon.logged_prompt``): ``tiny`` and the tool models."""
+    home = tmp_path_factory.mktemp("debug-daemon") / "localserve-home"
+    with running_daemon(home, tiny_gguf_path, env={"LOCALSERVE_DEBUG": "1"}) as started:
+        add_tool_models(home, tmp_path_factory.mktemp("debug-tool-models"))
+        yield started
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 
 _NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
-_PARTIAL_NUMBER = re.compile(r"-?(0|[1-9]\d*)?(\.\d*)?([eE][+-]?\d*)?")
+# What a number can start with: a sign, then an integer part before any fraction or
+# exponent, and a digit in the fraction before an exponent ("1.e5" cannot go on).
+_PARTIAL_NUMBER = re.compile(r"-?((0|[1-9]\d*)(\.\d*|(\.\d+)?[eE][+-]?\d*)?)?")
 _WS = " \t\n\r"
 
 
@@ -53,7 +55,7 @@ def _value(s: str, i: int) -> int:
             return i + len(literal)
         if literal.startswith(s[i:]):
             raise _End
-    if _PARTIAL_NUMBER.fullmatch(s, i) and not s[i:].startswith("."):
+    if _PARTIAL_NUMBER.fullmatch(s, i):
         raise _End  # the text ends inside a number, which may go on
     number = _NUMBER.match(s, i)
     if number:

@@ -1,11 +1,13 @@
 """Sounds and pictures made on the spot for the media tests: a sine-wave WAV, a noise PNG,
-and how many prompt positions the tiny audio projector gives a 30 s window."""
+how many prompt positions the tiny audio projector gives a 30 s window, and the check
+that a medium itself reached the model (through its first token's distribution)."""
 
 from __future__ import annotations
 
 import io
 import math
 import wave
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -34,3 +36,28 @@ def png(seed: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")
     return out.getvalue()
+
+
+# What the first answer token's likeliest alternatives may differ by between two reads of
+# the same prompt (a prefix-cache hit recomputes the last position: ~1e-7 here), and at
+# least by between two different media (~1e-3 for the tiny projectors' noise pictures
+# and tones).
+SAME_MEDIUM = 1e-5
+OTHER_MEDIUM = 1e-4
+
+
+def first_token_distance(one: dict[str, float], two: dict[str, float]) -> float:
+    """How far apart two first-token top lists (token -> logprob) are: the largest change
+    of a token both list, infinite when they share none."""
+    shared = one.keys() & two.keys()
+    return max((abs(one[t] - two[t]) for t in shared), default=float("inf"))
+
+
+def assert_medium_is_read(first: Callable[[bytes], dict[str, float]], a: bytes, b: bytes) -> None:
+    """``first(medium)``: the first token's top logprobs of a request carrying it. The
+    same medium twice gives the same distribution, another one a different one: the
+    model read the medium itself, not only its placeholder positions."""
+    one, again, other = first(a), first(a), first(b)
+    assert one.keys() == again.keys(), (one, again)
+    assert first_token_distance(one, again) < SAME_MEDIUM, (one, again)
+    assert first_token_distance(one, other) > OTHER_MEDIUM, (one, other)

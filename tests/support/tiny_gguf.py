@@ -141,6 +141,7 @@ class _Spec:
     chat_template: str | None
     name: str
     fim: bool = False
+    output_scale: float = 1.0
 
 
 def _tensors(spec: _Spec, n_vocab: int) -> Iterator[tuple[str, np.ndarray]]:
@@ -169,7 +170,10 @@ def _tensors(spec: _Spec, n_vocab: int) -> Iterator[tuple[str, np.ndarray]]:
         yield f"blk.{i}.ffn_up.weight", matrix(spec.n_ff, spec.n_embd)
         yield f"blk.{i}.ffn_down.weight", matrix(spec.n_embd, spec.n_ff)
     yield "output_norm.weight", norm()
-    yield "output.weight", matrix(n_vocab, spec.n_embd)
+    output = matrix(n_vocab, spec.n_embd)
+    if spec.output_scale != 1.0:  # logits that spread wider (or narrower) than usual
+        output = (output.astype(np.float32) * spec.output_scale).astype(matrix_type)
+    yield "output.weight", output
 
 
 def _add_model_metadata(writer: gguf.GGUFWriter, spec: _Spec, vocab: TinyVocab) -> None:
@@ -255,11 +259,24 @@ def write_tiny_gguf(
     chat_template: str | None = CHATML_TEMPLATE,
     name: str = "tiny-llama",
     fim: bool = False,
+    output_scale: float = 1.0,
 ) -> Path:
     """Write a tiny random-weight llama model to ``path``; same arguments, same bytes.
-    ``fim`` adds fill-in-the-middle tokens and their tokenizer keys."""
+    ``fim`` adds fill-in-the-middle tokens and their tokenizer keys; ``output_scale``
+    multiplies the output weights, so the logits spread that much wider."""
     spec = _Spec(
-        n_layer, n_embd, n_head, n_head_kv, n_ff, n_ctx_train, seed, dtype, chat_template, name, fim
+        n_layer,
+        n_embd,
+        n_head,
+        n_head_kv,
+        n_ff,
+        n_ctx_train,
+        seed,
+        dtype,
+        chat_template,
+        name,
+        fim,
+        output_scale,
     )
     tensors = list(_tensors(spec, len(tiny_vocab(fim).tokens)))
     return _write(Path(path), spec, tensors, lambda _: None, with_model_metadata=True)

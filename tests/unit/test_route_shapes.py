@@ -47,9 +47,12 @@ def models(isolated_home: Path, tmp_path: Path) -> None:
             pass
 
 
-def call(method: str, path: str, body: dict[str, Any]) -> tuple[int, list[str]]:
-    """The status and the body's lines (one for a JSON answer)."""
-    factory = FakeFactory()
+def call(
+    method: str, path: str, body: dict[str, Any], factory: FakeFactory | None = None
+) -> tuple[int, list[str]]:
+    """The status and the body's lines (one for a JSON answer). ``factory``, when given,
+    serves the runners, and keeps what reached them (its loads, each runner's requests)."""
+    factory = factory or FakeFactory()
     factory.script = SCRIPT
     app = create_app(load_settings(), runner_factory=factory)
 
@@ -182,17 +185,36 @@ def test_openai_chat_streamed(models: None) -> None:
 def test_refusals_before_any_load(
     models: None, path: str, body: dict[str, Any], message: str
 ) -> None:
-    status, [line] = call("POST", path, body)
+    factory = FakeFactory()
+    status, [line] = call("POST", path, body, factory)
     assert status == 400
     error = json.loads(line)["error"]
     assert message in (error if isinstance(error, str) else error["message"])
+    assert factory.loads == [] and factory.runners == []  # no runner was started
+
+    # The same request, with what made it wrong taken out, does load and run: the
+    # factory sees what a refusal would have let through.
+    fixed = {k: v for k, v in body.items() if k not in ("tools", "think")}
+    status, _ = call("POST", path, fixed, factory)
+    assert status == 200
+    (load,) = factory.loads
+    assert load.paths and load.paths[0].exists()
+    (runner,) = factory.runners
+    (job,) = runner.requests
+    assert job.tools is None and job.think is None
 
 
 def test_tool_choice_none_leaves_tools_unchecked(models: None) -> None:
     # "none": the tools are not used, so a model without tool support may take them.
+    factory = FakeFactory()
     status, _ = call(
         "POST",
         "/v1/chat/completions",
         {"model": "plain", "messages": ASK, "tools": TOOLS, "tool_choice": "none"},
+        factory,
     )
-    assert status == 200
+    assert status == 200 and len(factory.loads) == 1
+    (runner,) = factory.runners
+    (job,) = runner.requests
+    # It reached the runner as asked: the runner's prompt step leaves the tools out.
+    assert job.tool_choice == "none" and job.messages == ASK
