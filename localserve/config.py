@@ -249,10 +249,11 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=512, ge=1, description="Requests waiting for a slot before the daemon answers 503."
     )
-    context_length: int = Field(
-        default=4096,
+    context_length: int | None = Field(
+        default=None,
         ge=16,
-        description="Context per sequence, capped at the model's training context.",
+        description="Context per sequence, capped at the model's training context; unset: "
+        "the model's training length, at most 64k, as far as memory allows.",
     )
     speculative: str = Field(
         default="ngram",

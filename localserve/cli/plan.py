@@ -94,6 +94,7 @@ def plan(
     from localserve.engine.devices import probe, with_workers
     from localserve.plan import parse_size, ram_only
     from localserve.plan import plan as make_plan
+    from localserve.plan.context import choose_context
     from localserve.plan.source import load_header
 
     simulated = parse_size(gpu_memory) if gpu_memory is not None else None
@@ -108,21 +109,32 @@ def plan(
     workers = parse_workers(rpc) if rpc else tuple(settings.rpc_workers)
     if workers and num_gpu != 0:
         devices, _ = with_workers(devices, workers, timeout=min(5.0, settings.rpc_timeout_seconds))
-    result = make_plan(
-        header.info,
-        num_ctx=ctx or settings.context_length,
-        num_parallel=parallel or settings.num_parallel,
-        devices=devices,
-        num_gpu=-1 if num_gpu is None else num_gpu,
-        kv_type=kv_type,
-        projector=header.projector,
-        adapters=header.adapters,
-        spread=settings.sched_spread if spread is None else spread,
-    )
+    num_parallel = parallel or settings.num_parallel
+
+    def plan_for(num_ctx: int, kv_cells: int | None = None) -> Plan:
+        return make_plan(
+            header.info,
+            num_ctx=num_ctx,
+            num_parallel=num_parallel,
+            devices=devices,
+            num_gpu=-1 if num_gpu is None else num_gpu,
+            kv_type=kv_type,
+            projector=header.projector,
+            adapters=header.adapters,
+            spread=settings.sched_spread if spread is None else spread,
+            kv_cells=kv_cells,
+        )
+
+    explicit = ctx or settings.context_length
+    if explicit:
+        result, reason = plan_for(explicit), "set"
+    else:  # what the runner will choose (plan/context.py)
+        choice = choose_context(header.info, num_parallel=num_parallel, plan_for=plan_for)
+        result, reason = plan_for(choice.num_ctx, choice.kv_cells), choice.reason
     if as_json:
-        output.print_json(_entry(header, result))
+        output.print_json({**_entry(header, result), "context_reason": reason})
     else:
-        _render(header, result)
+        _render(header, result, reason)
     for note in result.notes:
         output.stderr().print(f"note: {note}", markup=False)
     result.require_fit()
@@ -140,7 +152,15 @@ def _entry(header: ModelHeader, result: Plan) -> dict[str, Any]:
     }
 
 
-def _render(header: ModelHeader, result: Plan) -> None:
+CONTEXT_REASONS = {
+    "set": "as set",
+    "trained": "the model's training length",
+    "cap": "the longest an automatic context allows",
+    "memory": "as much as the memory holds",
+}
+
+
+def _render(header: ModelHeader, result: Plan, reason: str) -> None:
     from rich.table import Table
 
     size = output.human_size
@@ -156,9 +176,10 @@ def _render(header: ModelHeader, result: Plan) -> None:
         markup=False,
     )
     console.print(
-        f"context    {result.num_ctx} x {result.num_parallel} parallel = "
-        f"{result.kv_cells} KV cells ({result.kv_type}), batch {result.num_batch}, "
-        f"micro-batch {result.num_ubatch}"
+        f"context    {result.num_ctx} per sequence ({CONTEXT_REASONS[reason]}), "
+        f"{result.num_parallel} parallel sharing {result.kv_cells} KV cells "
+        f"({result.kv_type}), batch {result.num_batch}, micro-batch {result.num_ubatch}",
+        markup=False,
     )
     console.print()
 

@@ -40,7 +40,7 @@ def ps(as_json: JsonOpt = False) -> None:
             m.short_id,
             output.human_size(m.size),
             processor_label(m.size, m.size_vram) + (f" (layers: {m.split})" if m.devices else ""),
-            str(m.context_length or ""),
+            _context(m),
             output.human_until(m.expires_at),
         )
     output.stdout().print(table)
@@ -57,7 +57,16 @@ def _entry(m: RunningModel) -> dict[str, Any]:
         "size_vram": m.size_vram,
         "processor": processor_label(m.size, m.size_vram),
         "context_length": m.context_length,
+        "context_reason": m.context_reason or None,
         "expires_at": m.expires_at.isoformat() if m.expires_at else None,
         "until": output.human_until(m.expires_at),
         **({"devices": list(m.devices)} if m.devices else {}),
     }
+
+
+def _context(m: RunningModel) -> str:
+    """The context, and why when the planner chose it (``32768 (trained)``)."""
+    if not m.context_length:
+        return ""
+    chosen = m.context_reason not in ("", "set")
+    return f"{m.context_length} ({m.context_reason})" if chosen else str(m.context_length)

@@ -217,6 +217,9 @@ class RunningModel:
     # Layers per device when RPC workers hold some (localserve's extension to /api/ps):
     # dicts with name, description (a worker's address), layers, size.
     devices: tuple[dict[str, Any], ...] = ()
+    # Why the context is what it is (localserve's extension): "set", or the planner's
+    # choice, "trained", "cap" or "memory".
+    context_reason: str = ""
 
     @property
     def short_id(self) -> str:
@@ -237,6 +240,7 @@ class RunningModel:
             expires_at=parse_timestamp(data.get("expires_at")),
             details=ModelDetails.from_wire(data.get("details")),
             devices=tuple(d for d in data.get("devices") or () if isinstance(d, dict)),
+            context_reason=str(data.get("context_reason") or ""),
         )
 
     @property

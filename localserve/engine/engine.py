@@ -29,7 +29,11 @@ oldest dropped first.
 
 The KV pool holds ``num_ctx x num_parallel`` cells and no job may grow past
 ``num_ctx`` positions, so jobs that hold a slot always fit; jobs beyond the slots
-wait in the queue (admission control). Only this thread touches the context.
+wait in the queue (admission control). With an automatic context (plan/context.py) the
+pool is sized separately (``kv_cells``) and one job may grow to all of it, so that one
+long conversation can use the room several short ones would share; when the pool runs
+out, idle caches go first, then the longest job fails. Only this thread touches the
+context.
 """
 
 from __future__ import annotations

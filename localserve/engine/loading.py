@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from localserve.engine.rpc import SocketGuard
     from localserve.engine.speculate import DraftModel
     from localserve.plan import Devices, Plan
+    from localserve.plan.context import ContextChoice
     from localserve.runtime.chat.formats import ChatFormat
     from localserve.runtime.options import LoadOptions
 
@@ -92,7 +93,9 @@ class Loader:
         options = request.options
         paths = list(request.paths)
         self.n_threads = options.num_thread or default_threads()
-        memory = self._plan(paths, options, request.projector, request.adapters)
+        memory, context = self._plan(paths, options, request.projector, request.adapters)
+        if context.reason != "set":  # the planner chose the context: load with its choice
+            options = replace(options, num_ctx=context.num_ctx)
         rpc_guard = None
         if self.rpc_workers and memory.gpu_layers:
             from localserve.engine.rpc import use_workers
@@ -108,7 +111,7 @@ class Loader:
         if request.projector is not None:
             projector = self._load_projector(model, request.projector, gpu_layers)
         draft, draft_bytes = self._load_draft(
-            model, request, options, gpu_layers == memory.n_layers
+            model, request, options, gpu_layers == memory.n_layers, context.kv_cells or None
         )
         engine = Engine(
             model,
@@ -116,6 +119,7 @@ class Loader:
             n_threads=self.n_threads,
             projector=projector,
             draft_model=draft,
+            kv_cells=context.kv_cells or None,
         )
         if rpc_guard is not None:
             # Arm the sockets the load opened now, before any generation: a timeout set
@@ -132,6 +136,7 @@ class Loader:
             pid=os.getpid(),
             load_duration=time.perf_counter_ns() - started,
             num_ctx=engine.num_ctx,
+            context_reason=context.reason,
             num_parallel=len(engine.slots),
             n_ctx_train=model.n_ctx_train,
             n_vocab=model.n_vocab,
@@ -170,11 +175,13 @@ class Loader:
         options: LoadOptions,
         projector: Path | None,
         adapters: tuple[tuple[Path, float], ...] = (),
-    ) -> Plan:
+    ) -> tuple[Plan, ContextChoice]:
         """The memory plan (plan/planner.py): how many layers go to the GPU for
-        ``num_gpu`` -1, or a clear refusal before loading when RAM cannot hold it.
+        ``num_gpu`` -1, or a clear refusal before loading when RAM cannot hold it; and
+        the context, the planner's choice (plan/context.py) when ``num_ctx`` is 0.
         LoRA ``adapters`` that do not fit the model are refused here, before loading."""
         from localserve.config import load_settings
+        from localserve.plan.context import ContextChoice, choose_context
         from localserve.plan.planner import plan
         from localserve.store.adapter import check_adapter, read_adapter
         from localserve.store.gguf import read_gguf_model, read_projector
@@ -184,22 +191,32 @@ class Loader:
         lora = [read_adapter(path) for path, _ in adapters]
         for adapter in lora:
             check_adapter(adapter, info)
-        return plan(
-            info,
-            num_ctx=options.num_ctx,
-            num_parallel=options.num_parallel,
-            num_batch=options.num_batch,
-            num_ubatch=options.num_ubatch,
-            kv_type=options.kv_cache_type,
-            flash_attention=options.flash_attention != "off",
-            # num_gpu 0 asks for the CPU alone: asking a GPU for its free memory
-            # would create a GPU context in this process for nothing.
-            devices=self._devices(self.probe(gpus=options.num_gpu != 0), options.num_gpu, settings),
-            num_gpu=options.num_gpu,
-            projector=read_projector(projector) if projector else None,
-            adapters=lora,
-            spread=settings.sched_spread,
-        ).require_fit()
+        # num_gpu 0 asks for the CPU alone: asking a GPU for its free memory would
+        # create a GPU context in this process for nothing.
+        found = self._devices(self.probe(gpus=options.num_gpu != 0), options.num_gpu, settings)
+
+        def plan_for(num_ctx: int, kv_cells: int | None = None) -> Plan:
+            return plan(
+                info,
+                num_ctx=num_ctx,
+                num_parallel=options.num_parallel,
+                num_batch=options.num_batch,
+                num_ubatch=options.num_ubatch,
+                kv_type=options.kv_cache_type,
+                flash_attention=options.flash_attention != "off",
+                devices=found,
+                num_gpu=options.num_gpu,
+                projector=read_projector(projector) if projector else None,
+                adapters=lora,
+                spread=settings.sched_spread,
+                kv_cells=kv_cells,
+            )
+
+        if options.num_ctx:
+            memory = plan_for(options.num_ctx).require_fit()
+            return memory, ContextChoice(memory.num_ctx, 0, "set")  # 0: the usual pool
+        context = choose_context(info, num_parallel=options.num_parallel, plan_for=plan_for)
+        return plan_for(context.num_ctx, context.kv_cells).require_fit(), context
 
     def _devices(self, local: Devices, num_gpu: int, settings: Settings) -> Devices:
         """``local`` plus the devices of the RPC workers in LOCALSERVE_RPC_WORKERS that
@@ -258,12 +275,18 @@ class Loader:
         return Projector(path, model, n_threads=self.n_threads, use_gpu=gpu_layers != 0)
 
     def _load_draft(
-        self, target: Model, request: LoadRequest, options: LoadOptions, on_gpu: bool
+        self,
+        target: Model,
+        request: LoadRequest,
+        options: LoadOptions,
+        on_gpu: bool,
+        kv_cells: int | None,
     ) -> tuple[DraftModel | None, int]:
         """The draft model for speculative decoding, if the load names one, and the
         memory it takes. It goes where the target went when it fits there (planned
         after the target loaded, so the free memory it sees is what is left); a draft
-        whose vocabulary differs from the target's is refused."""
+        whose vocabulary differs from the target's is refused. ``kv_cells``: the
+        target's KV pool, when the planner chose its context."""
         from localserve.engine.llama import Model
         from localserve.engine.speculate import CATCH_UP_CHUNK, DraftModel, check_vocabularies
         from localserve.plan.planner import plan
@@ -284,6 +307,7 @@ class Loader:
             devices=self.probe(gpus=on_gpu),
             num_gpu=-1 if on_gpu else 0,
             cpu_overhead=0,  # the process's own overhead is in the model's plan
+            kv_cells=kv_cells,
         ).require_fit()
         model = Model(paths, n_gpu_layers=memory.gpu_layers)
         try:
@@ -296,6 +320,7 @@ class Loader:
                 kv_cache_type=options.kv_cache_type,
                 n_vocab_target=target.n_vocab,
                 p_min=options.draft_p_min,
+                kv_cells=kv_cells,
             )
         except BaseException:
             model.close()

@@ -293,6 +293,7 @@ class DraftModel:
         kv_cache_type: str = "f16",
         n_vocab_target: int | None = None,
         p_min: float = P_MIN,
+        kv_cells: int | None = None,
     ) -> None:
         self.model = model
         self.p_min = p_min
@@ -306,7 +307,8 @@ class DraftModel:
             speculative="off",
         )
         # No LoRA adapters: they belong to the target.
-        self.context = Context(model, options, n_threads=n_threads, adapters=[])
+        # ``kv_cells``: the target's pool, when its context is the planner's choice.
+        self.context = Context(model, options, n_threads=n_threads, adapters=[], n_ctx=kv_cells)
         self.batch = Batch(self.context.shape.n_batch)
         self.read: list[list[int]] = [[] for _ in range(self.context.shape.n_seq_max)]
         self.decodes = 0  # llama_decode calls, for the stats

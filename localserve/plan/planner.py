@@ -75,7 +75,7 @@ class Plan:
     num_batch: int
     num_ubatch: int
     kv_type: str
-    kv_cells: int  # the KV pool: pad256(num_ctx x num_parallel)
+    kv_cells: int  # the KV pool: pad256(num_ctx x num_parallel, or the pool asked for)
     n_layers: int  # offloadable layers: block_count + 1 (the output layer)
     gpu_layers: int  # the n_gpu_layers to load with
     weights_bytes: int
@@ -206,6 +206,7 @@ def plan(
     projector: ProjectorInfo | None = None,
     adapters: Sequence[AdapterInfo] = (),
     spread: bool = False,
+    kv_cells: int | None = None,
 ) -> Plan:
     """Plan a load of ``info`` with these options on ``devices``.
 
@@ -220,7 +221,9 @@ def plan(
     whole blocks). ``flash_attention`` False only adds a note: the compute buffer is
     sized for flash attention, and without it llama.cpp needs more. ``spread``: cut the
     offloaded layers across all devices in proportion to free memory (llama.cpp's
-    default) instead of filling the largest device first.
+    default) instead of filling the largest device first. ``kv_cells``: the KV pool the
+    sequences share, when it is not ``num_ctx`` x ``num_parallel`` (an automatic context,
+    plan/context.py: one sequence may then use more than its share).
     """
     for name, value, low in (
         ("num_ctx", num_ctx, 1),
@@ -251,7 +254,7 @@ def plan(
     check_kv_blocks(shape, kv_type)
     options = PlanOptions(num_parallel, num_batch, num_ubatch, gpu_overhead, cpu_overhead)
     n_layers = shape.n_layer + 1
-    cells = -(-num_ctx * num_parallel // KV_PAD) * KV_PAD
+    cells = -(-(kv_cells or num_ctx * num_parallel) // KV_PAD) * KV_PAD
     kv = kv_per_layer(shape, cells, num_parallel, kv_type)
     compute = compute_buffer(shape, cells, num_ctx, options)
     gpus = devices.usable_gpus

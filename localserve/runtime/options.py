@@ -50,7 +50,9 @@ SPECULATIVE = ("off", "ngram")
 
 @dataclass(frozen=True)
 class LoadOptions:
-    num_ctx: int = 4096  # tokens per sequence
+    # Tokens per sequence; 0: chosen when the model loads, from its training length and
+    # the memory there is (plan/context.py), when nothing else sets it.
+    num_ctx: int = 4096
     num_parallel: int = 4  # sequences decoded together
     num_batch: int = 2048  # tokens per llama_decode call at most
     num_ubatch: int = 512  # tokens per compute step inside a decode
@@ -71,7 +73,8 @@ class LoadOptions:
     flash_attention: str = "auto"
 
     def validate(self) -> LoadOptions:
-        _check_int("num_ctx", self.num_ctx, 16, 1 << 22)
+        if self.num_ctx != 0:
+            _check_int("num_ctx", self.num_ctx, 16, 1 << 22)
         _check_int("num_parallel", self.num_parallel, 1, 256)
         _check_int("num_batch", self.num_batch, 1, 1 << 16)
         _check_int("num_ubatch", self.num_ubatch, 1, 1 << 16)

@@ -174,6 +174,9 @@ class RunnerInfo:
     adapters: int  # LoRA adapters applied
     # Layers per device, only when RPC workers took some (/api/ps, `localserve ps`).
     devices: tuple[DeviceShare, ...] = ()
+    # Why num_ctx is what it is: "set" (by the request, the model or the settings), or
+    # the planner's choice (plan/context.py): "trained", "cap" or "memory".
+    context_reason: str = "set"
 
     def to_wire(self) -> dict[str, Any]:
         return {"ready": asdict(self)}

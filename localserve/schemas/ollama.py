@@ -265,6 +265,9 @@ class RunningModel(Response):
     size_vram: int
     context_length: int
     devices: list[DeviceShare] | None = None
+    # localserve's: why context_length is what it is ("set" by the request, the model or
+    # the settings; else the planner's choice: "trained", "cap" or "memory").
+    context_reason: str | None = None
 
 
 class ProcessResponse(Response):

@@ -39,7 +39,7 @@ def create_app(
     scheduler = Scheduler(
         store,
         default_options=LoadOptions(
-            num_ctx=settings.context_length,
+            num_ctx=settings.context_length or 0,  # 0: the planner's choice at load
             num_parallel=settings.num_parallel,
             kv_cache_type=settings.kv_cache_type,
             flash_attention=settings.flash_attention,

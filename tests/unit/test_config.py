@@ -44,7 +44,8 @@ def test_defaults_without_home(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "localserve" in str(settings.models_dir)
     assert settings.bind == ("127.0.0.1", 11435)
     assert settings.keep_alive_seconds == 300
-    assert (settings.num_parallel, settings.max_queue, settings.context_length) == (4, 512, 4096)
+    assert (settings.num_parallel, settings.max_queue, settings.context_length) == (4, 512, None)
+    assert settings.stream_ping_seconds == 5
     assert settings.api_key is None
     assert settings.origins == []
     assert settings.debug is False

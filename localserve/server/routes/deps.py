@@ -52,7 +52,7 @@ def model_request(
         options = {**defaults, **(options or {})}
     split = split_options(
         options,
-        num_ctx=settings.context_length,
+        num_ctx=settings.context_length or 0,
         num_parallel=settings.num_parallel,
         kv_cache_type=settings.kv_cache_type,
         flash_attention=settings.flash_attention,

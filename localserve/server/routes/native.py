@@ -128,6 +128,7 @@ def running_entry(app: Any, resident: Resident) -> RunningModel:
         # localserve's extension, only when RPC workers hold layers: the split per
         # device (name, the worker's address, layers, bytes).
         devices=[DeviceShare(**asdict(device)) for device in info.devices] or None,
+        context_reason=info.context_reason,
     )
 
 
