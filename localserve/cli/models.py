@@ -104,19 +104,16 @@ def list_(as_json: JsonOpt = False) -> None:
     if as_json:
         output.print_json([_model_entry(m) for m in models])
         return
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column in ("NAME", "ID", "SIZE", "MODIFIED"):
-        table.add_column(column, no_wrap=True)
-    for m in models:
-        table.add_row(
+    rows = [
+        (
             m.name,
             m.manifest.short_id,
             output.human_size(m.manifest.total_size),
             output.human_age(m.modified_at),
         )
-    output.stdout().print(table)
+        for m in models
+    ]
+    output.print_table(("NAME", "ID", "SIZE", "MODIFIED"), rows)
 
 
 def _model_entry(m: StoredModel) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,39 @@ def stderr() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# Wide enough for any line a table prints: without a terminal nothing is cut.
+_NO_TERMINAL_WIDTH = 100_000
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Columns without borders, as Ollama prints them, where no value is ever cut short:
+    without a terminal (a pipe, a script) a line runs as long as it needs; in a terminal
+    too narrow for it, only the first column (a model's name) is cut, with an ellipsis,
+    never the figures after it. ``--json`` is the form for machines."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [list(row) for row in rows]
+    widths = [
+        max([len(column), *(len(row[i]) for row in rows)]) for i, column in enumerate(columns)
+    ]
+    console = stdout()
+    if not console.is_terminal:
+        console = Console(highlight=False, soft_wrap=True, width=_NO_TERMINAL_WIDTH)
+    # What the first column may take: the rest of the line after the others, whole, and
+    # the two spaces between columns (never less than a few characters of the name).
+    room = max(8, console.width - sum(widths[1:]) - 2 * (len(columns) - 1))
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for index, column in enumerate(columns):
+        if index == 0:
+            table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=room)
+        else:
+            table.add_column(column, no_wrap=True, min_width=widths[index])
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 def print_json(value: Any) -> None:

@@ -29,13 +29,8 @@ def ps(as_json: JsonOpt = False) -> None:
     if as_json:
         output.print_json([_entry(m) for m in running])
         return
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for column in ("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"):
-        table.add_column(column, no_wrap=True)
-    for m in running:
-        table.add_row(
+    rows = [
+        (
             m.name,
             m.short_id,
             output.human_size(m.size),
@@ -43,7 +38,9 @@ def ps(as_json: JsonOpt = False) -> None:
             _context(m),
             output.human_until(m.expires_at),
         )
-    output.stdout().print(table)
+        for m in running
+    ]
+    output.print_table(("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"), rows)
 
 
 def _entry(m: RunningModel) -> dict[str, Any]:

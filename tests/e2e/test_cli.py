@@ -229,3 +229,16 @@ def test_concurrent_pulls_of_one_model(fake_hub: FakeHub, tmp_path: Path) -> Non
         requested += int(end) - int(start) + 1
     assert requested == model.stat().st_size  # downloaded once, not twice
     assert len(json.loads(cli("list", "--json").stdout)) == 1
+
+
+def test_list_in_a_pipe_cuts_nothing(tiny_gguf_path: Path) -> None:
+    """Issue 33: a script reading `list` (no terminal, 50 columns) gets whole values."""
+    name = "my-org-finetune-of-gemma-3-270m-it-q4km:v1"  # 42 characters
+    assert cli("import", str(tiny_gguf_path), name).returncode == 0
+    listed = cli("list", env={"COLUMNS": "50"})
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    fields = row.split()
+    assert fields[0] == name and len(fields[1]) == 12  # the whole name, the whole id
+    assert row.rstrip().endswith("ago") or row.rstrip().endswith("just now")

@@ -96,3 +96,43 @@ def test_durations() -> None:
     assert format_duration(1_520_000_000) == "1.52s"
     assert format_duration(123_400_000_000) == "2m3.4s"
     assert format_duration(15) == "15ns"
+
+
+LONG_NAME = "hf.co/unsloth/gemma-3-270m-it-GGUF:Q4_K_M"  # 41 characters
+ROW = (LONG_NAME, "abcdef123456", "291 MB", "100% CPU", "32768 (trained)", "4 minutes from now")
+COLUMNS = ("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL")
+
+
+def test_a_table_in_a_pipe_cuts_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 33: in a script (no terminal, 80 columns) every value is whole; the line
+    runs long instead."""
+    from localserve.cli import output
+
+    monkeypatch.setenv("COLUMNS", "80")
+    output.print_table(COLUMNS, [ROW])
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.split() == list(COLUMNS)
+    assert line.split("  ")[0] == LONG_NAME
+    for value in ROW:
+        assert value in line
+    assert len(line.rstrip()) > 80
+
+
+def test_a_narrow_terminal_cuts_the_name_not_the_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from localserve.cli import output
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=90, color_system=None)
+    monkeypatch.setattr(output, "stdout", lambda: terminal)
+    output.print_table(COLUMNS, [ROW])
+    line = screen.getvalue().splitlines()[1]
+    assert len(line.rstrip()) <= 90
+    assert LONG_NAME not in line and "…" in line.split("  ")[0]  # the name, cut
+    for value in ROW[1:]:
+        assert value in line  # every figure whole
