@@ -17,10 +17,13 @@ The four renders each template gets, with the messages the daemon hands a templa
 
 The round trip: the text the model would have written for an assistant turn is the
 part of the render that the turn adds (``turn_text``: after the generation prompt, up
-to the end of turn it shares with the same conversation answered by plain text; the
-diff ``formats._answer_text`` takes where the prompt is not a prefix of the history). That text goes through the parser the runner would build
-for the detected format (engine/prepare.py), streamed one character at a time and
-whole, and the same call (name, arguments) or reasoning and answer must come back.
+to the end of turn it shares with the same conversation answered by plain text; where
+the prompt is not a prefix of the history, the diff ``formats._answer_text`` takes).
+That text goes through the parser the runner would build for the detected format
+(engine/prepare.py), streamed one character at a time and whole, and the same call
+(name, arguments) or reasoning and answer must come back. A reasoning turn is rendered
+as a request asking to think renders it (``THINK_HIGH``); when the prompt already
+opened the thinking block, the model's text starts inside it.
 """
 
 from __future__ import annotations
