@@ -624,6 +624,9 @@ def write_doc(
     add(
         f"Command: `{meta['command']}` ({meta['date']}, {meta['machine']}; {meta['seconds']:.0f} s)."
     )
+    if meta.get("report_again"):
+        add("")
+        add("(This page was written again from that run's JSON, `--report`: same measurements.)")
     add("")
     add("## Totals")
     add("")
@@ -876,7 +879,7 @@ def report_again(args: argparse.Namespace) -> None:
                 value["cause"] = difference_cause(value)
     summary = totals(rows)
     args.json.write_text(json.dumps({**saved, "totals": summary}, indent=1, ensure_ascii=False))
-    write_doc(args.doc, rows, summary, saved["meta"])
+    write_doc(args.doc, rows, summary, {**saved["meta"], "report_again": True})
     print(f"wrote {args.doc} from {args.json}")
 
 
