@@ -1,0 +1,308 @@
+"""Real models' chat templates, in process: each renders, and what a model would write for
+a tool call or a reasoning turn comes back through our parsers as the same call and the
+same reasoning.
+
+The templates are the 70 that llama.cpp keeps in ``models/templates/``
+(tests/support/templates/); the cases and the round trip are in
+tests/support/template_conformance.py. For every template that shows the model its
+tools, an assistant turn calling ``get_weather`` is rendered, the text the turn adds is
+fed to the parser the runner builds for the detected format (streamed one character at
+a time and whole), and the call must come back with the same name and arguments, with
+no marker left over as text. Likewise, where the render keeps reasoning or detection
+finds thinking, for a turn holding reasoning and an answer.
+
+Templates that do not round-trip today are listed below with the reason, and marked
+``xfail(strict=True)``: a fix in detection or in the parsers makes them pass, the strict
+xfail then fails, and the entry must go. A template that neither shows tools nor is
+detected as taking them, or neither keeps reasoning nor is detected as thinking, passes
+for that reason (detection claims nothing it cannot back). benchmarks/templates.py
+measures the same templates against llama.cpp (docs/templates.md).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from localserve.runtime.templates import ChatTemplate
+from tests.support import template_conformance as tc
+
+NAMES = tc.template_names()
+
+# Templates that render no plain chat (one user turn), and why.
+PLAIN_REFUSALS: dict[str, str] = {
+    "CohereForAI-c4ai-command-r-plus-tool_use.jinja": (
+        "a tool_use variant: it iterates `tools` unconditionally, and a chat without tools "
+        "hands it None (as transformers does)"
+    ),
+    "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja": (
+        "a tool_use variant: it iterates `tools` unconditionally (None without tools)"
+    ),
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja": (
+        "a tool_use variant: it iterates `tools` unconditionally (None without tools)"
+    ),
+    "fireworks-ai-llama-3-firefunction-v2.jinja": (
+        "reads a variable of its own, `functions`, that no runtime passes"
+    ),
+}
+
+# Detection (formats._answer_text) diffs the renders character by character: a call's
+# first tag loses the characters it shares with the plain answer's (`<|START_ACTION|>`
+# against `<|START_TEXT|>` leaves `ACTION|>`), and nothing is found in what is left.
+_CUT_TAG = (
+    "formats._answer_text cuts the diff inside the call's first tag ({}), so no format is found"
+)
+_GLM = (
+    "GLM-style `<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value></tool_call>` is "
+    "detected as hermes (JSON inside): the call comes back as text"
+)
+_NO_CALLS_IN_HISTORY = (
+    "the template never renders an assistant turn's tool_calls (the call text is expected "
+    "in content): no format to detect, and a call in the history is lost"
+)
+
+# Templates that show tools but whose call does not come back, and why.
+CALL_XFAIL: dict[str, str] = {
+    "Apertus-8B-Instruct.jinja": (
+        'calls as `<|tools_prefix|>[{"NAME": {...}}]<|tools_suffix|>` (the name is the key): '
+        "no format detected"
+    ),
+    "ByteDance-Seed-OSS.jinja": (
+        "`<seed:tool_call><function=NAME><parameter=K>V</parameter>...</seed:tool_call>` is "
+        "detected as qwen3_coder, whose markers are `<tool_call>`: the call comes back as text"
+    ),
+    "Cohere2MoE.jinja": _CUT_TAG.format("`<|START_ACTION|>`")
+    + "; its actions also name `tool_name`, not `name`",
+    "CohereForAI-c4ai-command-r-plus-tool_use.jinja": (
+        "wants Cohere's own tool shape (`tool.description`, `parameter_definitions`), not "
+        "OpenAI's `{type, function}`: the render with a tool fails"
+    ),
+    "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja": _CUT_TAG.format("`<|START_ACTION|>`")
+    + "; its actions also name `tool_name`, not `name`",
+    "GLM-4.6.jinja": _GLM,
+    "GLM-4.7-Flash.jinja": _GLM,
+    "GigaChat3-10B-A1.8B.jinja": (
+        "the generic format learns `<|role_sep|>` as the call's start: the text before it "
+        "(`<|message_sep|>\\n\\nfunction call`) comes back as answer text"
+    ),
+    "Kimi-K2-Instruct.jinja": "the call's render uses list.append(), which the sandbox refuses",
+    "Kimi-K2-Thinking.jinja": "the call's render uses list.append(), which the sandbox refuses",
+    "Kimi-K3.jinja": (
+        '`<|open|>tools<|sep|><|open|>call tool="NAME"...<|open|>argument key="K"...` markup: '
+        "no format detected"
+    ),
+    "LFM2-8B-A1B.jinja": _NO_CALLS_IN_HISTORY,
+    "LFM2.5-8B-A1B.jinja": (
+        "Pythonic calls `<|tool_call_start|>[NAME(city='Paris', days=3)]<|tool_call_end|>`: "
+        "no format detected"
+    ),
+    "LFM2.5-Instruct.jinja": _NO_CALLS_IN_HISTORY,
+    "MiniMax-M2.jinja": (
+        '`<minimax:tool_call><invoke name="NAME"><parameter name="K">V</parameter>` XML: no '
+        "format detected"
+    ),
+    "MiniMax-M3.jinja": (
+        '`<tool_call>]<]minimax[>[<invoke name="NAME">]<]minimax[>[<K>V</K>...` is detected '
+        "as hermes (JSON inside): the call comes back as text"
+    ),
+    "NVIDIA-Nemotron-Nano-v2.jinja": _CUT_TAG.format("`<TOOLCALL>`"),
+    "Spark2.5.jinja": _GLM,
+    "deepseek-ai-DeepSeek-V3.2.jinja": (
+        '`<｜DSML｜function_calls><｜DSML｜invoke name="NAME"><｜DSML｜parameter name="K" '
+        'string="true">` markup: no format detected'
+    ),
+    "deepseek-ai-DeepSeek-V4-Flash-0731.jinja": (
+        '`<｜DSML｜tool_calls><｜DSML｜invoke name="NAME"><｜DSML｜parameter ...>` markup: no format '
+        "detected"
+    ),
+    "deepseek-ai-DeepSeek-V4.jinja": (
+        '`<｜DSML｜tool_calls><｜DSML｜invoke name="NAME"><｜DSML｜parameter ...>` markup: no format '
+        "detected"
+    ),
+    "fireworks-ai-llama-3-firefunction-v2.jinja": (
+        "reads a variable of its own, `functions`, that no runtime passes: no render succeeds"
+    ),
+    "google-gemma-4-31B-it-interleaved.jinja": (
+        '`<|tool_call>call:NAME{city:<|"|>Paris<|"|>,days:3}<tool_call|>`: no format detected'
+    ),
+    "google-gemma-4-31B-it.jinja": (
+        '`<|tool_call>call:NAME{city:<|"|>Paris<|"|>,days:3}<tool_call|>`: no format detected'
+    ),
+    "ibm-granite-granite-3.3-2B-Instruct.jinja": _NO_CALLS_IN_HISTORY,
+    "inclusionai-ling-3.0-flash.jinja": _GLM,
+    "llama-cpp-deepseek-r1.jinja": (
+        "the render with a tool pipes `tools | map(...)` into tojson, and the sandbox's tojson "
+        "refuses a lazy sequence"
+    ),
+    "meetkai-functionary-medium-v3.1.jinja": (
+        "`<function=NAME>{JSON}</function>` is detected as qwen3_coder (XML parameters): "
+        "the call comes back as text"
+    ),
+    "meetkai-functionary-medium-v3.2.jinja": (
+        "the call's render concatenates the arguments as a string; localserve hands "
+        "templates an object"
+    ),
+    "moonshotai-Kimi-K2.jinja": (
+        "`<|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:0"
+        "<|tool_call_argument_begin|>{...}`: no format detected"
+    ),
+    "muse-glimmer.jinja": (
+        '` to=NAME<|message|><atem:function_calls><atem:invoke name="NAME">` XML: no format '
+        "detected"
+    ),
+    "openbmb-MiniCPM5-1B.jinja": (
+        '`<function name="NAME"><param name="K">V</param></function>` XML: no format detected'
+    ),
+    "poolside-Laguna-S-2.1.jinja": _GLM,
+    "poolside-Laguna-XS-2.1.jinja": _GLM,
+    "poolside-Laguna-XS.2.jinja": _GLM,
+    "tencent-Hy3.jinja": (
+        "`<tool_calls:opensource><tool_call:opensource>NAME<tool_sep:opensource>"
+        "<arg_key:opensource>...` markup: no format detected"
+    ),
+    "upstage-Solar-Open-100B.jinja": _CUT_TAG.format("`<|tool_calls|>`")
+    + "; its calls are `<|tool_call:begin|>ID<|tool_call:name|>NAME<|tool_call:args|>{...}`",
+}
+
+# Templates that keep reasoning or are detected as thinking, whose reasoning does not
+# come back, and why.
+REASONING_XFAIL: dict[str, str] = {
+    "Apriel-1.6-15b-Thinker-fixed.jinja": (
+        "reasoning is plain text ended by `[BEGIN FINAL RESPONSE]`, no tags: no thinking detected"
+    ),
+    "Cohere2MoE.jinja": (
+        "the answer after `<|END_THINKING|>` is wrapped in `<|START_TEXT|>`...`<|END_TEXT|>`, "
+        "and the wrapper comes back as part of the answer"
+    ),
+    "Kimi-K3.jinja": (
+        "detected tags `<|sep|>`/`<|close|>`; the template writes `<|open|>think<|sep|>...<|close|>"
+        "think<|sep|><|open|>response<|sep|>...`, and that markup comes back in the answer"
+    ),
+    "muse-glimmer.jinja": (
+        "detected tags `<|message|>`/`<|eom|>`; the model writes channels (` to=self<|message|>"
+        "...<|eom|><|start|>assistant to=user<|message|>...`): no reasoning comes back"
+    ),
+}
+
+
+@functools.cache
+def report(name: str) -> tc.Report:
+    return tc.report(name)
+
+
+def _params(xfails: dict[str, str]) -> list[object]:
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=xfails[name]))
+        if name in xfails
+        else name
+        for name in NAMES
+    ]
+
+
+def test_the_templates_are_there_and_the_lists_name_only_them() -> None:
+    assert len(NAMES) == 70
+    for listed in (PLAIN_REFUSALS, CALL_XFAIL, REASONING_XFAIL):
+        assert set(listed) <= set(NAMES), set(listed) - set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plain_chat_renders_or_its_refusal_is_listed(name: str) -> None:
+    found = report(name)
+    assert not found.compile_error, found.compile_error
+    plain = found.renders["plain"]
+    if name in PLAIN_REFUSALS:
+        assert not plain.ok, f"{name} renders a plain chat now: take it off PLAIN_REFUSALS"
+    else:
+        assert plain.ok, plain.error
+
+
+@pytest.mark.parametrize("name", _params(CALL_XFAIL))
+def test_tool_call_round_trip(name: str) -> None:
+    found = report(name)
+    assert not found.errors, found.errors
+    defined = found.renders["tools"]
+    assert defined.ok, f"the render with a tool fails: {defined.error}"
+    assert found.chat is not None
+    if not found.reads_tools:
+        # The model never sees its tools: detection must not claim it takes them.
+        assert found.chat.tools is None
+        assert not found.chat.harmony
+        return
+    assert found.calls is not None
+    assert found.calls.ok, f"{found.calls.problems} (the model's text: {found.calls.text!r})"
+
+
+@pytest.mark.parametrize("name", _params(REASONING_XFAIL))
+def test_reasoning_round_trip(name: str) -> None:
+    found = report(name)
+    assert not found.errors, found.errors
+    shown = found.renders["reasoning"]
+    if name in PLAIN_REFUSALS:
+        assert not shown.ok  # renders nothing without tools; see PLAIN_REFUSALS
+        return
+    assert shown.ok, shown.error
+    assert found.chat is not None
+    if found.reasoning is None:
+        # No reasoning kept in the render, no thinking detected: nothing to round-trip.
+        assert not found.shows_reasoning
+        assert not found.chat.thinks
+        return
+    assert found.reasoning.ok, (
+        f"{found.reasoning.problems} (the model's text: {found.reasoning.text!r})"
+    )
+
+
+# ------------------------------------------------------------------ the harness itself
+
+
+def test_the_turn_text_is_cut_at_tags_not_inside_them() -> None:
+    """A call tag that starts like the plain answer's tag stays whole (the character
+    diff alone would leave `ACTION|>...`)."""
+    source = (
+        "{% for m in messages %}<|{{ m.role }}|>"
+        "{% if m.tool_calls %}<|START_ACTION|>{{ m.tool_calls[0].function.name }}<|END_ACTION|>"
+        "{% else %}<|START_TEXT|>{{ m.content }}<|END_TEXT|>{% endif %}<|end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    template = ChatTemplate(source)
+    assert tc.turn_text(template, tc.CALL_TURN) == "<|START_ACTION|>get_weather<|END_ACTION|>"
+    # The prompt is not a prefix of the history here (the history has no header of its
+    # own): the diff against a plain answer, aligned to tags.
+    headless = source.replace("<|{{ m.role }}|>", "").replace("<|assistant|>", "<|a|>")
+    assert tc.turn_text(ChatTemplate(headless), tc.CALL_TURN) == (
+        "<|START_ACTION|>get_weather<|END_ACTION|>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        ("chat template rejected the conversation: Conversation roles must alternate", "template"),
+        (
+            "chat template broke the sandbox: access to attribute 'append' of 'list' object "
+            "is unsafe",
+            "sandbox",
+        ),
+        (
+            "chat template failed: TypeError: Object of type generator is not JSON serializable",
+            "sandbox",
+        ),
+        ("chat template used an undefined value: 'functions' is undefined", "input"),
+        ("chat template failed: TypeError: 'NoneType' object is not iterable", "input"),
+        (
+            "chat template used an undefined value: 'dict object' has no attribute 'description'",
+            "input",
+        ),
+        (
+            'chat template failed: TypeError: can only concatenate str (not "dict") to str',
+            "input",
+        ),
+        ("chat template has a syntax error on line 3: no filter named 'fromjson'", "sandbox"),
+        ("chat template took longer than 1 s to render", "sandbox"),
+    ],
+)
+def test_refusals_are_read_as_the_template_s_the_sandbox_s_or_the_input_s(
+    error: str, kind: str
+) -> None:
+    assert tc.read_refusal(error).kind == kind
