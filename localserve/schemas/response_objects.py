@@ -276,6 +276,9 @@ class ResponsesShape:
         items += [self._call(call, "completed") for call in answer.calls]
         if not items:  # as a stream: still one (empty) message
             items.append(self._message(new_id("msg"), "", "completed"))
+        if _status(answer.done) == "incomplete" and not isinstance(items[-1], FunctionCallItem):
+            # What the limit cut, as a stream marks it (a call is only ever sent whole).
+            items[-1] = items[-1].model_copy(update={"status": "incomplete"})
         self._reasoning_steps = len(answer.thinking)
         self.final = self._response(items, answer.done)
         return self.final

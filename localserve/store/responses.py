@@ -86,9 +86,14 @@ class ResponseStore:
             )
             return False
         path = self.path(response_id)
-        self.root.mkdir(parents=True, exist_ok=True)
-        # Not fsynced: a response lost to a power cut is a 404 later, not damage.
-        atomic_write(path, data, durable=False)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            # Not fsynced: a response lost to a power cut is a 404 later, not damage.
+            atomic_write(path, data, durable=False)
+        except OSError as exc:
+            # The answer is still good; only its continuation will be a 404.
+            log.warning("response %s not kept: %s", response_id, exc)
+            return False
         self._prune()
         return True
 

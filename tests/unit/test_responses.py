@@ -231,6 +231,7 @@ def test_cut_by_the_output_limit_is_incomplete(models: None) -> None:
     body = {"model": "tools", "input": "hi", "max_output_tokens": 3}
     whole = create(body, LengthFactory()).json()
     assert whole["status"] == "incomplete"
+    assert [i["status"] for i in whole["output"]] == ["completed", "incomplete"]
     assert whole["incomplete_details"] == {"reason": "max_output_tokens"}
     assert whole["usage"]["input_tokens_details"] == {"cached_tokens": 4}
     assert whole["usage"]["output_tokens_details"] == {"reasoning_tokens": 2}
@@ -637,3 +638,18 @@ def test_store_bounds_by_bytes(tmp_path: Path) -> None:
     (tmp_path / "resp_e.json").write_text("{half")
     with pytest.raises(ResponseNotFoundError):
         store.get("resp_e")
+
+
+def test_a_response_that_cannot_be_kept_is_still_answered(
+    models: None, isolated_home: Path
+) -> None:
+    state = isolated_home / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "responses").write_text("a file where the folder goes")
+
+    async def go(client: Client) -> tuple[int, int]:
+        answer = await client.post("/v1/responses", json={"model": "tools", "input": "hi"})
+        kept = await client.get(f"/v1/responses/{answer.json()['id']}")
+        return answer.status_code, kept.status_code
+
+    assert with_app(FakeFactory(), go) == (200, 404)
