@@ -10,7 +10,7 @@ Paths: with ``LOCALSERVE_HOME`` set, everything lives under it::
 
     $LOCALSERVE_HOME/
       models/     the model store (unless LOCALSERVE_MODELS says otherwise)
-      state/      pid file, daemon log, chat history
+      state/      pid file, daemon log, chat history, kept responses (responses/)
       cache/      throwaway files
 
 Without it, the platform's user data, state and cache directories (platformdirs).
@@ -305,6 +305,18 @@ class Settings(BaseSettings):
         description="A streamed OpenAI answer with nothing to send for this long (a long "
         "prompt being read, a queue, a load) sends a `: ping` comment, so clients with a "
         "read timeout wait; 0 turns them off.",
+    )
+    responses_max_count: int = Field(
+        default=1000,
+        ge=0,
+        description="Responses kept for previous_response_id (/v1/responses, store: true); "
+        "beyond it the oldest go. 0 keeps none.",
+    )
+    responses_max_bytes: int = Field(
+        default=256 << 20,
+        ge=0,
+        description="Bytes of kept responses on disk (each holds its conversation); beyond "
+        "it the oldest go.",
     )
     debug: bool = Field(default=False, description="Show tracebacks and log at debug level.")
 

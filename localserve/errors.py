@@ -7,6 +7,7 @@ the server's exception handlers); nothing below matches on message text.
     ├── InvalidReferenceError (ValueError)      a model name, tag, file name or digest we refuse
     ├── InvalidOptionError (ValueError)         a setting or option with a bad value
     ├── ModelNotFoundError (LookupError)        no manifest under that name
+    ├── ResponseNotFoundError (LookupError)     no stored response under that id (/v1/responses)
     ├── TemplateError (ValueError)              a chat template that fails, or breaks the sandbox's caps
     ├── PromptTooLongError (ValueError)         a prompt that cannot fit the context
     ├── ServerBusyError                         the daemon's request queue is full (HTTP 503)
@@ -73,6 +74,18 @@ def _missing_model_hint(name: str) -> str:
     if "/" in name:
         return f"pull it first: localserve pull {name}"
     return "see `localserve list` for the models you have, or `localserve import FILE NAME`"
+
+
+class ResponseNotFoundError(LocalserveError, LookupError):
+    """No response is stored under the given id: never stored (``store: false``),
+    deleted, or dropped as the oldest to keep the responses' bounds."""
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(
+            f"response {response_id!r} not found: it was not stored, was deleted, or was "
+            "dropped as the oldest (LOCALSERVE_RESPONSES_MAX_COUNT, LOCALSERVE_RESPONSES_MAX_BYTES)"
+        )
+        self.response_id = response_id
 
 
 class TemplateError(LocalserveError, ValueError):

@@ -7,6 +7,7 @@ app.state.metrics    the Prometheus collectors (metrics.py)
 app.state.details    GGUF facts per blob digest, read once (for /api/tags and /api/show)
 app.state.formats    what each blob's chat template can do (tools, thinking), found once
 app.state.projectors multimodal projector facts per blob digest, read once (vision, audio)
+app.state.responses  the kept responses of /v1/responses (store/responses.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from localserve.server.metrics import Metrics
 from localserve.server.routes import create as create_routes
 from localserve.server.routes import native, ops, web
 from localserve.server.routes import openai as openai_routes
+from localserve.server.routes import responses as responses_routes
+from localserve.store.responses import ResponseStore
 from localserve.store.store import ModelStore
 
 
@@ -72,11 +75,17 @@ def create_app(
     app.state.formats = {}
     app.state.projectors = {}
     app.state.configs = {}  # created models' settings, by their layers' digests
+    app.state.responses = ResponseStore(
+        settings.state_dir / "responses",
+        max_count=settings.responses_max_count,
+        max_bytes=settings.responses_max_bytes,
+    )
     errors.install(app)
     security.install(app, settings)
     app.include_router(ops.router)
     app.include_router(native.router)
     app.include_router(create_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(web.router)
     return app

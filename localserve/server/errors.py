@@ -25,6 +25,7 @@ log = logging.getLogger("localserve.server")
 # Most specific first.
 STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (e.ModelNotFoundError, 404),
+    (e.ResponseNotFoundError, 404),
     (e.RepoNotFoundError, 404),
     (e.RevisionNotFoundError, 404),
     (e.NoSuchFileError, 404),
@@ -130,7 +131,7 @@ def body_of(path: str, exc: BaseException) -> tuple[int, dict[str, Any]]:
             "messages"
             if path.startswith("/v1/chat")
             else "input"
-            if path.startswith("/v1/embeddings")
+            if path.startswith(("/v1/embeddings", "/v1/responses"))
             else "prompt"
         )
         message = (

@@ -129,6 +129,35 @@ def sse(chunks: AsyncIterator[Chunk], path: str, *, ping: float | None = None) -
     )
 
 
+async def _named_sse(
+    chunks: AsyncIterator[Response], path: str, ping: float | None
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in _with_pings(chunks, ping):
+            if chunk is None:
+                yield PING
+            else:
+                name = str(getattr(chunk, "type", "message")).encode()
+                yield b"event: " + name + b"\ndata: " + _json(chunk) + b"\n\n"
+    except Exception as exc:
+        # The route ends its own failures in the API's words; this is the last resort.
+        log.warning("stream on %s ended with an error: %s", path, exc)
+        yield b"event: error\ndata: " + json.dumps(body_of(path, exc)[1]).encode() + b"\n\n"
+
+
+def named_sse(
+    chunks: AsyncIterator[Response], path: str, *, ping: float | None = None
+) -> StreamingResponse:
+    """Server-sent events whose ``event:`` line is each chunk's ``type`` (the Responses
+    API's framing: no ``[DONE]``, the last event says how it ended), with ``: ping``
+    comments as ``sse``."""
+    return StreamingResponse(
+        _named_sse(chunks, path, ping),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
 async def _with_pings(items: AsyncIterator[T], every: float | None) -> AsyncIterator[T | None]:
     """``items``, with None in between whenever none came for ``every`` seconds.
 

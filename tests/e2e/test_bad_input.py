@@ -58,6 +58,7 @@ BODY_ROUTES = [
     ("POST", "/v1/chat/completions", "model"),
     ("POST", "/v1/completions", "model"),
     ("POST", "/v1/embeddings", "model"),
+    ("POST", "/v1/responses", "model"),
 ]
 # Bad bodies any of them must refuse: (body, content type, what the message says).
 BAD_BODIES = [
@@ -164,6 +165,20 @@ def test_hostile_names_in_the_model_path(client: httpx.Client, unchanged: None, 
         error_message(response.request.url.path, response)
 
 
+@pytest.mark.parametrize("name", [n for n in HOSTILE_NAMES if n.strip()])
+def test_hostile_response_ids(client: httpx.Client, unchanged: None, name: str) -> None:
+    """Ids of kept responses name files: none of these may reach outside them."""
+    for method, suffix in (("GET", ""), ("GET", "/input_items"), ("DELETE", "")):
+        path = f"/v1/responses/{quote(name, safe='')}{suffix}"
+        response = client.request(method, path)
+        assert response.status_code in (400, 404), f"{path[:100]}: {response.text[:300]}"
+        error_message(response.request.url.path, response)
+    body = {"model": "tiny", "input": "x", "previous_response_id": name}
+    response = client.post("/v1/responses", json=body)
+    assert response.status_code in (400, 404), response.text
+    error_message("/v1/responses", response)
+
+
 def test_names_that_are_fine_but_absent_are_404(client: httpx.Client, unchanged: None) -> None:
     for method, path, field in BODY_ROUTES:
         if path == "/api/pull":
@@ -174,6 +189,14 @@ def test_names_that_are_fine_but_absent_are_404(client: httpx.Client, unchanged:
     response = client.get("/v1/models/nothere")
     assert response.status_code == 404
     assert error_message("/v1/models", response)
+    for method, path in (("GET", "/v1/responses/resp_nothere"), ("DELETE", "/v1/responses/resp_0")):
+        response = client.request(method, path)
+        assert response.status_code == 404, response.text
+        assert "not found" in error_message(path, response)
+    body = {"model": "tiny", "input": "x", "previous_response_id": "resp_nothere"}
+    response = client.post("/v1/responses", json=body)
+    assert response.status_code == 404, response.text
+    assert "'resp_nothere' not found" in error_message("/v1/responses", response)
 
 
 # ------------------------------------------------------------------ per-route fields
@@ -182,6 +205,7 @@ GENERATE = '{"model": "tiny", "prompt": "hi", %s}'
 OPTIONS = '{"model": "tiny", "prompt": "hi", "options": {%s}}'
 CHAT_WITH = '{"model": "tiny", %s}'
 V1_CHAT = '{"model": "tiny", ' + CHAT + ", %s}"
+RESPONSES = '{"model": "tiny", "input": "hi", %s}'
 
 FIELD_CASES = [
     # /api/generate: options out of range, NaN and infinite (raw JSON tokens), wrong types
@@ -362,6 +386,34 @@ FIELD_CASES = [
         "encoding_format",
     ),
     ("/v1/embeddings", '{"model": "tiny", "input": "x", "dimensions": 0}', "dimensions"),
+    # /v1/responses
+    ("/v1/responses", '{"model": "tiny"}', "input is empty"),
+    ("/v1/responses", '{"model": "tiny", "input": 5}', "input"),
+    ("/v1/responses", '{"model": "tiny", "input": [5]}', "input"),
+    ("/v1/responses", '{"model": "tiny", "input": []}', "input is empty"),
+    ("/v1/responses", '{"model": "tiny", "input": [{"role": "wizard", "content": "x"}]}', "role"),
+    ("/v1/responses", '{"model": "tiny", "input": [{"type": "computer_call"}]}', "computer_call"),
+    ("/v1/responses", '{"model": "tiny", "input": [{"role": "user", "content": 5}]}', "content"),
+    ("/v1/responses", '{"model": "tiny", "input": "' + LONG_PROMPT + '"}', "context"),
+    ("/v1/responses", RESPONSES % '"instructions": 5', "instructions"),
+    ("/v1/responses", RESPONSES % '"max_output_tokens": 0', "max_output_tokens"),
+    ("/v1/responses", RESPONSES % '"max_output_tokens": NaN', "max_output_tokens"),
+    ("/v1/responses", RESPONSES % '"max_output_tokens": 99999999999999999999', "num_predict"),
+    ("/v1/responses", RESPONSES % '"temperature": 3', "temperature"),
+    ("/v1/responses", RESPONSES % '"top_p": Infinity', "top_p"),
+    ("/v1/responses", RESPONSES % '"stream": "yes"', "stream"),
+    ("/v1/responses", RESPONSES % '"store": 1', "store"),
+    ("/v1/responses", RESPONSES % '"include": "all"', "include"),
+    ("/v1/responses", RESPONSES % '"previous_response_id": 5', "previous_response_id"),
+    ("/v1/responses", RESPONSES % '"text": {"format": {"type": "xml"}}', "text.format"),
+    ("/v1/responses", RESPONSES % '"reasoning": {"effort": "max"}', "reasoning.effort"),
+    ("/v1/responses", RESPONSES % '"tool_choice": "sometimes"', "tool_choice"),
+    ("/v1/responses", RESPONSES % '"tools": [{"type": "web_search"}]', "'web_search'"),
+    ("/v1/responses", RESPONSES % '"tools": [{"type": "mcp", "server_label": "x"}]', "'mcp'"),
+    ("/v1/responses", RESPONSES % '"tools": [{"type": "function"}]', "no function name"),
+    ("/v1/responses", RESPONSES % '"num_ctx": 8', "num_ctx"),
+    ("/v1/responses", RESPONSES % '"options": {"bogus": 1}', "unknown option"),
+    ("/v1/responses", RESPONSES % '"keep_alive": "soon"', "duration"),
 ]
 
 

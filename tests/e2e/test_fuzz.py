@@ -177,6 +177,58 @@ RESPONSE_FORMAT = st.sampled_from(
         {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
     ]
 )
+RESPONSE_TEXT_FORMAT = st.sampled_from(
+    [
+        {"type": "text"},
+        {"type": "json_object"},
+        {"type": "json_schema", "name": "x", "schema": {"type": "object"}},
+    ]
+)
+
+
+def response_item() -> st.SearchStrategy[Any]:
+    """An input item of the Responses API: a message, a call, a call's output."""
+    valid = st.one_of(
+        st.fixed_dictionaries(
+            {
+                "role": st.sampled_from(["user", "system", "developer", "assistant"]),
+                "content": TEXT,
+            },
+            optional={"type": st.just("message")},
+        ),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("function_call"),
+                "call_id": st.sampled_from(["c1", "c2"]),
+                "name": st.just("f"),
+                "arguments": st.sampled_from(["{}", '{"a": 1}', "{broken"]),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("function_call_output"),
+                "call_id": st.sampled_from(["c1", "c2"]),
+                "output": TEXT,
+            }
+        ),
+    )
+    junk_for = {
+        "role": st.sampled_from(["wizard", "", "tool"]) | JUNK,
+        "type": st.sampled_from(["reasoning", "item_reference", "web_search_call"]) | JUNK,
+        "content": st.lists(
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["input_text", "input_image", "input_file", "x"])},
+                optional={"text": TEXT, "image_url": st.sampled_from(["http://x/y.png", "data:,"])},
+            )
+            | JUNK,
+            max_size=2,
+        )
+        | JUNK,
+    }
+    return near_valid(valid, junk_for)
+
+
+RESPONSE_ITEM = response_item()
 
 NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
     "/api/generate": near_valid(
@@ -264,6 +316,31 @@ NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
         ),
         {"model": MODEL_JUNK, "max_tokens": BAD_COUNT},
     ),
+    "/v1/responses": near_valid(
+        st.fixed_dictionaries(
+            {
+                "model": st.just("tiny"),
+                "input": TEXT | st.lists(RESPONSE_ITEM, min_size=1, max_size=3),
+                "max_output_tokens": st.integers(1, 4),
+            },
+            optional={
+                "instructions": TEXT,
+                "stream": st.booleans(),
+                "store": st.booleans(),
+                "temperature": st.floats(0, 2),
+                "top_p": st.floats(0, 1),
+                "text": st.fixed_dictionaries({"format": RESPONSE_TEXT_FORMAT}),
+                "include": st.just(["reasoning.encrypted_content"]),
+                "truncation": st.sampled_from(["auto", "disabled"]),
+                "metadata": st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+                "previous_response_id": st.sampled_from(["resp_nothere", "", "../x"]),
+                "tools": st.just([{"type": "function", "name": "f"}])
+                | st.just([{"type": "web_search"}]),
+                "options": st.just({"top_k": 5}),
+            },
+        ),
+        {"model": MODEL_JUNK, "max_output_tokens": BAD_COUNT},
+    ),
     "/v1/embeddings": near_valid(
         st.fixed_dictionaries(
             {"model": st.just("tiny"), "input": TEXT | st.lists(TEXT, min_size=1, max_size=4)},
@@ -329,6 +406,12 @@ def check_answer(path: str, response: httpx.Response, body: bytes) -> None:
         lines = [json.loads(line) for line in response.text.splitlines() if line]
         assert lines and not any("error" in line for line in lines), shown
         assert lines[-1]["done"] is True, shown
+    elif kind.startswith("text/event-stream") and path == "/v1/responses":
+        # Named events, no [DONE]: the last says how the response ended.
+        blocks = [b for b in response.text.split("\n\n") if b and not b.startswith(":")]
+        names = [b.split("\n")[0].removeprefix("event: ") for b in blocks]
+        assert names and names[-1] in ("response.completed", "response.incomplete"), shown
+        assert "error" not in names and "response.failed" not in names, shown
     elif kind.startswith("text/event-stream"):
         events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
         assert events[-1] == "[DONE]", shown
@@ -397,6 +480,10 @@ OPERATIONS = [
     "POST /v1/chat/completions",
     "POST /v1/completions",
     "POST /v1/embeddings",
+    "POST /v1/responses",
+    "GET /v1/responses/{response_id}",
+    "GET /v1/responses/{response_id}/input_items",
+    "DELETE /v1/responses/{response_id}",
     "GET /web/{name}",
 ]
 # Operations whose body names a model that may be replaced by the real one; not delete
@@ -410,6 +497,7 @@ RUNS_A_MODEL = {
     "POST /v1/chat/completions",
     "POST /v1/completions",
     "POST /v1/embeddings",
+    "POST /v1/responses",
 }
 # Operations with a body, so that schemathesis can also send data the schema forbids.
 TAKES_INPUT = RUNS_A_MODEL | {
@@ -471,7 +559,9 @@ def use_the_model(case: schemathesis.Case, label: str) -> None:
     if label not in RUNS_A_MODEL or not isinstance(body, dict):
         return
     body["model"] = "tiny"
-    if label.startswith("POST /v1"):
+    if label == "POST /v1/responses":
+        body["max_output_tokens"] = 2
+    elif label.startswith("POST /v1"):
         body["max_tokens"] = 2
         body.pop("max_completion_tokens", None)
     elif body.get("options") is None or isinstance(body["options"], dict):

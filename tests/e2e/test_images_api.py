@@ -174,6 +174,39 @@ def test_openai_http_image_urls_are_refused(oai: openai.OpenAI) -> None:
         )
 
 
+def test_responses_input_image(oai: openai.OpenAI) -> None:
+    """The Responses API's input_image part: a data URL is read (its tokens counted, the
+    picture itself reaching the model); a remote URL is a 400 that says to send bytes."""
+
+    def ask(parts: list[dict[str, object]]) -> openai.types.responses.Response:
+        return oai.responses.create(
+            model="tiny-vision",
+            input=[{"role": "user", "content": parts}],  # type: ignore[list-item]
+            max_output_tokens=1,
+            temperature=0,
+            store=False,
+        )
+
+    text = {"type": "input_text", "text": "What is it?"}
+    picture = {"type": "input_image", "image_url": "data:image/png;base64," + b64(png(4))}
+    text_only, with_image = ask([text]).usage, ask([text, picture]).usage
+    assert text_only is not None and with_image is not None
+    assert with_image.input_tokens >= text_only.input_tokens + IMAGE_TOKENS
+    # Another picture of the same size: as many tokens, but its cells are computed again
+    # (the cache matches only up to the picture): the bytes reach the model.
+    other = {"type": "input_image", "image_url": "data:image/png;base64," + b64(png(5))}
+    again = ask([text, other]).usage
+    assert again is not None and again.input_tokens == with_image.input_tokens
+    assert again.input_tokens_details.cached_tokens < with_image.input_tokens - IMAGE_TOKENS + 1
+    with pytest.raises(openai.BadRequestError, match="does not fetch URLs"):
+        ask([{"type": "input_image", "image_url": "https://169.254.169.254/x.png"}])
+    with pytest.raises(openai.BadRequestError, match="tiny does not support images"):
+        oai.responses.create(
+            model="tiny",
+            input=[{"role": "user", "content": [picture]}],  # type: ignore[list-item]
+        )
+
+
 @pytest.mark.parametrize(
     ("model", "images", "reason"),
     [

@@ -182,3 +182,20 @@ def test_ollama_streams_get_no_pings(model: None) -> None:
     opener.join()
     assert [json.loads(line)["done"] for line in lines] == [False, True]
     assert not factory.runners[0].requests[0].progress
+
+
+def test_responses_stream_pings_and_shows_progress(model: None) -> None:
+    """/v1/responses: pings while the prompt is read, then response.in_progress once a
+    chunk of it was read, then the answer's events."""
+    factory = SlowFactory()
+    body = {"model": "chat", "input": "hi"}
+    status, lines = stream("/v1/responses", body, factory)
+    assert status == 200
+    names = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    assert names[:3] == ["response.created", "response.in_progress", "response.in_progress"]
+    assert names[-1] == "response.completed"
+    pings = [i for i, line in enumerate(lines) if line == ": ping"]
+    progressed = [i for i, line in enumerate(lines) if line == "event: response.in_progress"]
+    assert len(pings) >= PINGS_WANTED
+    assert all(progressed[0] < i < progressed[1] for i in pings)
+    assert "[DONE]" not in lines[-1]

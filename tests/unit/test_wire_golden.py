@@ -49,6 +49,10 @@ TOOLS = [
     {"type": "function", "function": {"name": "get_time"}},
 ]
 ASK = [{"role": "user", "content": "Weather?"}]
+RESPONSE_TOOLS = [
+    {"type": "function", "name": "get_weather", "parameters": {"type": "object"}},
+    {"type": "function", "name": "get_time"},
+]
 
 
 def _entry(token: str, logprob: float | None, top: int) -> dict[str, Any]:
@@ -209,11 +213,28 @@ CASES: list[Case] = [
     ("POST", "/v1/embeddings", {"model": "tools", "input": ["a", "b"]}),
     ("POST", "/v1/embeddings", {"model": "tools", "input": "a", "encoding_format": "base64"}),
     ("POST", "/v1/embeddings", {"model": "tools", "input": "a", "dimensions": 2}),
+    ("POST", "/v1/responses", {"model": "tools", "input": "Weather?"}),
+    (
+        "POST",
+        "/v1/responses",
+        {
+            "model": "tools",
+            "input": ASK,
+            "tools": RESPONSE_TOOLS,
+            "include": ["reasoning.encrypted_content"],
+        },
+    ),
+    (
+        "POST",
+        "/v1/responses",
+        {"model": "tools", "input": ASK, "tools": RESPONSE_TOOLS, "stream": True},
+    ),
+    ("GET", "/v1/responses/resp_nothere", None),
 ]
 
 # What differs between runs, masked in the raw text (numbers and strings alike).
 VOLATILE = re.compile(
-    r'"(created_at|modified_at|expires_at|total_duration|load_duration|created|id)":'
+    r'"(created_at|modified_at|expires_at|total_duration|load_duration|created|id|call_id|item_id)":'
     r'("[^"]*"|\d+)'
 )
 
@@ -225,7 +246,7 @@ RAW = str.maketrans({"\u2028": "<RAW U+2028>", "\u2029": "<RAW U+2029>", "\x85":
 def _mask(text: str, home: str) -> str:
     def keep_fixed(match: re.Match[str]) -> str:
         key, value = match.group(1), match.group(2)
-        if key == "id" and value in ('"abc123"', '"tools"'):
+        if key in ("id", "call_id") and value in ('"abc123"', '"tools"'):
             return match.group(0)  # the model's own call id; a model's id is its name
         return f'"{key}":*'
 
