@@ -68,6 +68,10 @@ def split_options(
     for key in LOAD_KEYS & set(given):
         if given[key] is not None:
             load_values[key] = given[key]
+    asked = given.get("num_ctx")
+    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked < 16):
+        # 0 is how the daemon itself says "the planner's choice"; a request names a size.
+        raise InvalidOptionError(f"num_ctx must be an integer of at least 16, got {asked!r}")
     batch = load_values.get("num_batch")
     if isinstance(batch, int) and not isinstance(batch, bool) and 0 < batch < num_parallel:
         # llama.cpp aborts the whole runner (GGML_ASSERT on n_outputs_max) when a decode
