@@ -26,6 +26,8 @@ What the translation does:
 - ``thinking``: ``enabled`` turns the model's thinking on, ``disabled`` off,
   ``adaptive`` (and no ``thinking`` at all) leaves the model's default; ``budget_tokens``
   is not enforced.
+- Claude Code's billing line at the top of its system prompt is left out (see
+  BILLING_HEADER): it changes with every prompt, and would defeat the prefix cache.
 - Fields that change nothing here (``metadata``, ``cache_control`` on any block,
   ``service_tier``, ``container``, ``context_management``, the ``anthropic-*`` headers)
   are accepted and ignored.
@@ -155,6 +157,14 @@ class ThinkingConfig(Request):
     budget_tokens: int | None = Field(default=None, ge=0)  # accepted, not enforced
 
 
+# Claude Code starts its system prompt with a block "x-anthropic-billing-header:
+# cc_version=2.1.197.1c0; cc_entrypoint=sdk-cli;" whose version suffix changes with the
+# prompt: billing metadata for Anthropic's servers, nothing for the model, and at the
+# very top it would keep the prefix cache from reusing anything of the ~19k tokens
+# after it (llama-server blanks a part of it for the same reason). It is left out.
+BILLING_HEADER = "x-anthropic-billing-header:"
+
+
 class MessagesFields(Request):
     """What a message and a token count share (count_tokens takes no ``max_tokens``)."""
 
@@ -235,9 +245,10 @@ class MessagesFields(Request):
         return result
 
     def system_text(self) -> str | None:
-        if self.system is None or isinstance(self.system, str):
-            return self.system or None
-        return "\n".join(block.text for block in self.system) or None
+        """The system prompt, without Claude Code's billing line (see BILLING_HEADER)."""
+        blocks = [self.system] if isinstance(self.system, str) else self.system or []
+        texts = [b if isinstance(b, str) else b.text for b in blocks]
+        return "\n".join(t for t in texts if not t.startswith(BILLING_HEADER)) or None
 
     def engine_messages(self) -> list[dict[str, Any]]:
         """The conversation in the forms chat templates know (see the module docstring)."""

@@ -1,8 +1,8 @@
 """Claude Code, non-interactive (``claude -p ... --output-format json``), against a real
 daemon at its default context (issue 29): its first request is ~19.5k tokens of system
 prompt and tool definitions over /v1/messages, streamed. Claude Code is the judge: it
-must get an answer (``is_error: false``). A second run in the same HOME sends the same
-prompt, which the prefix cache serves (``cache_read_input_tokens``).
+must get an answer (``is_error: false``). A second task in the same HOME reads its system
+prompt and tools from the prefix cache (``cache_read_input_tokens``).
 
 The model is Gemma 3 270M with a tool-calling template (Claude Code always sends tools),
 created as a model whose parameters make a base model end its turn: greedy, and a stop at
@@ -118,8 +118,10 @@ def test_claude_code_gets_an_answer(agent_daemon: Daemon, tmp_path: Path) -> Non
     [model] = httpx.get(agent_daemon.url + "/api/ps").json()["models"]
     assert model["context_length"] == 32768
 
-    # The same request again (same HOME, same project): the prefix cache serves it.
-    again = claude(agent_daemon, home, "Say hello.")
+    # Another task in the same project: its system prompt and tools come from the prefix
+    # cache (Claude Code's billing line, which changes with the prompt, is left out of
+    # the system prompt); only its turn is read anew.
+    again = claude(agent_daemon, home, "What is two plus two?")
     assert again["is_error"] is False, again
     reused = again["usage"]["cache_read_input_tokens"]
-    assert reused > 0.9 * prompt, again["usage"]
+    assert reused > 0.8 * prompt, again["usage"]

@@ -163,6 +163,8 @@ def test_a_conversation_becomes_the_engines_chat() -> None:
             "model": "tools",
             "max_tokens": 10,
             "system": [
+                # Claude Code's billing line, whose suffix changes with every prompt.
+                {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.a5a;"},
                 {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}},
                 {"type": "text", "text": "Use tools."},
             ],
