@@ -612,6 +612,7 @@ class Engine:
                 dropped_messages=job.dropped_messages,
                 draft_count=job.drafter.drafted if job.drafter else 0,
                 draft_accepted=job.drafter.accepted if job.drafter else 0,
+                stop_sequence=job.stops.matched,
                 # Without media placeholders: a later request cannot send those back.
                 context=[t for t in job.tokens if t >= 0] + job.output
                 if job.want_context

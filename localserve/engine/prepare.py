@@ -29,6 +29,8 @@ log = logging.getLogger("localserve.runner")
 # the daemon reads the runner's log a line at a time, up to 1 MiB a line
 # (scheduler/runner_client.py); a longer one would end its reading.
 LOGGED_PROMPT_CHARS = 8000
+# The context a prompt is counted in (``count``): none is this long, so nothing is dropped.
+UNBOUNDED = 1 << 40
 
 
 class JobBuilder:
@@ -46,38 +48,7 @@ class JobBuilder:
         from localserve.engine.job import Job
 
         chat = self.chat
-        wants_tools = bool(request.tools) and request.tool_choice != "none"
-        if wants_tools and chat.tools is None:
-            raise InvalidOptionError("the model does not support tools")
-        if request.think and not chat.thinks:
-            raise InvalidOptionError("the model does not support thinking")
-        kwargs = _template_kwargs(request)
-        tools = request.tools if wants_tools else None
-        num_ctx = self.num_ctx
-        if request.messages is not None:
-            prompt = self.builder.chat(
-                request.messages,
-                num_ctx=num_ctx,
-                tools=tools,
-                template_kwargs=kwargs,
-                images={
-                    i: _media_bytes(m.get("images"))
-                    for i, m in enumerate(request.messages)
-                    if isinstance(m, dict) and m.get("images")
-                },
-            )
-        elif request.suffix is not None:
-            prompt = self.builder.infill(request.prompt or "", request.suffix, num_ctx=num_ctx)
-        else:
-            prompt = self.builder.completion(
-                request.prompt or "",
-                system=request.system,
-                raw=request.raw,
-                num_ctx=num_ctx,
-                context=request.context,
-                template_kwargs=kwargs,
-                images=_media_bytes(request.images),
-            )
+        prompt, tools = self._prompt(request, self.num_ctx)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "prompt of %s (%d tokens): %r",
@@ -135,6 +106,51 @@ class JobBuilder:
             jobs.append(job)
             first = first or job
         return jobs
+
+    def count(self, request: GenerateJob) -> int:
+        """How many tokens the request's prompt is, rendered as ``build`` renders it, but
+        whole: a chat too long for the context is counted, not shortened (nor refused)."""
+        prompt, _ = self._prompt(request, UNBOUNDED)
+        return len(prompt.tokens)
+
+    def _prompt(
+        self, request: GenerateJob, num_ctx: int
+    ) -> tuple[Prompt, list[dict[str, Any]] | None]:
+        """The request's prompt for a context of ``num_ctx`` tokens, and the tools it shows
+        the model (None when it shows none)."""
+        chat = self.chat
+        wants_tools = bool(request.tools) and request.tool_choice != "none"
+        if wants_tools and chat.tools is None:
+            raise InvalidOptionError("the model does not support tools")
+        if request.think and not chat.thinks:
+            raise InvalidOptionError("the model does not support thinking")
+        kwargs = _template_kwargs(request)
+        tools = request.tools if wants_tools else None
+        if request.messages is not None:
+            prompt = self.builder.chat(
+                request.messages,
+                num_ctx=num_ctx,
+                tools=tools,
+                template_kwargs=kwargs,
+                images={
+                    i: _media_bytes(m.get("images"))
+                    for i, m in enumerate(request.messages)
+                    if isinstance(m, dict) and m.get("images")
+                },
+            )
+        elif request.suffix is not None:
+            prompt = self.builder.infill(request.prompt or "", request.suffix, num_ctx=num_ctx)
+        else:
+            prompt = self.builder.completion(
+                request.prompt or "",
+                system=request.system,
+                raw=request.raw,
+                num_ctx=num_ctx,
+                context=request.context,
+                template_kwargs=kwargs,
+                images=_media_bytes(request.images),
+            )
+        return prompt, tools
 
     def _readable(self, prompt: Prompt) -> str:
         """The prompt as the model reads it, special tokens written out, each image or

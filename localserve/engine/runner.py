@@ -46,6 +46,7 @@ from localserve.runtime.protocol import (
     Op,
     Reply,
     Request,
+    TokenCount,
     event_to_wire,
     reply_to_wire,
 )
@@ -77,6 +78,7 @@ class Runner:
             Op.GENERATE: self._generate,
             Op.CANCEL: self._cancel,
             Op.EMBED: self._embed,
+            Op.COUNT: self._count,
             Op.STATS: self._stats,
         }
         # Prompts with images or sounds are built on a thread of their own (decoding a
@@ -141,6 +143,12 @@ class Runner:
         result = self.embedder.embed(job.inputs, truncate=job.truncate)
         took = time.perf_counter_ns() - started
         return [EmbedResult(request.id, result.vectors, result.prompt_tokens, took)]
+
+    def _count(self, request: Request) -> list[Reply]:
+        """The prompt's length, answered at once: no slot, no step of the engine."""
+        job = request.job
+        assert isinstance(job, GenerateJob)
+        return [TokenCount(request.id, self.jobs.count(job))]
 
     def _stats(self, request: Request) -> list[Reply]:
         return [self.engine.describe(request.id)]

@@ -37,6 +37,7 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self._held = ""
         self.stopped = False
+        self.matched = ""  # the stop string that appeared (the earliest, on a tie the first)
 
     def feed(self, text: str) -> str:
         """Add generated text; returns what can be shown now. Sets ``stopped`` on a match."""
@@ -45,8 +46,9 @@ class StopMatcher:
         if self.stopped:
             return ""
         held = self._held + text
-        first = min((i for i in (held.find(s) for s in self.stops) if i >= 0), default=-1)
-        if first >= 0:
+        found = [(i, stop) for stop in self.stops if (i := held.find(stop)) >= 0]
+        if found:
+            first, self.matched = min(found, key=lambda item: item[0])
             self.stopped = True
             self._held = ""
             return held[:first]

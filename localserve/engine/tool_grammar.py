@@ -198,4 +198,50 @@ def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
         return {"type": "object"}
     if len(json.dumps(parameters)) > MAX_SCHEMA_BYTES:
         raise InvalidOptionError(f"the parameters of tool {_name(tool)!r} are over 64 KiB")
-    return parameters
+    checked: dict[str, Any] = _with_any_values(parameters, root=True)
+    return checked
+
+
+# JSON Schema's "any value": a schema that constrains nothing ({}, or only a
+# description: Claude Code's tools have such properties). llama.cpp's converter takes {}
+# for an object and refuses the rest ("Unrecognized schema"); this says it in its terms.
+ANY_VALUE: dict[str, Any] = {"type": ["string", "number", "boolean", "object", "array", "null"]}
+# The keys the converter builds a rule from; a schema with none of them allows anything.
+_CONSTRAINING = frozenset(
+    {"$ref", "type", "oneOf", "anyOf", "allOf", "const", "enum", "properties"}
+    | {"additionalProperties", "items", "prefixItems", "pattern", "format"}
+)
+
+
+# A maxLength or maxItems beyond this is not enforced: the converter spells a bound out
+# as that many optional repetitions (Claude Code's maxLength 524288 made a 4 MB grammar),
+# and no tool call gets near it.
+MAX_ENFORCED_BOUND = 256
+
+
+def _with_any_values(schema: Any, *, root: bool = False) -> Any:
+    """``schema`` with each subschema that constrains nothing made ANY_VALUE (the
+    arguments themselves stay an object), and bounds too large to spell out dropped."""
+    if not isinstance(schema, dict):
+        return schema
+    if not root and not _CONSTRAINING & schema.keys():
+        return {**schema, **ANY_VALUE}
+    result = {
+        key: value
+        for key, value in schema.items()
+        if not (
+            key in ("maxLength", "maxItems")
+            and isinstance(value, int)
+            and value > MAX_ENFORCED_BOUND
+        )
+    }
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        if isinstance(result.get(key), list):
+            result[key] = [_with_any_values(s) for s in result[key]]
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(result.get(key), dict):
+            result[key] = {name: _with_any_values(s) for name, s in result[key].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(result.get(key), dict):
+            result[key] = _with_any_values(result[key])
+    return result

@@ -7,13 +7,13 @@ The daemon starts ``python -m localserve.engine.runner`` and writes frames to it
   ``{"ready": ...}`` (:class:`RunnerInfo`) once the model is loaded, or ``{"fatal":
   ..., "kind": ...}`` (:class:`LoadFailure`) and exits.
 - Then one :class:`Request` per frame, ``{"op": ..., "id": "r1", "job": ...}`` (:class:`Op`):
-  ``generate`` carries a :class:`GenerateJob`, ``embed`` an :class:`EmbedJob`, ``cancel``
-  and ``stats`` only the id, ``shutdown`` nothing (the runner exits).
+  ``generate`` and ``count`` carry a :class:`GenerateJob`, ``embed`` an :class:`EmbedJob`,
+  ``cancel`` and ``stats`` only the id, ``shutdown`` nothing (the runner exits).
 - The runner writes ``{"events": [...]}`` frames, one per engine step carrying the
   events of every request in that step (text deltas, done, error: :data:`Event`), so a
   busy runner makes one write per step, not one per token. The one answer to an
-  ``embed`` (:class:`EmbedResult`) or a ``stats`` (:class:`RunnerStats`) travels in
-  the same frames. A request that fails gets an :class:`ErrorEvent`, whose
+  ``embed`` (:class:`EmbedResult`), a ``count`` (:class:`TokenCount`) or a ``stats``
+  (:class:`RunnerStats`) travels in the same frames. A request that fails gets an :class:`ErrorEvent`, whose
   :class:`ErrorKind` names the exception the daemon raises for it (:data:`ERROR_TYPES`,
   the one table both sides read).
 
@@ -48,6 +48,8 @@ class Op(StrEnum):
     LOAD = "load"  # the first frame: a LoadRequest
     GENERATE = "generate"  # events until each answer's DoneEvent (or an ErrorEvent)
     EMBED = "embed"  # one EmbedResult
+    # One TokenCount: the job's prompt rendered and tokenized, nothing generated.
+    COUNT = "count"
     STATS = "stats"  # one RunnerStats
     CANCEL = "cancel"  # no answer of its own: the generation ends with done_reason "cancel"
     SHUTDOWN = "shutdown"  # no answer: the runner exits
@@ -374,6 +376,8 @@ class DoneEvent:
     # (eval_count is still every generated token).
     draft_count: int = 0
     draft_accepted: int = 0
+    # The stop string that ended it ("" when none did): Anthropic's ``stop_sequence``.
+    stop_sequence: str = ""
     type: Literal["done"] = "done"
 
     def with_load(self, load_duration: int) -> DoneEvent:
@@ -434,7 +438,7 @@ class EmbedJob:
 class Request:
     """A frame from the daemon after the load: what it asks for, the id every answer to
     it carries (``r1``, ``r2``...; none for ``shutdown``), and the job of an op that
-    carries one (``generate``: a GenerateJob; ``embed``: an EmbedJob)."""
+    carries one (``generate`` and ``count``: a GenerateJob; ``embed``: an EmbedJob)."""
 
     op: Op
     id: str = ""
@@ -457,7 +461,7 @@ class Request:
         except ValueError:
             raise InvalidOptionError(f"unknown op {data.get('op')!r}") from None
         job: GenerateJob | EmbedJob | None = None
-        if op is Op.GENERATE:
+        if op in (Op.GENERATE, Op.COUNT):
             job = GenerateJob.from_wire(data.get("job") or {})
         elif op is Op.EMBED:
             job = EmbedJob.from_wire(data.get("job") or {})
@@ -499,6 +503,24 @@ class EmbedResult:
             int(data["prompt_eval_count"]),
             int(data["prompt_eval_duration"]),
         )
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """The answer to a ``count``: how many tokens the job's prompt is, rendered and
+    tokenized as its generation would be (template, tools, system, media), but whole:
+    no old turn is dropped to fit the context."""
+
+    id: str
+    tokens: int
+    type: Literal["count"] = "count"
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> TokenCount:
+        return cls(str(data["id"]), int(data["tokens"]))
 
 
 @dataclass(frozen=True)
@@ -551,8 +573,8 @@ Event = (
     | ErrorEvent
 )
 # What the runner sends back in its events frames: a generation's events, or the one
-# answer to an embed or a stats request.
-Reply = Event | EmbedResult | RunnerStats
+# answer to an embed, a count or a stats request.
+Reply = Event | EmbedResult | TokenCount | RunnerStats
 
 _EVENT_TYPES: dict[str, type[Any]] = {
     "logprobs": LogprobsEvent,
@@ -574,7 +596,7 @@ def event_to_wire(event: Event) -> dict[str, Any]:
 
 
 def reply_to_wire(reply: Reply) -> dict[str, Any]:
-    if isinstance(reply, EmbedResult | RunnerStats):
+    if isinstance(reply, EmbedResult | TokenCount | RunnerStats):
         return reply.to_wire()
     return event_to_wire(reply)
 

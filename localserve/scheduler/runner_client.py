@@ -3,7 +3,7 @@
 No llama_cpp here: this module only spawns ``python -m localserve.engine.runner``
 and speaks runtime/protocol.py over its pipes, from asyncio: it sends the typed
 LoadRequest and Requests, and hands back typed answers (RunnerInfo as ``info``,
-events, EmbedResult, RunnerStats); a failed request raises the exception its
+events, EmbedResult, TokenCount, RunnerStats); a failed request raises the exception its
 ErrorKind names. One reader task receives the runner's frames and routes each
 answer to the queue of the request it belongs to. When the pipe closes (the runner
 exited, crashed, or was killed), every request still in flight fails at once with
@@ -39,6 +39,7 @@ from localserve.runtime.protocol import (
     Request,
     RunnerInfo,
     RunnerStats,
+    TokenCount,
     event_from_wire,
     load_reply_from_wire,
 )
@@ -46,7 +47,7 @@ from localserve.runtime.protocol import (
 log = logging.getLogger("localserve.runner")
 
 _END = object()
-Answer = TypeVar("Answer", EmbedResult, RunnerStats)
+Answer = TypeVar("Answer", EmbedResult, TokenCount, RunnerStats)
 
 
 class RunnerClient:
@@ -165,11 +166,18 @@ class RunnerClient:
         """One pooled, normalised vector per input."""
         return await self._ask(Op.EMBED, EmbedJob(inputs, truncate), EmbedResult)
 
+    async def count_tokens(self, job: GenerateJob) -> TokenCount:
+        """The length of the job's prompt in tokens, rendered as its generation would be
+        (whole: nothing dropped to fit); nothing is generated and no slot is taken."""
+        return await self._ask(Op.COUNT, job, TokenCount)
+
     async def stats(self) -> RunnerStats:
         """The engine's slots, caches and counters now."""
         return await self._ask(Op.STATS, None, RunnerStats)
 
-    async def _ask(self, op: Op, job: EmbedJob | None, answer: type[Answer]) -> Answer:
+    async def _ask(
+        self, op: Op, job: GenerateJob | EmbedJob | None, answer: type[Answer]
+    ) -> Answer:
         """A request with one answer, of type ``answer``."""
         request_id, queue = await self._send(op, job)
         try:

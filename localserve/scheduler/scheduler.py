@@ -44,6 +44,7 @@ from localserve.runtime.protocol import (
     LoadRequest,
     RunnerInfo,
     RunnerStats,
+    TokenCount,
 )
 from localserve.store.manifest import Manifest
 from localserve.store.refs import ModelRef
@@ -67,6 +68,8 @@ class Runner(Protocol):
     def generate(self, job: GenerateJob) -> AsyncIterator[Event]: ...
 
     async def embed(self, inputs: list[str], *, truncate: bool) -> EmbedResult: ...
+
+    async def count_tokens(self, job: GenerateJob) -> TokenCount: ...
 
     async def stats(self) -> RunnerStats: ...
 
@@ -215,6 +218,18 @@ class Scheduler:
             finally:
                 await self._release(resident, model.keep_alive)
         return result.with_load(load_ns)
+
+    async def count_tokens(self, model: ModelRequest, job: GenerateJob) -> int:
+        """How many tokens ``job``'s prompt is on ``model`` (loaded first if needed),
+        rendered as its generation would be; the runner answers between engine steps,
+        without a generation slot."""
+        async with self._admitted():
+            resident, _ = await self._acquire(model)
+            try:
+                result = await resident.runner.count_tokens(job)
+            finally:
+                await self._release(resident, model.keep_alive)
+        return result.tokens
 
     async def load(self, model: ModelRequest) -> tuple[Resident, int]:
         """Make sure ``model`` is resident (an empty prompt); returns it and the load time in ns."""

@@ -23,6 +23,7 @@ from localserve.runtime.options import LoadOptions
 from localserve.scheduler.scheduler import RunnerFactory, Scheduler, start_runner
 from localserve.server import errors, security
 from localserve.server.metrics import Metrics
+from localserve.server.routes import anthropic as anthropic_routes
 from localserve.server.routes import create as create_routes
 from localserve.server.routes import native, ops, web
 from localserve.server.routes import openai as openai_routes
@@ -64,7 +65,7 @@ def create_app(
     app = FastAPI(
         title="localserve",
         version=__version__,
-        summary="Ollama- and OpenAI-compatible API for local GGUF models",
+        summary="Ollama-, OpenAI- and Anthropic-compatible API for local GGUF models",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -87,5 +88,6 @@ def create_app(
     app.include_router(create_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(responses_routes.router)
+    app.include_router(anthropic_routes.router)
     app.include_router(web.router)
     return app

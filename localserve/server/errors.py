@@ -1,9 +1,11 @@
 """The server's one error edge: exceptions to HTTP statuses and JSON bodies.
 
 Ollama routes answer ``{"error": "..."}``; /v1 routes answer OpenAI's shape
-``{"error": {"message", "type", "param", "code"}}``. Once a stream has started the
-status is already sent, so streams report errors as a last line instead (see
-streaming.py); these handlers cover everything before that.
+``{"error": {"message", "type", "param", "code"}}``, but Anthropic's (/v1/messages),
+which answer ``{"type": "error", "error": {"type", "message"}}`` with Anthropic's types,
+and 529 ``overloaded_error`` for a full queue. Once a stream has started the status is
+already sent, so streams report errors as a last line instead (see streaming.py); these
+handlers cover everything before that.
 """
 
 from __future__ import annotations
@@ -65,6 +67,18 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorDetail
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """The error body of Anthropic's routes (/v1/messages...)."""
+
+    type: str = "error"
+    error: AnthropicErrorDetail
+
+
 def documented_errors(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """The error responses of a router, for its OpenAPI schema: 400 for bad input, and
     every other status (401, 403, 404, 413, 500, 503...) with the same body."""
@@ -76,6 +90,25 @@ def documented_errors(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]
 
 OLLAMA_ERRORS = documented_errors(OllamaError)
 OPENAI_ERRORS = documented_errors(OpenAIError)
+ANTHROPIC_ERRORS = documented_errors(AnthropicError)
+
+# Anthropic's error types by status; other 4xx are invalid requests, other 5xx api errors.
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+# Anthropic's status for "too busy now, retry", where Ollama and OpenAI say 503.
+OVERLOADED = 529
+
+
+def is_anthropic(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
 def status_of(exc: BaseException) -> int:
@@ -103,9 +136,15 @@ def openai_type(status: int) -> str:
     return "api_error"
 
 
+def anthropic_type(status: int) -> str:
+    return ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+
+
 def error_body(
     path: str, status: int, message: str, *, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
+    if is_anthropic(path):
+        return {"type": "error", "error": {"type": anthropic_type(status), "message": message}}
     if path.startswith("/v1"):
         return {
             "error": {
@@ -126,6 +165,8 @@ def body_of(path: str, exc: BaseException) -> tuple[int, dict[str, Any]]:
     ``context_length_exceeded`` code and message on /v1; both numbers everywhere.
     """
     status = status_of(exc)
+    if is_anthropic(path):
+        return _anthropic_body(path, status, exc)
     if path.startswith("/v1") and isinstance(exc, e.PromptTooLongError) and exc.limit:
         what = (
             "messages"
@@ -142,13 +183,34 @@ def body_of(path: str, exc: BaseException) -> tuple[int, dict[str, Any]]:
     return status, error_body(path, status, message_of(exc))
 
 
-# Sent with error 503s (a full queue, a daemon stopping): a slot usually frees within a
-# second. Ollama sends none; clients that honour it back off instead of hammering.
+def _anthropic_body(path: str, status: int, exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """Anthropic's words: Claude Code compacts its conversation on "prompt is too long";
+    an unknown model is the name an agent was configured with, so the message says how
+    to make it a local one."""
+    if isinstance(exc, e.ServerBusyError):
+        status = OVERLOADED
+    if isinstance(exc, e.PromptTooLongError) and exc.limit:
+        message = f"prompt is too long: {exc.tokens} tokens > {exc.limit} maximum"
+    elif isinstance(exc, e.ModelNotFoundError):
+        name = exc.name.removesuffix(":latest")
+        message = (
+            f'model "{name}" not found: pull it (localserve pull), give a stored model '
+            f"that name (localserve cp MODEL {name}), or name a stored model in the "
+            "client (Claude Code: ANTHROPIC_MODEL, ANTHROPIC_SMALL_FAST_MODEL)"
+        )
+    else:
+        message = message_of(exc)
+    return status, error_body(path, status, message)
+
+
+# Sent with error 503s and 529s (a full queue, a daemon stopping): a slot usually frees
+# within a second. Ollama sends none; clients that honour it back off instead of hammering.
 RETRY_AFTER_SECONDS = 1
+RETRY_STATUSES = (503, OVERLOADED)
 
 
 def error_response(request: Request, status: int, message: str) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in RETRY_STATUSES else None
     return JSONResponse(
         error_body(request.url.path, status, message), status_code=status, headers=headers
     )
@@ -161,7 +223,7 @@ def install(app: FastAPI) -> None:
         # A damaged store is the operator's business too, whatever the status says.
         if status >= 500 or isinstance(exc, e.DamagedModelError):
             log.error("%s %s: %s", request.method, request.url.path, exc)
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in RETRY_STATUSES else None
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

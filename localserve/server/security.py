@@ -1,8 +1,8 @@
 """Security defaults of the daemon (docs/security.md explains the threats).
 
 - API key: with ``LOCALSERVE_API_KEY`` set, every route but ``/``, ``/health`` and the
-  chat page's files (``/web/...``) needs ``Authorization: Bearer KEY`` (compared in
-  constant time, never logged).
+  chat page's files (``/web/...``) needs ``Authorization: Bearer KEY`` or, as Anthropic's
+  clients send it, ``x-api-key: KEY`` (compared in constant time, never logged).
   Binding anything but loopback without a key is refused at start (cli/serve.py).
 - DNS rebinding: on a loopback bind, a ``Host`` header that is not localhost, an IP
   literal or this machine's name gets 403, so a web page whose domain was re-pointed
@@ -64,6 +64,7 @@ class Guard:
         self.app = app
         key = settings.api_key.get_secret_value() if settings.api_key else ""
         self.expected = f"Bearer {key}".encode() if key else b""
+        self.key = key.encode()
         bind_host, _ = settings.bind
         self.check_host = is_loopback(bind_host)
         names = {"localhost", socket.gethostname().lower()}
@@ -146,8 +147,9 @@ class Guard:
             return 403, f"origin {origin} is not allowed"
         public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX)
         if self.expected and not public and scope["method"] != "OPTIONS":
-            given = headers.get("authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            bearer = hmac.compare_digest(headers.get("authorization", b""), self.expected)
+            api_key = hmac.compare_digest(headers.get("x-api-key", b""), self.key)
+            if not (bearer or api_key):
                 return 401, "missing or invalid API key"
         return None
 

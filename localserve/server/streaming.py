@@ -1,10 +1,16 @@
-"""Streaming responses: NDJSON (Ollama) and server-sent events (OpenAI), of the
-schemas' response models (and plain dicts: the error lines).
+"""Streaming responses: NDJSON (Ollama) and server-sent events (OpenAI, Anthropic), of
+the schemas' response models (and plain dicts: the error lines).
+
+Each API frames its SSE its own way (:class:`SSEDialect`): OpenAI sends bare ``data:``
+events, ``: ping`` comments and a last ``data: [DONE]``; Anthropic names every event
+after its object's ``type`` (``event: message_start``...), pings with a ``ping`` event
+and has no end marker.
 
 The status line goes out with the first chunk, so an error after that can only be
-reported in the stream: as a last ``{"error": ...}`` line (NDJSON) or a last
-``data: {"error": {...}}`` event (SSE). A client that disconnects closes the
-iterator, which cancels its request in the runner.
+reported in the stream: as a last ``{"error": ...}`` line (NDJSON) or a last event with
+the API's error body (SSE: OpenAI's ``data: {"error": {...}}``, Anthropic's ``event:
+error``). A client that disconnects closes the iterator, which cancels its request in
+the runner.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi.responses import StreamingResponse
@@ -75,15 +82,22 @@ async def iterate_in_thread(generator: Generator[T]) -> AsyncIterator[T]:
 _SPLITLINES_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
+def _data(obj: Chunk) -> dict[str, Any]:
+    """A model as a dict (model_dump's serializer, without its Python wrapper: this is
+    the streams' hot path), for json.dumps."""
+    data: dict[str, Any] = (
+        obj.__pydantic_serializer__.to_python(obj) if isinstance(obj, Response) else obj
+    )
+    return data
+
+
 def _json(obj: Chunk) -> bytes:
     """Compact JSON on one line for every line reader (generated text can hold anything).
 
-    A model becomes a dict (model_dump's serializer, without its Python wrapper: this
-    is the streams' hot path) for json.dumps, not pydantic's own JSON, which writes some
-    floats differently (``1e-5`` for ``1e-05``, NaN as null): the bytes are the ones the
-    dicts before the models made."""
-    data = obj.__pydantic_serializer__.to_python(obj) if isinstance(obj, Response) else obj
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    json.dumps of the dict, not pydantic's own JSON, which writes some floats differently
+    (``1e-5`` for ``1e-05``, NaN as null): the bytes are the ones the dicts before the
+    models made."""
+    text = json.dumps(_data(obj), separators=(",", ":"), ensure_ascii=False)
     return text.translate(_SPLITLINES_BREAKS).encode()
 
 
@@ -104,55 +118,59 @@ def ndjson(chunks: AsyncIterator[Chunk], path: str) -> StreamingResponse:
     return StreamingResponse(_ndjson(chunks, path), media_type="application/x-ndjson")
 
 
-# What an idle SSE stream sends to show it is alive: a comment line, which every SSE
-# parser skips (the openai package's included), as llama-server does.
-PING = b": ping\n\n"
+@dataclass(frozen=True)
+class SSEDialect:
+    """How one API frames its server-sent events."""
+
+    named: bool  # an ``event:`` line before each ``data:``, naming the object's ``type``
+    ping: bytes  # what an idle stream sends to show it is alive
+    end: bytes  # what ends a stream (b"": nothing)
+
+    def frame(self, data: bytes, name: object) -> bytes:
+        head = f"event: {name}\n".encode() if self.named and isinstance(name, str) else b""
+        return head + b"data: " + data + b"\n\n"
 
 
-async def _sse(chunks: AsyncIterator[Chunk], path: str, ping: float | None) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in _with_pings(chunks, ping):
-            yield PING if chunk is None else b"data: " + _json(chunk) + b"\n\n"
-    except Exception as exc:
-        log.warning("stream on %s ended with an error: %s", path, exc)
-        yield b"data: " + json.dumps(body_of(path, exc)[1]).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+# OpenAI's: an idle stream sends a comment line, which every SSE parser skips (the
+# openai package's included), as llama-server does.
+OPENAI_SSE = SSEDialect(named=False, ping=b": ping\n\n", end=b"data: [DONE]\n\n")
+# Anthropic's: every event named, a ping event (the anthropic package skips it, and
+# needs the names: it drops an event without one), no end marker after message_stop.
+ANTHROPIC_SSE = SSEDialect(named=True, ping=b'event: ping\ndata: {"type": "ping"}\n\n', end=b"")
+# The Responses API's: every event named, no end marker (the last event says how the
+# response ended), and OpenAI's comment line for a ping.
+RESPONSES_SSE = SSEDialect(named=True, ping=b": ping\n\n", end=b"")
 
 
-def sse(chunks: AsyncIterator[Chunk], path: str, *, ping: float | None = None) -> StreamingResponse:
-    """Server-sent events of ``chunks``, and a ``: ping`` comment whenever none came for
-    ``ping`` seconds (None: never)."""
-    return StreamingResponse(
-        _sse(chunks, path, ping),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache"},
-    )
-
-
-async def _named_sse(
-    chunks: AsyncIterator[Response], path: str, ping: float | None
+async def _sse(
+    chunks: AsyncIterator[Chunk], path: str, ping: float | None, dialect: SSEDialect
 ) -> AsyncIterator[bytes]:
     try:
         async for chunk in _with_pings(chunks, ping):
             if chunk is None:
-                yield PING
+                yield dialect.ping
             else:
-                name = str(getattr(chunk, "type", "message")).encode()
-                yield b"event: " + name + b"\ndata: " + _json(chunk) + b"\n\n"
+                data = _data(chunk)
+                yield dialect.frame(_json(data), data.get("type"))
     except Exception as exc:
-        # The route ends its own failures in the API's words; this is the last resort.
         log.warning("stream on %s ended with an error: %s", path, exc)
-        yield b"event: error\ndata: " + json.dumps(body_of(path, exc)[1]).encode() + b"\n\n"
+        body = body_of(path, exc)[1]
+        yield dialect.frame(json.dumps(body).encode(), body.get("type", "error"))
+    if dialect.end:
+        yield dialect.end
 
 
-def named_sse(
-    chunks: AsyncIterator[Response], path: str, *, ping: float | None = None
+def sse(
+    chunks: AsyncIterator[Chunk],
+    path: str,
+    *,
+    ping: float | None = None,
+    dialect: SSEDialect = OPENAI_SSE,
 ) -> StreamingResponse:
-    """Server-sent events whose ``event:`` line is each chunk's ``type`` (the Responses
-    API's framing: no ``[DONE]``, the last event says how it ended), with ``: ping``
-    comments as ``sse``."""
+    """Server-sent events of ``chunks`` in ``dialect``, and its ping whenever none came
+    for ``ping`` seconds (None: never)."""
     return StreamingResponse(
-        _named_sse(chunks, path, ping),
+        _sse(chunks, path, ping, dialect),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache"},
     )
@@ -198,6 +216,16 @@ async def hold(items: AsyncIterator[T], seconds: float | None) -> AsyncIterator[
     and gets a real HTTP status; returns an iterator over every item, the first included
     whether it came in time or not. A stream whose first item takes longer (a long
     queue, a long load) starts without it, and keeps its client with pings."""
+    _, everything = await hold_first(items, seconds)
+    return everything
+
+
+async def hold_first(
+    items: AsyncIterator[T], seconds: float | None
+) -> tuple[T | None, AsyncIterator[T]]:
+    """``hold``, and the first item when it came in time (None when the stream starts
+    without it): what a stream's opening can say (Anthropic's message_start carries the
+    prompt's length, which the runner's first event knows)."""
     iterator = items.__aiter__()
     first = asyncio.ensure_future(iterator.__anext__())
     try:
@@ -222,7 +250,8 @@ async def hold(items: AsyncIterator[T], seconds: float | None) -> AsyncIterator[
                 with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                     await first
 
-    return everything()
+    came = first.done() and first.exception() is None
+    return (first.result() if came else None), everything()
 
 
 async def first_then_rest(

@@ -2,7 +2,8 @@
 command that takes a name, fed malformed JSON, wrong types, missing and unknown fields,
 out-of-range, NaN and infinite options, hostile names, oversized bodies and prompts.
 
-Each case must get a 4xx with a JSON error (OpenAI's shape on /v1), or from the CLI one
+Each case must get a 4xx with a JSON error (OpenAI's shape on /v1, Anthropic's on
+/v1/messages), or from the CLI one
 ``Error:`` line (and at most a hint) with the documented exit code and no traceback;
 afterwards the daemon answers, its store has not changed and its log holds no error.
 (tests/unit/test_security.py has the guard's own cases, in-process.)
@@ -59,6 +60,8 @@ BODY_ROUTES = [
     ("POST", "/v1/completions", "model"),
     ("POST", "/v1/embeddings", "model"),
     ("POST", "/v1/responses", "model"),
+    ("POST", "/v1/messages", "model"),
+    ("POST", "/v1/messages/count_tokens", "model"),
 ]
 # Bad bodies any of them must refuse: (body, content type, what the message says).
 BAD_BODIES = [
@@ -85,6 +88,7 @@ BODY_FIELDS = {
     "messages": [{"role": "user", "content": "hi"}],
     "input": "x",
     "prompt": "x",
+    "max_tokens": 5,
 }
 
 
@@ -206,6 +210,9 @@ OPTIONS = '{"model": "tiny", "prompt": "hi", "options": {%s}}'
 CHAT_WITH = '{"model": "tiny", %s}'
 V1_CHAT = '{"model": "tiny", ' + CHAT + ", %s}"
 RESPONSES = '{"model": "tiny", "input": "hi", %s}'
+MESSAGES = '{"model": "tiny", "max_tokens": 5, %s}'
+ASK = '{"model": "tiny", "max_tokens": 5, ' + CHAT + ", %s}"
+IMAGE = '"messages": [{"role": "user", "content": [{"type": "image", "source": %s}]}]'
 
 FIELD_CASES = [
     # /api/generate: options out of range, NaN and infinite (raw JSON tokens), wrong types
@@ -414,6 +421,57 @@ FIELD_CASES = [
     ("/v1/responses", RESPONSES % '"num_ctx": 8', "num_ctx"),
     ("/v1/responses", RESPONSES % '"options": {"bogus": 1}', "unknown option"),
     ("/v1/responses", RESPONSES % '"keep_alive": "soon"', "duration"),
+    # /v1/messages (Anthropic's)
+    ("/v1/messages", '{"model": "tiny", ' + CHAT + "}", "missing field 'max_tokens'"),
+    ("/v1/messages", ASK.replace('"max_tokens": 5', '"max_tokens": 0') % '"x": 1', "max_tokens"),
+    ("/v1/messages", ASK % '"max_tokens": 1e400', "max_tokens"),
+    ("/v1/messages", ASK % '"temperature": 1.5', "temperature"),
+    ("/v1/messages", ASK % '"temperature": NaN', "temperature"),
+    ("/v1/messages", ASK % '"top_k": -1', "top_k"),
+    ("/v1/messages", ASK % '"stop_sequences": [5]', "stop_sequences"),
+    ("/v1/messages", ASK % '"system": 5', "system"),
+    ("/v1/messages", ASK % '"thinking": {"type": "sometimes"}', "thinking"),
+    ("/v1/messages", ASK % '"thinking": {"type": "enabled"}', "tiny does not support thinking"),
+    ("/v1/messages", ASK % '"tool_choice": {"type": "any"}', "needs at least one tool"),
+    (
+        "/v1/messages",
+        ASK % '"tools": [{"type": "bash_20250124", "name": "bash"}]',
+        "Anthropic's server tools",
+    ),
+    (
+        "/v1/messages",
+        ASK % '"tools": [{"name": "f", "input_schema": {"type": "object"}}]',
+        "tiny does not support tools",
+    ),
+    ("/v1/messages", MESSAGES % '"messages": []', "messages"),
+    ("/v1/messages", MESSAGES % '"messages": [{"role": "tool", "content": "x"}]', "role"),
+    ("/v1/messages", MESSAGES % '"messages": [{"role": "user", "content": 5}]', "content"),
+    (
+        "/v1/messages",
+        MESSAGES % '"messages": [{"role": "user", "content": [{"type": "document"}]}]',
+        "'document'",
+    ),
+    (
+        "/v1/messages",
+        MESSAGES % (IMAGE % '{"type": "url", "url": "http://169.254.169.254/x.png"}'),
+        "does not fetch URLs",
+    ),
+    (
+        "/v1/messages",
+        MESSAGES % (IMAGE % '{"type": "base64", "media_type": "image/png", "data": "!!"}'),
+        "not valid base64",
+    ),
+    (
+        "/v1/messages",
+        MESSAGES % ('"messages": [{"role": "user", "content": "' + LONG_PROMPT + '"}]'),
+        "prompt is too long: ",
+    ),
+    ("/v1/messages/count_tokens", '{"model": "tiny", "messages": 5}', "messages"),
+    (
+        "/v1/messages/count_tokens",
+        '{"model": "tiny", "system": [{"type": "image"}], ' + CHAT + "}",
+        "system",
+    ),
 ]
 
 
@@ -474,6 +532,7 @@ def test_unknown_paths_and_methods(client: httpx.Client, unchanged: None) -> Non
     assert "Method Not Allowed" in refused(client, "PUT", "/api/generate", b"{}", status=405)
     assert "Method Not Allowed" in refused(client, "POST", "/v1/models", b"{}", status=405)
     assert "Method Not Allowed" in refused(client, "DELETE", "/v1/chat/completions", status=405)
+    assert "Method Not Allowed" in refused(client, "GET", "/v1/messages", status=405)
     for path in ("/", "/health", "/metrics", "/api/version", "/api/tags", "/api/ps", "/v1/models"):
         assert "Method Not Allowed" in refused(client, "POST", path, b"{}", status=405)
         # Query strings and bodies that nothing reads change nothing.
@@ -494,7 +553,7 @@ def high_water_mark(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/v1/messages"])
 def test_64_mb_bodies_are_refused_unread(
     client: httpx.Client, daemon: Daemon, unchanged: None, path: str
 ) -> None:
@@ -511,6 +570,8 @@ def test_64_mb_bodies_are_refused_unread(
     for response in (declared, streamed):
         assert response.status_code == 413, response.text
         assert f"{MAX_BODY >> 20} MiB" in error_message(path, response)
+        if path == "/v1/messages":
+            assert response.json()["error"]["type"] == "request_too_large"
     # At most the MAX_BODY allowed was held, never the whole 64 MiB.
     assert high_water_mark(daemon.pid) - peak < MAX_BODY + (16 << 20)
 

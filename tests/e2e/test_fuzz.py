@@ -230,6 +230,66 @@ def response_item() -> st.SearchStrategy[Any]:
 
 RESPONSE_ITEM = response_item()
 
+
+def anthropic_block() -> st.SearchStrategy[Any]:
+    valid = st.one_of(
+        st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("tool_result"),
+                "tool_use_id": st.text(max_size=5),
+                "content": TEXT | st.just([{"type": "text", "text": "r"}]),
+            },
+            optional={"is_error": st.booleans()},
+        ),
+        st.fixed_dictionaries({"type": st.just("image"), "source": st.sampled_from(IMAGE_SOURCES)}),
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["thinking", "redacted_thinking"]), "thinking": TEXT}
+        ),
+    )
+    junk_for = {"type": st.sampled_from(["document", "", "TEXT", "tool_use"]) | JUNK}
+    return near_valid(valid, junk_for)
+
+
+IMAGE_SOURCES = [
+    {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},  # a PNG's start
+    {"type": "base64", "data": "not base64!"},
+    {"type": "url", "url": "http://169.254.169.254/x.png"},
+    {"type": "file", "file_id": "f"},
+]
+
+
+def anthropic_message() -> st.SearchStrategy[Any]:
+    valid = st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "system"]),
+            "content": TEXT | st.lists(anthropic_block(), max_size=3),
+        }
+    )
+    junk_for = {"role": st.sampled_from(["tool", "", "USER"]) | JUNK}
+    return near_valid(valid, junk_for)
+
+
+ANTHROPIC_MESSAGES = st.lists(anthropic_message(), min_size=1, max_size=3)
+ANTHROPIC_TOOL = {"name": "f", "input_schema": {"type": "object"}}
+ANTHROPIC_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "system": TEXT | st.just([{"type": "text", "text": "Be brief.", "cache_control": {}}]),
+    "temperature": st.floats(0, 1),
+    "top_p": st.floats(0, 1),
+    "top_k": st.integers(0, 100),
+    "stop_sequences": st.lists(st.text(max_size=5), max_size=3),
+    "tools": st.sampled_from(
+        [[ANTHROPIC_TOOL], [{"type": "web_search_20250305", "name": "web_search"}], []]
+    ),
+    "tool_choice": st.sampled_from(
+        [{"type": "auto"}, {"type": "any"}, {"type": "none"}, {"type": "tool", "name": "f"}]
+    ),
+    "thinking": st.sampled_from(
+        [{"type": "disabled"}, {"type": "adaptive"}, {"type": "enabled", "budget_tokens": 1024}]
+    ),
+    "metadata": st.just({"user_id": "u"}),
+}
+
 NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
     "/api/generate": near_valid(
         st.fixed_dictionaries(
@@ -341,6 +401,19 @@ NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
         ),
         {"model": MODEL_JUNK, "max_output_tokens": BAD_COUNT},
     ),
+    "/v1/messages": near_valid(
+        st.fixed_dictionaries(
+            {"model": st.just("tiny"), "messages": ANTHROPIC_MESSAGES, "max_tokens": SMALL_COUNT},
+            optional=ANTHROPIC_FIELDS | {"stream": st.booleans()},
+        ),
+        {"model": MODEL_JUNK, "max_tokens": BAD_COUNT | st.just(0)},
+    ),
+    "/v1/messages/count_tokens": near_valid(
+        st.fixed_dictionaries(
+            {"model": st.just("tiny"), "messages": ANTHROPIC_MESSAGES}, optional=ANTHROPIC_FIELDS
+        ),
+        {"model": MODEL_JUNK},
+    ),
     "/v1/embeddings": near_valid(
         st.fixed_dictionaries(
             {"model": st.just("tiny"), "input": TEXT | st.lists(TEXT, min_size=1, max_size=4)},
@@ -412,6 +485,16 @@ def check_answer(path: str, response: httpx.Response, body: bytes) -> None:
         names = [b.split("\n")[0].removeprefix("event: ") for b in blocks]
         assert names and names[-1] in ("response.completed", "response.incomplete"), shown
         assert "error" not in names and "response.failed" not in names, shown
+    elif kind.startswith("text/event-stream") and path.startswith("/v1/messages"):
+        # Anthropic's: named events, each data an object of that type, no [DONE].
+        frames = [e.split("\n", 1) for e in response.text.split("\n\n") if e]
+        pairs = [
+            (n.removeprefix("event: "), json.loads(d.removeprefix("data: "))) for n, d in frames
+        ]
+        assert all(name == data["type"] for name, data in pairs), shown
+        names = [name for name, _ in pairs]
+        assert names[0] == "message_start" and names[-1] == "message_stop", shown
+        assert "error" not in names, shown
     elif kind.startswith("text/event-stream"):
         events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
         assert events[-1] == "[DONE]", shown
@@ -484,6 +567,8 @@ OPERATIONS = [
     "GET /v1/responses/{response_id}",
     "GET /v1/responses/{response_id}/input_items",
     "DELETE /v1/responses/{response_id}",
+    "POST /v1/messages",
+    "POST /v1/messages/count_tokens",
     "GET /web/{name}",
 ]
 # Operations whose body names a model that may be replaced by the real one; not delete
@@ -498,6 +583,8 @@ RUNS_A_MODEL = {
     "POST /v1/completions",
     "POST /v1/embeddings",
     "POST /v1/responses",
+    "POST /v1/messages",
+    "POST /v1/messages/count_tokens",
 }
 # Operations with a body, so that schemathesis can also send data the schema forbids.
 TAKES_INPUT = RUNS_A_MODEL | {
@@ -543,7 +630,13 @@ def test_schema_lists_every_operation_and_its_errors(api_schema: BaseSchema) -> 
     labels = {result.ok().label for result in api_schema.get_all_operations()}
     assert labels == set(OPERATIONS)
     for path, methods in api_schema.raw_schema["paths"].items():
-        error = "OpenAIError" if path.startswith("/v1") else "OllamaError"
+        error = (
+            "AnthropicError"
+            if path.startswith("/v1/messages")
+            else "OpenAIError"
+            if path.startswith("/v1")
+            else "OllamaError"
+        )
         for method, operation in methods.items():
             responses = operation["responses"]
             # Bad input is a 400 here, never FastAPI's default 422.

@@ -203,6 +203,7 @@ def test_stop_string_across_tokens_is_never_leaked(engine: Engine, model: Model)
     )
     stopped, done, steps = run(engine)
     assert done["stopped"].done_reason == "stop"
+    assert done["stopped"].stop_sequence == stop  # which stop string it was
     assert stopped["stopped"] == free["free"][: free["free"].index(stop)]
     for step in steps:
         for event in step:

@@ -232,6 +232,36 @@ def test_long_chat_drops_oldest_turns_but_keeps_system_and_latest(tiny_gguf_path
     run_async(body)
 
 
+def test_count_is_the_prompt_a_generation_reads(tiny_gguf_path: Path) -> None:
+    """The count op renders and tokenizes as a generation does (its prompt_eval_count),
+    and counts a chat too long for the context whole instead of dropping turns."""
+
+    async def body() -> None:
+        runner = await RunnerClient.start(
+            LoadRequest((tiny_gguf_path,), LoadOptions(num_ctx=128, num_parallel=1, num_thread=2))
+        )
+        try:
+            chat = {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi there!"},
+                ],
+                "options": {"num_predict": 1},
+            }
+            _, done = await collect(runner, chat)
+            counted = await runner.count_tokens(GenerateJob.from_wire(chat))
+            assert counted.tokens == done["prompt_eval_count"] > 5
+            long = {"messages": [{"role": "user", "content": "word " * 300}]}
+            assert (await runner.count_tokens(GenerateJob.from_wire(long))).tokens > 300
+            with pytest.raises(InvalidOptionError, match="does not support thinking"):
+                await runner.count_tokens(GenerateJob.from_wire({**chat, "think": True}))
+            assert (await runner.stats()).prompt_tokens == done["prompt_eval_count"]
+        finally:
+            await runner.close()
+
+    run_async(body)
+
+
 def test_context_tokens_round_trip_and_num_predict_zero(tiny_gguf_path: Path) -> None:
     async def body() -> None:
         runner = await RunnerClient.start(LoadRequest((tiny_gguf_path,), SMALL))

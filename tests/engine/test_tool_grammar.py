@@ -269,3 +269,33 @@ def test_parallel_calls_parse_in_order(engine: Engine, family: str) -> None:
         if most >= 2:
             break
     assert most == 1 if family in ONE_CALL else most >= 2, (family, most)
+
+
+def test_schemas_that_allow_anything_and_huge_bounds() -> None:
+    """Claude Code's tools: a property with only a description (JSON Schema's "any
+    value", which llama.cpp's converter refuses as "Unrecognized schema") and a
+    ``maxLength`` of 524288 (spelt out, a 4 MB grammar). The first becomes any JSON
+    value, the bound too large to spell out is dropped; the grammar stays small."""
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "run",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "args": {"description": "anything, as JSON"},
+                    "extra": {"type": "object", "additionalProperties": {}},
+                    "script": {"type": "string", "maxLength": 524288},
+                    "tag": {"type": "string", "maxLength": 8},
+                },
+                "required": ["args", "script"],
+            },
+        },
+    }
+    found = detect(ChatTemplate(chat_templates.HERMES))
+    assert found.tools is not None
+    grammar = tool_grammar(found.tools, [tool], choice="required", parallel=False)
+    assert grammar is not None and len(grammar.gbnf) < 20_000
+    rules = dict(line.split(" ::= ", 1) for line in grammar.gbnf.splitlines())
+    assert rules["tool0-arguments-tag"].count("char") == 8  # a small bound still holds
+    assert "tool0-arguments-script" not in rules  # any string: the string primitive

@@ -16,12 +16,19 @@ __all__ = ["error_message", "store_listing", "untouched"]
 
 def error_message(path: str, response: httpx.Response) -> str:
     """The message of a JSON error answer, checking its shape: ``{"error": "..."}`` on
-    Ollama's routes, OpenAI's ``{"error": {"message", "type", "param", "code"}}`` on /v1."""
+    Ollama's routes, OpenAI's ``{"error": {"message", "type", "param", "code"}}`` on /v1,
+    Anthropic's ``{"type": "error", "error": {"type", "message"}}`` on /v1/messages."""
     shown = f"{response.request.method} {path} -> {response.status_code} {response.text[:300]!r}"
     assert response.headers.get("content-type", "").startswith("application/json"), shown
     assert "Traceback" not in response.text, shown
-    error = response.json()["error"]
-    if path.startswith("/v1"):
+    answer = response.json()
+    error = answer["error"]
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        assert set(answer) == {"type", "error"} and answer["type"] == "error", shown
+        assert set(error) == {"type", "message"}, shown
+        assert isinstance(error["type"], str) and error["type"], shown
+        message = error["message"]
+    elif path.startswith("/v1"):
         assert set(error) == {"message", "type", "param", "code"}, shown
         assert isinstance(error["type"], str) and error["type"], shown
         message = error["message"]

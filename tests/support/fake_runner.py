@@ -5,7 +5,8 @@ Every generation yields ``TextEvent("Hello")``, waits for its job's ``gate`` (an
 ``asyncio.Event`` on a :class:`GatedJob`), then yields the runner's ``script`` (by
 default ``" world"``) and a done event with ``eval_count`` 2. Its ``info`` is a
 RunnerInfo as a CPU-only load of the files would give; ``embed`` answers with a
-vector of two halves per input, ``stats`` with the slots in use.
+vector of two halves per input, ``count_tokens`` with :data:`COUNTED` tokens, ``stats``
+with the slots in use.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from localserve.runtime.protocol import (
     RunnerInfo,
     RunnerStats,
     TextEvent,
+    TokenCount,
 )
 from localserve.scheduler.scheduler import ModelRequest, Scheduler
 from localserve.store.manifest import BlobEntry, HubSource, Manifest
@@ -39,6 +41,7 @@ from localserve.store.store import ModelStore
 
 T = TypeVar("T")
 ID = "r1"  # the request id on the fake's events (the real client's are per request)
+COUNTED = 7  # every prompt's length, for count_tokens
 _pids = itertools.count(50_000)
 
 
@@ -65,6 +68,7 @@ class FakeRunner:
         self.exit_reason: str | None = None
         self._closing: str | None = None
         self.requests: list[GenerateJob] = []  # every generate() received
+        self.counted: list[GenerateJob] = []  # every count_tokens() received
         self.active = 0  # generations holding a slot
         self.cancelled = 0  # generations the caller stopped before their done event
         self.close_reasons: list[str] = []
@@ -131,6 +135,12 @@ class FakeRunner:
         if not self.alive:
             raise RunnerCrashedError(self._message())
         return EmbedResult(ID, [[0.5, 0.5] for _ in inputs], len(inputs), 1)
+
+    async def count_tokens(self, job: GenerateJob) -> TokenCount:
+        if not self.alive:
+            raise RunnerCrashedError(self._message())
+        self.counted.append(job)
+        return TokenCount(ID, COUNTED)
 
     async def stats(self) -> RunnerStats:
         if not self.alive:

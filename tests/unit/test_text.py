@@ -47,10 +47,12 @@ def test_held_text_is_released_at_the_end() -> None:
     assert "".join(feed_all(matcher, ["answer", "\n\n", "Us"])) == "answer\n\nUs"
 
 
-@pytest.mark.parametrize("stops", [["a", "abc"], ["bc", "abcd"]])
-def test_earliest_stop_wins(stops: list[str]) -> None:
+@pytest.mark.parametrize(("stops", "matched"), [(["a", "abc"], "a"), (["bc", "abcd"], "abcd")])
+def test_earliest_stop_wins(stops: list[str], matched: str) -> None:
     matcher = StopMatcher(stops)
+    assert matcher.matched == ""
     assert "".join(feed_all(matcher, ["xxab", "cd"])) == "xx"  # the stop that starts first
+    assert matcher.matched == matched  # which one it was (Anthropic's stop_sequence)
 
 
 def test_no_stops_is_a_pass_through() -> None:

@@ -32,6 +32,7 @@ from localserve.runtime.protocol import (
     GenerateJob,
     LoadRequest,
     LogprobsEvent,
+    ProgressEvent,
     TextEvent,
     ThinkingEvent,
     ToolCallEvent,
@@ -52,6 +53,11 @@ ASK = [{"role": "user", "content": "Weather?"}]
 RESPONSE_TOOLS = [
     {"type": "function", "name": "get_weather", "parameters": {"type": "object"}},
     {"type": "function", "name": "get_time"},
+]
+# The same tools in Anthropic's form.
+MESSAGES_TOOLS = [
+    {"name": "get_weather", "input_schema": {"type": "object"}},
+    {"name": "get_time", "description": "Now.", "input_schema": {"type": "object"}},
 ]
 
 
@@ -86,6 +92,8 @@ class ScriptedRunner(FakeRunner):
 
     def events_for(self, job: GenerateJob) -> list[Event]:
         steps: list[Event] = []
+        if job.progress:  # the runner took the job: 7 prompt tokens, 5 of them cached
+            steps.append(ProgressEvent(ID, total=7, cache=5, processed=0, time_ms=0))
         if job.prompt_logprobs:
             first, second = _entry("Say", None, 0), _entry(" hi", -2.75, job.top_logprobs)
             steps.append(LogprobsEvent(ID, [first, second], prompt=True))
@@ -230,6 +238,27 @@ CASES: list[Case] = [
         {"model": "tools", "input": ASK, "tools": RESPONSE_TOOLS, "stream": True},
     ),
     ("GET", "/v1/responses/resp_nothere", None),
+    ("POST", "/v1/messages", {"model": "tools", "max_tokens": 5, "messages": ASK}),
+    (
+        "POST",
+        "/v1/messages",
+        {"model": "tools", "max_tokens": 5, "messages": ASK, "tools": MESSAGES_TOOLS},
+    ),
+    (
+        "POST",
+        "/v1/messages",
+        {
+            "model": "tools",
+            "max_tokens": 5,
+            "messages": ASK,
+            "tools": MESSAGES_TOOLS,
+            "stream": True,
+        },
+    ),
+    ("POST", "/v1/messages", {"model": "tools", "max_tokens": 5, "messages": ASK, "stream": True}),
+    ("POST", "/v1/messages/count_tokens", {"model": "tools", "messages": ASK}),
+    ("POST", "/v1/messages", {"model": "nothere", "max_tokens": 5, "messages": ASK}),
+    ("POST", "/v1/messages", {"model": "tools", "messages": ASK}),
 ]
 
 # What differs between runs, masked in the raw text (numbers and strings alike).

@@ -34,7 +34,7 @@ from localserve.server.errors import OPENAI_ERRORS, message_of
 from localserve.server.models import chat_format
 from localserve.server.routes.deps import answers, model_request, prepared, run_job, store
 from localserve.server.routes.openai import streamed
-from localserve.server.streaming import hold, named_sse
+from localserve.server.streaming import RESPONSES_SSE, hold, sse
 from localserve.store.responses import KeptResponse, ResponseStore
 
 log = logging.getLogger("localserve.server")
@@ -80,7 +80,9 @@ async def create_response(body: ResponseRequest, request: Request) -> Response:
     # so errors found before it get a real one; pings keep an idle client.
     ping = request.app.state.settings.stream_ping_seconds
     held = await hold(events, ping)
-    return named_sse(_stream(request, shape, held, keep), request.url.path, ping=ping)
+    return sse(
+        _stream(request, shape, held, keep), request.url.path, ping=ping, dialect=RESPONSES_SSE
+    )
 
 
 async def _effort_where_it_thinks(
