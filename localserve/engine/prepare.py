@@ -126,6 +126,7 @@ class JobBuilder:
 
         chat = self.chat
         names = [str((t.get("function") or {}).get("name", "")) for t in tools or []]
+        types = parameter_types(tools or [])
         show = request.think is not False
         if chat.harmony:
             return lambda job_id: HarmonyParser(job_id, tool_names=names, show_thinking=show)
@@ -136,7 +137,23 @@ class JobBuilder:
             thinking=chat.thinking,
             in_thinking=opened,
             show_thinking=show,
+            types=types,
         )
+
+
+def parameter_types(tools: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Each tool's parameters' JSON types (for formats that write values as raw text)."""
+    found: dict[str, dict[str, str]] = {}
+    for tool in tools:
+        function = tool.get("function") or {}
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        if isinstance(properties, dict):
+            found[str(function.get("name", ""))] = {
+                str(key): str(value.get("type"))
+                for key, value in properties.items()
+                if isinstance(value, dict) and isinstance(value.get("type"), str)
+            }
+    return found
 
 
 def request_of(job_id: str) -> tuple[str, int]:

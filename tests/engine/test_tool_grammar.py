@@ -6,6 +6,7 @@ Real llama.cpp sampling on the tiny model, in-process (the engine, no runner).""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,6 +103,40 @@ def test_required_call_is_valid_for_every_format(engine: Engine, family: str) ->
         else:
             assert call.name == "noop" and isinstance(call.arguments, dict)
         assert not [e for e in events if e.type == "text" and e.text.strip()], (family, events)
+
+
+# Real templates (tests/support/templates_detect/), one per syntax learnt from a render
+# or read from instructions.
+REAL = [
+    "GLM-4.7-Flash",  # tagged, nothing between the name and the first argument
+    "deepseek-ai-DeepSeek-V3.2",  # tagged, string="true|false" per value
+    "moonshotai-Kimi-K2",  # tagged, JSON arguments, a call number in the markers
+    "upstage-Solar-Open-100B",  # tagged, a call id before the name
+    "MiniMax-M2",  # tagged, a section around the calls
+    "Apertus-8B-Instruct",  # JSON, the name as the key
+    "CohereForAI-c4ai-command-r7b-12-2024-tool_use",  # JSON array with ids
+    "GigaChat3.1-10B-A1.8B",  # JSON after a tag, one call a turn
+    "LFM2.5-8B-A1B",  # python-style calls
+    "google-gemma-4-31B-it",  # Gemma 4's own object syntax
+    "Mistral-Small-3.2-24B-Instruct-2506",  # [TOOL_CALLS]NAME[CALL_ID]...[ARGS]
+]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_required_call_is_valid_for_real_templates(engine: Engine, name: str) -> None:
+    source = (
+        Path(chat_templates.__file__).parent / "templates_detect" / f"{name}.jinja"
+    ).read_text()
+    found = detect(ChatTemplate(source))
+    assert found.tools is not None
+    for seed in (1, 2):
+        events = answer(engine, found, "set_alarm" if seed == 2 else "required", seed)
+        calls = [e for e in events if isinstance(e, ToolCallEvent)]
+        assert events[-1].type == "done" and len(calls) == 1, (name, events)
+        assert calls[0].name == "set_alarm" or seed == 1
+        if calls[0].name == "set_alarm":
+            assert calls[0].arguments["day"] in ("mon", "tue", "wed"), (name, events)
+            assert isinstance(calls[0].arguments["hour"], int)
 
 
 def test_required_after_an_opened_thinking_block(engine: Engine) -> None:
