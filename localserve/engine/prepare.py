@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from localserve.errors import InvalidOptionError
+from localserve.runtime.options import SamplingOptions
 from localserve.runtime.protocol import GenerateJob
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class JobBuilder:
             )
         grammar = grammar_for(request.format)
         triggers: tuple[str, ...] = ()
+        deadline = 0
         thinking = chat.thinking
         opened = thinking is not None and prompt.tail.rstrip().endswith(thinking.open)
         if tools and chat.tools is not None:  # (a model without tools was refused above)
@@ -88,6 +90,8 @@ class JobBuilder:
             # A format grammar (JSON mode) wins over the lazy one for "auto".
             if enforced is not None and (request.tool_choice != "auto" or grammar is None):
                 grammar, triggers = enforced.gbnf, enforced.triggers
+                if after and request.tool_choice != "auto":
+                    deadline = thinking_room(num_ctx, len(prompt.tokens), request.options)
         parses = not request.raw and bool(tools or chat.thinks)
         options = request.options
         if prompt.stops:
@@ -104,6 +108,7 @@ class JobBuilder:
                 seeded,
                 grammar,
                 grammar_triggers=triggers,
+                grammar_deadline=deadline,
                 dropped_messages=prompt.dropped_messages,
                 want_context=request.want_context,
                 parser_factory=self._parser_factory(request, tools, opened) if parses else None,
@@ -139,6 +144,19 @@ class JobBuilder:
             show_thinking=show,
             types=types,
         )
+
+
+def thinking_room(num_ctx: int, prompt_tokens: int, options: SamplingOptions) -> int:
+    """How long a model may think before an enforced call must start: the room its
+    answer has (``num_predict``, else the rest of the context), less what the call
+    needs (a quarter, 64 to 1024 tokens). A model that has not closed its thinking
+    block by then gets it closed, and the call follows: a weak model can think in
+    circles until the limit and return nothing otherwise (llama.cpp's
+    ``--reasoning-budget`` forces the close the same way)."""
+    room = num_ctx - prompt_tokens
+    if options.num_predict > 0:
+        room = min(room, options.num_predict)
+    return max(1, room - min(1024, max(64, room // 4)))
 
 
 def parameter_types(tools: list[dict[str, Any]]) -> dict[str, dict[str, str]]:

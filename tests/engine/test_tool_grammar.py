@@ -161,3 +161,41 @@ def test_required_after_an_opened_thinking_block(engine: Engine) -> None:
         assert sampler._grammar_allows(model.tokenize("<", add_special=False)[-1])
     finally:
         sampler.close()
+
+
+def test_a_thought_that_never_ends_is_closed_for_the_call(engine: Engine) -> None:
+    """Random weights never write </think>: past the deadline the grammar switches on
+    by itself, closes the thought and makes the call (prepare.thinking_room)."""
+    from localserve.runtime.chat.formats import ThinkingTags
+
+    found = detect(ChatTemplate(chat_templates.HERMES))
+    assert found.tools is not None
+    grammar = tool_grammar(found.tools, [TOOL], choice="required", parallel=False, after="</think>")
+    assert grammar is not None
+
+    def parser(job_id: str) -> Any:
+        tags = ThinkingTags("<think>", "</think>")
+        return AnswerParser(
+            job_id, tools=found.tools, tool_names=["set_alarm"], thinking=tags, in_thinking=True
+        )
+
+    prompt = engine.model.tokenize("Wake me up on Tuesday at seven.", add_special=True)
+    options = SamplingOptions(temperature=1.0, seed=3, num_predict=300)
+    job = Job(
+        "think",
+        prompt,
+        options,
+        grammar.gbnf,
+        grammar_triggers=grammar.triggers,
+        grammar_deadline=40,
+        parser_factory=parser,
+    )
+    engine.submit(job)
+    events: list[Event] = []
+    while engine.has_work():
+        events.extend(engine.step())
+    kinds = [e.type for e in events]
+    assert kinds[0] == "thinking" and kinds[-1] == "done", events
+    calls = [e for e in events if isinstance(e, ToolCallEvent)]
+    assert len(calls) == 1 and calls[0].arguments["day"] in ("mon", "tue", "wed"), events
+    assert job.generated < 300
