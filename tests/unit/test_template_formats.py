@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from localserve.runtime.chat.formats import ChatFormat, ThinkingTags, detect
-from localserve.runtime.chat.learn import TAG, USER, common_prefix, render
+from localserve.runtime.chat.learn import TAG, USER, common_prefix, common_suffix, render
 from localserve.runtime.chat.parse import AnswerParser
 from localserve.runtime.chat.syntax import ID_SLOT, INDEX_SLOT
 from localserve.runtime.protocol import Event, TextEvent, ToolCallEvent
@@ -70,23 +70,31 @@ def fmt(name: str) -> ChatFormat:
 
 
 # name: the call format found, whether it thinks (and with which tags).
-DETECTED: dict[str, tuple[str, ThinkingTags | None]] = {
+DETECTED: dict[str, tuple[str | None, ThinkingTags | None]] = {
     "GLM-4.6": ("tagged", ThinkingTags("<think>", "</think>")),
     "GLM-4.7-Flash": ("tagged", ThinkingTags("<think>", "</think>")),
     "deepseek-ai-DeepSeek-V3.2": ("tagged", ThinkingTags("<think>", "</think>")),
     "deepseek-ai-DeepSeek-V4": ("tagged", ThinkingTags("<think>", "</think>")),
     "Kimi-K2-Instruct": ("tagged", None),
-    "Kimi-K2-Thinking": ("tagged", None),
+    "Kimi-K2-Thinking": ("tagged", ThinkingTags("<think>", "</think>")),
+    "Kimi-K3": ("tagged", ThinkingTags("<|open|>think<|sep|>", "<|close|>think<|sep|>")),
     "moonshotai-Kimi-K2": ("tagged", None),
     "MiniMax-M2": ("tagged", ThinkingTags("<think>", "</think>")),
     "tencent-Hy3": ("tagged", ThinkingTags("<think:opensource>", "</think:opensource>")),
     "openbmb-MiniCPM5-1B": ("tagged", ThinkingTags("<think>", "</think>")),
-    "upstage-Solar-Open-100B": ("tagged", None),
+    "upstage-Solar-Open-100B": ("tagged", ThinkingTags("<|think|>", "<|end|>")),
     "meetkai-functionary-medium-v3.1": ("tagged", None),
     "inclusionai-ling-3.0-flash": ("tagged", ThinkingTags("<think>", "</think>")),
     "ByteDance-Seed-OSS": ("tagged", ThinkingTags("<seed:think>", "</seed:think>")),
-    "Apertus-8B-Instruct": ("generic", None),
-    "CohereForAI-c4ai-command-r7b-12-2024-tool_use": ("generic", None),
+    "Apertus-8B-Instruct": ("generic", ThinkingTags("<|inner_prefix|>", "<|inner_suffix|>")),
+    "Apriel-1.6-15b-Thinker-fixed": (
+        "generic",
+        ThinkingTags("Here are my reasoning steps:", "[BEGIN FINAL RESPONSE]"),
+    ),
+    "CohereForAI-c4ai-command-r7b-12-2024-tool_use": (
+        "generic",
+        ThinkingTags("<|START_THINKING|>", "<|END_THINKING|>"),
+    ),
     "Cohere2MoE": ("generic", ThinkingTags("<|START_THINKING|>", "<|END_THINKING|>")),
     "CohereForAI-c4ai-command-r-plus-tool_use": ("generic", None),
     "NVIDIA-Nemotron-Nano-v2": ("generic", ThinkingTags("<think>", "</think>")),
@@ -94,14 +102,18 @@ DETECTED: dict[str, tuple[str, ThinkingTags | None]] = {
     "GigaChat3.1-10B-A1.8B": ("generic", None),
     "LFM2.5-8B-A1B": ("pythonic", ThinkingTags("<think>", "</think>")),
     "LFM2-8B-A1B": ("pythonic", None),
-    "google-gemma-4-31B-it": ("gemma4", None),
-    "ibm-granite-granite-3.3-2B-Instruct": ("generic", None),
+    "google-gemma-4-31B-it": ("gemma4", ThinkingTags("<|channel>thought", "<channel|>")),
+    "ibm-granite-granite-3.3-2B-Instruct": ("generic", ThinkingTags("<think>", "</think>")),
     "Mistral-Small-3.2-24B-Instruct-2506": ("mistral_args", None),
-    "mistralai-Ministral-3-14B-Reasoning-2512": ("mistral_args", None),
+    "mistralai-Ministral-3-14B-Reasoning-2512": (
+        "mistral_args",
+        ThinkingTags("[THINK]", "[/THINK]"),
+    ),
     "unsloth-mistral-Devstral-Small-2507": ("mistral_args", None),
     "llama-cpp-deepseek-r1": ("deepseek", ThinkingTags("<think>", "</think>")),
     "Qwen3.5-4B": ("qwen3_coder", ThinkingTags("<think>", "</think>")),
     "StepFun3.5-Flash": ("qwen3_coder", ThinkingTags("<think>", "</think>")),
+    "HuggingFaceTB-SmolLM3-3B": (None, ThinkingTags("<think>", "</think>")),  # no tools
 }
 # Templates that show the model its tools but never write a call back: the syntax
 # comes from their instructions, so there is no written call to read back.
@@ -112,9 +124,10 @@ INSTRUCTED = {"LFM2-8B-A1B", "ibm-granite-granite-3.3-2B-Instruct"}
 def test_detection(name: str) -> None:
     kind, thinking = DETECTED[name]
     found = fmt(name)
-    assert found.tools is not None and found.tools.kind == kind
-    assert "tools" in found.capabilities
+    assert (found.tools.kind if found.tools else None) == kind
+    assert ("tools" in found.capabilities) == (kind is not None)
     assert found.thinking == thinking
+    assert ("thinking" in found.capabilities) == (thinking is not None)
 
 
 def test_every_template_here_is_checked() -> None:
@@ -169,7 +182,10 @@ def read(name: str, text: str, prompt: str, piece: int) -> list[Event]:
     return events + parser.flush()
 
 
-@pytest.mark.parametrize("name", sorted(set(DETECTED) - INSTRUCTED))
+WRITES_CALLS = sorted(n for n, (kind, _) in DETECTED.items() if kind and n not in INSTRUCTED)
+
+
+@pytest.mark.parametrize("name", WRITES_CALLS)
 @pytest.mark.parametrize("piece", [0, 1, 4])
 def test_the_calls_a_template_writes_parse_back(name: str, piece: int) -> None:
     tools = fmt(name).tools
@@ -186,7 +202,7 @@ def test_the_calls_a_template_writes_parse_back(name: str, piece: int) -> None:
 
 
 def test_which_templates_write_parallel_calls() -> None:
-    single = {n for n in DETECTED if not (t := fmt(n).tools) or not t.parallel}
+    single = {n for n in WRITES_CALLS if not (t := fmt(n).tools) or not t.parallel}
     # GigaChat's templates write only a turn's first call.
     assert single == {"GigaChat3-10B-A1.8B", "GigaChat3.1-10B-A1.8B"}
 
@@ -338,3 +354,45 @@ def test_instructed_formats_read_the_calls_they_describe() -> None:
         ("call", ("get_time", {"zone": "UTC"})),
         ("call", ("get_weather", {"city": "Oslo", "days": 2})),
     ]
+
+
+# ------------------------------------------------------------- thinking read back
+
+THINKS = sorted(n for n, (_, thinking) in DETECTED.items() if thinking is not None)
+
+
+def written_reasoning(name: str) -> tuple[str, str] | None:
+    """What the template writes for a turn with reasoning (in the first of the
+    places detection looks that it shows), after its assistant header, with thinking
+    on; and its generation prompt."""
+    from localserve.runtime.chat.thinking import REASONING, _turns
+
+    chat = template(name)
+    on = {"enable_thinking": True, "thinking": True, "reasoning_effort": "high"}
+    for turn, without, tools in _turns():
+        rendered = render(chat, [USER, turn], add_generation_prompt=False, tools=tools, **on)
+        if REASONING not in rendered or "'type'" in rendered:
+            continue
+        plain = render(chat, [USER, without], add_generation_prompt=False, tools=tools, **on)
+        base = render(chat, [USER], add_generation_prompt=False, tools=tools, **on)
+        prompt = render(chat, [USER], add_generation_prompt=True, tools=tools, **on)
+        header = prompt[common_prefix(prompt, base) :]
+        start = common_prefix(rendered, base, aligned=True)
+        start += common_prefix(rendered[start:], header)
+        end = len(rendered) - common_suffix(rendered, plain)
+        return rendered[start : max(end, rendered.find(REASONING) + len(REASONING))], prompt
+    return None
+
+
+@pytest.mark.parametrize("name", THINKS)
+def test_the_reasoning_a_template_writes_parses_back(name: str) -> None:
+    written = written_reasoning(name)
+    if written is None:
+        pytest.skip("the template shows no reasoning in a history (found from its prompt)")
+    text, prompt = written
+    for piece in (0, 1, 3):
+        events = read(name, text, prompt, piece)
+        thought = "".join(e.text for e in events if e.type == "thinking")
+        shown = "".join(e.text for e in events if isinstance(e, TextEvent))
+        assert thought.strip() == "thinkthink", (text, events)
+        assert "thinkthink" not in shown, (text, events)

@@ -10,23 +10,17 @@ llama.cpp's automatic parser (``common/chat.cpp``) works the same way, by diffin
 renders. The data found lives in :mod:`.syntax`.
 
 Thinking: the template is rendered with an assistant turn that carries reasoning
-(``reasoning_content`` and ``thinking``, the two names templates read). The tags the
-template puts around it (``<think>``/``</think>``, ``[THINK]``/``[/THINK]``...) are
-what the model writes too. Harmony (gpt-oss) templates, whose channels carry both
-reasoning and calls, are recognised by their ``<|channel|>`` markers.
+(:mod:`.thinking`). The tags the template puts around it (``<think>``/``</think>``,
+``[THINK]``/``[/THINK]``...) are what the model writes too. Harmony (gpt-oss)
+templates, whose channels carry both reasoning and calls, are recognised by their
+``<|channel|>`` markers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from localserve.runtime.chat.learn import (
-    ANSWER,
-    SAMPLE_TOOL,
-    USER,
-    render,
-    tool_format,
-)
+from localserve.runtime.chat.learn import SAMPLE_TOOL, USER, render, tool_format
 from localserve.runtime.chat.syntax import (
     DEEPSEEK_CALL_BEGIN,
     DEEPSEEK_CALL_END,
@@ -39,6 +33,7 @@ from localserve.runtime.chat.syntax import (
     ThinkingTags,
     ToolFormat,
 )
+from localserve.runtime.chat.thinking import thinking_tags
 from localserve.runtime.templates import ChatTemplate
 
 __all__ = [
@@ -56,8 +51,6 @@ __all__ = [
     "ToolFormat",
     "detect",
 ]
-
-_REASONING = "thinkthink"
 
 
 @dataclass(frozen=True)
@@ -79,8 +72,9 @@ class ChatFormat:
     def markers(self) -> tuple[str, ...]:
         found = list(self.tools.markers if self.tools else ())
         if self.thinking:
-            found += [self.thinking.open, self.thinking.close]
-        return tuple(found)
+            for tag in (self.thinking.open, self.thinking.close):
+                found += [tag, *TAG.findall(tag)]  # <|open|>think<|sep|>: each token
+        return tuple(dict.fromkeys(found))
 
 
 PLAIN = ChatFormat(capabilities=("completion",))
@@ -93,7 +87,7 @@ def detect(template: ChatTemplate) -> ChatFormat:
         return PLAIN
     harmony = _is_harmony(template)
     tools = tool_format(template, harmony)
-    thinking = None if harmony else _thinking_tags(template)
+    thinking = None if harmony else thinking_tags(template)
     switch = thinking is not None and _thinking_switch(template)
     capabilities = ["completion"]
     if tools is not None:
@@ -106,37 +100,6 @@ def detect(template: ChatTemplate) -> ChatFormat:
 def _is_harmony(template: ChatTemplate) -> bool:
     prompt = render(template, [USER], add_generation_prompt=True)
     return "<|channel|>" in template.source and prompt.rstrip().endswith("<|start|>assistant")
-
-
-def _thinking_tags(template: ChatTemplate) -> ThinkingTags | None:
-    turn = {
-        "role": "assistant",
-        "content": ANSWER,
-        "reasoning_content": _REASONING,
-        "thinking": _REASONING,
-    }
-    rendered = render(template, [USER, turn], add_generation_prompt=False)
-    at = rendered.find(_REASONING)
-    if at < 0:
-        # Some templates show reasoning only after the last user turn, others only
-        # in the prompt: the generation prompt may open the block itself.
-        return _tags_from_prompt(template)
-    before = TAG.findall(rendered[:at])
-    after = TAG.findall(rendered[at + len(_REASONING) :])
-    if not before or not after:
-        return None
-    return ThinkingTags(before[-1], after[0])
-
-
-def _tags_from_prompt(template: ChatTemplate) -> ThinkingTags | None:
-    prompt = render(template, [USER], add_generation_prompt=True, enable_thinking=True)
-    tags = TAG.findall(prompt.rstrip()[-40:])
-    if tags and prompt.rstrip().endswith(tags[-1]):
-        opening = tags[-1]
-        closing = opening[0] + "/" + opening[1:]
-        if closing in template.source:
-            return ThinkingTags(opening, closing)
-    return None
 
 
 def _thinking_switch(template: ChatTemplate) -> bool:

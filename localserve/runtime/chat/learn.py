@@ -426,21 +426,24 @@ def common_prefix(a: str, b: str, *, aligned: bool = False) -> int:
     return size
 
 
-def _common_suffix(a: str, b: str) -> str:
-    """The longest common end of ``a`` and ``b`` that does not start inside a tag."""
+def common_suffix(a: str, b: str) -> int:
+    """The length of the longest common end of ``a`` and ``b`` that does not start
+    inside a tag."""
     size = common_prefix(a[::-1], b[::-1])
     while size and (_in_tag(a, len(a) - size) or _in_tag(b, len(b) - size)):
         size -= 1
-    return a[len(a) - size :]
+    return size
+
+
+def _common_suffix(a: str, b: str) -> str:
+    return a[len(a) - common_suffix(a, b) :]
+
+
+# Tags a cut must not split: <...> on one line (also one cut off at the text's end,
+# as a call opening is: <invoke name="), and [UPPER_CASE] ones.
+_CUTTABLE = re.compile(r"<[^<>\n]{1,80}(?:>|$)|\[[A-Z_/]{2,40}\]")
 
 
 def _in_tag(text: str, at: int) -> bool:
-    """Whether a cut at ``at`` would split a ``<...>`` or ``[...]`` tag."""
-    for opening, closing in (("<", ">"), ("[", "]")):
-        before = text.rfind(opening, 0, at)
-        if before < 0 or text.rfind(closing, before, at) >= 0:
-            continue
-        after = text.find(closing, at)
-        if after >= 0 and text.find(opening, at, after) < 0:
-            return True
-    return False
+    """Whether a cut at ``at`` would split a tag."""
+    return any(m.start() < at < m.end() for m in _CUTTABLE.finditer(text, max(0, at - 80)))
