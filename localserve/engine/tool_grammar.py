@@ -93,14 +93,24 @@ def tool_grammar(
         lines[-1] = lines[-1].replace("root ::= ", "root ::= ( ", 1) + " ) tail"
         lines.append("tail ::= [^\\x00]*")
     elif after:
+        # The thought ends with its closing tag, or (Qwen 3 does this) with a call
+        # opened inside it: either way the call is constrained from there.
         lines[-1] = (
-            lines[-1].replace("root ::= ", f"root ::= {literal(after)} {SPACE} ( ", 1) + " )"
+            lines[-1].replace("root ::= ", f"root ::= ( {literal(after)} {SPACE} )? ( ", 1) + " )"
         )
         triggers = (r"[\s\S]*?(" + re.escape(after) + r"[\s\S]*)",)
+        if tools_format.starts and not tools_format.opened:
+            triggers += (r"[\s\S]*?(" + re.escape(tools_format.starts[0]) + r"[\s\S]*)",)
     gbnf = "\n".join(lines)
     if choice == "auto":
         if tools_format.kind == "llama3":
             triggers = (r"[\s]*(\{[\s\S]*)",)
+        elif tools_format.opened:
+            # A first line naming a tool, or an opening followed by one later on.
+            names = "|".join(re.escape(_name(t)) for t in chosen)
+            name_close = tools_format.syntax.name_close if tools_format.syntax else ""
+            call_start = "((?:" + names + ")" + re.escape(name_close) + r"[\s\S]*)"
+            triggers = (call_start, r"[\s\S]*?" + re.escape(tools_format.opened) + call_start)
         else:
             triggers = (r"[\s\S]*?(" + re.escape(tools_format.starts[0]) + r"[\s\S]*)",)
     return ToolGrammar(gbnf, triggers)
@@ -123,7 +133,12 @@ def _root(tools_format: ToolFormat, parallel: bool) -> str:
     if kind == "tagged":
         assert tools_format.syntax is not None
         syntax = tools_format.syntax
-        first = slotted((syntax.section_open + syntax.call_open).lstrip())
+        # The prompt may have written the first opening already (Functionary).
+        first = (
+            ""
+            if tools_format.opened
+            else slotted((syntax.section_open + syntax.call_open).lstrip())
+        )
         repeat = ""
         if parallel:
             repeat = f"( {slotted(syntax.separator)} {slotted(syntax.call_open)} call )*"

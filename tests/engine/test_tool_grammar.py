@@ -62,9 +62,17 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     model.close()
 
 
-def answer(engine: Engine, found: ChatFormat, choice: str, seed: int) -> list[Event]:
+def answer(
+    engine: Engine,
+    found: ChatFormat,
+    choice: str,
+    seed: int,
+    tools: tuple[Any, ...] = (),
+    num_predict: int = 300,
+) -> list[Event]:
     assert found.tools is not None
-    grammar = tool_grammar(found.tools, [OTHER, TOOL], choice=choice, parallel=False)
+    tools = tools or (OTHER, TOOL)
+    grammar = tool_grammar(found.tools, list(tools), choice=choice, parallel=False)
     assert grammar is not None and not grammar.triggers
 
     def parser(job_id: str) -> Any:
@@ -73,7 +81,7 @@ def answer(engine: Engine, found: ChatFormat, choice: str, seed: int) -> list[Ev
         return AnswerParser(job_id, tools=found.tools, tool_names=["noop", "set_alarm"])
 
     prompt = engine.model.tokenize("Wake me up on Tuesday at seven.", add_special=True)
-    options = SamplingOptions(temperature=1.0, seed=seed, num_predict=300)
+    options = SamplingOptions(temperature=1.0, seed=seed, num_predict=num_predict)
     engine.submit(Job(f"j{seed}", prompt, options, grammar.gbnf, parser_factory=parser))
     events: list[Event] = []
     while engine.has_work():
@@ -119,6 +127,7 @@ REAL = [
     "LFM2.5-8B-A1B",  # python-style calls
     "google-gemma-4-31B-it",  # Gemma 4's own object syntax
     "Mistral-Small-3.2-24B-Instruct-2506",  # [TOOL_CALLS]NAME[CALL_ID]...[ARGS]
+    "meetkai-functionary-medium-v3.2",  # the prompt wrote the first ">>>"
 ]
 
 
@@ -130,13 +139,15 @@ def test_required_call_is_valid_for_real_templates(engine: Engine, name: str) ->
     found = detect(ChatTemplate(source))
     assert found.tools is not None
     for seed in (1, 2):
-        events = answer(engine, found, "set_alarm" if seed == 2 else "required", seed)
+        # Only the bounded tool: "noop" takes any object, which noise never ends. Long
+        # markers (DeepSeek's fullwidth bars) are many tokens in the tiny vocabulary.
+        choice = "set_alarm" if seed == 2 else "required"
+        events = answer(engine, found, choice, seed, (TOOL,), num_predict=1000)
         calls = [e for e in events if isinstance(e, ToolCallEvent)]
         assert events[-1].type == "done" and len(calls) == 1, (name, events)
-        assert calls[0].name == "set_alarm" or seed == 1
-        if calls[0].name == "set_alarm":
-            assert calls[0].arguments["day"] in ("mon", "tue", "wed"), (name, events)
-            assert isinstance(calls[0].arguments["hour"], int)
+        assert calls[0].name == "set_alarm"
+        assert calls[0].arguments["day"] in ("mon", "tue", "wed"), (name, events)
+        assert isinstance(calls[0].arguments["hour"], int)
 
 
 def test_required_after_an_opened_thinking_block(engine: Engine) -> None:

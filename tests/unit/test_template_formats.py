@@ -84,6 +84,7 @@ DETECTED: dict[str, tuple[str | None, ThinkingTags | None]] = {
     "openbmb-MiniCPM5-1B": ("tagged", ThinkingTags("<think>", "</think>")),
     "upstage-Solar-Open-100B": ("tagged", ThinkingTags("<|think|>", "<|end|>")),
     "meetkai-functionary-medium-v3.1": ("tagged", None),
+    "meetkai-functionary-medium-v3.2": ("tagged", None),
     "inclusionai-ling-3.0-flash": ("tagged", ThinkingTags("<think>", "</think>")),
     "ByteDance-Seed-OSS": ("tagged", ThinkingTags("<seed:think>", "</seed:think>")),
     "Apertus-8B-Instruct": ("generic", ThinkingTags("<|inner_prefix|>", "<|inner_suffix|>")),
@@ -396,3 +397,18 @@ def test_the_reasoning_a_template_writes_parses_back(name: str) -> None:
         shown = "".join(e.text for e in events if isinstance(e, TextEvent))
         assert thought.strip() == "thinkthink", (text, events)
         assert "thinkthink" not in shown, (text, events)
+
+
+def test_functionary_answers_after_the_prompt_opened_a_recipient() -> None:
+    """Functionary v3.2's prompt ends with ``>>>``: the answer names a tool on its
+    first line, or ``all`` for text; later calls open with ``>>>`` again."""
+    tools = fmt("meetkai-functionary-medium-v3.2").tools
+    assert tools is not None and (tools.opened, tools.text_name) == (">>>", "all")
+    name = "meetkai-functionary-medium-v3.2"
+    assert parse(name, "all\nHello there.") == [("text", "Hello there.")]
+    mixed = 'all\nLet me check.>>>get_time\n{"zone": "UTC"}>>>all\nDone.'
+    assert parse(name, mixed, 2) == [
+        ("text", "Let me check."),
+        ("call", ("get_time", {"zone": "UTC"})),
+        ("text", "Done."),
+    ]

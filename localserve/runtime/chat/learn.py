@@ -278,12 +278,14 @@ def _tagged_format(template: ChatTemplate, answer: str) -> ToolFormat | None:
         mid, arguments_end, fields = learnt
         mid = mid[: len(mid) - len(fields["key_open"])]
     post = one[arguments_end:]
-    if not pre.strip() and not mid.strip():
-        return None
     # Two calls: what lies between them is call_close + separator + call_open.
     two = call_answer(template, call({ARG: VALUE}), call({ARG: VALUE_2}, CALL_ID_2))
     two = two.replace(CALL_ID, ID_SLOT).replace(CALL_ID_2, ID_SLOT)
     second = two.find(NAME, two.find(VALUE) if VALUE in two else len(two))
+    if not pre.strip() and second > 0:
+        return _opened_by_prompt(template, two, second, mid, fields)
+    if not pre.strip() and not mid.strip():
+        return None
     name_close = mid
     if second < 0 or two.count(NAME) < 2:
         syntax = TaggedSyntax(call_open=pre, name_close=mid, call_close=post, **fields)
@@ -311,6 +313,46 @@ def _tagged_format(template: ChatTemplate, answer: str) -> ToolFormat | None:
         **fields,
     )
     return _tagged(syntax, parallel=True)
+
+
+def _opened_by_prompt(
+    template: ChatTemplate, two: str, second: int, mid: str, fields: dict[str, Any]
+) -> ToolFormat | None:
+    """Nothing before the name: the generation prompt wrote the call's opening
+    (Functionary v3.2 ends it with ``>>>``; the model writes ``NAME\n{...}``, or
+    ``all\n`` and text). The opening is what lies between two calls and ends the
+    prompt; the name for text is what the template writes between it and an answer."""
+    first_end = _end_of_first_call(two, fields)
+    between = two[first_end:second] if first_end >= 0 else ""
+    prompt = render(template, [USER], add_generation_prompt=True, tools=[SAMPLE_TOOL])
+    call_open = next(
+        (between[i:] for i in range(len(between)) if prompt.endswith(between[i:].strip())), ""
+    )
+    if not call_open.strip() or not mid:
+        return None
+    plain = render(
+        template,
+        [USER, {"role": "assistant", "content": ANSWER}],
+        add_generation_prompt=False,
+        tools=[SAMPLE_TOOL],
+    )
+    before = plain[: plain.find(ANSWER)]
+    text_name = before[before.rfind(call_open.strip()) + len(call_open.strip()) :].strip()
+    if not text_name or not re.fullmatch(r"\w+", text_name):
+        return None
+    syntax = TaggedSyntax(
+        call_open=call_open,
+        name_close=mid,
+        call_close=between[: len(between) - len(call_open)],
+        **fields,
+    )
+    return ToolFormat(
+        "tagged",
+        starts=(call_open.strip(),),
+        syntax=syntax,
+        opened=call_open.strip(),
+        text_name=text_name,
+    )
 
 
 def _tagged(syntax: TaggedSyntax, *, parallel: bool) -> ToolFormat | None:

@@ -77,6 +77,8 @@ class AnswerParser(StreamParser):
         self.thinking = thinking
         self.types = types or {}
         self._state = "thinking" if thinking and in_thinking else "start"
+        if tools and tools.opened and self._state == "start":
+            self._state = "recipient"
         self._after_thinking = False
         self._after_call = False
         self._starts = tools.starts if tools else ()
@@ -115,6 +117,19 @@ class AnswerParser(StreamParser):
                 return
         if self._after_thinking:
             self._buffer = head
+        self._state = "content"
+
+    def _on_recipient(self, events: list[Event], final: bool) -> None:
+        """The prompt wrote the call opening (Functionary's ``>>>``): the first line
+        names a tool, or the text recipient (``all``) for an answer in text."""
+        assert self.tools is not None
+        line, newline, rest = self._buffer.partition("\n")
+        if not newline and not final and len(line) < 64:
+            return  # names are short: wait for the line's end
+        if line.strip() == self.tools.text_name and newline:
+            self._buffer = rest
+        else:
+            self._buffer = self.tools.opened + self._buffer
         self._state = "content"
 
     def _on_thinking(self, events: list[Event], final: bool) -> None:
@@ -191,8 +206,17 @@ class AnswerParser(StreamParser):
     def _on_tagged(self, events: list[Event], final: bool) -> None:
         """Markers learnt from the template (GLM, Kimi, MiniMax...): each call is sent
         as soon as it is complete."""
-        assert self._scanner is not None
+        assert self._scanner is not None and self.tools is not None
         while True:
+            if self.tools.text_name:  # >>>all\n: text again after the calls
+                text_again = self.tools.opened + self.tools.text_name + "\n"
+                head = self._buffer.lstrip()
+                if head.startswith(text_again):
+                    self._buffer = head[len(text_again) :]
+                    self._state, self._held, self._after_call = "content", "", False
+                    return
+                if text_again.startswith(head) and head and not final:
+                    return
             step, size, call = self._scanner.scan(
                 self._buffer, final=final, opened=self._in_section, types=self.types
             )

@@ -118,6 +118,11 @@ class ToolFormat:
     array: bool = False
     parallel: bool = True
     syntax: TaggedSyntax | None = None  # the "tagged" kind's markers
+    # The generation prompt already wrote the first call's opening (Functionary
+    # v3.2's ">>>"): the answer starts with a name, or with ``text_name`` ("all")
+    # for plain text.
+    opened: str = ""
+    text_name: str = ""
 
     @property
     def markers(self) -> tuple[str, ...]:
