@@ -143,6 +143,7 @@ class JobBuilder:
             in_thinking=opened,
             show_thinking=show,
             types=types,
+            framing=(chat.answer_open, chat.answer_end),
         )
 
 

@@ -10,17 +10,20 @@ parser that reads it reads the model.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from localserve.runtime.chat.formats import ChatFormat, ThinkingTags, detect
 from localserve.runtime.chat.learn import TAG, USER, common_prefix, common_suffix, render
 from localserve.runtime.chat.parse import AnswerParser
 from localserve.runtime.chat.syntax import ID_SLOT, INDEX_SLOT
-from localserve.runtime.protocol import Event, TextEvent, ToolCallEvent
+from localserve.runtime.protocol import Event, TextEvent, ThinkingEvent, ToolCallEvent
 from localserve.runtime.templates import ChatTemplate
 
 FOLDER = Path(__file__).resolve().parents[1] / "support" / "templates_detect"
@@ -61,10 +64,12 @@ CALLS = [
 ]
 
 
+@functools.cache
 def template(name: str) -> ChatTemplate:
     return ChatTemplate((FOLDER / f"{name}.jinja").read_text(), bos_token="<s>", eos_token="</s>")
 
 
+@functools.cache
 def fmt(name: str) -> ChatFormat:
     return detect(template(name))
 
@@ -176,6 +181,7 @@ def read(name: str, text: str, prompt: str, piece: int) -> list[Event]:
         thinking=found.thinking,
         in_thinking=opened,
         types=TYPES,
+        framing=(found.answer_open, found.answer_end),
     )
     events: list[Event] = []
     for at in range(0, len(text), piece or len(text) or 1):
@@ -412,3 +418,68 @@ def test_functionary_answers_after_the_prompt_opened_a_recipient() -> None:
         ("call", ("get_time", {"zone": "UTC"})),
         ("text", "Done."),
     ]
+
+
+def test_the_framing_around_an_answer_is_dropped() -> None:
+    """Kimi K3 wraps its text in <|open|>response<|sep|>...<|close|>response<|sep|> and
+    ends the turn with <|close|>message<|sep|>; those tags are kept for its calls and
+    thinking, so the parser drops them around the answer."""
+    k3 = fmt("Kimi-K3")
+    assert k3.answer_open == "<|open|>response<|sep|>"
+    text = (
+        "Hmm.<|close|>think<|sep|><|open|>response<|sep|>Hello <b>there</b>."
+        "<|close|>response<|sep|><|close|>message<|sep|>"
+    )
+    for piece in (1, 3, 0):
+        events = read("Kimi-K3", text, "<|open|>think<|sep|>", piece)
+        assert "".join(e.text for e in events if isinstance(e, ThinkingEvent)) == "Hmm."
+        assert "".join(e.text for e in events if isinstance(e, TextEvent)) == "Hello <b>there</b>."
+    called = (
+        "Hmm.<|close|>think<|sep|><|open|>response<|sep|>Checking.<|close|>response<|sep|>"
+        '<|open|>tools<|sep|><|open|>call tool="get_time" index="1"<|sep|>'
+        '<|open|>argument key="zone" type="string"<|sep|>UTC<|close|>argument<|sep|>'
+        "<|close|>call<|sep|><|close|>tools<|sep|><|close|>message<|sep|>"
+    )
+    events = read("Kimi-K3", called, "<|open|>think<|sep|>", 2)
+    assert [e.name for e in events if isinstance(e, ToolCallEvent)] == ["get_time"]
+    assert "".join(e.text for e in events if isinstance(e, TextEvent)) == "Checking."
+    # Solar Open's answer follows its thought under a new header, whose special tokens
+    # llama.cpp may not render: the word is dropped either way.
+    for answer in ("<|begin|>assistant<|content|>Hello.", "assistantHello."):
+        events = read("upstage-Solar-Open-100B", "<|think|>hmm<|end|>" + answer, "", 1)
+        assert "".join(e.text for e in events if isinstance(e, TextEvent)) == "Hello."
+
+
+MARKER_SOUP = [
+    "<|open|>", "<|close|>", "<|sep|>", "response", "think", "tools", "call tool=\"get_time\"",
+    " index=\"1\"", "argument key=\"zone\"", " type=\"string\"", "<tool_call>", "</tool_call>",
+    "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>", ">>>", "all\n", "get_time\n",
+    "<｜DSML｜function_calls>", "<｜DSML｜invoke name=\"", "<｜DSML｜parameter name=\"",
+    "</｜DSML｜parameter>", "</｜DSML｜invoke>", "</｜DSML｜function_calls>", " string=\"true\">",
+    "<|think|>", "<|end|>", "<|begin|>", "assistant", "<|content|>", "{", "}", "\"", "\n", " ",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Kimi-K3",
+        "GLM-4.7-Flash",
+        "meetkai-functionary-medium-v3.2",
+        "deepseek-ai-DeepSeek-V3.2",
+        "upstage-Solar-Open-100B",
+    ],
+)
+@settings(max_examples=80, deadline=None)
+@given(
+    text=st.lists(st.one_of(st.sampled_from(MARKER_SOUP), st.text(max_size=5)), max_size=30).map(
+        "".join
+    ),
+    piece=st.integers(min_value=0, max_value=7),
+)
+def test_random_marker_soup_never_raises(name: str, text: str, piece: int) -> None:
+    for event in read(name, text, "", piece):
+        assert isinstance(event, TextEvent | ThinkingEvent | ToolCallEvent)
+        if isinstance(event, ToolCallEvent):
+            assert event.name in NAMES and isinstance(event.arguments, dict)
+            json.dumps(event.arguments)

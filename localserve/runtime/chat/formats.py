@@ -33,7 +33,7 @@ from localserve.runtime.chat.syntax import (
     ThinkingTags,
     ToolFormat,
 )
-from localserve.runtime.chat.thinking import thinking_tags
+from localserve.runtime.chat.thinking import answer_framing, thinking_tags
 from localserve.runtime.templates import ChatTemplate
 
 __all__ = [
@@ -63,6 +63,9 @@ class ChatFormat:
     thinking_switch: bool = False
     harmony: bool = False
     capabilities: tuple[str, ...] = ("completion",)
+    # Tags the template writes around an answer's text (thinking.answer_framing).
+    answer_open: str = ""
+    answer_end: str = ""
 
     @property
     def thinks(self) -> bool:
@@ -94,7 +97,16 @@ def detect(template: ChatTemplate) -> ChatFormat:
         capabilities.append("tools")
     if thinking is not None or harmony:
         capabilities.append("thinking")
-    return ChatFormat(tools, thinking, switch, harmony, tuple(capabilities))
+    opening, ending = ("", "") if harmony else answer_framing(template, thinking)
+    return ChatFormat(
+        tools,
+        thinking,
+        switch,
+        harmony,
+        tuple(capabilities),
+        answer_open=opening,
+        answer_end=ending,
+    )
 
 
 def _is_harmony(template: ChatTemplate) -> bool:

@@ -101,6 +101,10 @@ def answer_text(template: ChatTemplate, turn: dict[str, Any]) -> str:
             start = tag.start()
         if tag.start() < end < tag.end():
             end = tag.end()
+    # A tag, a word and a tag are one marker (Kimi K3's <|close|>tools<|sep|>).
+    unit_end = re.match(r"<[^<>\s]{1,40}>", with_turn[end:])
+    if unit_end and re.search(r"<[^<>\s]{1,40}>\w{1,20}$", with_turn[start:end]):
+        end += unit_end.end()
     return with_turn[start : max(start, end)]
 
 

@@ -31,7 +31,7 @@ from localserve.runtime.chat.calls import (
     parse_calls,
     parse_leading_calls,
 )
-from localserve.runtime.chat.syntax import ThinkingTags, ToolFormat
+from localserve.runtime.chat.syntax import TAG, ThinkingTags, ToolFormat
 from localserve.runtime.protocol import Event, TextEvent, ThinkingEvent, ToolCallEvent
 
 
@@ -71,6 +71,7 @@ class AnswerParser(StreamParser):
         in_thinking: bool = False,
         show_thinking: bool = True,
         types: Types | None = None,
+        framing: tuple[str, str] = ("", ""),
     ) -> None:
         super().__init__(job_id, tool_names, show_thinking)
         self.tools = tools
@@ -85,6 +86,13 @@ class AnswerParser(StreamParser):
         self._scanner = TaggedScanner(tools.syntax) if tools and tools.syntax else None
         self._in_section = False
         self._held = ""  # a tagged section's markers read but not yet sent
+        # What the template writes around the answer's text (Kimi K3's
+        # <|open|>response<|sep|> ... <|close|>response<|sep|><|close|>message<|sep|>):
+        # dropped at the answer's start and end. Its tags may be missing (special
+        # tokens llama.cpp did not render), its words not (Solar's "assistant").
+        self._opening = _loose(framing[0])
+        self._opening_size = len(framing[0].strip())
+        self._ending = framing[1].strip()
 
     # ------------------------------------------------------------------- states
 
@@ -115,8 +123,43 @@ class AnswerParser(StreamParser):
                 return
             if "<|python_tag|>".startswith(head) and not final:
                 return
+        if self._opening is not None:
+            if len(head) < self._opening_size and not final:
+                return  # not enough text yet to tell
+            found = self._opening.match(head)
+            if found and found.end():
+                head = self._buffer = head[found.end() :].lstrip()
         if self._after_thinking:
             self._buffer = head
+        self._state = "content"
+
+    def _framing_left(self, text: str) -> bool:
+        """Whether ``text`` may be (the start of) what is left of the end of the
+        turn's framing: a piece of it from one of its tags on."""
+        head = text.strip()
+        if not head or not self._ending:
+            return False
+        starts = [m.start() for m in TAG.finditer(self._ending)]
+        return any(self._ending.startswith(head, at) for at in starts)
+
+    def _on_ending(self, events: list[Event], final: bool) -> None:
+        """What may be the template's end of turn: dropped if the answer ends there,
+        text if more follows."""
+        rest = self._buffer
+        if any(rest.startswith(start) for start in self._starts):
+            self._state = "content"  # a call's marker that starts like the ending
+            return
+        if any(start.startswith(rest) for start in self._starts) and not final:
+            return
+        if self._ending.startswith(rest.rstrip()) or (
+            rest.startswith(self._ending) and not rest[len(self._ending) :].strip()
+        ):
+            if final:
+                self._buffer = ""
+            return
+        size = len(self._ending) if rest.startswith(self._ending) else 1
+        self._text(events, rest[:size])  # not the end after all
+        self._buffer = rest[size:]
         self._state = "content"
 
     def _on_recipient(self, events: list[Event], final: bool) -> None:
@@ -156,14 +199,29 @@ class AnswerParser(StreamParser):
             if not self._buffer:
                 return
             self._after_call = False
-        at, _ = _first(self._buffer, self._starts) if self._starts else (-1, "")
+        if self.calls and self._framing_left(self._buffer):
+            if final:  # the end of the turn's framing after calls (Kimi K3)
+                self._buffer = ""
+            return
+        markers = (*self._starts, self._ending) if self._ending else self._starts
+        at, marker = _first(self._buffer, markers) if markers else (-1, "")
         if at < 0:
-            keep = 0 if final else _partial_suffix(self._buffer, self._starts)
+            if final:
+                text, self._buffer = self._buffer, ""
+                cut = _partial_suffix(text.rstrip(), (self._ending,)) if self._ending else 0
+                if cut and TAG.search(text.rstrip()[-cut:]):  # an end of turn, cut off
+                    text = text.rstrip()[:-cut]
+                self._text(events, text)
+                return
+            keep = _partial_suffix(self._buffer, markers)
             self._text(events, self._buffer[: len(self._buffer) - keep])
             self._buffer = self._buffer[len(self._buffer) - keep :]
             return
         self._text(events, self._buffer[:at])
         self._buffer = self._buffer[at:]
+        if marker == self._ending and marker not in self._starts:
+            self._state = "ending"
+            return
         assert self.tools is not None
         if self._scanner is not None:
             self._state = "tagged"
@@ -344,6 +402,23 @@ def _recipient(header: str) -> str:
 
 
 # -------------------------------------------------------------------- scanning
+
+
+def _loose(opening: str) -> re.Pattern[str] | None:
+    """A regex for an answer's opening whose tags may be missing."""
+    if not opening.strip():
+        return None
+    parts = []
+    for piece in re.split(r"(<[^<>\s]{1,40}>|\s+)", opening.strip()):
+        if not piece:
+            continue
+        if piece.isspace():
+            parts.append(r"\s*")
+        elif piece.startswith("<") and piece.endswith(">"):
+            parts.append(f"(?:{re.escape(piece)})?")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts))
 
 
 def _first(text: str, markers: Sequence[str]) -> tuple[int, str]:

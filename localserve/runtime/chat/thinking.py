@@ -155,3 +155,29 @@ def _tags_from_prompt(template: ChatTemplate) -> ThinkingTags | None:
     if on != off and "<think>" in on and "</think>" in on:
         return ThinkingTags("<think>", "</think>")
     return None
+
+
+def answer_framing(template: ChatTemplate, thinking: ThinkingTags | None) -> tuple[str, str]:
+    """What the template writes around an answer's text inside the turn, when it is
+    tags: after the thought (Kimi K3's ``<|open|>response<|sep|>``, Solar Open's
+    ``<|begin|>assistant<|content|>``) and after the text, to the end of the turn
+    (K3's ``<|close|>response<|sep|><|close|>message<|sep|>...``). The parser drops
+    them: tags the parser needs elsewhere are kept in the text it reads."""
+    plain = {"role": "assistant", "content": ANSWER}
+    rendered = ""
+    if thinking is not None:
+        turn = {**plain, **_KEYS, **_MORE_KEYS}
+        rendered = render(template, [USER, turn], add_generation_prompt=False)
+        if REASONING not in rendered:
+            rendered = ""
+    rendered = rendered or render(template, [USER, plain], add_generation_prompt=False)
+    at = rendered.find(ANSWER)
+    if at < 0:
+        return "", ""
+    prompt = render(template, [USER], add_generation_prompt=True)
+    before = rendered[min(common_prefix(rendered, prompt, aligned=True), at) : at]
+    if thinking is not None and thinking.close in before:
+        before = before[before.rfind(thinking.close) + len(thinking.close) :]
+    after = rendered[at + len(ANSWER) :].strip()
+    opening = before.strip() if TAG.search(before) and ANSWER not in before else ""
+    return opening, after if TAG.match(after) else ""
