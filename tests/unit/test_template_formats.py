@@ -483,3 +483,11 @@ def test_random_marker_soup_never_raises(name: str, text: str, piece: int) -> No
         if isinstance(event, ToolCallEvent):
             assert event.name in NAMES and isinstance(event.arguments, dict)
             json.dumps(event.arguments)
+
+
+def test_the_end_of_sequence_after_calls_is_not_part_of_the_format() -> None:
+    # Hy3 writes its end-of-sequence token after calls only; the model stops there.
+    source = (FOLDER / "tencent-Hy3.jinja").read_text()
+    tools = detect(ChatTemplate(source, eos_token="<｜hy_eos:opensource｜>")).tools
+    assert tools is not None and tools.syntax is not None
+    assert tools.syntax.section_close.strip() == "</tool_calls:opensource>"

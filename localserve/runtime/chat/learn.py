@@ -105,7 +105,12 @@ def answer_text(template: ChatTemplate, turn: dict[str, Any]) -> str:
     unit_end = re.match(r"<[^<>\s]{1,40}>", with_turn[end:])
     if unit_end and re.search(r"<[^<>\s]{1,40}>\w{1,20}$", with_turn[start:end]):
         end += unit_end.end()
-    return with_turn[start : max(start, end)]
+    found = with_turn[start : max(start, end)]
+    # The end of a sequence after calls (Hy3) is the model's stop, not the format's.
+    eos = template.eos_token
+    if eos and found.rstrip().endswith(eos) and found.strip() != eos:
+        found = found.rstrip()[: -len(eos)]
+    return found
 
 
 def call_answer(template: ChatTemplate, *calls: dict[str, Any]) -> str:
