@@ -154,7 +154,9 @@ class Engine:
             raise EngineError("a prompt with media for a model without a projector")
         if job.tokens[-1] < 0:
             raise PromptTooLongError("the prompt must end with text, not with an image")
-        job.sampler = Sampler(self.model, job.options, job.grammar, job.grammar_triggers)
+        job.sampler = Sampler(
+            self.model, job.options, job.grammar, job.grammar_triggers, job.grammar_deadline
+        )
         job.stops = StopMatcher(job.options.stop)
         job.parser = (job.parser_factory or OutputParser)(job.id)
         # A recurrent model's state cannot drop rejected drafts (no partial seq_rm).

@@ -45,6 +45,10 @@ class Job:
     options: SamplingOptions
     grammar: str | None = None
     grammar_triggers: tuple[str, ...] = ()  # a lazy grammar's trigger regexes
+    # A lazy grammar that has not triggered after this many tokens switches itself on
+    # (0: it waits for ever): an enforced call after a thinking block, once the
+    # thinking would leave no room for the call.
+    grammar_deadline: int = 0
     dropped_messages: int = 0  # reported in the done event
     want_context: bool = False  # return prompt + output token ids (Ollama's ``context``)
     # Makes the answer's events; None: plain text. A factory, so that it gets the id.

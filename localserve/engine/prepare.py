@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from localserve.errors import InvalidOptionError
+from localserve.runtime.options import SamplingOptions
 from localserve.runtime.protocol import GenerateJob
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class JobBuilder:
             )
         grammar = grammar_for(request.format)
         triggers: tuple[str, ...] = ()
+        deadline = 0
         thinking = chat.thinking
         opened = thinking is not None and prompt.tail.rstrip().endswith(thinking.open)
         if tools and chat.tools is not None:  # (a model without tools was refused above)
@@ -75,6 +77,8 @@ class JobBuilder:
             # A format grammar (JSON mode) wins over the lazy one for "auto".
             if enforced is not None and (request.tool_choice != "auto" or grammar is None):
                 grammar, triggers = enforced.gbnf, enforced.triggers
+                if after and request.tool_choice != "auto":
+                    deadline = thinking_room(self.num_ctx, len(prompt.tokens), request.options)
         parses = not request.raw and bool(tools or chat.thinks)
         options = request.options
         if prompt.stops:
@@ -91,6 +95,7 @@ class JobBuilder:
                 seeded,
                 grammar,
                 grammar_triggers=triggers,
+                grammar_deadline=deadline,
                 dropped_messages=prompt.dropped_messages,
                 want_context=request.want_context,
                 parser_factory=self._parser_factory(request, tools, opened) if parses else None,
@@ -176,6 +181,7 @@ class JobBuilder:
 
         chat = self.chat
         names = [str((t.get("function") or {}).get("name", "")) for t in tools or []]
+        types = parameter_types(tools or [])
         show = request.think is not False
         if chat.harmony:
             return lambda job_id: HarmonyParser(job_id, tool_names=names, show_thinking=show)
@@ -186,7 +192,37 @@ class JobBuilder:
             thinking=chat.thinking,
             in_thinking=opened,
             show_thinking=show,
+            types=types,
+            framing=(chat.answer_open, chat.answer_end),
         )
+
+
+def thinking_room(num_ctx: int, prompt_tokens: int, options: SamplingOptions) -> int:
+    """How long a model may think before an enforced call must start: the room its
+    answer has (``num_predict``, else the rest of the context), less what the call
+    needs (a quarter, 64 to 1024 tokens). A model that has not closed its thinking
+    block by then gets it closed, and the call follows: a weak model can think in
+    circles until the limit and return nothing otherwise (llama.cpp's
+    ``--reasoning-budget`` forces the close the same way)."""
+    room = num_ctx - prompt_tokens
+    if options.num_predict > 0:
+        room = min(room, options.num_predict)
+    return max(1, room - min(1024, max(64, room // 4)))
+
+
+def parameter_types(tools: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Each tool's parameters' JSON types (for formats that write values as raw text)."""
+    found: dict[str, dict[str, str]] = {}
+    for tool in tools:
+        function = tool.get("function") or {}
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        if isinstance(properties, dict):
+            found[str(function.get("name", ""))] = {
+                str(key): str(value.get("type"))
+                for key, value in properties.items()
+                if isinstance(value, dict) and isinstance(value.get("type"), str)
+            }
+    return found
 
 
 def request_of(job_id: str) -> tuple[str, int]:

@@ -36,6 +36,7 @@ class Sampler:
         options: SamplingOptions,
         grammar: str | None = None,
         triggers: Sequence[str] = (),
+        deadline: int = 0,
     ) -> None:
         self.model = model
         self.chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
@@ -84,6 +85,9 @@ class Sampler:
         # triggered, so the same regexes are matched here on the same text.
         self._waiting = [re.compile(t, re.DOTALL) for t in triggers]
         self._seen = ""
+        # Or once ``deadline`` tokens have passed: the whole grammar from its start.
+        self._gbnf = grammar or ""
+        self._deadline = deadline if triggers else 0
         if grammar is not None:
             if triggers:
                 # Lazy: inactive until the generated text matches a trigger regex; from
@@ -117,6 +121,10 @@ class Sampler:
             self._seen += self.model.piece(token, special=True).decode("utf-8", "replace")
             if any(pattern.fullmatch(self._seen) for pattern in self._waiting):
                 self._waiting, self._seen = [], ""  # triggered: constrained from now on
+            elif self._deadline:
+                self._deadline -= 1
+                if not self._deadline:
+                    self._switch_on()
             return token
         token = self._sample_with(context, row, grammar_first=False)
         if not self._grammar_allows(token):
@@ -124,6 +132,16 @@ class Sampler:
         L.llama_sampler_accept(self.chain, token)
         L.llama_sampler_accept(self.grammar, token)
         return token
+
+    def _switch_on(self) -> None:
+        """The lazy grammar waited long enough: constrain from the next token on,
+        from the grammar's start (the closing think tag, then the call)."""
+        active = L.llama_sampler_init_grammar(self.model.vocab, self._gbnf.encode(), b"root")
+        if not active:
+            raise EngineError("the output format's grammar could not be compiled")
+        L.llama_sampler_free(self.grammar)
+        self.grammar = active
+        self._waiting, self._seen = [], ""
 
     def _sample_with(self, context: Context, row: int, *, grammar_first: bool) -> int:
         candidates = self._candidates

@@ -1,18 +1,18 @@
 """Grammars that make tool calls well-formed, from the tools' JSON schemas.
 
 - ``tool_choice: "required"`` or a named function: the whole answer is constrained
-  to one call (or several, with ``parallel_tool_calls``) in the model's own call
-  syntax, the arguments matching the tool's parameter schema. Even a weak model then
-  writes a call that validates; Ollama has no equivalent.
+  to one call (or several, with ``parallel_tool_calls`` where the template renders
+  several) in the model's own call syntax, the arguments matching the tool's
+  parameter schema. Even a weak model then writes a call that validates; Ollama has
+  no equivalent.
 - ``"auto"``: the same grammar, made lazy: it stays inactive until the model writes
   the format's call marker (llama.cpp's lazy grammar, triggered by a regex over the
   generated text), so free text is untouched but a started call always completes;
   after the calls the text is free again.
 
 The JSON parts come from llama-cpp-python's JSON-schema converter
-(``llama_cpp.llama_grammar.SchemaConverter``); only the call syntax around them is
-ours. Qwen3-Coder's XML calls get one ``<parameter=...>`` block per property (strings
-as raw text without ``<``, other types as JSON values).
+(``llama_cpp.llama_grammar.SchemaConverter``); the call syntax around them is
+engine/call_rules.py's.
 """
 
 from __future__ import annotations
@@ -23,18 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from localserve.engine.call_rules import SPACE, argument_rules, call_rule, literal, slotted
 from localserve.errors import InvalidOptionError
-from localserve.runtime.chat.formats import (
-    DEEPSEEK_CALL_BEGIN,
-    DEEPSEEK_CALL_END,
-    DEEPSEEK_CALLS_BEGIN,
-    DEEPSEEK_CALLS_END,
-    DEEPSEEK_SEP,
-    ToolFormat,
-)
+from localserve.runtime.chat.syntax import DEEPSEEK_CALLS_BEGIN, DEEPSEEK_CALLS_END, ToolFormat
 
 MAX_SCHEMA_BYTES = 64 << 10
-_SPACE = "[ \\t\\n]{0,8}"
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,7 @@ class ToolGrammar:
 def enforced_kinds() -> frozenset[str]:
     return frozenset(
         {"hermes", "generic", "llama3", "mistral", "mistral_args", "harmony", "deepseek"}
-        | {"qwen3_coder"}
+        | {"qwen3_coder", "tagged", "pythonic", "gemma4"}
     )
 
 
@@ -79,34 +72,20 @@ def tool_grammar(
     converter: Any = SchemaConverter(  # type: ignore[no-untyped-call]
         prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
     )
-    key = tools_format.arguments_key
     calls: list[str] = []
     for index, tool in enumerate(chosen):
         name, parameters = _name(tool), _parameters(tool)
         try:
             schema = converter.resolve_refs(parameters, f"tool{index}")
-            if tools_format.kind == "qwen3_coder":
-                arguments = _xml_parameters(converter, schema, index)
-            else:
-                arguments = converter.visit(schema, f"tool{index}-arguments")
+            arguments = argument_rules(tools_format, converter, schema, index)
         except RecursionError:
             raise InvalidOptionError(f"the parameters of tool {name!r} nest too deeply") from None
         except Exception as exc:  # the converter raises whatever its parsing hits
             raise InvalidOptionError(f"the parameters of tool {name!r}: {exc}") from None
-        calls.append(_call_rule(tools_format, name, key, arguments))
+        calls.append(call_rule(tools_format, name, arguments))
     call = " | ".join(f"( {c} )" for c in calls)
     lines = [converter.format_grammar(), f"call ::= {call}"]
-    kind = tools_format.kind
-    if kind == "mistral":
-        repeat = f'( "," {_SPACE} call )*' if parallel else ""
-        lines.append(f'root ::= "[TOOL_CALLS]" {_SPACE} "[" {_SPACE} call {repeat} {_SPACE} "]"')
-    elif kind == "deepseek":
-        repeat = "call*" if parallel else ""
-        lines.append(f'root ::= "{DEEPSEEK_CALLS_BEGIN}" call {repeat} "{DEEPSEEK_CALLS_END}"')
-    elif parallel and kind in ("hermes", "generic", "mistral_args", "qwen3_coder"):
-        lines.append(f"root ::= call ( {_SPACE} call )*")
-    else:
-        lines.append("root ::= call")
+    lines.append(_root(tools_format, parallel and tools_format.parallel))
     triggers: tuple[str, ...] = ()
     if choice == "auto":
         # After the calls, anything: the model ends its turn its own way (a GGUF whose
@@ -114,76 +93,63 @@ def tool_grammar(
         lines[-1] = lines[-1].replace("root ::= ", "root ::= ( ", 1) + " ) tail"
         lines.append("tail ::= [^\\x00]*")
     elif after:
+        # The thought ends with its closing tag, or (Qwen 3 does this) with a call
+        # opened inside it: either way the call is constrained from there.
         lines[-1] = (
-            lines[-1].replace("root ::= ", f"root ::= {_literal(after)} {_SPACE} ( ", 1) + " )"
+            lines[-1].replace("root ::= ", f"root ::= ( {literal(after)} {SPACE} )? ( ", 1) + " )"
         )
         triggers = (r"[\s\S]*?(" + re.escape(after) + r"[\s\S]*)",)
+        if tools_format.starts and not tools_format.opened:
+            triggers += (r"[\s\S]*?(" + re.escape(tools_format.starts[0]) + r"[\s\S]*)",)
     gbnf = "\n".join(lines)
     if choice == "auto":
-        if kind == "llama3":
+        if tools_format.kind == "llama3":
             triggers = (r"[\s]*(\{[\s\S]*)",)
+        elif tools_format.opened:
+            # A first line naming a tool, or an opening followed by one later on.
+            names = "|".join(re.escape(_name(t)) for t in chosen)
+            name_close = tools_format.syntax.name_close if tools_format.syntax else ""
+            call_start = "((?:" + names + ")" + re.escape(name_close) + r"[\s\S]*)"
+            triggers = (call_start, r"[\s\S]*?" + re.escape(tools_format.opened) + call_start)
         else:
             triggers = (r"[\s\S]*?(" + re.escape(tools_format.starts[0]) + r"[\s\S]*)",)
     return ToolGrammar(gbnf, triggers)
 
 
-def _call_rule(tools_format: ToolFormat, name: str, key: str, arguments: str) -> str:
-    """One call of ``name`` in the format's syntax; ``arguments`` is the rule of its
-    arguments object."""
+def _root(tools_format: ToolFormat, parallel: bool) -> str:
+    """The answer: one call, or several in the format's way of joining them."""
     kind = tools_format.kind
-    quoted = _literal(json.dumps(name))
-    json_call = (
-        f'"{{" {_SPACE} "\\"name\\"" {_SPACE} ":" {_SPACE} {quoted} {_SPACE} "," {_SPACE} '
-        f'{_literal(json.dumps(key))} {_SPACE} ":" {_SPACE} {arguments} {_SPACE} "}}"'
-    )
-    if kind == "hermes":
-        return f'"<tool_call>" {_SPACE} {json_call} {_SPACE} "</tool_call>"'
-    if kind == "generic":
-        end = f" {_SPACE} {_literal(tools_format.end)}" if tools_format.end else ""
-        return f"{_literal(tools_format.starts[0])} {_SPACE} {json_call}{end}"
-    if kind in ("llama3", "mistral"):
-        return json_call
-    if kind == "mistral_args":
-        return f'"[TOOL_CALLS]" {_literal(name)} "[ARGS]" {arguments}'
-    if kind == "qwen3_coder":
-        return f'"<tool_call>\\n<function=" {_literal(name)} ">\\n" {arguments} "</function>\\n</tool_call>"'
+    if kind == "mistral":
+        repeat = f'( "," {SPACE} call )*' if parallel else ""
+        return f'root ::= "[TOOL_CALLS]" {SPACE} "[" {SPACE} call {repeat} {SPACE} "]"'
     if kind == "deepseek":
-        if tools_format.variant == "r1":
-            head = f'"{DEEPSEEK_CALL_BEGIN}function{DEEPSEEK_SEP}" {_literal(name)}'
-            return f'{head} "\\n```json\\n" {arguments} "\\n```{DEEPSEEK_CALL_END}"'
-        return (
-            f'"{DEEPSEEK_CALL_BEGIN}" {_literal(name)} "{DEEPSEEK_SEP}" {arguments} '
-            f'"{DEEPSEEK_CALL_END}"'
+        repeat = "call*" if parallel else ""
+        return f'root ::= "{DEEPSEEK_CALLS_BEGIN}" call {repeat} "{DEEPSEEK_CALLS_END}"'
+    if kind == "generic" and tools_format.array:
+        repeat = f'( "," {SPACE} call )*' if parallel else ""
+        end = f" {SPACE} {literal(tools_format.end)}" if tools_format.end else ""
+        head = f'{literal(tools_format.starts[0])} {SPACE} "["'
+        return f'root ::= {head} {SPACE} call {repeat} {SPACE} "]"{end}'
+    if kind == "tagged":
+        assert tools_format.syntax is not None
+        syntax = tools_format.syntax
+        # The prompt may have written the first opening already (Functionary).
+        first = (
+            ""
+            if tools_format.opened
+            else slotted((syntax.section_open + syntax.call_open).lstrip())
         )
-    # harmony: the prompt ends with <|start|>assistant
-    return (
-        f'"<|channel|>commentary to=functions." {_literal(name)} '
-        f'" <|constrain|>json<|message|>" {arguments}'
-    )
-
-
-def _xml_parameters(converter: Any, schema: dict[str, Any], index: int) -> str:
-    """Qwen3-Coder's parameters: ``<parameter=KEY>\\nVALUE\\n</parameter>\\n`` for each
-    property, in order, optional ones optional; a string is raw text, anything else
-    a JSON value of its schema."""
-    properties = schema.get("properties") or {}
-    required = set(schema.get("required") or ())
-    parts: list[str] = []
-    for position, (key, given) in enumerate(properties.items()):
-        value_schema = given if isinstance(given, dict) else {}
-        if value_schema.get("type") == "string" and "enum" not in value_schema:
-            value = "xml-text"
-        else:
-            value = converter.visit(value_schema, f"tool{index}-p{position}")
-        block = f'"<parameter=" {_literal(key)} ">\\n" {value} "\\n</parameter>\\n"'
-        parts.append(block if key in required else f"( {block} )?")
-    converter._rules["xml-text"] = "[^<]*"  # a raw string value: anything but a tag
-    return " ".join(parts) or '""'
-
-
-def _literal(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+        repeat = ""
+        if parallel:
+            repeat = f"( {slotted(syntax.separator)} {slotted(syntax.call_open)} call )*"
+        return f"root ::= {first} call {repeat} {slotted(syntax.section_close)}"
+    if kind == "pythonic":
+        repeat = '( ", " call )*' if parallel else ""
+        end = f" {literal(tools_format.end)}" if tools_format.end else ""
+        return f'root ::= {literal(tools_format.starts[0])} "[" call {repeat} "]"{end}'
+    if parallel and kind in ("hermes", "generic", "mistral_args", "qwen3_coder", "gemma4"):
+        return f"root ::= call ( {SPACE} call )*"
+    return "root ::= call"
 
 
 def _name(tool: dict[str, Any]) -> str:

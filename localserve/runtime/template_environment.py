@@ -16,7 +16,7 @@ import contextlib
 import json
 import re
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -27,7 +27,11 @@ from jinja2.ext import Extension
 from jinja2.filters import make_attrgetter
 from jinja2.parser import Parser
 from jinja2.runtime import BlockReference, Context, Macro
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEnvironment,
+    SandboxedFormatter,
+)
 from jinja2.utils import pass_environment, pass_eval_context
 
 from localserve.runtime.template_limits import (
@@ -44,7 +48,7 @@ from localserve.runtime.template_limits import (
     widths_total,
 )
 
-__all__ = ["Raised", "SandboxEnvironment"]
+__all__ = ["Raised", "SandboxEnvironment", "TemplateList"]
 
 # Integers a template computes stay below this many bits (about 1,200 digits).
 _MAX_INT_BITS = 4096
@@ -62,9 +66,23 @@ class Raised(Exception):
 
 
 class _CodeGenerator(CodeGenerator):
-    """Jinja's code generator with three more hooks into the environment: ``~``
+    """Jinja's code generator with more hooks into the environment: ``~``
     (concatenation), slices and output buffers (macros, set blocks, filter and call
-    blocks) go through checks that Jinja's own generated code skips."""
+    blocks) go through checks that Jinja's own generated code skips, and the lists
+    the template writes (``[]``, ``[a, b]``) are made by it (see ``TemplateList``)."""
+
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self.write("environment.template_list(")
+        super().visit_List(node, frame)
+        self.write(")")
+
+    def visit_Const(self, node: nodes.Const, frame: Frame) -> None:
+        if isinstance(node.value, list):  # a list literal Jinja folded to a constant
+            self.write("environment.template_list(")
+            super().visit_Const(node, frame)
+            self.write(")")
+            return
+        super().visit_Const(node, frame)
 
     def buffer(self, frame: Frame) -> None:
         frame.buffer = self.temporary_identifier()
@@ -109,6 +127,32 @@ class _Buffer(list[str]):
         items = tuple(items)
         self._env.charge(sum(len(item) for item in items))
         super().extend(items)
+
+
+class TemplateList(list[Any]):
+    """A list the template wrote itself (``namespace(ids=[])``): unlike the data it
+    is given (``messages``, ``tools``), it may grow and shrink (``append``, ``pop``,
+    ``extend``), as Kimi K2's templates queue call ids in one. What it takes is
+    charged to the render's budget."""
+
+    __slots__ = ("_env",)
+
+    def __init__(self, env: SandboxEnvironment, items: Iterable[Any] = ()) -> None:
+        super().__init__(items)
+        self._env = env
+        env.charge(REF_WEIGHT * len(self))
+
+    def append(self, item: Any) -> None:
+        self._env.charge(REF_WEIGHT)
+        super().append(item)
+
+    def extend(self, items: Iterable[Any]) -> None:
+        kept, _ = self._env._join_items(items, 0, lambda _: REF_WEIGHT)
+        self._env.charge(REF_WEIGHT * len(kept))
+        super().extend(kept)
+
+
+_GROWABLE = frozenset({"append", "pop", "extend"})
 
 
 class _GenerationBlock(Extension):
@@ -351,7 +395,12 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if attr in _UNSAFE_NAMES:
             return False
+        if isinstance(obj, TemplateList) and attr in _GROWABLE:
+            return SandboxedEnvironment.is_safe_attribute(self, obj, attr, value)
         return super().is_safe_attribute(obj, attr, value)
+
+    def template_list(self, items: Iterable[Any]) -> TemplateList:
+        return TemplateList(self, items)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
         # Jinja returns an Undefined that fails only when used, and an Undefined
@@ -475,6 +524,8 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
             raise Refusal(f"tojson indent must be between 0 and {_MAX_JSON_INDENT}")
         if isinstance(indent, str) and len(indent) > _MAX_JSON_INDENT:
             raise Refusal(f"tojson indent may be at most {_MAX_JSON_INDENT} characters")
+        if isinstance(value, Iterator):  # ``tools | map(attribute='function') | tojson``
+            value, _ = self._join_items(value, 0, lambda _: REF_WEIGHT)
         encoder = json.JSONEncoder(
             ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
         )

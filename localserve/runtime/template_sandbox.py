@@ -23,7 +23,11 @@ and with hard limits, so that a template can neither escape nor wedge the runner
 - attributes the sandbox calls unsafe (``__class__``, ``__globals__``, ``mro``,
   ``gi_frame``, anything starting with ``_``...) fail at once, also through
   ``|attr``, ``str.format`` and ``format_map`` fields (Jinja itself would return an
-  undefined value that prints as nothing);
+  undefined value that prints as nothing); so do the methods that change the data
+  the template is given (``messages.append``...). Lists the template writes itself
+  (``namespace(ids=[])``) may ``append``, ``pop`` and ``extend``, as Kimi K2's
+  templates do (llama.cpp's Jinja engine allows it too), charged to the budget
+  below;
 - time: rendering stops after ``TemplateLimits.seconds`` (default 1 s). A
   ``sys.settrace`` tracer counts calls (and lines in template code) and checks the
   clock every few dozen events; the tracer that was set before (a coverage tool,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,11 +110,19 @@ def sample(
     return answer.text, events
 
 
-def answer(engine: Engine, found: ChatFormat, choice: str, seed: int) -> list[Event]:
+def answer(
+    engine: Engine,
+    found: ChatFormat,
+    choice: str,
+    seed: int,
+    tools: tuple[Any, ...] = (),
+    num_predict: int = 300,
+) -> list[Event]:
     assert found.tools is not None
-    grammar = tool_grammar(found.tools, [OTHER, TOOL], choice=choice, parallel=False)
+    tools = tools or (OTHER, TOOL)
+    grammar = tool_grammar(found.tools, list(tools), choice=choice, parallel=False)
     assert grammar is not None and not grammar.triggers
-    return sample(engine, found, grammar.gbnf, seed, ["noop", "set_alarm"])[1]
+    return sample(engine, found, grammar.gbnf, seed, ["noop", "set_alarm"], num_predict)[1]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -138,6 +147,41 @@ def test_required_call_is_valid_for_every_format(engine: Engine, family: str) ->
         else:
             assert call.name == "noop" and isinstance(call.arguments, dict)
         assert not [e for e in events if e.type == "text" and e.text.strip()], (family, events)
+
+
+# Real templates (tests/support/templates/), one per syntax learnt from a render
+# or read from instructions.
+REAL = [
+    "GLM-4.7-Flash",  # tagged, nothing between the name and the first argument
+    "deepseek-ai-DeepSeek-V3.2",  # tagged, string="true|false" per value
+    "moonshotai-Kimi-K2",  # tagged, JSON arguments, a call number in the markers
+    "upstage-Solar-Open-100B",  # tagged, a call id before the name
+    "MiniMax-M2",  # tagged, a section around the calls
+    "Apertus-8B-Instruct",  # JSON, the name as the key
+    "CohereForAI-c4ai-command-r7b-12-2024-tool_use",  # JSON array with ids
+    "GigaChat3.1-10B-A1.8B",  # JSON after a tag, one call a turn
+    "LFM2.5-8B-A1B",  # python-style calls
+    "google-gemma-4-31B-it",  # Gemma 4's own object syntax
+    "Mistral-Small-3.2-24B-Instruct-2506",  # [TOOL_CALLS]NAME[CALL_ID]...[ARGS]
+    "meetkai-functionary-medium-v3.2",  # the prompt wrote the first ">>>"
+]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_required_call_is_valid_for_real_templates(engine: Engine, name: str) -> None:
+    source = (Path(chat_templates.__file__).parent / "templates" / f"{name}.jinja").read_text()
+    found = detect(ChatTemplate(source))
+    assert found.tools is not None
+    for seed in (1, 2):
+        # Only the bounded tool: "noop" takes any object, which noise never ends. Long
+        # markers (DeepSeek's fullwidth bars) are many tokens in the tiny vocabulary.
+        choice = "set_alarm" if seed == 2 else "required"
+        events = answer(engine, found, choice, seed, (TOOL,), num_predict=1000)
+        calls = [e for e in events if isinstance(e, ToolCallEvent)]
+        assert events[-1].type == "done" and len(calls) == 1, (name, events)
+        assert calls[0].name == "set_alarm"
+        assert calls[0].arguments["day"] in ("mon", "tue", "wed"), (name, events)
+        assert isinstance(calls[0].arguments["hour"], int)
 
 
 def test_required_after_an_opened_thinking_block(engine: Engine) -> None:
@@ -299,3 +343,41 @@ def test_schemas_that_allow_anything_and_huge_bounds() -> None:
     rules = dict(line.split(" ::= ", 1) for line in grammar.gbnf.splitlines())
     assert rules["tool0-arguments-tag"].count("char") == 8  # a small bound still holds
     assert "tool0-arguments-script" not in rules  # any string: the string primitive
+
+
+def test_a_thought_that_never_ends_is_closed_for_the_call(engine: Engine) -> None:
+    """Random weights never write </think>: past the deadline the grammar switches on
+    by itself, closes the thought and makes the call (prepare.thinking_room)."""
+    from localserve.runtime.chat.formats import ThinkingTags
+
+    found = detect(ChatTemplate(chat_templates.HERMES))
+    assert found.tools is not None
+    grammar = tool_grammar(found.tools, [TOOL], choice="required", parallel=False, after="</think>")
+    assert grammar is not None
+
+    def parser(job_id: str) -> Any:
+        tags = ThinkingTags("<think>", "</think>")
+        return AnswerParser(
+            job_id, tools=found.tools, tool_names=["set_alarm"], thinking=tags, in_thinking=True
+        )
+
+    prompt = engine.model.tokenize("Wake me up on Tuesday at seven.", add_special=True)
+    options = SamplingOptions(temperature=1.0, seed=3, num_predict=300)
+    job = Job(
+        "think",
+        prompt,
+        options,
+        grammar.gbnf,
+        grammar_triggers=grammar.triggers,
+        grammar_deadline=40,
+        parser_factory=parser,
+    )
+    engine.submit(job)
+    events: list[Event] = []
+    while engine.has_work():
+        events.extend(engine.step())
+    kinds = [e.type for e in events]
+    assert kinds[0] == "thinking" and kinds[-1] == "done", events
+    calls = [e for e in events if isinstance(e, ToolCallEvent)]
+    assert len(calls) == 1 and calls[0].arguments["day"] in ("mon", "tue", "wed"), events
+    assert job.generated < 300

@@ -370,7 +370,8 @@ def reasoning_round_trip(template: ChatTemplate, chat: ChatFormat) -> RoundTrip:
 
     A template that drops reasoning from the history (DeepSeek R1 keeps only the text
     after ``</think>``) but opens the block in its prompt is read from the prompt: the
-    model writes the reasoning, the detected close tag, then the answer."""
+    model writes the reasoning, the detected close tag, then the answer. One that drops
+    it and does not open the block: the model writes the detected open tag too."""
     opened = prompt_opens_thinking(template, chat, **THINK_HIGH)
     text = _after_prompt(turn_text(template, REASONING_TURN, **THINK_HIGH), chat, opened)
     problems: list[str] = []
@@ -378,6 +379,10 @@ def reasoning_round_trip(template: ChatTemplate, chat: ChatFormat) -> RoundTrip:
         problems.append("no thinking detected")
     elif REASONING not in text and chat.thinking is not None and opened:
         text = f"{REASONING}{chat.thinking.close}\n\n{ANSWER}"  # from the prompt
+    elif REASONING not in text and chat.thinking is not None:
+        # Dropped from the history and not opened by the prompt: the model writes the
+        # detected tags itself, then the answer as the template writes it.
+        text = f"{chat.thinking.open}{REASONING}{chat.thinking.close}{text}"
     results = [parse(chat, text, in_thinking=opened, piece=p) for p in (0, 1)]
     whole = results[0]
     if whole.thinking.strip() != REASONING:

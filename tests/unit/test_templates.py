@@ -331,6 +331,9 @@ def test_tojson_takes_transformers_arguments() -> None:
         '{"a": "<é>", "b": 1}',
         '"\\u00e9"',
     ]
+    # A filter's lazy result, as llama.cpp's DeepSeek R1 template writes it.
+    mapped = "{{ tools | map(attribute='name') | tojson }}"
+    assert ChatTemplate(mapped).render([], tools=[tool]) == '["f"]'
 
 
 def test_extra_variables_documents_and_the_generation_tag() -> None:
@@ -345,6 +348,22 @@ def test_extra_variables_documents_and_the_generation_tag() -> None:
     assert template.render(CHAT[1:2], enable_thinking=False, documents=[{"text": "d"}]) == (
         "no-think 1 [Hi]012"
     )
+
+
+def test_lists_the_template_writes_may_grow_but_its_data_may_not() -> None:
+    # Kimi K2's templates queue call ids in a list of their own and pop them later.
+    source = (
+        "{%- set queue = namespace(ids=[]) -%}{%- set _ = queue.ids.append('a') -%}"
+        "{%- set _ = queue.ids.extend(['b', 'c']) -%}{{ queue.ids.pop(0) }}{{ queue.ids }}"
+    )
+    assert ChatTemplate(source).render(CHAT) == "a['b', 'c']"
+    for refused in (
+        "{{ messages.append(1) }}",
+        "{{ tools.pop() }}",
+        "{% set l = [2, 1] %}{{ l.sort() }}",
+    ):
+        with pytest.raises(TemplateError, match="unsafe"):
+            ChatTemplate(refused).render(CHAT, tools=[{"name": "f"}])
 
 
 def test_undefined_values_print_empty_but_fail_when_used() -> None:
@@ -603,6 +622,16 @@ BOMBS: dict[str, tuple[str, str]] = {
         "made an integer over 4096 bits",
     ),
     "slice filter": ("{{ [1] | slice(999999, 'x') | list | length }}", "built more than"),
+    "appending to a template's list": (
+        "{% set l = [] %}{% for i in range(100000) %}{% for j in range(100000) %}"
+        "{% set _ = l.append(i) %}{% endfor %}{% endfor %}",
+        "took longer than",
+    ),
+    "extending a template's list": (
+        "{% set l = [] %}{% for i in range(100000) %}{% set _ = l.extend(range(100000)) %}"
+        "{% endfor %}",
+        "built more than",
+    ),
     "constant folding at compile time": (
         "{{ 'a' | center(1000000) }}" * 1000,
         "the output passed 1048576 characters",

@@ -267,3 +267,14 @@ def test_think_switch_reaches_the_template() -> None:
     rendered = qwen3.render([{"role": "user", "content": "hi"}], **off)
     assert rendered.endswith("<think>\n\n</think>\n\n")
     assert not qwen3.render([{"role": "user", "content": "hi"}]).endswith("</think>\n\n")
+
+
+def test_thinking_room_before_an_enforced_call() -> None:
+    from localserve.engine.prepare import thinking_room
+    from localserve.runtime.options import SamplingOptions
+
+    # The answer's room less a quarter for the call (64 to 1024 tokens).
+    assert thinking_room(2048, 48, SamplingOptions()) == 1500
+    assert thinking_room(32768, 768, SamplingOptions()) == 32000 - 1024
+    assert thinking_room(2048, 48, SamplingOptions(num_predict=200)) == 136
+    assert thinking_room(2048, 2040, SamplingOptions()) == 1

@@ -19,24 +19,20 @@ plain ``commentary`` are text, ``commentary to=functions.NAME`` is a call.
 
 from __future__ import annotations
 
-import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
 
-from localserve.runtime.chat.formats import (
-    DEEPSEEK_CALL_BEGIN,
-    DEEPSEEK_CALL_END,
-    DEEPSEEK_SEP,
-    ThinkingTags,
-    ToolFormat,
+from localserve.runtime.chat.calls import (
+    Call,
+    TaggedScanner,
+    Types,
+    json_object,
+    parse_calls,
+    parse_leading_calls,
 )
+from localserve.runtime.chat.syntax import TAG, ThinkingTags, ToolFormat
 from localserve.runtime.protocol import Event, TextEvent, ThinkingEvent, ToolCallEvent
-
-Call = tuple[str, dict[str, Any], str]  # name, arguments, the model's call id
-# JSON is parsed with strict=False: a raw control character inside a string (a weak
-# model writes them) does not make a call unreadable; it is escaped again on the wire.
 
 
 class StreamParser(ABC):
@@ -74,14 +70,29 @@ class AnswerParser(StreamParser):
         thinking: ThinkingTags | None = None,
         in_thinking: bool = False,
         show_thinking: bool = True,
+        types: Types | None = None,
+        framing: tuple[str, str] = ("", ""),
     ) -> None:
         super().__init__(job_id, tool_names, show_thinking)
         self.tools = tools
         self.thinking = thinking
+        self.types = types or {}
         self._state = "thinking" if thinking and in_thinking else "start"
+        if tools and tools.opened and self._state == "start":
+            self._state = "recipient"
         self._after_thinking = False
         self._after_call = False
         self._starts = tools.starts if tools else ()
+        self._scanner = TaggedScanner(tools.syntax) if tools and tools.syntax else None
+        self._in_section = False
+        self._held = ""  # a tagged section's markers read but not yet sent
+        # What the template writes around the answer's text (Kimi K3's
+        # <|open|>response<|sep|> ... <|close|>response<|sep|><|close|>message<|sep|>):
+        # dropped at the answer's start and end. Its tags may be missing (special
+        # tokens llama.cpp did not render), its words not (Solar's "assistant").
+        self._opening = _loose(framing[0])
+        self._opening_size = len(framing[0].strip())
+        self._ending = framing[1].strip()
 
     # ------------------------------------------------------------------- states
 
@@ -112,8 +123,56 @@ class AnswerParser(StreamParser):
                 return
             if "<|python_tag|>".startswith(head) and not final:
                 return
+        if self._opening is not None:
+            if len(head) < self._opening_size and not final:
+                return  # not enough text yet to tell
+            found = self._opening.match(head)
+            if found and found.end():
+                head = self._buffer = head[found.end() :].lstrip()
         if self._after_thinking:
             self._buffer = head
+        self._state = "content"
+
+    def _framing_left(self, text: str) -> bool:
+        """Whether ``text`` may be (the start of) what is left of the end of the
+        turn's framing: a piece of it from one of its tags on."""
+        head = text.strip()
+        if not head or not self._ending:
+            return False
+        starts = [m.start() for m in TAG.finditer(self._ending)]
+        return any(self._ending.startswith(head, at) for at in starts)
+
+    def _on_ending(self, events: list[Event], final: bool) -> None:
+        """What may be the template's end of turn: dropped if the answer ends there,
+        text if more follows."""
+        rest = self._buffer
+        if any(rest.startswith(start) for start in self._starts):
+            self._state = "content"  # a call's marker that starts like the ending
+            return
+        if any(start.startswith(rest) for start in self._starts) and not final:
+            return
+        if self._ending.startswith(rest.rstrip()) or (
+            rest.startswith(self._ending) and not rest[len(self._ending) :].strip()
+        ):
+            if final:
+                self._buffer = ""
+            return
+        size = len(self._ending) if rest.startswith(self._ending) else 1
+        self._text(events, rest[:size])  # not the end after all
+        self._buffer = rest[size:]
+        self._state = "content"
+
+    def _on_recipient(self, events: list[Event], final: bool) -> None:
+        """The prompt wrote the call opening (Functionary's ``>>>``): the first line
+        names a tool, or the text recipient (``all``) for an answer in text."""
+        assert self.tools is not None
+        line, newline, rest = self._buffer.partition("\n")
+        if not newline and not final and len(line) < 64:
+            return  # names are short: wait for the line's end
+        if line.strip() == self.tools.text_name and newline:
+            self._buffer = rest
+        else:
+            self._buffer = self.tools.opened + self._buffer
         self._state = "content"
 
     def _on_thinking(self, events: list[Event], final: bool) -> None:
@@ -140,46 +199,123 @@ class AnswerParser(StreamParser):
             if not self._buffer:
                 return
             self._after_call = False
-        at, _ = _first(self._buffer, self._starts) if self._starts else (-1, "")
+        if self.calls and self._framing_left(self._buffer):
+            if final:  # the end of the turn's framing after calls (Kimi K3)
+                self._buffer = ""
+            return
+        markers = (*self._starts, self._ending) if self._ending else self._starts
+        at, marker = _first(self._buffer, markers) if markers else (-1, "")
         if at < 0:
-            keep = 0 if final else _partial_suffix(self._buffer, self._starts)
+            if final:
+                text, self._buffer = self._buffer, ""
+                cut = _partial_suffix(text.rstrip(), (self._ending,)) if self._ending else 0
+                if cut and TAG.search(text.rstrip()[-cut:]):  # an end of turn, cut off
+                    text = text.rstrip()[:-cut]
+                self._text(events, text)
+                return
+            keep = _partial_suffix(self._buffer, markers)
             self._text(events, self._buffer[: len(self._buffer) - keep])
             self._buffer = self._buffer[len(self._buffer) - keep :]
             return
         self._text(events, self._buffer[:at])
         self._buffer = self._buffer[at:]
+        if marker == self._ending and marker not in self._starts:
+            self._state = "ending"
+            return
         assert self.tools is not None
-        self._state = "call" if self.tools.end else "call_to_end"
+        if self._scanner is not None:
+            self._state = "tagged"
+        else:
+            self._state = "call" if self.tools.end else "call_to_end"
 
     def _on_call(self, events: list[Event], final: bool) -> None:
         """A call with an end marker: parse it once the marker arrives."""
         assert self.tools is not None
-        end = self._buffer.find(self.tools.end)
+        start = next((len(s) for s in self._starts if self._buffer.startswith(s)), 0)
+        end = self._buffer.find(self.tools.end, start)
         if end < 0 and not final:
             return
         whole = self._buffer if end < 0 else self._buffer[: end + len(self.tools.end)]
         self._buffer = "" if end < 0 else self._buffer[len(whole) :]
-        self._emit_calls(events, whole)
         self._state = "content"
+        if end < 0:  # the answer ended inside the call: keep what is complete
+            self._buffer = whole
+            self._on_call_to_end(events, final)
+            return
+        self._emit_calls(events, whole)
 
     def _on_call_to_end(self, events: list[Event], final: bool) -> None:
-        """Calls that run to the end of the answer (Mistral, Llama 3): parse at the end."""
+        """Calls that run to the end of the answer (Mistral, Llama 3): parse at the end.
+        An answer cut short (or with junk after its calls) keeps the calls that are
+        complete; the rest is text."""
         if not final:
             return
         whole, self._buffer = self._buffer, ""
-        self._emit_calls(events, whole)
         self._state = "content"
+        assert self.tools is not None
+        if self._emit_calls(events, whole, as_text=False):
+            return
+        calls, size = parse_leading_calls(self.tools, whole)
+        if calls and self._allowed(calls):
+            self._send(events, calls)
+            whole = whole[size:]
+        self._text(events, whole)
+
+    def _on_tagged(self, events: list[Event], final: bool) -> None:
+        """Markers learnt from the template (GLM, Kimi, MiniMax...): each call is sent
+        as soon as it is complete."""
+        assert self._scanner is not None and self.tools is not None
+        while True:
+            if self.tools.text_name:  # >>>all\n: text again after the calls
+                text_again = self.tools.opened + self.tools.text_name + "\n"
+                head = self._buffer.lstrip()
+                if head.startswith(text_again):
+                    self._buffer = head[len(text_again) :]
+                    self._state, self._held, self._after_call = "content", "", False
+                    return
+                if text_again.startswith(head) and head and not final:
+                    return
+            step, size, call = self._scanner.scan(
+                self._buffer, final=final, opened=self._in_section, types=self.types
+            )
+            if step == "wait":
+                return
+            if step == "call" and call is not None and self._allowed([call]):
+                self._send(events, [call])
+                self._held = ""
+            elif step in ("open", "skip"):
+                self._held += self._buffer[:size]
+                self._in_section = self._in_section or step == "open"
+            elif step in ("close", "end"):
+                self._held = ""
+                self._in_section = False
+                self._state = "content"
+                self._after_call = self.calls > 0
+            else:  # not a call after all: the text as written
+                self._text(events, self._held + self._buffer)
+                self._held, self._buffer, size = "", "", 0
+                self._in_section = False
+                self._state = "content"
+            self._buffer = self._buffer[size:]
+            if self._state != "tagged":
+                return
 
     # ------------------------------------------------------------------ output
 
-    def _emit_calls(self, events: list[Event], whole: str) -> None:
+    def _emit_calls(self, events: list[Event], whole: str, *, as_text: bool = True) -> bool:
         assert self.tools is not None
-        calls = parse_calls(self.tools, whole)
-        if calls is None or (
-            self.tool_names and any(n not in self.tool_names for n, _, _ in calls)
-        ):
-            self._text(events, whole)  # not a call after all: the text as written
-            return
+        calls = parse_calls(self.tools, whole, self.types)
+        if calls is None or not self._allowed(calls):
+            if as_text:
+                self._text(events, whole)  # not a call after all: the text as written
+            return False
+        self._send(events, calls)
+        return True
+
+    def _allowed(self, calls: list[Call]) -> bool:
+        return not self.tool_names or all(name in self.tool_names for name, _, _ in calls)
+
+    def _send(self, events: list[Event], calls: list[Call]) -> None:
         for name, arguments, call_id in calls:
             events.append(ToolCallEvent(self.job_id, self.calls, name, arguments, call_id))
             self.calls += 1
@@ -250,7 +386,7 @@ class HarmonyParser(StreamParser):
 
     def _close_message(self, events: list[Event]) -> None:
         if self._recipient:
-            arguments = _json_object(self._body)
+            arguments = json_object(self._body)
             name = self._recipient
             if arguments is None or (self.tool_names and name not in self.tool_names):
                 events.append(TextEvent(self.job_id, self._body))
@@ -265,168 +401,24 @@ def _recipient(header: str) -> str:
     return match.group(1) if match else ""
 
 
-# -------------------------------------------------------------------- call bodies
-
-
-def parse_calls(tools: ToolFormat, text: str) -> list[Call] | None:
-    """The calls in ``text`` (one call or section, markers included), or None when it
-    is not a well-formed call of this format."""
-    try:
-        if tools.kind in ("hermes", "generic"):
-            body = _strip_markers(text, tools.starts, tools.end)
-            return _json_calls(body, tools.arguments_key, many=True)
-        if tools.kind == "qwen3_coder":
-            return _xml_calls(text)
-        if tools.kind == "mistral":
-            return _mistral_calls(text)
-        if tools.kind == "mistral_args":
-            return _mistral_args_calls(text)
-        if tools.kind == "llama3":
-            body = text.strip().removeprefix("<|python_tag|>")
-            return _json_calls(body, tools.arguments_key, many=True)
-        if tools.kind == "deepseek":
-            return _deepseek_calls(text)
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        return None
-    return None
-
-
-def _strip_markers(text: str, starts: Sequence[str], end: str) -> str:
-    body = text.strip()
-    for start in starts:
-        if body.startswith(start):
-            body = body[len(start) :]
-            break
-    if end and body.endswith(end):
-        body = body[: -len(end)]
-    return body.strip()
-
-
-def _json_calls(body: str, arguments_key: str, *, many: bool) -> list[Call] | None:
-    """One JSON call object, a list of them, or several separated by ``;``/newlines."""
-    decoder = json.JSONDecoder(strict=False)
-    calls: list[Call] = []
-    at = 0
-    body = body.strip()
-    while at < len(body):
-        value, end = decoder.raw_decode(body, at)
-        items = value if isinstance(value, list) else [value]
-        for item in items:
-            call = _call_object(item, arguments_key)
-            if call is None:
-                return None
-            calls.append(call)
-        at = end
-        while at < len(body) and body[at] in " \t\r\n;,":
-            at += 1
-        if not many:
-            break
-    return calls or None
-
-
-def _call_object(item: Any, arguments_key: str) -> Call | None:
-    if not isinstance(item, dict):
-        return None
-    if isinstance(item.get("function"), dict):  # {"type": "function", "function": {...}}
-        item = {**item["function"], "id": item.get("id", "")}
-    name = item.get("name")
-    if not isinstance(name, str) or not name:
-        return None
-    keys = (arguments_key, "arguments", "parameters")
-    arguments: Any = next((item[k] for k in keys if k in item), {})
-    if isinstance(arguments, str):
-        arguments = _json_object(arguments)
-    if not isinstance(arguments, dict):
-        return None
-    call_id = item.get("id", "")
-    return name, arguments, call_id if isinstance(call_id, str) else ""
-
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text.strip() or "{}", strict=False)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-_XML_FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)</function>", re.DOTALL)
-_XML_PARAMETER = re.compile(r"<parameter=([^>\s]+)>(.*?)</parameter>", re.DOTALL)
-
-
-def _xml_calls(text: str) -> list[Call] | None:
-    body = _strip_markers(text, ("<tool_call>",), "</tool_call>")
-    calls: list[Call] = []
-    rest = body
-    for match in _XML_FUNCTION.finditer(body):
-        arguments = {
-            key: _xml_value(value) for key, value in _XML_PARAMETER.findall(match.group(2))
-        }
-        calls.append((match.group(1), arguments, ""))
-        rest = rest.replace(match.group(0), "", 1)
-    return calls if calls and not rest.strip() else None
-
-
-def _xml_value(raw: str) -> Any:
-    """A parameter's raw text: one newline on each side dropped; JSON where it parses
-    (numbers, booleans, objects), else the string."""
-    value = raw.removeprefix("\n").removesuffix("\n")
-    try:
-        return json.loads(value, strict=False)
-    except ValueError:
-        return value
-
-
-def _mistral_calls(text: str) -> list[Call] | None:
-    calls: list[Call] = []
-    for part in text.split("[TOOL_CALLS]"):
-        if part.strip():
-            found = _json_calls(part, "arguments", many=True)
-            if found is None:
-                return None
-            calls.extend(found)
-    return calls or None
-
-
-def _mistral_args_calls(text: str) -> list[Call] | None:
-    calls: list[Call] = []
-    for part in text.split("[TOOL_CALLS]"):
-        if not part.strip():
-            continue
-        name, separator, arguments = part.partition("[ARGS]")
-        if not separator:
-            return None
-        name, _, call_id = name.partition("[CALL_ID]")
-        parsed = _json_object(arguments)
-        if parsed is None or not name.strip():
-            return None
-        calls.append((name.strip(), parsed, call_id.strip()))
-    return calls or None
-
-
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
-
-
-def _deepseek_calls(text: str) -> list[Call] | None:
-    calls: list[Call] = []
-    for piece in text.split(DEEPSEEK_CALL_BEGIN)[1:]:
-        head, separator, arguments = piece.split(DEEPSEEK_CALL_END)[0].partition(DEEPSEEK_SEP)
-        if not separator:
-            return None
-        if head.strip() == "function":  # R1/V3: function<sep>NAME\n```json\n{...}\n```
-            name, _, arguments = arguments.partition("\n")
-            fenced = _FENCE.match(arguments)
-            arguments = fenced.group(1) if fenced else arguments
-        else:  # V3.1: NAME<sep>{...}
-            name = head
-        parsed = _json_object(arguments)
-        if parsed is None or not name.strip():
-            return None
-        calls.append((name.strip(), parsed, ""))
-    return calls or None
-
-
 # -------------------------------------------------------------------- scanning
+
+
+def _loose(opening: str) -> re.Pattern[str] | None:
+    """A regex for an answer's opening whose tags may be missing."""
+    if not opening.strip():
+        return None
+    parts = []
+    for piece in re.split(r"(<[^<>\s]{1,40}>|\s+)", opening.strip()):
+        if not piece:
+            continue
+        if piece.isspace():
+            parts.append(r"\s*")
+        elif piece.startswith("<") and piece.endswith(">"):
+            parts.append(f"(?:{re.escape(piece)})?")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts))
 
 
 def _first(text: str, markers: Sequence[str]) -> tuple[int, str]:
