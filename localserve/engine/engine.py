@@ -44,7 +44,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from localserve.engine.job import EngineStats, Job, OutputParser, Slot
+from localserve.engine.job import Checkpoint, EngineStats, Job, OutputParser, Parked, Slot
 from localserve.engine.llama import Batch, Context, Model
 from localserve.engine.logprobs import token_logprob
 from localserve.engine.media import Projector
@@ -72,6 +72,11 @@ from localserve.runtime.protocol import (
 PARK_BYTES = 512 * 1024 * 1024
 # A slot about to be overwritten is parked first when the job drops more than this.
 PARK_MIN_TOKENS = 16
+# Host memory for window checkpoints of sliding-window models (Gemma 3 270M: 7.5 MiB
+# each), oldest dropped first; the newest is kept whatever its size.
+CHECKPOINT_BYTES = 512 * 1024 * 1024
+# A long prompt gets a window checkpoint every this many tokens (and one at its end).
+CHECKPOINT_STEP = 2048
 # Prompt tokens per step for a job that wants their log-probabilities: llama.cpp keeps
 # a row of logits for each (1 MiB a token for Gemma 3's vocabulary).
 PROMPT_LOGPROBS_CHUNK = 64
@@ -119,11 +124,21 @@ class Engine:
         self.jobs: dict[str, Job] = {}
         self.stats = EngineStats()
         self._clock = itertools.count(1)
-        # Parked sequences, oldest first: id -> (tokens, llama.cpp's copy of the cells).
-        self.parked: OrderedDict[int, tuple[list[int], bytes]] = OrderedDict()
+        # Parked sequences, oldest first: id -> tokens, llama.cpp's copy of the cells.
+        self.parked: OrderedDict[int, Parked] = OrderedDict()
         self.parked_bytes = 0
         self.parked_tokens = 0
         self._park_ids = itertools.count(1)
+        # A sliding window (llama.cpp's iSWA cache): a position attends to the n_swa
+        # before it, and llama.cpp overwrites cells that fell out of a sequence's window,
+        # so going on from a shorter prefix needs those cells (checked) or a checkpoint.
+        self.n_swa = model.n_swa if shape.swa_cells else 0
+        # Window-sized (not swa_full): checkpoints of the window are taken.
+        self.windowed = bool(self.n_swa) and not options.swa_full
+        # Window checkpoints held by slots and parked sequences, oldest first.
+        self.checkpoints: OrderedDict[int, Checkpoint] = OrderedDict()
+        self.checkpoint_bytes = 0
+        self._serials = itertools.count(1)
 
     def close(self) -> None:
         for job in list(self.jobs.values()):
@@ -188,6 +203,7 @@ class Engine:
             kv_positions_cached=sum(len(s.tokens) for s in self.slots),
             parked_sequences=len(self.parked),
             parked_bytes=self.parked_bytes,
+            checkpoint_bytes=self.checkpoint_bytes,
             # Steps where drafts sat out because they cost more than they saved.
             draft_gate_paused_steps=self.draft_gate.paused_steps,
             **asdict(self.stats),
@@ -229,35 +245,35 @@ class Engine:
             if parent is not None and parent.id in self.jobs and not parent.generating:
                 deferred.append(job)  # its prompt cells are not there to copy yet
                 continue
-            # The free slot whose cache shares most with this prompt; among equals the
+
+            def reach(slot: Slot, job: Job = job) -> tuple[int, Checkpoint | None]:
+                return self._reach(
+                    self._wanted(job, slot.tokens),
+                    self.context.seq_pos_min(slot.index) if slot.tokens else -1,
+                    slot.checkpoints,
+                )
+
+            # The free slot whose cache can give most of this prompt; among equals the
             # least recently used, so hot prefixes stay cached longest.
-            slot = max(free, key=lambda s: (common_prefix(s.tokens, job.tokens), -s.last_used))
-            reuse = common_prefix(slot.tokens, job.tokens)
-            donor = max(self.slots, key=lambda s: common_prefix(s.tokens, job.tokens))
-            shared = common_prefix(donor.tokens, job.tokens)
-            if job.prompt_logprobs:
-                reuse = shared = 0  # every prompt token's logits are wanted
-            elif self._restore(slot, job.tokens, max(reuse, shared)):
-                reuse = shared = common_prefix(slot.tokens, job.tokens)
-            reuse, shared = job.media_boundary(reuse), job.media_boundary(shared)
-            # Always decode at least the last prompt token: its logits start generation.
-            limit = len(job.tokens) - 1
+            slot = max(free, key=lambda s: (reach(s)[0], -s.last_used))
+            reuse, reuse_from = reach(slot)
+            donor = max(self.slots, key=lambda s: reach(s)[0])
+            shared, shared_from = reach(donor)
+            if not job.prompt_logprobs and self._restore(slot, job, max(reuse, shared)):
+                reuse, reuse_from = reach(slot)
+                donor, shared = slot, reuse
             if shared > reuse and donor is not slot:
-                shared = min(shared, limit)
                 self._set_aside(slot)
-                self.context.seq_rm(slot.index)
+                self._clear(slot)
                 self.context.seq_cp(donor.index, slot.index, 0, shared)
                 slot.tokens = job.tokens[:shared]
-                reuse = shared
+                kept = [cp for cp in donor.checkpoints if cp.data and cp.n_tokens <= shared]
+                slot.checkpoints = self._hold(kept)
+                reuse = self._go_on(slot, shared, shared_from, copied=True)
             else:
-                reuse = min(reuse, limit)
                 if len(slot.tokens) - reuse > PARK_MIN_TOKENS:
                     self._set_aside(slot)  # what this job overwrites stays available
-                if not self.context.seq_rm(slot.index, reuse, -1):
-                    # Some caches (recurrent, sliding-window) cannot drop a tail: start over.
-                    self.context.seq_rm(slot.index)
-                    reuse = 0
-                slot.tokens = slot.tokens[:reuse]
+                reuse = self._go_on(slot, reuse, reuse_from, copied=False)
             job.slot = slot.index
             job.n_past = reuse
             job.cached = reuse
@@ -274,11 +290,121 @@ class Engine:
                 if self.park_idle and idle.job is None and idle.tokens:
                     self._park(idle)
 
+    @staticmethod
+    def _wanted(job: Job, cached: Sequence[int]) -> int:
+        """How much of ``job``'s prompt a cache holding ``cached`` could spare it: their
+        common prefix, less the last prompt token (its logits start generation), never
+        ending inside a medium; nothing for a job that wants every prompt token's
+        log-probabilities."""
+        if job.prompt_logprobs:
+            return 0
+        return job.media_boundary(min(common_prefix(cached, job.tokens), len(job.tokens) - 1))
+
+    def _reach(
+        self, n: int, pos_min: int, checkpoints: Sequence[Checkpoint]
+    ) -> tuple[int, Checkpoint | None]:
+        """How many of a cached sequence's first ``n`` positions a job can go on from,
+        and the checkpoint to load for it (None: the cells as they are). Without a
+        sliding window, all ``n``. With one, position ``n`` attends to the window before
+        it, which llama.cpp overwrites as the sequence moves on: ``n`` when the cells
+        from ``pos_min`` on still hold it, else the longest a checkpoint gives, else 0."""
+        if n <= 0 or self._window_holds(n, pos_min):
+            return max(n, 0), None
+        best, found = 0, None
+        for checkpoint in checkpoints:
+            at = min(n, checkpoint.n_tokens)
+            if checkpoint.data and at > best and self._window_holds(at, checkpoint.pos_min):
+                best, found = at, checkpoint
+        return best, found
+
+    def _window_holds(self, n: int, pos_min: int) -> bool:
+        """Whether cells from ``pos_min`` on hold all that position ``n`` attends to."""
+        if not self.n_swa:
+            return True
+        return 0 <= pos_min <= max(0, n - self.n_swa + 1)
+
+    def _go_on(self, slot: Slot, n: int, checkpoint: Checkpoint | None, *, copied: bool) -> int:
+        """Make ``slot`` hold its first ``n`` positions and nothing after, ready for a job
+        to go on from there (loading ``checkpoint`` first); returns ``n``, or 0 when it
+        cannot (it then holds nothing). ``copied``: its cells were just copied from
+        another sequence (``seq_cp``), so the window's cells are shared, and llama.cpp
+        never overwrites a shared cell: the slot gets a copy of its own."""
+        done = True
+        if checkpoint is not None:
+            done = self.context.set_seq_state(slot.index, checkpoint.data, window_only=True)
+            if done:
+                self.stats.checkpoint_restores += 1
+        elif copied and self.windowed and n > 0:
+            window = self.context.seq_state(slot.index, window_only=True)
+            done = self.context.set_seq_state(slot.index, window, window_only=True)
+        # Some caches (recurrent state) cannot drop a tail: start over.
+        if done and self.context.seq_rm(slot.index, n, -1):
+            self._truncate(slot, n)
+            return n
+        self._clear(slot)
+        return 0
+
+    def _truncate(self, slot: Slot, n: int) -> None:
+        """``slot`` now holds its first ``n`` tokens: later checkpoints no longer apply."""
+        del slot.tokens[n:]
+        later = [cp for cp in slot.checkpoints if cp.n_tokens > n or not cp.data]
+        if later:
+            self._let_go(later)
+            slot.checkpoints = [cp for cp in slot.checkpoints if cp not in later]
+
+    def _clear(self, slot: Slot) -> None:
+        """Free all of ``slot``'s cells."""
+        self.context.seq_rm(slot.index)
+        slot.tokens = []
+        self._let_go(slot.checkpoints)
+        slot.checkpoints = []
+
+    # ---------------------------------------------------- window checkpoints
+
+    def _checkpoint(self, slot: Slot) -> None:
+        """Copy ``slot``'s window cells to host memory as a checkpoint at its length."""
+        n = len(slot.tokens)
+        if any(cp.n_tokens == n and cp.data for cp in slot.checkpoints):
+            return
+        data = self.context.seq_state(slot.index, window_only=True)
+        if not data:
+            return
+        # llama.cpp copies the cells in the window: from n - n_swa on.
+        pos_min = max(self.context.seq_pos_min(slot.index), n - self.n_swa)
+        checkpoint = Checkpoint(n, pos_min, data, next(self._serials))
+        self.checkpoints[checkpoint.serial] = checkpoint
+        self.checkpoint_bytes += len(data)
+        slot.checkpoints.append(checkpoint)
+        checkpoint.holders = 1
+        self.stats.checkpoints += 1
+        # Oldest first, the newest always kept: each is one window, a few MiB for a
+        # small model, hundreds for a large one.
+        while self.checkpoint_bytes > CHECKPOINT_BYTES and len(self.checkpoints) > 1:
+            _, oldest = self.checkpoints.popitem(last=False)
+            self.checkpoint_bytes -= len(oldest.data)
+            oldest.data = b""
+
+    def _hold(self, checkpoints: Sequence[Checkpoint]) -> list[Checkpoint]:
+        """``checkpoints`` listed by one more slot or parked sequence."""
+        for checkpoint in checkpoints:
+            checkpoint.holders += 1
+        return list(checkpoints)
+
+    def _let_go(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """``checkpoints`` listed by one fewer; dropped when nothing lists them."""
+        for checkpoint in checkpoints:
+            checkpoint.holders -= 1
+            if checkpoint.holders <= 0 and checkpoint.serial in self.checkpoints:
+                del self.checkpoints[checkpoint.serial]
+                self.checkpoint_bytes -= len(checkpoint.data)
+                checkpoint.data = b""
+
+    # --------------------------------------------------------------- parking
+
     def _park(self, slot: Slot) -> None:
         """Move an idle slot's cells to host memory and free them."""
         self._set_aside(slot)
-        self.context.seq_rm(slot.index)
-        slot.tokens = []
+        self._clear(slot)
 
     def _set_aside(self, slot: Slot) -> None:
         """Copy a slot's cells to host memory (the newest parked entry), if any."""
@@ -287,36 +413,45 @@ class Engine:
         state = self.context.seq_state(slot.index)
         if not state or len(state) > PARK_BYTES:
             return
-        self.parked[next(self._park_ids)] = (list(slot.tokens), state)
+        # llama.cpp copies only the window of sliding-window layers.
+        pos_min = self.context.seq_pos_min(slot.index)
+        if self.n_swa:
+            pos_min = max(pos_min, len(slot.tokens) - self.n_swa)
+        entry = Parked(list(slot.tokens), state, pos_min, self._hold(slot.checkpoints))
+        self.parked[next(self._park_ids)] = entry
         self.parked_bytes += len(state)
         self.parked_tokens += len(slot.tokens)
         self.stats.parked += 1
         cells = self.context.shape.n_ctx
         while self.parked_bytes > PARK_BYTES or self.parked_tokens > cells:
-            _, (tokens, dropped) = self.parked.popitem(last=False)
-            self.parked_bytes -= len(dropped)
-            self.parked_tokens -= len(tokens)
+            _, dropped = self.parked.popitem(last=False)
+            self.parked_bytes -= len(dropped.state)
+            self.parked_tokens -= len(dropped.tokens)
+            self._let_go(dropped.checkpoints)
 
-    def _restore(self, slot: Slot, prompt: Sequence[int], have: int) -> bool:
-        """Bring back into ``slot`` the parked sequence sharing most with ``prompt``,
-        if it shares more than ``have`` tokens (what the live cache offers)."""
-        best, best_shared = None, have
-        for key, (tokens, _) in self.parked.items():
-            shared = common_prefix(tokens, prompt)
-            if shared > best_shared:
-                best, best_shared = key, shared
+    def _restore(self, slot: Slot, job: Job, have: int) -> bool:
+        """Bring back into ``slot`` the parked sequence that can give ``job`` most of its
+        prompt, if that is more than ``have`` tokens (what the live cache offers)."""
+        best, best_reach = None, have
+        for key, entry in self.parked.items():
+            reach, _ = self._reach(
+                self._wanted(job, entry.tokens), entry.pos_min, entry.checkpoints
+            )
+            if reach > best_reach:
+                best, best_reach = key, reach
         if best is None:
             return False
-        tokens, state = self.parked.pop(best)
-        self.parked_bytes -= len(state)
-        self.parked_tokens -= len(tokens)
+        entry = self.parked.pop(best)
+        self.parked_bytes -= len(entry.state)
+        self.parked_tokens -= len(entry.tokens)
         self._set_aside(slot)
-        self.context.seq_rm(slot.index)
-        if not self.context.set_seq_state(slot.index, state):
-            self.context.seq_rm(slot.index)  # no contiguous room: read the prompt instead
-            slot.tokens = []
+        self._clear(slot)
+        if not self.context.set_seq_state(slot.index, entry.state):
+            self._let_go(entry.checkpoints)
+            self._clear(slot)  # no room: read the prompt instead
             return False
-        slot.tokens = tokens
+        slot.tokens = entry.tokens
+        slot.checkpoints = entry.checkpoints  # the parked entry's hold passes to the slot
         self.stats.restored += 1
         return True
 
@@ -394,6 +529,12 @@ class Engine:
                 if job.prompt_logprobs:
                     events.append(self._prompt_logprobs(job, count))
             job.n_past += count
+            if not job.generating and self.windowed:
+                # The window at the prompt's end (the next turn goes on from there), and
+                # every CHECKPOINT_STEP tokens of a long one (other prompts that share it).
+                last = max((cp.n_tokens for cp in slot.checkpoints if cp.data), default=0)
+                if row >= 0 or job.n_past - last >= CHECKPOINT_STEP:
+                    self._checkpoint(slot)
             if job.progress and not job.generating:
                 events.append(_progress(job))
             if row < 0:
@@ -561,8 +702,7 @@ class Engine:
         )
         if not idle:
             return False
-        self.context.seq_rm(idle[0].index)
-        idle[0].tokens = []
+        self._clear(idle[0])
         return True
 
     def _on_token(self, job: Job, token: int, events: list[Event], row: int) -> None:
@@ -624,8 +764,7 @@ class Engine:
         events.append(ErrorEvent(job.id, message))
         if job.slot >= 0:
             # Its cells may hold a half-applied batch: drop them rather than trust them.
-            self.context.seq_rm(job.slot)
-            self.slots[job.slot].tokens = []
+            self._clear(self.slots[job.slot])
         self._release(job)
 
     def _release(self, job: Job) -> None:
