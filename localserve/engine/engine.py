@@ -44,7 +44,15 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from localserve.engine.job import Checkpoint, EngineStats, Job, OutputParser, Parked, Slot
+from localserve.engine.job import (
+    Checkpoint,
+    Chunk,
+    EngineStats,
+    Job,
+    OutputParser,
+    Parked,
+    Slot,
+)
 from localserve.engine.llama import Batch, Context, Model
 from localserve.engine.logprobs import token_logprob
 from localserve.engine.media import Projector
@@ -77,6 +85,8 @@ PARK_MIN_TOKENS = 16
 CHECKPOINT_BYTES = 512 * 1024 * 1024
 # A long prompt gets a window checkpoint every this many tokens (and one at its end).
 CHECKPOINT_STEP = 2048
+# cache_reuse: the longest changed span looked past for a reusable chunk.
+MAX_CHANGED_SPAN = 1024
 # Prompt tokens per step for a job that wants their log-probabilities: llama.cpp keeps
 # a row of logits for each (1 MiB a token for Gemma 3's vocabulary).
 PROMPT_LOGPROBS_CHUNK = 64
@@ -216,7 +226,8 @@ class Engine:
         events: list[Event] = []
         self._drop_cancelled(events)
         self._admit(events)
-        running = [s.job for s in self.slots if s.job is not None]
+        # (a job holding a scratch sequence too is listed once: by its own slot)
+        running = [s.job for s in self.slots if s.job is not None and s.job.slot == s.index]
         if not running:
             return events
         events.extend(self._decode_round(running))
@@ -246,34 +257,7 @@ class Engine:
                 deferred.append(job)  # its prompt cells are not there to copy yet
                 continue
 
-            def reach(slot: Slot, job: Job = job) -> tuple[int, Checkpoint | None]:
-                return self._reach(
-                    self._wanted(job, slot.tokens),
-                    self.context.seq_pos_min(slot.index) if slot.tokens else -1,
-                    slot.checkpoints,
-                )
-
-            # The free slot whose cache can give most of this prompt; among equals the
-            # least recently used, so hot prefixes stay cached longest.
-            slot = max(free, key=lambda s: (reach(s)[0], -s.last_used))
-            reuse, reuse_from = reach(slot)
-            donor = max(self.slots, key=lambda s: reach(s)[0])
-            shared, shared_from = reach(donor)
-            if not job.prompt_logprobs and self._restore(slot, job, max(reuse, shared)):
-                reuse, reuse_from = reach(slot)
-                donor, shared = slot, reuse
-            if shared > reuse and donor is not slot:
-                self._set_aside(slot)
-                self._clear(slot)
-                self.context.seq_cp(donor.index, slot.index, 0, shared)
-                slot.tokens = job.tokens[:shared]
-                kept = [cp for cp in donor.checkpoints if cp.data and cp.n_tokens <= shared]
-                slot.checkpoints = self._hold(kept)
-                reuse = self._go_on(slot, shared, shared_from, copied=True)
-            else:
-                if len(slot.tokens) - reuse > PARK_MIN_TOKENS:
-                    self._set_aside(slot)  # what this job overwrites stays available
-                reuse = self._go_on(slot, reuse, reuse_from, copied=False)
+            slot, reuse = self._place(job, free)
             job.slot = slot.index
             job.n_past = reuse
             job.cached = reuse
@@ -289,6 +273,141 @@ class Engine:
             for idle in self.slots:
                 if self.park_idle and idle.job is None and idle.tokens:
                     self._park(idle)
+
+    def _place(self, job: Job, free: list[Slot]) -> tuple[Slot, int]:
+        """The free slot ``job`` goes to, made to hold the most of its prompt that some
+        cache can give (its own, another slot's, a parked one's); and how much."""
+
+        def pos_min(slot: Slot) -> int:
+            return self.context.seq_pos_min(slot.index) if slot.tokens else -1
+
+        def reach(slot: Slot) -> tuple[int, Checkpoint | None]:
+            return self._reach(self._wanted(job, slot.tokens), pos_min(slot), slot.checkpoints)
+
+        # With cache_reuse, what a cache holds past a changed span counts too.
+        chunks: dict[int, Chunk | None] = {}
+
+        def gain(slot: Slot) -> int:
+            start = reach(slot)[0]
+            if slot.index not in chunks:
+                chunks[slot.index] = self._chunk(job, slot.tokens, start, pos_min(slot))
+            chunk = chunks[slot.index]
+            return start + (chunk.length if chunk else 0)
+
+        # The free slot whose cache can give most of this prompt; among equals the
+        # least recently used, so hot prefixes stay cached longest.
+        slot = max(free, key=lambda s: (gain(s), -s.last_used))
+        reuse, reuse_from = reach(slot)
+        chunk = chunks.get(slot.index)
+        donor = max(self.slots, key=lambda s: reach(s)[0])
+        shared, shared_from = reach(donor)
+        if not job.prompt_logprobs and self._restore(slot, job, max(gain(slot), shared)):
+            reuse, reuse_from = reach(slot)
+            chunk = self._chunk(job, slot.tokens, reuse, pos_min(slot))
+            donor, shared = slot, reuse
+        if shared > reuse + (chunk.length if chunk else 0) and donor is not slot:
+            self._set_aside(slot)
+            self._clear(slot)
+            self.context.seq_cp(donor.index, slot.index, 0, shared)
+            slot.tokens = job.tokens[:shared]
+            kept = [cp for cp in donor.checkpoints if cp.data and cp.n_tokens <= shared]
+            slot.checkpoints = self._hold(kept)
+            reuse = self._go_on(slot, shared, shared_from, copied=True)
+        else:
+            if len(slot.tokens) - reuse > PARK_MIN_TOKENS:
+                self._set_aside(slot)  # what this job overwrites stays available
+            if chunk is not None:
+                scratch = next((s for s in free if s is not slot and not s.tokens), None)
+                scratch = scratch or next((s for s in free if s is not slot), None)
+                reuse = self._shift(job, slot, reuse, chunk, scratch)
+            else:
+                reuse = self._go_on(slot, reuse, reuse_from, copied=False)
+        return slot, reuse
+
+    # -------------------------------------------- reuse past a changed span
+
+    def _chunk(self, job: Job, cached: Sequence[int], start: int, pos_min: int) -> Chunk | None:
+        """With cache_reuse N: where a cache holding ``cached`` (its window from
+        ``pos_min`` on), past the ``start`` tokens it shares
+        with ``job``'s prompt, holds a run of at least N tokens that the prompt has a
+        little further on (after a span that changed, at most MAX_CHANGED_SPAN tokens).
+        None where cells cannot move (a sliding window's own cache, recurrent state,
+        M-RoPE), for prompts or caches with media, and when nothing matches."""
+        least = self.options.cache_reuse
+        prompt = job.tokens
+        end = len(prompt) - 1  # the last prompt token is always read: its logits
+        if (
+            not least
+            or not self.context.can_shift
+            or job.media
+            or job.prompt_logprobs
+            or len(cached) - start < least
+            or end - start < least
+            or not self._window_holds(start, pos_min)
+            or any(t < 0 for t in cached)
+        ):
+            return None
+        k = min(least, 16)
+        found: dict[tuple[int, ...], list[int]] = {}
+        for i in range(start, len(cached) - k + 1):
+            found.setdefault(tuple(cached[i : i + k]), []).append(i)
+        for head_p in range(start, min(end - least, start + MAX_CHANGED_SPAN) + 1):
+            best = None
+            for head_c in found.get(tuple(prompt[head_p : head_p + k]), ())[:8]:
+                n = common_prefix(cached[head_c:], prompt[head_p:end])
+                if n >= least and (best is None or n > best.length):
+                    best = Chunk(head_p, head_c, n)
+            if best is not None:
+                return best
+        return None
+
+    def _shift(self, job: Job, slot: Slot, start: int, chunk: Chunk, scratch: Slot | None) -> int:
+        """Keep ``slot``'s first ``start`` tokens and ``chunk``, moved to where the
+        prompt has it; returns how much of the prompt the slot now holds. A chunk
+        right after the prefix (a span was removed) moves in place; one after new
+        tokens waits in ``scratch``, a free sequence, while they are read (llama.cpp
+        appends a sequence's tokens only after its last cell), then joins
+        (``_reattach``). Without a free sequence, just the prefix."""
+        seq, shift = slot.index, chunk.at - chunk.cached_at
+        self.context.seq_rm(seq, chunk.cached_at + chunk.length, -1)
+        if chunk.at == start:
+            self.context.seq_rm(seq, start, chunk.cached_at)
+            self.context.seq_add(seq, chunk.cached_at, chunk.cached_at + chunk.length, shift)
+            self._truncate(slot, start)
+            slot.tokens.extend(job.tokens[start : start + chunk.length])
+            self.stats.reuse_shifted += chunk.length
+            return start + chunk.length
+        if scratch is not None:
+            self._set_aside(scratch)
+            self._clear(scratch)
+            held = (chunk.cached_at, chunk.cached_at + chunk.length)
+            self.context.seq_cp(seq, scratch.index, *held)
+            self.context.seq_rm(seq, start, -1)  # the chunk's cells are the scratch's alone
+            self.context.seq_add(scratch.index, *held, shift)
+            scratch.job = job  # reserved until the chunk joins
+            job.reattach = (scratch.index, chunk.at, chunk.length)
+        self.context.seq_rm(seq, start, -1)
+        self._truncate(slot, start)
+        return start
+
+    def _reattach(self, job: Job) -> None:
+        """The new span is read: the chunk waiting in its scratch sequence joins."""
+        assert job.reattach is not None
+        scratch, at, length = job.reattach
+        self.context.seq_cp(scratch, job.slot, at, at + length)
+        self._drop_scratch(job)
+        self.slots[job.slot].tokens.extend(job.tokens[at : at + length])
+        job.n_past += length
+        job.cached += length
+        self.stats.reuse_shifted += length
+
+    def _drop_scratch(self, job: Job) -> None:
+        if job.reattach is not None:
+            scratch = self.slots[job.reattach[0]]
+            self.context.seq_rm(scratch.index)
+            scratch.job = None
+            scratch.tokens = []
+            job.reattach = None
 
     @staticmethod
     def _wanted(job: Job, cached: Sequence[int]) -> int:
@@ -437,6 +556,10 @@ class Engine:
             reach, _ = self._reach(
                 self._wanted(job, entry.tokens), entry.pos_min, entry.checkpoints
             )
+            if self.options.cache_reuse and reach + len(entry.tokens) > best_reach:
+                # What it holds past a changed span (the window checked once restored).
+                chunk = self._chunk(job, entry.tokens, reach, entry.pos_min)
+                reach += chunk.length if chunk else 0
             if reach > best_reach:
                 best, best_reach = key, reach
         if best is None:
@@ -529,6 +652,8 @@ class Engine:
                 if job.prompt_logprobs:
                     events.append(self._prompt_logprobs(job, count))
             job.n_past += count
+            if job.reattach is not None and job.n_past == job.reattach[1]:
+                self._reattach(job)
             if not job.generating and self.windowed:
                 # The window at the prompt's end (the next turn goes on from there), and
                 # every CHECKPOINT_STEP tokens of a long one (other prompts that share it).
@@ -596,6 +721,8 @@ class Engine:
             if budget <= 0:
                 break
             remaining = job.text_ahead()
+            if job.reattach is not None:  # read up to where the moved chunk joins
+                remaining = min(remaining, job.reattach[1] - job.n_past)
             take = min(remaining, budget)
             if job.prompt_logprobs:
                 take = min(take, PROMPT_LOGPROBS_CHUNK)
@@ -768,6 +895,7 @@ class Engine:
         self._release(job)
 
     def _release(self, job: Job) -> None:
+        self._drop_scratch(job)
         if job.slot >= 0 and self.slots[job.slot].job is job:
             slot = self.slots[job.slot]
             slot.job = None

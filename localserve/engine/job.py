@@ -83,6 +83,9 @@ class Job:
     stops: StopMatcher | None = None
     parser: OutputParser | None = None
     first_row: int = 0  # where this step's prompt chunk starts in the batch
+    # cache_reuse: (scratch sequence, prompt position, length) of cached cells waiting
+    # in a free sequence to join this job's once it has read up to that position.
+    reattach: tuple[int, int, int] | None = None
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
     prompt_started_ns: int = 0
     prompt_done_ns: int = 0
@@ -99,6 +102,16 @@ class Job:
         """Prompt ids from ``n_past`` up to the next medium (or the prompt's end)."""
         following = [start for start in self.media if start >= self.n_past]
         return (min(following) if following else len(self.tokens)) - self.n_past
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Cached tokens a prompt has again after a span that changed (cache_reuse): the
+    ``length`` tokens at ``cached_at`` in the cache are the prompt's at ``at``."""
+
+    at: int
+    cached_at: int
+    length: int
 
 
 @dataclass(eq=False)
