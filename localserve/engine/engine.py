@@ -145,6 +145,12 @@ class Engine:
         self.n_swa = model.n_swa if shape.swa_cells else 0
         # Window-sized (not swa_full): checkpoints of the window are taken.
         self.windowed = bool(self.n_swa) and not options.swa_full
+        # Cells can move to other positions (cache_reuse): where llama.cpp says so, and
+        # with a window-sized cache too where its parts can (not recurrent, not M-RoPE):
+        # the engine moves a window with its checkpoints then.
+        self.can_move = self.context.can_shift or (
+            self.windowed and not model.is_recurrent and model.rope_shifts
+        )
         # Window checkpoints held by slots and parked sequences, oldest first.
         self.checkpoints: OrderedDict[int, Checkpoint] = OrderedDict()
         self.checkpoint_bytes = 0
@@ -261,6 +267,8 @@ class Engine:
             job.slot = slot.index
             job.n_past = reuse
             job.cached = reuse
+            if job.reattach is not None and job.reattach[1] == reuse:
+                self._reattach(job)  # a span removed: nothing to read before the chunk
             if reuse:
                 self.stats.prefix_hits += 1
                 self.stats.prefix_tokens += reuse
@@ -290,7 +298,9 @@ class Engine:
         def gain(slot: Slot) -> int:
             start = reach(slot)[0]
             if slot.index not in chunks:
-                chunks[slot.index] = self._chunk(job, slot.tokens, start, pos_min(slot))
+                chunks[slot.index] = self._chunk(
+                    job, slot.tokens, start, pos_min(slot), slot.checkpoints
+                )
             chunk = chunks[slot.index]
             return start + (chunk.length if chunk else 0)
 
@@ -303,7 +313,7 @@ class Engine:
         shared, shared_from = reach(donor)
         if not job.prompt_logprobs and self._restore(slot, job, max(gain(slot), shared)):
             reuse, reuse_from = reach(slot)
-            chunk = self._chunk(job, slot.tokens, reuse, pos_min(slot))
+            chunk = self._chunk(job, slot.tokens, reuse, pos_min(slot), slot.checkpoints)
             donor, shared = slot, reuse
         if shared > reuse + (chunk.length if chunk else 0) and donor is not slot:
             self._set_aside(slot)
@@ -319,34 +329,44 @@ class Engine:
             if chunk is not None:
                 scratch = next((s for s in free if s is not slot and not s.tokens), None)
                 scratch = scratch or next((s for s in free if s is not slot), None)
-                reuse = self._shift(job, slot, reuse, chunk, scratch)
+                reuse = self._shift(job, slot, reuse, reuse_from, chunk, scratch)
             else:
                 reuse = self._go_on(slot, reuse, reuse_from, copied=False)
         return slot, reuse
 
     # -------------------------------------------- reuse past a changed span
 
-    def _chunk(self, job: Job, cached: Sequence[int], start: int, pos_min: int) -> Chunk | None:
-        """With cache_reuse N: where a cache holding ``cached`` (its window from
-        ``pos_min`` on), past the ``start`` tokens it shares
-        with ``job``'s prompt, holds a run of at least N tokens that the prompt has a
-        little further on (after a span that changed, at most MAX_CHANGED_SPAN tokens).
-        None where cells cannot move (a sliding window's own cache, recurrent state,
-        M-RoPE), for prompts or caches with media, and when nothing matches."""
+    def _chunk(
+        self,
+        job: Job,
+        cached: Sequence[int],
+        start: int,
+        pos_min: int,
+        checkpoints: Sequence[Checkpoint] = (),
+    ) -> Chunk | None:
+        """With cache_reuse N: where a cache holding ``cached`` (its window cells from
+        ``pos_min`` on, and ``checkpoints``), past the ``start`` tokens it can give
+        ``job``'s prompt, holds a run of at least N tokens that the prompt has a little
+        further on (after a span that changed, at most MAX_CHANGED_SPAN tokens). None
+        where cells cannot move (recurrent state, M-RoPE), for prompts or caches with
+        media, and when nothing matches. With a sliding window the run must be at least
+        a window long, and the window at its end must be there (the cells, or a
+        checkpoint): what follows it attends to that window, and to nothing earlier
+        but through the global layers."""
         least = self.options.cache_reuse
         prompt = job.tokens
         end = len(prompt) - 1  # the last prompt token is always read: its logits
         if (
             not least
-            or not self.context.can_shift
+            or not self.can_move
             or job.media
             or job.prompt_logprobs
             or len(cached) - start < least
             or end - start < least
-            or not self._window_holds(start, pos_min)
             or any(t < 0 for t in cached)
         ):
             return None
+        least = max(least, self.n_swa)
         k = min(least, 16)
         found: dict[tuple[int, ...], list[int]] = {}
         for i in range(start, len(cached) - k + 1):
@@ -355,48 +375,95 @@ class Engine:
             best = None
             for head_c in found.get(tuple(prompt[head_p : head_p + k]), ())[:8]:
                 n = common_prefix(cached[head_c:], prompt[head_p:end])
-                if n >= least and (best is None or n > best.length):
+                if n < least or (best is not None and n <= best.length):
+                    continue
+                if self._window_holds(head_c + n, pos_min):
                     best = Chunk(head_p, head_c, n)
+                    continue
+                # The window at the run's end from a checkpoint, the run cut back to it.
+                for checkpoint in checkpoints:
+                    cut = min(head_c + n, checkpoint.n_tokens) - head_c
+                    if (
+                        checkpoint.data
+                        and cut >= least
+                        and (best is None or cut > best.length)
+                        and self._window_holds(head_c + cut, checkpoint.pos_min)
+                    ):
+                        best = Chunk(head_p, head_c, cut, checkpoint)
             if best is not None:
                 return best
         return None
 
-    def _shift(self, job: Job, slot: Slot, start: int, chunk: Chunk, scratch: Slot | None) -> int:
-        """Keep ``slot``'s first ``start`` tokens and ``chunk``, moved to where the
-        prompt has it; returns how much of the prompt the slot now holds. A chunk
-        right after the prefix (a span was removed) moves in place; one after new
-        tokens waits in ``scratch``, a free sequence, while they are read (llama.cpp
-        appends a sequence's tokens only after its last cell), then joins
-        (``_reattach``). Without a free sequence, just the prefix."""
+    def _shift(
+        self,
+        job: Job,
+        slot: Slot,
+        start: int,
+        start_from: Checkpoint | None,
+        chunk: Chunk,
+        scratch: Slot | None,
+    ) -> int:
+        """Keep ``slot``'s first ``start`` tokens (going on from ``start_from`` if a
+        checkpoint) and ``chunk``, moved to where the prompt has it; returns how much
+        of the prompt the slot now holds. Without a sliding window, a chunk right after
+        the prefix (a span was removed) moves in place. Otherwise the chunk waits in
+        ``scratch``, a free sequence (its window cells made its own, moved with it),
+        while the new tokens before it are read (llama.cpp appends a sequence's tokens
+        only after its last cell), then joins (``_reattach``). Without a free sequence,
+        just the prefix."""
         seq, shift = slot.index, chunk.at - chunk.cached_at
-        self.context.seq_rm(seq, chunk.cached_at + chunk.length, -1)
-        if chunk.at == start:
-            self.context.seq_rm(seq, start, chunk.cached_at)
-            self.context.seq_add(seq, chunk.cached_at, chunk.cached_at + chunk.length, shift)
+        held = (chunk.cached_at, chunk.cached_at + chunk.length)
+        if chunk.at == start and not self.n_swa:
+            self.context.seq_rm(seq, held[1], -1)
+            self.context.seq_rm(seq, start, held[0])
+            self.context.seq_add(seq, *held, shift)
             self._truncate(slot, start)
             slot.tokens.extend(job.tokens[start : start + chunk.length])
             self.stats.reuse_shifted += chunk.length
             return start + chunk.length
-        if scratch is not None:
-            self._set_aside(scratch)
-            self._clear(scratch)
-            held = (chunk.cached_at, chunk.cached_at + chunk.length)
-            self.context.seq_cp(seq, scratch.index, *held)
-            self.context.seq_rm(seq, start, -1)  # the chunk's cells are the scratch's alone
-            self.context.seq_add(scratch.index, *held, shift)
-            scratch.job = job  # reserved until the chunk joins
-            job.reattach = (scratch.index, chunk.at, chunk.length)
-        self.context.seq_rm(seq, start, -1)
-        self._truncate(slot, start)
+        if scratch is None:
+            return self._go_on(slot, start, start_from, copied=False)
+        self._set_aside(scratch)
+        self._clear(scratch)
+        t = scratch.index
+        self.context.seq_rm(seq, held[1], -1)
+        self.context.seq_cp(seq, t, *held)
+        moved = True
+        if chunk.window is not None:  # the window at the run's end, from a checkpoint
+            moved = self.context.set_seq_state(t, chunk.window.data, window_only=True)
+            self.context.seq_rm(t, held[1], -1)
+        start = self._go_on(slot, start, start_from, copied=False)  # the chunk is t's alone
+        if moved and self.n_swa:
+            moved = self._own_window(t)
+        if not moved:
+            self.context.seq_rm(t)
+            return start
+        self.context.seq_add(t, *held, shift)
+        scratch.job = job  # reserved until the chunk joins
+        job.reattach = (t, chunk.at, chunk.length)
         return start
 
+    def _own_window(self, seq: int) -> bool:
+        """Make ``seq``'s sliding-window cells exactly the window before its end (read out
+        and written back): after cells were copied or moved in, what it holds there may
+        have gaps or be shared. False when llama.cpp found no room (they are gone)."""
+        window = self.context.seq_state(seq, window_only=True)
+        return bool(window) and self.context.set_seq_state(seq, window, window_only=True)
+
     def _reattach(self, job: Job) -> None:
-        """The new span is read: the chunk waiting in its scratch sequence joins."""
+        """The new span is read: the chunk waiting in its scratch sequence joins. (If
+        its window cannot be made the sequence's own, the prompt is read from the
+        start instead.)"""
         assert job.reattach is not None
         scratch, at, length = job.reattach
-        self.context.seq_cp(scratch, job.slot, at, at + length)
+        slot = self.slots[job.slot]
+        self.context.seq_cp(scratch, slot.index, at, at + length)
         self._drop_scratch(job)
-        self.slots[job.slot].tokens.extend(job.tokens[at : at + length])
+        if self.n_swa and not self._own_window(slot.index):
+            self._clear(slot)
+            job.n_past = job.cached = 0
+            return
+        slot.tokens.extend(job.tokens[at : at + length])
         job.n_past += length
         job.cached += length
         self.stats.reuse_shifted += length
@@ -438,7 +505,7 @@ class Engine:
 
     def _window_holds(self, n: int, pos_min: int) -> bool:
         """Whether cells from ``pos_min`` on hold all that position ``n`` attends to."""
-        if not self.n_swa:
+        if not self.n_swa or n <= 0:
             return True
         return 0 <= pos_min <= max(0, n - self.n_swa + 1)
 
@@ -558,7 +625,7 @@ class Engine:
             )
             if self.options.cache_reuse and reach + len(entry.tokens) > best_reach:
                 # What it holds past a changed span (the window checked once restored).
-                chunk = self._chunk(job, entry.tokens, reach, entry.pos_min)
+                chunk = self._chunk(job, entry.tokens, reach, entry.pos_min, entry.checkpoints)
                 reach += chunk.length if chunk else 0
             if reach > best_reach:
                 best, best_reach = key, reach

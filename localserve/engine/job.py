@@ -112,6 +112,9 @@ class Chunk:
     at: int
     cached_at: int
     length: int
+    # With a sliding window: the checkpoint that holds the window at the run's end
+    # (None: the sequence's own cells do).
+    window: Checkpoint | None = None
 
 
 @dataclass(eq=False)

@@ -152,6 +152,13 @@ class Model:
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
         self.n_swa = int(L.llama_model_n_swa(handle))
         self.is_recurrent = bool(L.llama_model_is_recurrent(handle))
+        # Whether its positions are plain RoPE, which cells can be moved in (not M-RoPE,
+        # whose positions have several dimensions).
+        self.rope_shifts = int(L.llama_model_rope_type(handle)) in (
+            L.LLAMA_ROPE_TYPE_NONE,
+            L.LLAMA_ROPE_TYPE_NORM,
+            L.LLAMA_ROPE_TYPE_NEOX,
+        )
         self.has_encoder = bool(L.llama_model_has_encoder(handle))
         self.has_decoder = bool(L.llama_model_has_decoder(handle))
         self._pieces: dict[int, bytes] = {}

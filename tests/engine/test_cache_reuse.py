@@ -7,7 +7,6 @@ to their new positions, and the next-token distribution stays close to a cold re
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,30 +225,75 @@ def test_a_cancel_while_the_body_waits_frees_its_sequence(model: Model) -> None:
         engine.close()
 
 
-def test_not_where_cells_cannot_move(tmp_path: Path) -> None:
-    """A sliding window's own cache cannot shift (llama_memory_can_shift, as
-    llama-server says: "cache_reuse is not supported by this context"): the setting
-    does nothing there, and the output is a cold read's."""
-    path = write_tiny_gguf(tmp_path / "swa.gguf", n_layer=6, sliding_window=32, n_ctx_train=4096)
-    model = Model([path], n_gpu_layers=0)
+@pytest.fixture(scope="module")
+def windowed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Model]:
+    """A tiny F32 Gemma 3: five layers in six attend over 32 positions, in llama.cpp's
+    window-sized cache (which llama.cpp itself says cannot shift)."""
+    path = write_tiny_gguf(
+        tmp_path_factory.mktemp("reuse-swa") / "swa.gguf",
+        n_layer=6,
+        sliding_window=32,
+        n_ctx_train=4096,
+    )
+    loaded = Model([path], n_gpu_layers=0)
+    yield loaded
+    loaded.close()
+
+
+@pytest.mark.parametrize("answer", [4, 80])
+def test_a_sliding_window_moves_with_the_run(windowed: Model, answer: int) -> None:
+    """llama-server turns cache reuse off for such a cache ("cache_reuse is not
+    supported by this context"). The engine moves it anyway: the global layers' cells
+    of the run, and the window at the run's end (what follows attends to no earlier
+    sliding-window cell): the sequence's own cells after a short answer, the
+    checkpoint at the prompt's end after one longer than the window (80 tokens, whose
+    cells overwrote it). The tokens before the change are read again."""
+    first, second = turns(windowed)
+    kv = {"kv_cache_type": "f32"}  # (an f16 cache sums in f16: noise to compare against)
+    engine = Engine(windowed, options(64, **kv), n_threads=2)
     try:
-        first, second = turns(model)
-        engine = Engine(model, options(32, kv_cache_type="f32"), n_threads=2)
-        try:
-            assert not engine.context.can_shift
-            submit(engine, "a", first)
-            run(engine)
-            submit(engine, "b", second)
-            texts, _, _ = run(engine)
-            assert engine.stats.reuse_shifted == 0
-        finally:
-            engine.close()
-        fresh = Engine(model, options(0, kv_cache_type="f32"), n_threads=2)
-        try:
-            submit(fresh, "b", second)
-            expected, _, _ = run(fresh)
-        finally:
-            fresh.close()
-        assert texts["b"] == expected["b"]
+        assert not engine.context.can_shift and engine.can_move
+        engine.submit(Job("a", first, SamplingOptions(temperature=0.0, num_predict=answer)))
+        run(engine)
+        submit(engine, "b", second, logprobs=True)
+        _, done, warm = run(engine)
+        assert engine.stats.reuse_shifted > len(second) - 60
+        assert done["b"].prompt_cached == engine.stats.reuse_shifted
+        [held] = [s for s in engine.slots if s.tokens]
+        # Its window cells run from the window before its end (and no gap: none of the
+        # header's cells, read at the start, is left behind the moved run).
+        assert 0 < engine.context.seq_pos_min(held.index) <= len(held.tokens) - 32
     finally:
-        model.close()
+        engine.close()
+    fresh = Engine(windowed, options(0, **kv), n_threads=2)
+    try:
+        submit(fresh, "b", second, logprobs=True)
+        _, _, cold_first = run(fresh)
+    finally:
+        fresh.close()
+    assert divergence(cold_first, warm) < 0.001
+
+
+def test_not_where_cells_cannot_move(windowed: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where cells cannot move (recurrent state, M-RoPE: here a model said to be one),
+    the setting does nothing, and the output is a cold read's."""
+    first, second = turns(windowed)
+    kv = {"kv_cache_type": "f32"}
+    monkeypatch.setattr(windowed, "rope_shifts", False)
+    engine = Engine(windowed, options(32, **kv), n_threads=2)
+    try:
+        assert not engine.can_move
+        submit(engine, "a", first)
+        run(engine)
+        submit(engine, "b", second)
+        texts, _, _ = run(engine)
+        assert engine.stats.reuse_shifted == 0
+    finally:
+        engine.close()
+    fresh = Engine(windowed, options(0, **kv), n_threads=2)
+    try:
+        submit(fresh, "b", second)
+        expected, _, _ = run(fresh)
+    finally:
+        fresh.close()
+    assert texts["b"] == expected["b"]
