@@ -278,6 +278,18 @@ class Settings(BaseSettings):
         default="auto",
         description="Flash attention: auto (where the backend has it), on or off.",
     )
+    swa_full: bool = Field(
+        default=False,
+        description="Sliding-window layers (Gemma, gpt-oss) keep a cache as long as the "
+        "context, as llama.cpp's --swa-full: several times the KV memory, but every cached "
+        "prefix stays reusable without checkpoints, and cache reuse applies to them.",
+    )
+    cache_reuse: int = Field(
+        default=0,
+        ge=0,
+        description="Reuse cached cells past a changed span of the prompt by shifting them, "
+        "when at least this many tokens match (llama-server's --cache-reuse); 0: off.",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="Bearer key the daemon requires; needed to bind beyond loopback."
     )

@@ -123,6 +123,7 @@ def plan(
             adapters=header.adapters,
             spread=settings.sched_spread if spread is None else spread,
             kv_cells=kv_cells,
+            swa_full=settings.swa_full,
         )
 
     explicit = ctx or settings.context_length
@@ -178,7 +179,9 @@ def _render(header: ModelHeader, result: Plan, reason: str) -> None:
     console.print(
         f"context    {result.num_ctx} per sequence ({CONTEXT_REASONS[reason]}), "
         f"{result.num_parallel} parallel sharing {result.kv_cells} KV cells "
-        f"({result.kv_type}), batch {result.num_batch}, micro-batch {result.num_ubatch}",
+        f"({result.kv_type}"
+        + (f"; {result.swa_cells} in the sliding window" if result.swa_cells else "")
+        + f"), batch {result.num_batch}, micro-batch {result.num_ubatch}",
         markup=False,
     )
     console.print()

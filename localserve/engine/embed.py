@@ -40,6 +40,7 @@ class Embedder:
             num_parallel=8,
             num_batch=options.num_ctx,
             num_ubatch=options.num_ctx,
+            swa_full=True,  # as long as the context in every layer, as before windows
         )
         self.context = Context(
             model,

@@ -87,6 +87,9 @@ class Job:
     stops: StopMatcher | None = None
     parser: OutputParser | None = None
     first_row: int = 0  # where this step's prompt chunk starts in the batch
+    # cache_reuse: (scratch sequence, prompt position, length) of cached cells waiting
+    # in a free sequence to join this job's once it has read up to that position.
+    reattach: tuple[int, int, int] | None = None
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
     prompt_started_ns: int = 0
     prompt_done_ns: int = 0
@@ -105,12 +108,51 @@ class Job:
         return (min(following) if following else len(self.tokens)) - self.n_past
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Cached tokens a prompt has again after a span that changed (cache_reuse): the
+    ``length`` tokens at ``cached_at`` in the cache are the prompt's at ``at``."""
+
+    at: int
+    cached_at: int
+    length: int
+    # With a sliding window: the checkpoint that holds the window at the run's end
+    # (None: the sequence's own cells do).
+    window: Checkpoint | None = None
+
+
+@dataclass(eq=False)
+class Checkpoint:
+    """A copy of a sequence's sliding-window cells (llama.cpp's iSWA cache) taken when it
+    held ``n_tokens`` positions: the window, which llama.cpp overwrites as the sequence
+    moves on. Loaded back, it lets the sequence go on from ``n_tokens`` (or a little
+    before: down to ``pos_min`` + window - 1) with its other layers' cells as cached."""
+
+    n_tokens: int
+    pos_min: int  # the lowest position it holds
+    data: bytes  # b"" once the engine dropped it for room
+    serial: int  # order of creation: the oldest are dropped first
+    holders: int = 0  # slots and parked sequences that list it
+
+
 @dataclass
 class Slot:
     index: int
     tokens: list[int] = field(default_factory=list)  # what this sequence id holds in KV
     job: Job | None = None
     last_used: int = 0
+    # Window checkpoints of this sequence (sliding-window models), oldest first.
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+
+@dataclass
+class Parked:
+    """An idle sequence copied to host memory (llama_state_seq_get_data) and freed."""
+
+    tokens: list[int]
+    state: bytes
+    pos_min: int  # the lowest position its window cells hold once restored
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
 @dataclass
@@ -128,3 +170,6 @@ class EngineStats:
     draft_accepted: int = 0  # of them, the ones the sampler picked (each saved a step)
     parked: int = 0  # idle sequences moved to host memory
     restored: int = 0  # parked sequences a job continued
+    checkpoints: int = 0  # window checkpoints taken (sliding-window models)
+    checkpoint_restores: int = 0  # jobs that went on from one
+    reuse_shifted: int = 0  # cached tokens reused past a changed span (cache_reuse)

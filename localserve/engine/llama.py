@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,6 +152,13 @@ class Model:
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
         self.n_swa = int(L.llama_model_n_swa(handle))
         self.is_recurrent = bool(L.llama_model_is_recurrent(handle))
+        # Whether its positions are plain RoPE, which cells can be moved in (not M-RoPE,
+        # whose positions have several dimensions).
+        self.rope_shifts = int(L.llama_model_rope_type(handle)) in (
+            L.LLAMA_ROPE_TYPE_NONE,
+            L.LLAMA_ROPE_TYPE_NORM,
+            L.LLAMA_ROPE_TYPE_NEOX,
+        )
         self.has_encoder = bool(L.llama_model_has_encoder(handle))
         self.has_decoder = bool(L.llama_model_has_decoder(handle))
         self._pieces: dict[int, bytes] = {}
@@ -299,6 +307,9 @@ class ContextShape:
     n_batch: int
     n_ubatch: int
     n_seq_max: int
+    # Cells of the sliding-window layers' own cache (llama.cpp's iSWA cache), as
+    # llama.cpp logged it; 0: the model has none.
+    swa_cells: int = 0
 
 
 class Context:
@@ -329,10 +340,12 @@ class Context:
         # One KV pool shared by all sequences: any sequence may use any cell, and
         # copying a cached prefix from one sequence to another costs nothing.
         params.kv_unified = True
-        # Keep sliding-window layers' cache whole, so that a cached prefix stays usable
-        # (otherwise llama.cpp prunes positions behind the window and prefixes must be
-        # recomputed); it costs what a non-SWA model costs anyway.
-        params.swa_full = True
+        # Sliding-window layers keep only their window (llama.cpp's iSWA cache), unless
+        # ``swa_full`` asks for a cache as long as the pool. Either way llama.cpp may
+        # overwrite cells behind a sequence's window: the engine checks a sequence's
+        # lowest position before it continues one from a shorter prefix (and keeps
+        # checkpoints of the window for that).
+        params.swa_full = options.swa_full
         # The KV cache's type (K and V alike) and flash attention: llama.cpp reads a
         # quantized V cache only through flash attention (config.check_kv_flash_attention refuses "off").
         kv_type = kv_cache_type(options.kv_cache_type)
@@ -346,7 +359,12 @@ class Context:
         if pooling is not None:
             params.pooling_type = pooling
         params.no_perf = True
-        handle = L.llama_init_from_model(model.handle, params)
+        lines: list[str] = []
+        _log_listeners.append(lines)
+        try:
+            handle = L.llama_init_from_model(model.handle, params)
+        finally:
+            _log_listeners.remove(lines)
         if not handle:
             if kv_type != "f16" or flash != "auto":
                 raise EngineError(
@@ -364,7 +382,11 @@ class Context:
             n_batch=int(L.llama_n_batch(handle)),
             n_ubatch=int(L.llama_n_ubatch(handle)),
             n_seq_max=int(L.llama_n_seq_max(handle)),
+            swa_cells=_swa_cells(lines),
         )
+        # Whether cells may be shifted to other positions (llama_memory_seq_add): not with
+        # a window-sized cache, recurrent state or M-RoPE (llama_memory_can_shift).
+        self.can_shift = bool(L.llama_memory_can_shift(self.memory))
         if adapters is None:
             adapters = [(adapter, adapter.scale) for adapter in model.adapters]
         if adapters:
@@ -403,18 +425,31 @@ class Context:
     def seq_pos_max(self, seq: int) -> int:
         return int(L.llama_memory_seq_pos_max(self.memory, seq))
 
-    def seq_state(self, seq: int) -> bytes:
-        """A copy of one sequence's KV cells, to keep in host memory."""
-        size = int(L.llama_state_seq_get_size(self.handle, seq))
+    def seq_pos_min(self, seq: int) -> int:
+        """The lowest position ``seq`` holds (-1: none). With a sliding window, that of
+        the window's cache: llama.cpp overwrites cells that fell out of the window."""
+        return int(L.llama_memory_seq_pos_min(self.memory, seq))
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        """Move ``seq``'s cells at positions [p0, p1) by ``delta`` (RoPE re-applied by
+        llama.cpp at the next decode); only where ``can_shift``."""
+        L.llama_memory_seq_add(self.memory, seq, p0, p1, delta)
+
+    def seq_state(self, seq: int, *, window_only: bool = False) -> bytes:
+        """A copy of one sequence's KV cells, to keep in host memory; ``window_only``:
+        just the sliding-window layers' cells (a checkpoint of the window)."""
+        flags = L.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if window_only else 0
+        size = int(L.llama_state_seq_get_size_ext(self.handle, seq, flags))
         buffer = (ctypes.c_uint8 * size)()
-        written = int(L.llama_state_seq_get_data(self.handle, buffer, size, seq))
+        written = int(L.llama_state_seq_get_data_ext(self.handle, buffer, size, seq, flags))
         return bytes(memoryview(buffer)[:written])
 
-    def set_seq_state(self, seq: int, state: bytes) -> bool:
-        """Put a copy from ``seq_state`` back as ``seq``; False when llama.cpp finds no
-        room for it (it needs a contiguous run of free cells)."""
+    def set_seq_state(self, seq: int, state: bytes, *, window_only: bool = False) -> bool:
+        """Put a copy from ``seq_state`` back as ``seq`` (replacing what it held in those
+        layers); False when llama.cpp finds no room for it."""
+        flags = L.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY if window_only else 0
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        return int(L.llama_state_seq_set_data(self.handle, buffer, len(state), seq)) > 0
+        return int(L.llama_state_seq_set_data_ext(self.handle, buffer, len(state), seq, flags)) > 0
 
     def clear(self) -> None:
         L.llama_memory_clear(self.memory, True)
@@ -432,6 +467,18 @@ class Context:
         vector = np.ctypeslib.as_array(pointer, shape=(self.model.n_embd,)).astype(np.float64)
         norm = float(np.linalg.norm(vector))
         return [float(x) for x in (vector / norm if norm > 0 else vector)]
+
+
+_SWA_CACHE = re.compile(r"creating\s+SWA KV cache, size = (\d+) cells")
+
+
+def _swa_cells(lines: Sequence[str]) -> int:
+    """The sliding-window cache's size from llama.cpp's log of a context's creation."""
+    for line in lines:
+        found = _SWA_CACHE.search(line)
+        if found:
+            return int(found.group(1))
+    return 0
 
 
 def _on_gpu(model: Model) -> bool:

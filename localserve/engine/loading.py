@@ -210,6 +210,7 @@ class Loader:
                 adapters=lora,
                 spread=settings.sched_spread,
                 kv_cells=kv_cells,
+                swa_full=options.swa_full,
             )
 
         if options.num_ctx:
@@ -308,6 +309,7 @@ class Loader:
             num_gpu=-1 if on_gpu else 0,
             cpu_overhead=0,  # the process's own overhead is in the model's plan
             kv_cells=kv_cells,
+            swa_full=True,  # a draft model's copies are cut back anywhere (speculate.py)
         ).require_fit()
         model = Model(paths, n_gpu_layers=memory.gpu_layers)
         try:

@@ -305,6 +305,9 @@ class DraftModel:
             num_batch=CATCH_UP_CHUNK + n_slots,
             kv_cache_type=kv_cache_type,
             speculative="off",
+            # Its copies are cut back to wherever drafts were rejected: the whole cache
+            # in every layer (llama.cpp's swa_full), not a sliding window's.
+            swa_full=True,
         )
         # No LoRA adapters: they belong to the target.
         # ``kv_cells``: the target's pool, when its context is the planner's choice.

@@ -38,6 +38,7 @@ from localserve.plan.sizes import (
     kv_per_layer,
     model_shape,
     projector_need,
+    swa_cells,
 )
 from localserve.store.adapter import AdapterInfo
 from localserve.store.gguf import GGUFInfo, ProjectorInfo
@@ -91,6 +92,8 @@ class Plan:
     notes: tuple[str, ...] = ()  # adjustments and warnings worth showing
     projector_bytes: int = 0  # weights and encode buffer of the multimodal projector
     adapter_bytes: int = 0  # LoRA adapters' weights, wherever their layers went
+    # Cells of the sliding-window layers' cache (llama.cpp's iSWA cache); 0: no window.
+    swa_cells: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -153,7 +156,9 @@ class Plan:
             f"{self.gpu_layers}/{self.n_layers} layers on GPU"
             f"{f' ({where})' if where else ''}, {self.processor}; weights "
             f"{_mib(self.weights_bytes)}, KV {_mib(self.kv_bytes)} ({self.kv_cells} cells "
-            f"{self.kv_type}), compute {_mib(self.compute_bytes)}, overhead "
+            f"{self.kv_type}"
+            + (f", {self.swa_cells} in the sliding window" if self.swa_cells else "")
+            + f"), compute {_mib(self.compute_bytes)}, overhead "
             f"{_mib(self.overhead_bytes)}"
             + (f", projector {_mib(self.projector_bytes)}" if self.projector_bytes else "")
             + (f", adapters {_mib(self.adapter_bytes)}" if self.adapter_bytes else "")
@@ -207,6 +212,7 @@ def plan(
     adapters: Sequence[AdapterInfo] = (),
     spread: bool = False,
     kv_cells: int | None = None,
+    swa_full: bool = False,
 ) -> Plan:
     """Plan a load of ``info`` with these options on ``devices``.
 
@@ -223,7 +229,9 @@ def plan(
     offloaded layers across all devices in proportion to free memory (llama.cpp's
     default) instead of filling the largest device first. ``kv_cells``: the KV pool the
     sequences share, when it is not ``num_ctx`` x ``num_parallel`` (an automatic context,
-    plan/context.py: one sequence may then use more than its share).
+    plan/context.py: one sequence may then use more than its share). ``swa_full``: keep
+    sliding-window layers' cache as large as the pool (LOCALSERVE_SWA_FULL) instead of
+    llama.cpp's window-sized one.
     """
     for name, value, low in (
         ("num_ctx", num_ctx, 1),
@@ -255,8 +263,9 @@ def plan(
     options = PlanOptions(num_parallel, num_batch, num_ubatch, gpu_overhead, cpu_overhead)
     n_layers = shape.n_layer + 1
     cells = -(-(kv_cells or num_ctx * num_parallel) // KV_PAD) * KV_PAD
-    kv = kv_per_layer(shape, cells, num_parallel, kv_type)
-    compute = compute_buffer(shape, cells, num_ctx, options)
+    window = swa_cells(shape, cells, options, swa_full=swa_full)
+    kv = kv_per_layer(shape, cells, num_parallel, kv_type, window)
+    compute = compute_buffer(shape, cells, num_ctx, options, window)
     gpus = devices.usable_gpus
     ram = devices.ram_available_bytes
     projector_bytes = projector_need(projector) if projector else 0
@@ -349,4 +358,5 @@ def plan(
         notes=tuple(notes),
         projector_bytes=projector_bytes,
         adapter_bytes=sum(d.adapter_bytes for d in device_plans),
+        swa_cells=window,
     )

@@ -13,15 +13,17 @@ has decided where each layer goes. Sizes follow the vendored llama.cpp sources
   llama.cpp pads n_ctx); per attention layer il
   ``cells x n_head_kv(il) x (key_length + value_length) x bytes(kv_type)``, i.e.
   2 x n_layer x cells x n_head_kv x head_dim x bytes when K and V agree. Sliding-window
-  layers are full size (the engine sets ``swa_full``). MLA models (``key_length_mla``)
-  store K only. Layers with no KV heads hold recurrent state instead (Mamba, RWKV,
+  layers (``swa_layers``: which layers llama.cpp gives a window, by architecture and the
+  GGUF's pattern) hold ``swa_cells`` = pad256(min(cells, window x num_parallel +
+  ubatch)) cells, llama.cpp's iSWA cache, or the full pool with ``swa_full``. MLA models
+  (``key_length_mla``) store K only. Layers with no KV heads hold recurrent state instead (Mamba, RWKV,
   LFM2 short convolutions): (r + s) x 4 bytes x num_parallel.
 - compute buffer: llama.cpp reserves its graph for one micro-batch of
   t = min(num_ctx x num_parallel, num_batch, num_ubatch) tokens with every token an
   output, and the allocator reuses memory between phases, so the buffer is the larger of
   the attention phase, ``masks + t x 4 x (4 n_embd + n_head hd_k + n_head_kv (hd_k + hd_v)
-  + 2 n_ff)`` with masks = (1, or 2 with a sliding window) x cells x t x 2 (f16, flash
-  attention), and the output phase, ``t x 4 x (n_vocab + 2 n_embd)``; plus the host
+  + 2 n_ff)`` with masks = (cells, plus swa_cells with a sliding window) x t x 2 (f16,
+  flash attention), and the output phase, ``t x 4 x (n_vocab + 2 n_embd)``; plus the host
   logits buffer ``n_vocab x num_parallel x 4``. Against llama.cpp's own log (CPU) this is
   within a few percent or half a MiB for the tiny test model and Gemma 3 270M
   (tests/unit/test_planner.py; the numbers are in docs/gpu.md).
@@ -61,6 +63,8 @@ __all__ = [
     "kv_per_layer",
     "model_shape",
     "projector_need",
+    "swa_cells",
+    "swa_layers",
 ]
 
 _F32: Final = 4
@@ -80,6 +84,29 @@ _ENCODER_ARCHS: Final = frozenset(
         "gemma-embedding",
     }
 )
+# Architectures whose layers llama.cpp gives a sliding window, by its pattern (every
+# n-th layer global: the last of each n, or the first with ``dense_first``), as the
+# vendored llama.cpp's src/models/*.cpp set it (``load_swa_pattern``). A GGUF's own
+# ``attention.sliding_window_pattern`` (a number, or a flag per layer) wins.
+_SWA_PATTERNS: Final[dict[str, tuple[int, bool]]] = {
+    "gemma2": (2, False),
+    "gemma3": (6, False),
+    "gemma3n": (5, False),
+    "gemma-embedding": (6, False),
+    "cohere2": (4, False),
+    "cohere2moe": (4, True),
+    "gpt-oss": (2, False),
+    "llama4": (4, False),
+    "exaone4": (4, False),
+    "exaone-moe": (4, False),
+    "olmo2": (4, False),
+    "afmoe": (4, False),
+    "smallthinker": (4, True),
+    "plamo3": (8, False),
+}
+# Their window when the GGUF has none (llama.cpp's defaults); the others without one
+# have no sliding window at all.
+_SWA_DEFAULT_WINDOW: Final[dict[str, int]] = {"gemma2": 4096, "llama4": 8192, "exaone-moe": 128}
 # Tensors of llama.cpp's input layer (LLM_TENSOR_LAYER_INPUT): always on the CPU.
 _INPUT_TENSORS: Final = ("token_embd.", "position_embd.", "token_types.", "per_layer_token_embd.")
 
@@ -110,7 +137,9 @@ class Shape:
     n_expert: int
     n_expert_used: int
     n_ff_expert: int
-    swa: bool
+    swa: bool  # any sliding-window layer
+    swa_layers: tuple[bool, ...]  # per layer: a sliding-window layer (llama.cpp's iSWA cache)
+    n_swa: int  # the window, in positions
     mla: bool
     recurrent_floats: int  # recurrent state per layer without KV heads, per sequence
     ssm_inner: int
@@ -138,6 +167,45 @@ def _per_layer(value: int | list[int] | None, n_layer: int) -> tuple[int, ...]:
         return (value,) * n_layer
     # llama.cpp requires one value per layer; a short array leaves the rest without heads.
     return tuple(int(value[i]) if i < len(value) else 0 for i in range(n_layer))
+
+
+def swa_layers(info: GGUFInfo, n_layer: int) -> tuple[tuple[bool, ...], int]:
+    """Which layers llama.cpp gives a sliding window, and the window; none for a model
+    without one (an architecture llama.cpp never windows, whatever its GGUF says)."""
+    arch = info.architecture or ""
+    key = f"{arch}.attention.sliding_window"
+    # A window of 0 in the GGUF means none (llama4: chunked attention off).
+    window = _meta_int(info, key, _SWA_DEFAULT_WINDOW.get(arch, 0))
+    pattern = info.metadata.get(f"{arch}.attention.sliding_window_pattern")
+    none = (False,) * n_layer
+    if window <= 0:
+        return none, 0
+    if isinstance(pattern, list) and pattern and all(isinstance(v, bool) for v in pattern):
+        flags = tuple(bool(pattern[i]) if i < len(pattern) else False for i in range(n_layer))
+        return flags, window if any(flags) else 0
+    if arch not in _SWA_PATTERNS:
+        return none, 0
+    every, dense_first = _SWA_PATTERNS[arch]
+    if isinstance(pattern, int) and not isinstance(pattern, bool):
+        every = pattern
+    if dense_first:
+        flags = tuple(every == 0 or il % every != 0 for il in range(n_layer))
+    else:
+        flags = tuple(every == 0 or il % every < every - 1 for il in range(n_layer))
+    return flags, window if any(flags) else 0
+
+
+def swa_cells(shape: Shape, cells: int, options: PlanOptions, *, swa_full: bool) -> int:
+    """Cells of the sliding-window layers' cache: llama.cpp's iSWA size for one unified
+    pool, ``pad256(min(cells, window x sequences + ubatch))``, or the whole pool with
+    ``swa_full``; 0 for a model without a window."""
+    if not shape.swa:
+        return 0
+    if swa_full:
+        return cells
+    ubatch = min(options.num_batch, options.num_ubatch)
+    wanted = shape.n_swa * options.num_parallel + ubatch
+    return min(cells, -(-wanted // 256) * 256)
 
 
 def model_shape(info: GGUFInfo) -> Shape:
@@ -182,6 +250,7 @@ def model_shape(info: GGUFInfo) -> Shape:
     else:  # Mamba 1/2 and the hybrids: conv state + ssm state
         recurrent = max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state) + d_state * d_inner
 
+    windowed, n_swa = swa_layers(info, n_layer)
     return Shape(
         n_layer=n_layer,
         n_embd=n_embd,
@@ -194,7 +263,9 @@ def model_shape(info: GGUFInfo) -> Shape:
         n_expert=_meta_int(info, f"{arch}.expert_count"),
         n_expert_used=_meta_int(info, f"{arch}.expert_used_count"),
         n_ff_expert=_meta_int(info, f"{arch}.expert_feed_forward_length"),
-        swa=bool(info.sliding_window),
+        swa=bool(n_swa),
+        swa_layers=windowed,
+        n_swa=n_swa,
         mla=f"{arch}.attention.key_length_mla" in info.metadata,
         recurrent_floats=recurrent,
         ssm_inner=d_inner,
@@ -214,13 +285,18 @@ def _row_bytes(kv_type: str, n: int) -> int:
     return -(-n // ggml.block_size) * ggml.type_size
 
 
-def kv_per_layer(shape: Shape, cells: int, num_parallel: int, kv_type: str) -> list[int]:
+def kv_per_layer(
+    shape: Shape, cells: int, num_parallel: int, kv_type: str, window_cells: int = 0
+) -> list[int]:
+    """Each layer's KV bytes: ``cells`` per attention layer, ``window_cells`` for a
+    sliding-window layer (``swa_cells``), the recurrent state for the others."""
     sizes = []
-    for n_kv in shape.head_kv:
+    for il, n_kv in enumerate(shape.head_kv):
         if n_kv > 0:
             k = _row_bytes(kv_type, n_kv * shape.key_length)
             v = 0 if shape.mla else _row_bytes(kv_type, n_kv * shape.value_length)
-            sizes.append(cells * (k + v))
+            windowed = window_cells and il < len(shape.swa_layers) and shape.swa_layers[il]
+            sizes.append((window_cells if windowed else cells) * (k + v))
         else:
             # No attention here: recurrent state (F32), one slot per sequence; 0 for a
             # plain feed-forward layer.
@@ -243,11 +319,16 @@ class ComputeBuffer:
         return max(self.masks + self.layer, self.output)
 
 
-def compute_buffer(shape: Shape, cells: int, num_ctx: int, options: PlanOptions) -> ComputeBuffer:
+def compute_buffer(
+    shape: Shape, cells: int, num_ctx: int, options: PlanOptions, window_cells: int = 0
+) -> ComputeBuffer:
+    """``window_cells``: the sliding-window layers' cache (``swa_cells``), whose mask
+    is as wide as it."""
     n_batch = min(num_ctx * options.num_parallel, options.num_batch)
     tokens = min(n_batch, options.num_ubatch)
     has_attention = any(n > 0 for n in shape.head_kv)
-    masks = (2 if shape.swa else 1) * cells * tokens * _F16 if has_attention else 0
+    window = (window_cells or cells) if shape.swa else 0
+    masks = (cells + window) * tokens * _F16 if has_attention else 0
     ffn = 2 * shape.n_ff
     if shape.n_expert:
         ffn = max(ffn, shape.n_expert + 2 * max(shape.n_expert_used, 1) * shape.n_ff_expert)

@@ -71,6 +71,15 @@ class LoadOptions:
     # fused flash-attention kernel ("auto": where the backend has it).
     kv_cache_type: str = "f16"
     flash_attention: str = "auto"
+    # Sliding-window layers (Gemma, gpt-oss) keep a cache as long as the pool, as every
+    # other layer (llama.cpp's ``swa_full``), instead of the window's: more memory, but
+    # any cached prefix is reusable and cache_reuse applies (LOCALSERVE_SWA_FULL).
+    swa_full: bool = False
+    # Reuse cached cells past a span that changed, by shifting their positions
+    # (llama-server's --cache-reuse): the shortest run of matching tokens worth it; 0 is
+    # off. An approximation: those cells were computed after the old span
+    # (LOCALSERVE_CACHE_REUSE).
+    cache_reuse: int = 0
 
     def validate(self) -> LoadOptions:
         if self.num_ctx != 0:
@@ -82,6 +91,9 @@ class LoadOptions:
         _check_int("num_thread", self.num_thread, 0, 1024)
         _check_int("prefill_chunk", self.prefill_chunk, 1, 1 << 16)
         _check_float("draft_p_min", self.draft_p_min, 0.0, 1.0)
+        _check_int("cache_reuse", self.cache_reuse, 0, 1 << 22)
+        if not isinstance(self.swa_full, bool):
+            raise InvalidOptionError(f"swa_full must be true or false, got {self.swa_full!r}")
         if not isinstance(self.speculative, str) or not self.speculative.strip():
             raise InvalidOptionError(
                 f"speculative must be {' or '.join(SPECULATIVE)} or the name of a draft "

@@ -536,6 +536,7 @@ class RunnerStats:
     kv_positions_cached: int = 0
     parked_sequences: int = 0  # idle sequences held in host memory now
     parked_bytes: int = 0
+    checkpoint_bytes: int = 0  # window checkpoints held in host memory now
     draft_gate_paused_steps: int = 0  # steps where drafts sat out: they cost more than they saved
     # EngineStats
     steps: int = 0
@@ -551,6 +552,9 @@ class RunnerStats:
     draft_accepted: int = 0  # of them, the ones the sampler picked
     parked: int = 0  # idle sequences moved to host memory
     restored: int = 0  # parked sequences a job continued
+    checkpoints: int = 0  # window checkpoints taken (sliding-window models)
+    checkpoint_restores: int = 0  # jobs that went on from one
+    reuse_shifted: int = 0  # cached tokens reused past a changed span (cache_reuse)
     type: Literal["stats"] = "stats"
 
     def to_wire(self) -> dict[str, Any]:

@@ -46,6 +46,8 @@ def split_options(
     flash_attention: str = "auto",
     speculative: str = "ngram",
     draft_p_min: float = 0.75,
+    swa_full: bool = False,
+    cache_reuse: int = 0,
 ) -> SplitOptions:
     """Validate ``options`` (plus wire-level ``overrides`` such as OpenAI's max_tokens)."""
     given = dict(options or {})
@@ -64,6 +66,8 @@ def split_options(
         "flash_attention": flash_attention,
         "speculative": speculative,
         "draft_p_min": draft_p_min,
+        "swa_full": swa_full,
+        "cache_reuse": cache_reuse,
     }
     for key in LOAD_KEYS & set(given):
         if given[key] is not None:

@@ -47,6 +47,8 @@ def create_app(
             num_parallel=settings.num_parallel,
             kv_cache_type=settings.kv_cache_type,
             flash_attention=settings.flash_attention,
+            swa_full=settings.swa_full,
+            cache_reuse=settings.cache_reuse,
         ),
         keep_alive=settings.keep_alive_seconds,
         max_loaded=settings.max_loaded_models,

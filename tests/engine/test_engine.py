@@ -394,7 +394,8 @@ def test_parked_sequences_are_bounded_oldest_first(
         run(engine)  # "b" parked, "a" dropped to stay under the bound
         assert len(engine.parked) == 1
         assert engine.parked_bytes <= engine_module.PARK_BYTES
-        [(tokens, _)] = engine.parked.values()
+        [entry] = engine.parked.values()
+        tokens = entry.tokens
         assert tokens[: len(model.tokenize("beta " * 20, add_special=True))] == model.tokenize(
             "beta " * 20, add_special=True
         )
@@ -413,7 +414,7 @@ def test_parked_tokens_never_exceed_the_kv_cells(model: Model) -> None:
             assert 0 < engine.parked_tokens <= cells or word == "alpha"
         assert engine.stats.parked >= 4
         assert len(engine.parked) < engine.stats.parked  # the oldest were dropped
-        assert engine.parked_tokens == sum(len(t) for t, _ in engine.parked.values())
+        assert engine.parked_tokens == sum(len(p.tokens) for p in engine.parked.values())
     finally:
         engine.close()
 

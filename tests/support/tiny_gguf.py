@@ -142,6 +142,13 @@ class _Spec:
     name: str
     fim: bool = False
     output_scale: float = 1.0
+    # A window > 0 makes it a ``gemma3`` model: five sliding-window layers in six
+    # (llama.cpp's pattern for Gemma 3), each attending over this many positions.
+    sliding_window: int = 0
+
+    @property
+    def architecture(self) -> str:
+        return "gemma3" if self.sliding_window else "llama"
 
 
 def _tensors(spec: _Spec, n_vocab: int) -> Iterator[tuple[str, np.ndarray]]:
@@ -165,10 +172,16 @@ def _tensors(spec: _Spec, n_vocab: int) -> Iterator[tuple[str, np.ndarray]]:
         yield f"blk.{i}.attn_k.weight", matrix(n_embd_kv, spec.n_embd)
         yield f"blk.{i}.attn_v.weight", matrix(n_embd_kv, spec.n_embd)
         yield f"blk.{i}.attn_output.weight", matrix(spec.n_embd, spec.n_embd)
+        if spec.sliding_window:  # Gemma 3's extra norms
+            yield f"blk.{i}.attn_q_norm.weight", np.ones(head_dim, dtype=np.float32)
+            yield f"blk.{i}.attn_k_norm.weight", np.ones(head_dim, dtype=np.float32)
+            yield f"blk.{i}.post_attention_norm.weight", norm()
         yield f"blk.{i}.ffn_norm.weight", norm()
         yield f"blk.{i}.ffn_gate.weight", matrix(spec.n_ff, spec.n_embd)
         yield f"blk.{i}.ffn_up.weight", matrix(spec.n_ff, spec.n_embd)
         yield f"blk.{i}.ffn_down.weight", matrix(spec.n_embd, spec.n_ff)
+        if spec.sliding_window:
+            yield f"blk.{i}.post_ffw_norm.weight", norm()
     yield "output_norm.weight", norm()
     output = matrix(n_vocab, spec.n_embd)
     if spec.output_scale != 1.0:  # logits that spread wider (or narrower) than usual
@@ -192,6 +205,8 @@ def _add_model_metadata(writer: gguf.GGUFWriter, spec: _Spec, vocab: TinyVocab) 
     writer.add_rope_dimension_count(spec.n_embd // spec.n_head)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
+    if spec.sliding_window:
+        writer.add_sliding_window(spec.sliding_window)
     writer.add_vocab_size(len(vocab.tokens))
 
     writer.add_tokenizer_model("llama")
@@ -227,7 +242,7 @@ def _write(
     with_model_metadata: bool,
 ) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, "llama")
+    writer = gguf.GGUFWriter(path, spec.architecture)
     if with_model_metadata:
         _add_model_metadata(writer, spec, tiny_vocab(spec.fim))
     extra(writer)
@@ -260,10 +275,13 @@ def write_tiny_gguf(
     name: str = "tiny-llama",
     fim: bool = False,
     output_scale: float = 1.0,
+    sliding_window: int = 0,
 ) -> Path:
     """Write a tiny random-weight llama model to ``path``; same arguments, same bytes.
     ``fim`` adds fill-in-the-middle tokens and their tokenizer keys; ``output_scale``
-    multiplies the output weights, so the logits spread that much wider."""
+    multiplies the output weights, so the logits spread that much wider;
+    ``sliding_window`` > 0 writes a ``gemma3`` model instead, whose layers attend over
+    that many positions except every sixth (take ``n_layer`` >= 6 for a global one)."""
     spec = _Spec(
         n_layer,
         n_embd,
@@ -277,6 +295,7 @@ def write_tiny_gguf(
         name,
         fim,
         output_scale,
+        sliding_window,
     )
     tensors = list(_tensors(spec, len(tiny_vocab(fim).tokens)))
     return _write(Path(path), spec, tensors, lambda _: None, with_model_metadata=True)

@@ -86,6 +86,24 @@ def test_memory_caps_the_pool_and_one_sequence_may_use_all_of_it(gemma: GGUFInfo
     assert plan_for(larger, larger).cpu_bytes > (1 - RAM_KEPT_FREE) * ram  # the largest
 
 
+def test_the_automatic_pool_is_cheap_with_a_sliding_window(gemma: GGUFInfo) -> None:
+    """Gemma 3's 32k pool at 4 sequences: 96 MiB for the 3 global layers, 37.5 MiB for
+    the 15 sliding ones at 2560 cells, where a full-size window cache took 576 MiB."""
+    choice, plan_for = choose(gemma, Devices.cpu_only(64 * GiB))
+    chosen = plan_for(choice.num_ctx, choice.kv_cells)
+    assert (chosen.kv_cells, chosen.swa_cells) == (32768, 2560)
+    assert chosen.kv_bytes == (3 * 32768 + 15 * 2560) * 1024
+    full = plan(
+        gemma,
+        num_ctx=choice.num_ctx,
+        num_parallel=PARALLEL,
+        devices=Devices.cpu_only(64 * GiB),
+        kv_cells=choice.kv_cells,
+        swa_full=True,
+    )
+    assert (full.swa_cells, full.kv_bytes) == (32768, 576 * MiB)
+
+
 def test_never_below_the_floor_even_without_room(gemma: GGUFInfo) -> None:
     """Too little memory for even 4096 each: the floor's pool (which one sequence may
     fill), and the load then refuses it as today (require_fit names the shortfall)."""
@@ -100,7 +118,9 @@ def test_weights_stay_on_the_gpu_before_the_context_grows(gemma: GGUFInfo) -> No
     shrinks, the layers stay."""
     roomy = planner(gemma, Devices.with_gpus(64 * GiB, ram_bytes=64 * GiB))
     needs = roomy(AUTO_CONTEXT_MIN, AUTO_CONTEXT_MIN * PARALLEL).devices[1].total_bytes
-    card = needs + 64 * MiB
+    # 16k more cells cost Gemma 48 MiB of KV (3 global layers; the window's cache stays
+    # 2560 cells) and 16 MiB more of attention mask.
+    card = needs + 24 * MiB
     devices = Devices.with_gpus(card, ram_bytes=64 * GiB)
     at_floor = planner(gemma, devices)(AUTO_CONTEXT_MIN, AUTO_CONTEXT_MIN * PARALLEL)
     assert at_floor.gpu_layers == at_floor.n_layers

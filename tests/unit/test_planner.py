@@ -181,8 +181,9 @@ def test_layers_fill_the_largest_device_first(gemma: GGUFInfo) -> None:
 
     # Too big for either card: the larger takes what it alone would take, the smaller
     # as much of the rest as fits, the rest stays on the CPU.
-    alone = plan_of(gemma, gpus(1300 * MiB), num_ctx=4096)
-    both = plan_of(gemma, gpus(700 * MiB, 1300 * MiB), num_ctx=4096)
+    # (swa_full: a full-size window cache, as the card sizes here were chosen for)
+    alone = plan_of(gemma, gpus(1300 * MiB), num_ctx=4096, swa_full=True)
+    both = plan_of(gemma, gpus(700 * MiB, 1300 * MiB), num_ctx=4096, swa_full=True)
     cpu, small, large = (d.layers for d in both.devices)
     assert large == alone.gpu_layers
     assert small > 0 and cpu > 0
@@ -194,13 +195,19 @@ def test_layers_fill_the_largest_device_first(gemma: GGUFInfo) -> None:
     )
     # Two cards that hold the model only together: the later one in device order takes
     # the output layer (the heaviest), and the larger, freed of it, every other layer.
-    pair = plan_of(gemma, gpus(1300 * MiB, 1200 * MiB), num_ctx=4096)
+    pair = plan_of(gemma, gpus(1300 * MiB, 1200 * MiB), num_ctx=4096, swa_full=True)
     assert pair.gpu_layers == pair.n_layers and all(d.fits for d in pair.devices)
     assert pair.tensor_split[0] > pair.tensor_split[1] > 0
 
     # An explicit num_gpu beyond what fits: the extra layers go to the largest card,
     # overcommitting it (a note warns).
-    more = plan_of(gemma, gpus(700 * MiB, 1300 * MiB), num_ctx=4096, num_gpu=both.gpu_layers + 2)
+    more = plan_of(
+        gemma,
+        gpus(700 * MiB, 1300 * MiB),
+        num_ctx=4096,
+        num_gpu=both.gpu_layers + 2,
+        swa_full=True,
+    )
     assert more.tensor_split == (small, large + 2)
     assert more.devices[1].fits and not more.devices[2].fits
     assert any("GPU1 needs" in note and "loading may fail" in note for note in more.notes)
@@ -269,12 +276,19 @@ def test_gpu_without_room_for_its_overhead_gets_nothing(gemma: GGUFInfo) -> None
 
 def test_kv_grows_linearly_with_context_and_parallel(gemma: GGUFInfo) -> None:
     cpu = Devices.cpu_only(RAM)
-    base = plan_of(gemma, cpu, num_ctx=1024, num_parallel=1).kv_bytes
+    full = plan_of(gemma, cpu, num_ctx=1024, num_parallel=1, swa_full=True).kv_bytes
     # Gemma 3 270M: 18 layers x 1 KV head x (256 + 256) x f16 per cell.
-    assert base == 18 * 1 * (256 + 256) * 2 * 1024
+    assert full == 18 * 1 * (256 + 256) * 2 * 1024
     for factor in (2, 4, 8):
-        assert plan_of(gemma, cpu, num_ctx=1024 * factor, num_parallel=1).kv_bytes == factor * base
-        assert plan_of(gemma, cpu, num_ctx=1024, num_parallel=factor).kv_bytes == factor * base
+        for num_ctx, num_parallel in ((1024 * factor, 1), (1024, factor)):
+            planned = plan_of(gemma, cpu, num_ctx=num_ctx, num_parallel=num_parallel, swa_full=True)
+            assert planned.kv_bytes == factor * full
+            # With the window's own cache, only the 3 global layers grow with the pool;
+            # the 15 sliding ones hold 512 positions a sequence and a micro-batch.
+            windowed = plan_of(gemma, cpu, num_ctx=num_ctx, num_parallel=num_parallel)
+            window = min(1024 * factor, -(-(512 * num_parallel + 512) // 256) * 256)
+            assert windowed.swa_cells == window
+            assert windowed.kv_bytes == (3 * 1024 * factor + 15 * window) * 1024
 
 
 def test_kv_cells_are_padded_like_llama_cpp(shapes: list[GGUFInfo]) -> None:
@@ -338,22 +352,43 @@ def test_per_layer_kv_heads_and_different_key_value_lengths() -> None:
     assert per_layer == [cells * h * (192 + 128) * 2 for h in (8, 2, 0, 4)]
 
 
-def test_sliding_window_layers_are_full_size() -> None:
+def test_sliding_window_layers_hold_the_window() -> None:
+    """Gemma 3's pattern: five sliding-window layers in six, each holding the window of
+    every sequence and a micro-batch (llama.cpp's iSWA cache); the sixth the pool."""
     meta = {
-        "block_count": 2,
+        "block_count": 12,
         "embedding_length": 256,
         "attention.head_count": 4,
         "attention.head_count_kv": 1,
         "context_length": 32768,
     }
-    plain = plan_of(header("gemma3", meta, blocks(2)), Devices.cpu_only(RAM), num_ctx=8192)
-    swa = plan_of(
-        header("gemma3", {**meta, "attention.sliding_window": 512}, blocks(2)),
-        Devices.cpu_only(RAM),
-        num_ctx=8192,
+    cpu = Devices.cpu_only(RAM)
+    plain = plan_of(header("gemma3", meta, blocks(12)), cpu, num_ctx=8192)
+    windowed = header("gemma3", {**meta, "attention.sliding_window": 512}, blocks(12))
+    swa = plan_of(windowed, cpu, num_ctx=8192)
+    per_cell = 1 * (64 + 64) * 2  # a layer's K and V, f16
+    assert plain.swa_cells == 0 and plain.kv_bytes == 12 * 32768 * per_cell
+    assert swa.swa_cells == 2560  # 512 x 4 sequences + 512, a multiple of 256
+    assert swa.kv_bytes == (2 * 32768 + 10 * 2560) * per_cell
+    assert [layer.kv_bytes for layer in swa.layers[1:7]] == [2560 * per_cell] * 5 + [
+        32768 * per_cell
+    ]
+    assert swa.compute_bytes > plain.compute_bytes  # a second attention mask
+    # swa_full (LOCALSERVE_SWA_FULL): the window's layers as large as the pool.
+    full = plan_of(windowed, cpu, num_ctx=8192, swa_full=True)
+    assert (full.swa_cells, full.kv_bytes) == (32768, plain.kv_bytes)
+    # The window never holds more than the pool; a GGUF's own pattern wins.
+    assert plan_of(windowed, cpu, num_ctx=256, num_parallel=1).swa_cells == 256
+    flags = [True, False] * 6
+    patterned = header(
+        "gemma3",
+        {**meta, "attention.sliding_window": 512, "attention.sliding_window_pattern": flags},
+        blocks(12),
     )
-    assert swa.kv_bytes == plain.kv_bytes  # swa_full: no 512-cell window cache
-    assert swa.compute_bytes > plain.compute_bytes  # but a second attention mask
+    assert plan_of(patterned, cpu, num_ctx=8192).kv_bytes == (6 * 32768 + 6 * 2560) * per_cell
+    # An architecture llama.cpp never windows keeps every layer whole, whatever its GGUF.
+    qwen = header("qwen2", {**meta, "attention.sliding_window": 512}, blocks(12))
+    assert plan_of(qwen, cpu, num_ctx=8192).swa_cells == 0
 
 
 def test_mla_stores_keys_only() -> None:

@@ -58,6 +58,8 @@ def model_request(
         flash_attention=settings.flash_attention,
         speculative=settings.speculative,
         draft_p_min=settings.draft_p_min,
+        swa_full=settings.swa_full,
+        cache_reuse=settings.cache_reuse,
         overrides=overrides,
     )
     return ModelRequest(name, split.load, keep_alive), split.sampling
