@@ -269,23 +269,7 @@ def _value(raw: str) -> Any:
         return raw
 
 
-@pytest.mark.parametrize(
-    "family",
-    [
-        pytest.param(
-            family,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="product bug: the parallel grammar writes <|tool_call|>{..}<|tool_call|>"
-                "{..}, which the generic parser reads as text (the template's form is one "
-                "prefix and a JSON list)",
-            ),
-        )
-        if family == "GENERIC"
-        else family
-        for family in FAMILIES
-    ],
-)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_parallel_calls_parse_in_order(engine: Engine, family: str) -> None:
     """``parallel_tool_calls``: the grammar lets noise write call after call; every call
     comes back, in the order written, numbered from 0, and nothing else."""
