@@ -711,8 +711,10 @@ def write_doc(
         caps, lthink = llama_caps_cell(row.get("llama"))
         row_cells = [short, *cells, tools, thinking, trip, caps, lthink, same_cell(row.get("same")),
                      request_cell(row.get("llama")), request_cell(row.get("daemon"))]  # fmt: skip
-        # A | inside a cell (`<|START_THINKING|>`) would end it, code span or not.
-        add("| " + " | ".join(cell.replace("|", "\\|") for cell in row_cells) + " |")
+        # A | inside a cell (`<|START_THINKING|>`) would end it, code span or not, and a
+        # newline (a marker over two lines) the row.
+        cells = (cell.replace("|", "\\|").replace("\n", "⏎") for cell in row_cells)
+        add("| " + " | ".join(cells) + " |")
     add("")
     _refusal_sections(add, rows)
     _trip_section(add, rows)
