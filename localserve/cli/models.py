@@ -148,7 +148,8 @@ def show(
         bool, typer.Option("--system", help="Print only the model's system prompt.")
     ] = False,
 ) -> None:
-    """Show a model's architecture, size, quantization, context length and licence."""
+    """Show a model's architecture, size, quantization, context length (trained, and what
+    a load gets here, and why) and licence."""
     store = _store()
     ref, manifest = store.get(model)
     from localserve.store.create import iter_config_lines, model_modelfile, read_config
@@ -198,6 +199,8 @@ def show(
         "messages": config.messages,
         "adapters": [{"file": a.filename, "scale": a.scale} for a in manifest.adapters],
     }
+    if as_json or not (template or license_):
+        facts["context_here"] = _context_here(store, str(ref), config.parameters)
     if projector is not None and manifest.projector is not None:
         facts["projector"] = {
             "file": manifest.projector.filename,
@@ -231,6 +234,8 @@ def show(
         ("layers", "layers"),
     ):
         table.add_row(label, str(facts[key]) if facts[key] is not None else "unknown")
+    here = facts["context_here"]
+    table.add_row("context here", f"{here['num_ctx']} ({here['why']})")
     table.add_row("chat template", "yes" if chat_template else "none (raw completion)")
     if manifest.base is not None:
         table.add_row("created from", manifest.base)
@@ -261,6 +266,21 @@ def show(
     if licence:
         first = licence.strip().splitlines()[0] if licence.strip() else ""
         console.print(f"\n  [bold]License[/bold]\n    {first}")
+
+
+def _context_here(store: ModelStore, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The context a load of the model gets on this machine with the daemon's settings
+    (its Modelfile's num_ctx, else LOCALSERVE_CONTEXT_LENGTH, else the planner's choice),
+    and why: what `localserve plan` shows."""
+    from localserve.cli.plan import CONTEXT_REASONS, planned
+    from localserve.config import load_settings
+    from localserve.plan.source import load_header
+
+    result, reason = planned(
+        load_header(name, store),
+        ctx=parameters.get("num_ctx") or load_settings().context_length,
+    )
+    return {"num_ctx": result.num_ctx, "reason": reason, "why": CONTEXT_REASONS[reason]}
 
 
 @app.command()

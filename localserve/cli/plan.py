@@ -90,14 +90,9 @@ def plan(
     header is fetched, a few MB over HTTP Range requests.
     """
     from localserve.config import kv_cache_type as check_kv_cache_type
-    from localserve.config import load_settings, parse_workers
-    from localserve.engine.devices import probe, with_workers
-    from localserve.plan import parse_size, ram_only
-    from localserve.plan import plan as make_plan
-    from localserve.plan.context import choose_context
+    from localserve.config import load_settings
     from localserve.plan.source import load_header
 
-    simulated = parse_size(gpu_memory) if gpu_memory is not None else None
     settings = load_settings()
     kv_type = (
         settings.kv_cache_type
@@ -105,6 +100,47 @@ def plan(
         else check_kv_cache_type(kv_cache_type, "--kv-cache-type")
     )
     header = load_header(model)
+    result, reason = planned(
+        header,
+        ctx=ctx or settings.context_length,
+        parallel=parallel,
+        gpu_memory=gpu_memory,
+        num_gpu=num_gpu,
+        kv_type=kv_type,
+        rpc=rpc,
+        spread=spread,
+    )
+    if as_json:
+        output.print_json({**_entry(header, result), "context_reason": reason})
+    else:
+        _render(header, result, reason)
+    for note in result.notes:
+        output.stderr().print(f"note: {note}", markup=False)
+    result.require_fit()
+
+
+def planned(
+    header: ModelHeader,
+    *,
+    ctx: int | None = None,
+    parallel: int | None = None,
+    gpu_memory: str | None = None,
+    num_gpu: int | None = None,
+    kv_type: str | None = None,
+    rpc: list[str] | None = None,
+    spread: bool | None = None,
+) -> tuple[Plan, str]:
+    """The plan of ``header``'s model on this machine (or the one ``gpu_memory``
+    describes), and why its context is what it is: ``ctx`` when set, else the runner's
+    own choice (plan/context.py). The defaults are the daemon's settings."""
+    from localserve.config import load_settings, parse_workers
+    from localserve.engine.devices import probe, with_workers
+    from localserve.plan import parse_size, ram_only
+    from localserve.plan import plan as make_plan
+    from localserve.plan.context import choose_context
+
+    settings = load_settings()
+    simulated = parse_size(gpu_memory) if gpu_memory is not None else None
     devices = probe() if simulated is None else ram_only().simulate_gpu(simulated)
     workers = parse_workers(rpc) if rpc else tuple(settings.rpc_workers)
     if workers and num_gpu != 0:
@@ -118,7 +154,7 @@ def plan(
             num_parallel=num_parallel,
             devices=devices,
             num_gpu=-1 if num_gpu is None else num_gpu,
-            kv_type=kv_type,
+            kv_type=kv_type or settings.kv_cache_type,
             projector=header.projector,
             adapters=header.adapters,
             spread=settings.sched_spread if spread is None else spread,
@@ -126,19 +162,10 @@ def plan(
             swa_full=settings.swa_full,
         )
 
-    explicit = ctx or settings.context_length
-    if explicit:
-        result, reason = plan_for(explicit), "set"
-    else:  # what the runner will choose (plan/context.py)
-        choice = choose_context(header.info, num_parallel=num_parallel, plan_for=plan_for)
-        result, reason = plan_for(choice.num_ctx, choice.kv_cells), choice.reason
-    if as_json:
-        output.print_json({**_entry(header, result), "context_reason": reason})
-    else:
-        _render(header, result, reason)
-    for note in result.notes:
-        output.stderr().print(f"note: {note}", markup=False)
-    result.require_fit()
+    if ctx:
+        return plan_for(ctx), "set"
+    choice = choose_context(header.info, num_parallel=num_parallel, plan_for=plan_for)
+    return plan_for(choice.num_ctx, choice.kv_cells), choice.reason
 
 
 def _entry(header: ModelHeader, result: Plan) -> dict[str, Any]:

@@ -93,6 +93,25 @@ def test_show_lists_capabilities_from_the_template(tmp_path: Path) -> None:
     assert facts["capabilities"] == ["completion", "tools", "thinking", "embedding"]
 
 
+def test_show_says_the_context_a_load_gets_here_and_why(tmp_path: Path) -> None:
+    """The context a load would get (issue 28): what ``plan`` shows, the model's training
+    length here; a context set by LOCALSERVE_CONTEXT_LENGTH says so."""
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    model = write_tiny_gguf(tmp_path / "tiny.gguf", n_ctx_train=1024)
+    assert cli("import", str(model), "small").returncode == 0
+    facts = json.loads(cli("show", "small", "--json").stdout)
+    planned = json.loads(cli("plan", "small", "--json").stdout)
+    assert facts["context_here"]["num_ctx"] == planned["num_ctx"] == 1024
+    assert facts["context_here"]["reason"] == planned["context_reason"] == "trained"
+    lines = [" ".join(line.split()) for line in cli("show", "small").stdout.splitlines()]
+    assert "context here 1024 (the model's training length)" in lines
+
+    set_by_env = cli("show", "small", "--json", env={"LOCALSERVE_CONTEXT_LENGTH": "512"})
+    assert json.loads(set_by_env.stdout)["context_here"]["num_ctx"] == 512
+    assert json.loads(set_by_env.stdout)["context_here"]["reason"] == "set"
+
+
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [
