@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -61,6 +60,8 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
 
 
 def print_json(value: Any) -> None:
+    import json  # here: a few ms of every start (`--help` included) for --json alone
+
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
