@@ -300,6 +300,7 @@ def parser_for(chat: ChatFormat, *, in_thinking: bool) -> StreamParser:
         thinking=chat.thinking,
         in_thinking=in_thinking,
         show_thinking=True,
+        framing=(chat.answer_open, chat.answer_end),
     )
 
 

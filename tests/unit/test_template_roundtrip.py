@@ -47,12 +47,6 @@ PLAIN_REFUSALS: dict[str, str] = {
     ),
 }
 
-# Detection (formats._answer_text) diffs the renders character by character: a call's
-# first tag loses the characters it shares with the plain answer's (`<|START_ACTION|>`
-# against `<|START_TEXT|>` leaves `ACTION|>`), and nothing is found in what is left.
-_CUT_TAG = (
-    "formats._answer_text cuts the diff inside the call's first tag ({}), so no format is found"
-)
 _NO_CALLS_IN_HISTORY = (
     "the template never renders an assistant turn's tool_calls (the call text is expected "
     "in content): no format to detect, and a call in the history is lost"
@@ -74,7 +68,6 @@ CALL_XFAIL: dict[str, str] = {
         '`<tool_call>]<]minimax[>[<invoke name="NAME">]<]minimax[>[<K>V</K>...` is detected '
         "as hermes (JSON inside): the call comes back as text"
     ),
-    "NVIDIA-Nemotron-Nano-v2.jinja": _CUT_TAG.format("`<TOOLCALL>`"),
     "fireworks-ai-llama-3-firefunction-v2.jinja": (
         "reads a variable of its own, `functions`, that no runtime passes: no render succeeds"
     ),
@@ -95,21 +88,9 @@ CALL_XFAIL: dict[str, str] = {
 # Templates that keep reasoning or are detected as thinking, whose reasoning does not
 # come back, and why.
 REASONING_XFAIL: dict[str, str] = {
-    "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja": (
-        "the answer after `<|END_THINKING|>` opens with `<|START_RESPONSE|>`, which comes back "
-        "as part of the answer"
-    ),
     "upstage-Solar-Open-100B.jinja": (
         "the answer after the thought opens with `<|content|>`, which comes back as part of "
         "the answer"
-    ),
-    "Cohere2MoE.jinja": (
-        "the answer after `<|END_THINKING|>` is wrapped in `<|START_TEXT|>`...`<|END_TEXT|>`, "
-        "and the wrapper comes back as part of the answer"
-    ),
-    "Kimi-K3.jinja": (
-        "detected tags `<|sep|>`/`<|close|>`; the template writes `<|open|>think<|sep|>...<|close|>"
-        "think<|sep|><|open|>response<|sep|>...`, and that markup comes back in the answer"
     ),
     "muse-glimmer.jinja": (
         "detected tags `<|message|>`/`<|eom|>`; the model writes channels (` to=self<|message|>"
