@@ -78,8 +78,20 @@ FLASH_ATTN_TYPES: dict[str, int] = {
     "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
 # Lists that llama.cpp's log lines are appended to while a caller listens (see
-# flash_attention_supported); only the thread that made the call reads them.
+# _init_context); only the thread that made the call reads them.
 _log_listeners: list[list[str]] = []
+
+
+def _init_context(model: Model, params: Any) -> tuple[Any, list[str]]:
+    """``llama_init_from_model``, and the log lines llama.cpp wrote meanwhile: what it
+    decided and has no call for (flash attention on or off, the sliding-window cache's
+    size)."""
+    lines: list[str] = []
+    _log_listeners.append(lines)
+    try:
+        return L.llama_init_from_model(model.handle, params), lines
+    finally:
+        _log_listeners.remove(lines)
 
 
 def init_backend() -> None:
@@ -359,12 +371,7 @@ class Context:
         if pooling is not None:
             params.pooling_type = pooling
         params.no_perf = True
-        lines: list[str] = []
-        _log_listeners.append(lines)
-        try:
-            handle = L.llama_init_from_model(model.handle, params)
-        finally:
-            _log_listeners.remove(lines)
+        handle, lines = _init_context(model, params)
         if not handle:
             if kv_type != "f16" or flash != "auto":
                 raise EngineError(
@@ -512,12 +519,7 @@ def flash_attention_supported(model: Model, *, n_threads: int = 1) -> bool:
     params.n_threads = params.n_threads_batch = n_threads
     params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_AUTO
     params.no_perf = True
-    lines: list[str] = []
-    _log_listeners.append(lines)
-    try:
-        handle = L.llama_init_from_model(model.handle, params)
-    finally:
-        _log_listeners.remove(lines)
+    handle, lines = _init_context(model, params)
     if not handle:
         raise EngineError("llama.cpp could not create a context (out of memory?)")
     L.llama_free(handle)
