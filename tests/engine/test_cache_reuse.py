@@ -70,6 +70,17 @@ def submit(engine: Engine, job_id: str, tokens: list[int], logprobs: bool = Fals
     engine.submit(job)
 
 
+def second_turn(
+    engine: Engine, first: list[int], second: list[int], logprobs: bool = False
+) -> tuple[dict[str, str], dict[str, DoneEvent], np.ndarray]:
+    """``first`` read and answered as job "a", then ``second`` as job "b": what ``run``
+    gives for the second."""
+    submit(engine, "a", first)
+    run(engine)
+    submit(engine, "b", second, logprobs=logprobs)
+    return run(engine)
+
+
 def turns(model: Model) -> tuple[list[int], list[int]]:
     """A prompt, and the next one: its header changed, the rest the same and more."""
     first = model.tokenize(OLD + BODY, add_special=True)
@@ -98,10 +109,7 @@ def test_off_a_changed_header_is_read_as_cold(model: Model) -> None:
     first, second = turns(model)
     engine = Engine(model, options(0), n_threads=2)
     try:
-        submit(engine, "a", first)
-        run(engine)
-        submit(engine, "b", second)
-        texts, done, _ = run(engine)
+        texts, done, _ = second_turn(engine, first, second)
         shared = next(i for i, (x, y) in enumerate(zip(first, second, strict=False)) if x != y)
         assert done["b"].prompt_cached == shared
         assert engine.stats.reuse_shifted == 0
@@ -118,10 +126,7 @@ def test_on_the_cells_after_the_header_move(model: Model) -> None:
     first, second = turns(model)
     engine = Engine(model, options(64), n_threads=2)
     try:
-        submit(engine, "a", first)
-        run(engine)
-        submit(engine, "b", second, logprobs=True)
-        texts, done, warm = run(engine)
+        texts, done, warm = second_turn(engine, first, second, logprobs=True)
         assert engine.stats.reuse_shifted > len(second) - 40
         assert done["b"].prompt_cached == engine.stats.prefix_tokens + engine.stats.reuse_shifted
         assert engine.stats.prompt_tokens < len(first) + 40  # the first read, and ~30 more
@@ -147,10 +152,7 @@ def test_on_a_removed_span_moves_in_place(model: Model) -> None:
     second = model.tokenize(OLD + BODY + " then?", add_special=True)
     engine = Engine(model, LoadOptions(num_ctx=2048, num_parallel=1, cache_reuse=32), n_threads=2)
     try:
-        submit(engine, "a", first)
-        run(engine)
-        submit(engine, "b", second, logprobs=True)
-        _, done, warm = run(engine)
+        _, done, warm = second_turn(engine, first, second, logprobs=True)
         assert done["b"].prompt_cached > len(second) - 10
         assert engine.stats.reuse_shifted > 0
     finally:
@@ -164,10 +166,7 @@ def test_without_a_free_sequence_only_the_prefix(model: Model) -> None:
     first, second = turns(model)
     engine = Engine(model, LoadOptions(num_ctx=2048, num_parallel=1, cache_reuse=32), n_threads=2)
     try:
-        submit(engine, "a", first)
-        run(engine)
-        submit(engine, "b", second)
-        texts, _, _ = run(engine)
+        texts, _, _ = second_turn(engine, first, second)
         assert engine.stats.reuse_shifted == 0
     finally:
         engine.close()
@@ -178,10 +177,7 @@ def test_a_run_shorter_than_the_setting_is_not_reused(model: Model) -> None:
     first, second = turns(model)
     engine = Engine(model, options(len(second)), n_threads=2)
     try:
-        submit(engine, "a", first)
-        run(engine)
-        submit(engine, "b", second)
-        texts, _, _ = run(engine)
+        texts, _, _ = second_turn(engine, first, second)
         assert engine.stats.reuse_shifted == 0
     finally:
         engine.close()
@@ -283,10 +279,7 @@ def test_not_where_cells_cannot_move(windowed: Model, monkeypatch: pytest.Monkey
     engine = Engine(windowed, options(32, **kv), n_threads=2)
     try:
         assert not engine.can_move
-        submit(engine, "a", first)
-        run(engine)
-        submit(engine, "b", second)
-        texts, _, _ = run(engine)
+        texts, _, _ = second_turn(engine, first, second)
         assert engine.stats.reuse_shifted == 0
     finally:
         engine.close()

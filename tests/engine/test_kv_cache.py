@@ -23,8 +23,9 @@ from localserve.engine.llama import Context, Model
 from localserve.errors import InvalidOptionError
 from localserve.plan import Devices, plan
 from localserve.runtime.options import LoadOptions, SamplingOptions
-from localserve.runtime.protocol import DoneEvent, LoadRequest, TextEvent
+from localserve.runtime.protocol import LoadRequest
 from localserve.store.gguf import read_gguf
+from tests.support.jobs import run_engine as run
 from tests.support.tiny_gguf import write_tiny_gguf
 
 MiB = 1 << 20
@@ -48,21 +49,6 @@ def model32(path32: Path) -> Iterator[Model]:
     loaded = Model([path32], n_gpu_layers=0)
     yield loaded
     loaded.close()
-
-
-def run(engine: Engine) -> tuple[dict[str, str], dict[str, DoneEvent]]:
-    texts: dict[str, str] = {}
-    done: dict[str, DoneEvent] = {}
-    for _ in range(10_000):
-        if not engine.has_work():
-            break
-        for event in engine.step():
-            if isinstance(event, TextEvent):
-                texts[event.id] = texts.get(event.id, "") + event.text
-            elif isinstance(event, DoneEvent):
-                done[event.id] = event
-    assert not engine.has_work()
-    return texts, done
 
 
 def kv_log(caplog: pytest.LogCaptureFixture) -> tuple[float, str]:

@@ -25,7 +25,8 @@ from localserve.engine.job import Job
 from localserve.engine.llama import Context, Model
 from localserve.plan import Devices, plan
 from localserve.runtime.options import LoadOptions, SamplingOptions
-from localserve.runtime.protocol import DoneEvent, ErrorEvent, LogprobsEvent, TextEvent
+from localserve.runtime.protocol import ErrorEvent, LogprobsEvent
+from tests.support.jobs import run_engine as run
 from tests.support.tiny_gguf import write_tiny_gguf
 
 MiB = 1 << 20
@@ -60,21 +61,6 @@ def model(swa_path: Path) -> Iterator[Model]:
 def step64(monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint after every 128-token chunk of a prompt."""
     monkeypatch.setattr(engine_module, "CHECKPOINT_STEP", 64)
-
-
-def run(engine: Engine) -> tuple[dict[str, str], dict[str, DoneEvent]]:
-    texts: dict[str, str] = {}
-    done: dict[str, DoneEvent] = {}
-    for _ in range(10_000):
-        if not engine.has_work():
-            break
-        for event in engine.step():
-            if isinstance(event, TextEvent):
-                texts[event.id] = texts.get(event.id, "") + event.text
-            elif isinstance(event, DoneEvent):
-                done[event.id] = event
-    assert not engine.has_work()
-    return texts, done
 
 
 def cold(model: Model, tokens: list[int], options: LoadOptions = OPTIONS) -> str:
