@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.peers import binary, free_port, stop, wait_http  # noqa: E402
+from tests.support.claude_code import CLAUDE  # noqa: E402
+from tests.support.claude_code import claude as run_claude  # noqa: E402
 
-CLAUDE = ROOT / ".cache" / "agents" / "node_modules" / ".bin" / "claude"
 TEMPLATE = ROOT / "tests" / "support" / "templates" / "Qwen-Qwen3-0.6B.jinja"
 THREADS = 2
 TASKS = ("Say hello.", "What is two plus two?")
@@ -49,36 +50,9 @@ Tasks = Callable[[str, Path], list[dict[str, Any]]]  # (server URL, HOME) -> res
 
 
 def claude(url: str, home: Path, prompt: str) -> dict[str, Any]:
-    """One ``claude -p`` task with its own HOME, every model it asks for named MODEL."""
-    work = home / "project"
-    work.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_"))}
-    names = ("MODEL", "SMALL_FAST_MODEL", "DEFAULT_HAIKU_MODEL", "DEFAULT_SONNET_MODEL")
-    env.update({f"ANTHROPIC_{name}": MODEL for name in (*names, "DEFAULT_OPUS_MODEL")})
-    env.update(
-        {
-            "HOME": str(home),
-            "ANTHROPIC_BASE_URL": url,
-            "ANTHROPIC_AUTH_TOKEN": "unused",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "64",
-            "API_TIMEOUT_MS": str(3600 * 1000),
-        }
-    )
+    """One task (tests/support/claude_code.py), timed on the wall clock too."""
     started = time.perf_counter()
-    done = subprocess.run(
-        [str(CLAUDE), "-p", prompt, "--output-format", "json", "--max-turns", "2"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    if not done.stdout.strip():
-        raise SystemExit(f"claude printed nothing: {done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
+    result = run_claude(url, home, prompt, model=MODEL, timeout=3600)
     result["wall_s"] = time.perf_counter() - started
     return result
 

@@ -15,9 +15,6 @@ there); elsewhere the test skips, saying how to install it."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +24,12 @@ import pytest
 
 from tests.e2e.test_tools_gemma import with_template
 from tests.support import chat_templates
-from tests.support.daemon import REPO_ROOT, Daemon, add_model, running_daemon
+from tests.support.claude_code import CLAUDE
+from tests.support.claude_code import claude as run_claude
+from tests.support.daemon import Daemon, add_model, running_daemon
 
 pytestmark = pytest.mark.slow
 
-CLAUDE = REPO_ROOT / ".cache" / "agents" / "node_modules" / ".bin" / "claude"
 MODEL = "gemma"
 # Minutes on two cores: the first prompt is read whole (llama-server: 110 s).
 AGENT_TIMEOUT = 1800
@@ -61,44 +59,7 @@ def agent_daemon(
 
 
 def claude(daemon: Daemon, home: Path, prompt: str) -> dict[str, Any]:
-    """One ``claude -p`` run with its own HOME; its JSON result."""
-    work = home / "project"
-    work.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_"))}
-    env.update(
-        {
-            "HOME": str(home),  # its settings, sessions and caches
-            "ANTHROPIC_BASE_URL": daemon.url,
-            "ANTHROPIC_AUTH_TOKEN": "unused",
-            # Every model it may ask for (the main one, the small fast one) is the local one.
-            **{
-                name: MODEL
-                for name in (
-                    "ANTHROPIC_MODEL",
-                    "ANTHROPIC_SMALL_FAST_MODEL",
-                    "ANTHROPIC_DEFAULT_HAIKU_MODEL",
-                    "ANTHROPIC_DEFAULT_SONNET_MODEL",
-                    "ANTHROPIC_DEFAULT_OPUS_MODEL",
-                )
-            },
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "64",
-            "API_TIMEOUT_MS": str(AGENT_TIMEOUT * 1000),
-        }
-    )
-    done = subprocess.run(
-        [str(CLAUDE), "-p", prompt, "--output-format", "json", "--max-turns", "2"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=AGENT_TIMEOUT,
-        check=False,
-    )
-    assert done.stdout.strip(), done.stderr[-2000:]
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+    return run_claude(daemon.url, home, prompt, model=MODEL, timeout=AGENT_TIMEOUT)
 
 
 @pytest.mark.skipif(
