@@ -35,6 +35,8 @@ from localserve.engine.prepare import JobBuilder, request_of
 from localserve.errors import InvalidOptionError, LocalserveError
 from localserve.runtime.framing import FrameReader, write_frame
 from localserve.runtime.protocol import (
+    Detokenized,
+    DetokenizeJob,
     EmbedJob,
     EmbedResult,
     ErrorEvent,
@@ -44,9 +46,12 @@ from localserve.runtime.protocol import (
     LoadFailure,
     LoadRequest,
     Op,
+    RenderedPrompt,
     Reply,
     Request,
     TokenCount,
+    TokenizeJob,
+    Tokens,
     event_to_wire,
     reply_to_wire,
 )
@@ -79,6 +84,9 @@ class Runner:
             Op.CANCEL: self._cancel,
             Op.EMBED: self._embed,
             Op.COUNT: self._count,
+            Op.TOKENIZE: self._tokenize,
+            Op.DETOKENIZE: self._detokenize,
+            Op.RENDER: self._render,
             Op.STATS: self._stats,
         }
         # Prompts with images or sounds are built on a thread of their own (decoding a
@@ -149,6 +157,28 @@ class Runner:
         job = request.job
         assert isinstance(job, GenerateJob)
         return [TokenCount(request.id, self.jobs.count(job))]
+
+    # Tokens and templates are answered at once too: no slot, no step of the engine.
+
+    def _tokenize(self, request: Request) -> list[Reply]:
+        from localserve.engine.tokens import tokenize
+
+        job = request.job
+        assert isinstance(job, TokenizeJob)
+        tokens, pieces = tokenize(self.loaded.model, job)
+        return [Tokens(request.id, tokens, pieces)]
+
+    def _detokenize(self, request: Request) -> list[Reply]:
+        from localserve.engine.tokens import detokenize
+
+        job = request.job
+        assert isinstance(job, DetokenizeJob)
+        return [Detokenized(request.id, detokenize(self.loaded.model, job))]
+
+    def _render(self, request: Request) -> list[Reply]:
+        job = request.job
+        assert isinstance(job, GenerateJob)
+        return [RenderedPrompt(request.id, self.jobs.render(job))]
 
     def _stats(self, request: Request) -> list[Reply]:
         return [self.engine.describe(request.id)]

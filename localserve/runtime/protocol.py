@@ -7,13 +7,16 @@ The daemon starts ``python -m localserve.engine.runner`` and writes frames to it
   ``{"ready": ...}`` (:class:`RunnerInfo`) once the model is loaded, or ``{"fatal":
   ..., "kind": ...}`` (:class:`LoadFailure`) and exits.
 - Then one :class:`Request` per frame, ``{"op": ..., "id": "r1", "job": ...}`` (:class:`Op`):
-  ``generate`` and ``count`` carry a :class:`GenerateJob`, ``embed`` an :class:`EmbedJob`,
-  ``cancel`` and ``stats`` only the id, ``shutdown`` nothing (the runner exits).
+  ``generate``, ``count`` and ``render`` carry a :class:`GenerateJob`, ``embed`` an
+  :class:`EmbedJob`, ``tokenize`` a :class:`TokenizeJob`, ``detokenize`` a
+  :class:`DetokenizeJob`, ``cancel`` and ``stats`` only the id, ``shutdown`` nothing
+  (the runner exits).
 - The runner writes ``{"events": [...]}`` frames, one per engine step carrying the
   events of every request in that step (text deltas, done, error: :data:`Event`), so a
   busy runner makes one write per step, not one per token. The one answer to an
-  ``embed`` (:class:`EmbedResult`), a ``count`` (:class:`TokenCount`) or a ``stats``
-  (:class:`RunnerStats`) travels in the same frames. A request that fails gets an :class:`ErrorEvent`, whose
+  ``embed`` (:class:`EmbedResult`), a ``count`` (:class:`TokenCount`), a ``tokenize``
+  (:class:`Tokens`), a ``detokenize`` (:class:`Detokenized`), a ``render``
+  (:class:`RenderedPrompt`) or a ``stats`` (:class:`RunnerStats`) travels in the same frames. A request that fails gets an :class:`ErrorEvent`, whose
   :class:`ErrorKind` names the exception the daemon raises for it (:data:`ERROR_TYPES`,
   the one table both sides read).
 
@@ -50,6 +53,11 @@ class Op(StrEnum):
     EMBED = "embed"  # one EmbedResult
     # One TokenCount: the job's prompt rendered and tokenized, nothing generated.
     COUNT = "count"
+    # Between engine steps too, without a slot (server/routes/tokens.py): one Tokens, one
+    # Detokenized, or one RenderedPrompt (the job's chat prompt as text).
+    TOKENIZE = "tokenize"
+    DETOKENIZE = "detokenize"
+    RENDER = "render"
     STATS = "stats"  # one RunnerStats
     CANCEL = "cancel"  # no answer of its own: the generation ends with done_reason "cancel"
     SHUTDOWN = "shutdown"  # no answer: the runner exits
@@ -435,14 +443,78 @@ class EmbedJob:
 
 
 @dataclass(frozen=True)
+class TokenizeJob:
+    """Text to token ids, as llama-server's /tokenize: ``content`` a string, or a list of
+    strings and token ids (the ids kept as they are); ``add_special`` adds the BOS the
+    vocabulary asks for (to the first string only), ``parse_special`` reads control
+    tokens written in the text as themselves; ``with_pieces`` also returns each
+    token's text."""
+
+    content: str | list[str | int]
+    add_special: bool = False
+    parse_special: bool = True
+    with_pieces: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> TokenizeJob:
+        content = data.get("content", "")
+        if not isinstance(content, str) and not (
+            isinstance(content, list)
+            and all(isinstance(c, str | int) and not isinstance(c, bool) for c in content)
+        ):
+            raise InvalidOptionError("content must be a string or a list of strings and ids")
+        return cls(
+            content,
+            add_special=bool(data.get("add_special", False)),
+            parse_special=bool(data.get("parse_special", True)),
+            with_pieces=bool(data.get("with_pieces", False)),
+        )
+
+
+@dataclass(frozen=True)
+class DetokenizeJob:
+    """Token ids to text, every token's piece (control tokens written out) joined."""
+
+    tokens: list[int]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"tokens": self.tokens}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> DetokenizeJob:
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens
+        ):
+            raise InvalidOptionError("tokens must be a list of token ids")
+        return cls(tokens)
+
+
+RequestJob = GenerateJob | EmbedJob | TokenizeJob | DetokenizeJob
+# The job type each op carries (the others carry none).
+_JOB_TYPES: Final[dict[Op, type[RequestJob]]] = {
+    Op.GENERATE: GenerateJob,
+    Op.COUNT: GenerateJob,
+    Op.RENDER: GenerateJob,
+    Op.EMBED: EmbedJob,
+    Op.TOKENIZE: TokenizeJob,
+    Op.DETOKENIZE: DetokenizeJob,
+}
+
+
+@dataclass(frozen=True)
 class Request:
     """A frame from the daemon after the load: what it asks for, the id every answer to
     it carries (``r1``, ``r2``...; none for ``shutdown``), and the job of an op that
-    carries one (``generate`` and ``count``: a GenerateJob; ``embed``: an EmbedJob)."""
+    carries one (``_JOB_TYPES``: a GenerateJob for ``generate``, ``count`` and
+    ``render``...)."""
 
     op: Op
     id: str = ""
-    job: GenerateJob | EmbedJob | None = None
+    job: RequestJob | None = None
 
     def to_wire(self) -> dict[str, Any]:
         data: dict[str, Any] = {"op": self.op.value}
@@ -460,11 +532,8 @@ class Request:
             op = Op(str(data.get("op")))
         except ValueError:
             raise InvalidOptionError(f"unknown op {data.get('op')!r}") from None
-        job: GenerateJob | EmbedJob | None = None
-        if op in (Op.GENERATE, Op.COUNT):
-            job = GenerateJob.from_wire(data.get("job") or {})
-        elif op is Op.EMBED:
-            job = EmbedJob.from_wire(data.get("job") or {})
+        kind = _JOB_TYPES.get(op)
+        job = kind.from_wire(data.get("job") or {}) if kind is not None else None
         return cls(op, str(data.get("id", "")), job)
 
 
@@ -524,6 +593,58 @@ class TokenCount:
 
 
 @dataclass(frozen=True)
+class Tokens:
+    """The answer to a ``tokenize``: the ids, and with ``with_pieces`` each one's text,
+    as llama-server gives it: a string, or the list of its bytes where they are not
+    valid UTF-8 on their own (a part of a character)."""
+
+    id: str
+    tokens: list[int]
+    pieces: list[str | list[int]] | None = None
+    type: Literal["tokens"] = "tokens"
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Tokens:
+        return cls(str(data["id"]), list(data["tokens"]), data.get("pieces"))
+
+
+@dataclass(frozen=True)
+class Detokenized:
+    """The answer to a ``detokenize``: the text (bytes that are not UTF-8 as U+FFFD)."""
+
+    id: str
+    content: str
+    type: Literal["detokenized"] = "detokenized"
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Detokenized:
+        return cls(str(data["id"]), str(data["content"]))
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """The answer to a ``render``: the job's prompt as the text its generation would
+    tokenize (the chat template's output, tools and thinking switches included)."""
+
+    id: str
+    prompt: str
+    type: Literal["rendered"] = "rendered"
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RenderedPrompt:
+        return cls(str(data["id"]), str(data["prompt"]))
+
+
+@dataclass(frozen=True)
 class RunnerStats:
     """The answer to ``stats``: the engine's slots and caches now (engine/engine.py
     ``describe``), and its counters since the load (``EngineStats``)."""
@@ -577,8 +698,9 @@ Event = (
     | ErrorEvent
 )
 # What the runner sends back in its events frames: a generation's events, or the one
-# answer to an embed, a count or a stats request.
-Reply = Event | EmbedResult | TokenCount | RunnerStats
+# answer to an embed, a count, a tokenize, a detokenize, a render or a stats request.
+Result = EmbedResult | TokenCount | Tokens | Detokenized | RenderedPrompt | RunnerStats
+Reply = Event | Result
 
 _EVENT_TYPES: dict[str, type[Any]] = {
     "logprobs": LogprobsEvent,
@@ -600,7 +722,7 @@ def event_to_wire(event: Event) -> dict[str, Any]:
 
 
 def reply_to_wire(reply: Reply) -> dict[str, Any]:
-    if isinstance(reply, EmbedResult | TokenCount | RunnerStats):
+    if isinstance(reply, Result):
         return reply.to_wire()
     return event_to_wire(reply)
 
