@@ -35,8 +35,6 @@ from localserve.engine.prepare import JobBuilder, request_of
 from localserve.errors import InvalidOptionError, LocalserveError
 from localserve.runtime.framing import FrameReader, write_frame
 from localserve.runtime.protocol import (
-    Detokenized,
-    DetokenizeJob,
     EmbedJob,
     EmbedResult,
     ErrorEvent,
@@ -46,14 +44,18 @@ from localserve.runtime.protocol import (
     LoadFailure,
     LoadRequest,
     Op,
-    RenderedPrompt,
     Reply,
     Request,
     TokenCount,
-    TokenizeJob,
-    Tokens,
     event_to_wire,
     reply_to_wire,
+)
+from localserve.runtime.tokens import (
+    Detokenized,
+    DetokenizeJob,
+    RenderedPrompt,
+    TokenizeJob,
+    Tokens,
 )
 
 if TYPE_CHECKING:

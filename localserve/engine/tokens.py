@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from localserve.engine.llama import Model
 from localserve.errors import InvalidOptionError
-from localserve.runtime.protocol import DetokenizeJob, TokenizeJob
+from localserve.runtime.tokens import DetokenizeJob, TokenizeJob
 
 
 def tokenize(model: Model, job: TokenizeJob) -> tuple[list[int], list[str | list[int]] | None]:

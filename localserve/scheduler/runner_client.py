@@ -27,8 +27,6 @@ from typing import Any, TypeVar
 from localserve.errors import RunnerCrashedError
 from localserve.runtime.framing import ProtocolError, encode, read_frame
 from localserve.runtime.protocol import (
-    Detokenized,
-    DetokenizeJob,
     DoneEvent,
     EmbedJob,
     EmbedResult,
@@ -38,16 +36,20 @@ from localserve.runtime.protocol import (
     LoadFailure,
     LoadRequest,
     Op,
-    RenderedPrompt,
     Request,
     RequestJob,
     RunnerInfo,
     RunnerStats,
     TokenCount,
-    TokenizeJob,
-    Tokens,
     event_from_wire,
     load_reply_from_wire,
+)
+from localserve.runtime.tokens import (
+    Detokenized,
+    DetokenizeJob,
+    RenderedPrompt,
+    TokenizeJob,
+    Tokens,
 )
 
 log = logging.getLogger("localserve.runner")

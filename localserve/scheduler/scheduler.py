@@ -37,17 +37,19 @@ from typing import Protocol, TypeVar
 from localserve.errors import InvalidOptionError, ModelNotFoundError, ServerBusyError
 from localserve.runtime.options import SPECULATIVE, LoadOptions
 from localserve.runtime.protocol import (
-    Detokenized,
-    DetokenizeJob,
     DoneEvent,
     EmbedResult,
     Event,
     GenerateJob,
     LoadRequest,
-    RenderedPrompt,
     RunnerInfo,
     RunnerStats,
     TokenCount,
+)
+from localserve.runtime.tokens import (
+    Detokenized,
+    DetokenizeJob,
+    RenderedPrompt,
     TokenizeJob,
     Tokens,
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, StrictInt, StrictStr
 
-from localserve.runtime.protocol import DetokenizeJob, TokenizeJob, Tokens
+from localserve.runtime.tokens import DetokenizeJob, TokenizeJob, Tokens
 from localserve.schemas.base import Request, Response
 from localserve.schemas.openai import ChatCompletionRequest
 

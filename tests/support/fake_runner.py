@@ -25,18 +25,20 @@ from typing import Any, TypeVar
 from localserve.errors import EngineError, RunnerCrashedError
 from localserve.runtime.options import LoadOptions
 from localserve.runtime.protocol import (
-    Detokenized,
-    DetokenizeJob,
     DoneEvent,
     EmbedResult,
     Event,
     GenerateJob,
     LoadRequest,
-    RenderedPrompt,
     RunnerInfo,
     RunnerStats,
     TextEvent,
     TokenCount,
+)
+from localserve.runtime.tokens import (
+    Detokenized,
+    DetokenizeJob,
+    RenderedPrompt,
     TokenizeJob,
     Tokens,
 )

@@ -22,15 +22,17 @@ from localserve.config import load_settings
 from localserve.errors import InvalidOptionError
 from localserve.runtime.options import SamplingOptions
 from localserve.runtime.protocol import (
-    Detokenized,
-    DetokenizeJob,
     GenerateJob,
     Op,
-    RenderedPrompt,
     Request,
+    reply_to_wire,
+)
+from localserve.runtime.tokens import (
+    Detokenized,
+    DetokenizeJob,
+    RenderedPrompt,
     TokenizeJob,
     Tokens,
-    reply_to_wire,
 )
 from localserve.schemas.audio import check_format, instruction, seconds
 from localserve.schemas.tokens import ApplyTemplateRequest, TokenizeRequest, TokenizeResponse
