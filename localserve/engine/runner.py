@@ -235,6 +235,11 @@ class Runner:
                     if message.get("op") == Op.SHUTDOWN:
                         return
                     events.extend(reply_to_wire(r) for r in self.handle(message))
+            if events and self.engine.has_work():
+                # Answers made at once (counts, tokens, errors) go before the step, not
+                # a whole decode later: a busy model still answers them in about a step.
+                self.send({"events": events})
+                events = []
             if self.engine.has_work():
                 events.extend(event_to_wire(_as_choice(e)) for e in self.engine.step())
             if events:
