@@ -303,6 +303,7 @@ def test_transcriptions_are_a_chat_with_the_sound(models: None) -> None:
         assert message["role"] == "user" and len(message["images"]) == 1
         assert "in German" in message["content"] and "Zyxel" in message["content"]
         assert runner.requests[-1].options.temperature == 0.0  # OpenAI's default
+        assert runner.requests[-1].think is False  # a transcript, no reasoning first
         answer = await transcribe(call, "hears", sound(440), response_format="text")
         assert answer.headers["content-type"].startswith("text/plain")
         assert answer.text == "Hello world"

@@ -71,7 +71,9 @@ async def transcriptions(
         "content": instruction(language, prompt),
         "images": [base64.b64encode(data).decode("ascii")],
     }
-    job = await prepared(request, model, GenerateJob(messages=[message], options=sampling))
+    # No reasoning before the transcript, on a model that would think by default.
+    job = GenerateJob(messages=[message], options=sampling, think=False)
+    job = await prepared(request, model, job)
     (answer,) = await answers(run_job(request, model_req, job, time.perf_counter_ns()), 1)
     text = answer.content.strip()
     usage = TranscriptionUsage.of(answer.done)
