@@ -118,6 +118,12 @@ class JobBuilder:
         prompt, _ = self._prompt(request, UNBOUNDED)
         return len(prompt.tokens)
 
+    def render(self, request: GenerateJob) -> str:
+        """The request's prompt as text, rendered by the very code that ``build`` and
+        ``count`` use (so /apply-template cannot drift from a chat), whole."""
+        prompt, _ = self._prompt(request, UNBOUNDED)
+        return prompt.text
+
     def _prompt(
         self, request: GenerateJob, num_ctx: int
     ) -> tuple[Prompt, list[dict[str, Any]] | None]:

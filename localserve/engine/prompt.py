@@ -43,6 +43,9 @@ class Prompt:
     stops: tuple[str, ...] = ()
     # Images and sounds, by where their placeholders start in ``tokens`` (media.py).
     media: dict[int, MediaChunk] = field(default_factory=dict)
+    # The text that was tokenized, as the template wrote it (a leading BOS included):
+    # what /apply-template shows (a chat's; a completion's when a template wrapped it).
+    text: str = ""
 
 
 TAIL_CHARS = 64
@@ -106,7 +109,7 @@ class PromptBuilder:
         images: Sequence[bytes] = (),
     ) -> Prompt:
         tail = ""
-        prompt = self.media_marker(len(images)) + prompt
+        prompt = text = self.media_marker(len(images)) + prompt
         found = MediaPrompt([], {})
         if context:
             # Ollama's ``context``: the token ids a previous /api/generate returned; the
@@ -145,6 +148,7 @@ class PromptBuilder:
             )
             tail = rendered[-TAIL_CHARS:]
             found = self.tokens_of(rendered, images)
+            text = rendered
         if len(found.tokens) >= num_ctx:
             raise PromptTooLongError(
                 f"the prompt is {len(found.tokens)} tokens"
@@ -154,7 +158,7 @@ class PromptBuilder:
                 tokens=len(found.tokens),
                 limit=num_ctx,
             )
-        return Prompt(found.tokens, tail=tail, media=found.media)
+        return Prompt(found.tokens, tail=tail, media=found.media, text=text)
 
     def infill(self, prefix: str, suffix: str, *, num_ctx: int) -> Prompt:
         """Fill-in-the-middle, prefix-suffix-middle order as llama.cpp's /infill lays it
@@ -199,7 +203,7 @@ class PromptBuilder:
                 turn["content"] = self.media_marker(len(media)) + turn["content"]
                 media_of[id(turn)] = media
         kwargs = dict(template_kwargs or {})
-        tails: dict[int, str] = {}
+        renderings: dict[int, str] = {}
         stops = () if self.has_template else FALLBACK_STOPS
         budget = num_ctx - reserve_for_answer(num_ctx)
         # Shorter and shorter versions of the chat (each drops the oldest droppable
@@ -213,13 +217,16 @@ class PromptBuilder:
             rendered = self.template.render(
                 versions[index], add_generation_prompt=True, tools=tools, **kwargs
             )
-            tails[index] = rendered[-TAIL_CHARS:]
+            renderings[index] = rendered
             media = [data for turn in versions[index] for data in media_of.get(id(turn), ())]
             return self.tokens_of(rendered, media)
 
         def prompt(found: MediaPrompt, index: int) -> Prompt:
             dropped = len(turns) - len(versions[index])
-            return Prompt(found.tokens, dropped, tails[index], stops, found.media)
+            rendered = renderings[index]
+            return Prompt(
+                found.tokens, dropped, rendered[-TAIL_CHARS:], stops, found.media, rendered
+            )
 
         first = tokens_at(0)
         if len(first.tokens) <= budget:

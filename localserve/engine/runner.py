@@ -50,6 +50,13 @@ from localserve.runtime.protocol import (
     event_to_wire,
     reply_to_wire,
 )
+from localserve.runtime.tokens import (
+    Detokenized,
+    DetokenizeJob,
+    RenderedPrompt,
+    TokenizeJob,
+    Tokens,
+)
 
 if TYPE_CHECKING:
     from localserve.engine.embed import Embedder
@@ -79,6 +86,9 @@ class Runner:
             Op.CANCEL: self._cancel,
             Op.EMBED: self._embed,
             Op.COUNT: self._count,
+            Op.TOKENIZE: self._tokenize,
+            Op.DETOKENIZE: self._detokenize,
+            Op.RENDER: self._render,
             Op.STATS: self._stats,
         }
         # Prompts with images or sounds are built on a thread of their own (decoding a
@@ -150,6 +160,28 @@ class Runner:
         assert isinstance(job, GenerateJob)
         return [TokenCount(request.id, self.jobs.count(job))]
 
+    # Tokens and templates are answered at once too: no slot, no step of the engine.
+
+    def _tokenize(self, request: Request) -> list[Reply]:
+        from localserve.engine.tokens import tokenize
+
+        job = request.job
+        assert isinstance(job, TokenizeJob)
+        tokens, pieces = tokenize(self.loaded.model, job)
+        return [Tokens(request.id, tokens, pieces)]
+
+    def _detokenize(self, request: Request) -> list[Reply]:
+        from localserve.engine.tokens import detokenize
+
+        job = request.job
+        assert isinstance(job, DetokenizeJob)
+        return [Detokenized(request.id, detokenize(self.loaded.model, job))]
+
+    def _render(self, request: Request) -> list[Reply]:
+        job = request.job
+        assert isinstance(job, GenerateJob)
+        return [RenderedPrompt(request.id, self.jobs.render(job))]
+
     def _stats(self, request: Request) -> list[Reply]:
         return [self.engine.describe(request.id)]
 
@@ -203,6 +235,11 @@ class Runner:
                     if message.get("op") == Op.SHUTDOWN:
                         return
                     events.extend(reply_to_wire(r) for r in self.handle(message))
+            if events and self.engine.has_work():
+                # Answers made at once (counts, tokens, errors) go before the step, not
+                # a whole decode later: a busy model still answers them in about a step.
+                self.send({"events": events})
+                events = []
             if self.engine.has_work():
                 events.extend(event_to_wire(_as_choice(e)) for e in self.engine.step())
             if events:

@@ -7,15 +7,19 @@ The daemon starts ``python -m localserve.engine.runner`` and writes frames to it
   ``{"ready": ...}`` (:class:`RunnerInfo`) once the model is loaded, or ``{"fatal":
   ..., "kind": ...}`` (:class:`LoadFailure`) and exits.
 - Then one :class:`Request` per frame, ``{"op": ..., "id": "r1", "job": ...}`` (:class:`Op`):
-  ``generate`` and ``count`` carry a :class:`GenerateJob`, ``embed`` an :class:`EmbedJob`,
-  ``cancel`` and ``stats`` only the id, ``shutdown`` nothing (the runner exits).
+  ``generate``, ``count`` and ``render`` carry a :class:`GenerateJob`, ``embed`` an
+  :class:`EmbedJob`, ``tokenize`` a :class:`TokenizeJob`, ``detokenize`` a
+  :class:`DetokenizeJob`, ``cancel`` and ``stats`` only the id, ``shutdown`` nothing
+  (the runner exits).
 - The runner writes ``{"events": [...]}`` frames, one per engine step carrying the
   events of every request in that step (text deltas, done, error: :data:`Event`), so a
   busy runner makes one write per step, not one per token. The one answer to an
-  ``embed`` (:class:`EmbedResult`), a ``count`` (:class:`TokenCount`) or a ``stats``
-  (:class:`RunnerStats`) travels in the same frames. A request that fails gets an :class:`ErrorEvent`, whose
-  :class:`ErrorKind` names the exception the daemon raises for it (:data:`ERROR_TYPES`,
-  the one table both sides read).
+  ``embed`` (:class:`EmbedResult`), a ``count`` (:class:`TokenCount`), a ``tokenize``
+  (:class:`Tokens`), a ``detokenize`` (:class:`Detokenized`), a ``render``
+  (:class:`RenderedPrompt`) or a ``stats`` (:class:`RunnerStats`) travels in the same
+  frames (the token messages are in runtime/tokens.py). A request that fails gets an
+  :class:`ErrorEvent`, whose :class:`ErrorKind` names the exception the daemon raises
+  for it (:data:`ERROR_TYPES`, the one table both sides read).
 
 Every layer above the pipe sees these dataclasses: a route builds a GenerateJob from
 its wire schema, the scheduler hands it on, and events come back typed. JSON exists
@@ -40,6 +44,13 @@ from localserve.errors import (
 )
 from localserve.runtime.framing import ProtocolError
 from localserve.runtime.options import LoadOptions, SamplingOptions
+from localserve.runtime.tokens import (
+    Detokenized,
+    DetokenizeJob,
+    RenderedPrompt,
+    TokenizeJob,
+    Tokens,
+)
 
 
 class Op(StrEnum):
@@ -50,6 +61,11 @@ class Op(StrEnum):
     EMBED = "embed"  # one EmbedResult
     # One TokenCount: the job's prompt rendered and tokenized, nothing generated.
     COUNT = "count"
+    # Between engine steps too, without a slot (server/routes/tokens.py): one Tokens, one
+    # Detokenized, or one RenderedPrompt (the job's chat prompt as text).
+    TOKENIZE = "tokenize"
+    DETOKENIZE = "detokenize"
+    RENDER = "render"
     STATS = "stats"  # one RunnerStats
     CANCEL = "cancel"  # no answer of its own: the generation ends with done_reason "cancel"
     SHUTDOWN = "shutdown"  # no answer: the runner exits
@@ -434,15 +450,28 @@ class EmbedJob:
         return cls(inputs, truncate=bool(data.get("truncate", True)))
 
 
+RequestJob = GenerateJob | EmbedJob | TokenizeJob | DetokenizeJob
+# The job type each op carries (the others carry none).
+_JOB_TYPES: Final[dict[Op, type[RequestJob]]] = {
+    Op.GENERATE: GenerateJob,
+    Op.COUNT: GenerateJob,
+    Op.RENDER: GenerateJob,
+    Op.EMBED: EmbedJob,
+    Op.TOKENIZE: TokenizeJob,
+    Op.DETOKENIZE: DetokenizeJob,
+}
+
+
 @dataclass(frozen=True)
 class Request:
     """A frame from the daemon after the load: what it asks for, the id every answer to
     it carries (``r1``, ``r2``...; none for ``shutdown``), and the job of an op that
-    carries one (``generate`` and ``count``: a GenerateJob; ``embed``: an EmbedJob)."""
+    carries one (``_JOB_TYPES``: a GenerateJob for ``generate``, ``count`` and
+    ``render``...)."""
 
     op: Op
     id: str = ""
-    job: GenerateJob | EmbedJob | None = None
+    job: RequestJob | None = None
 
     def to_wire(self) -> dict[str, Any]:
         data: dict[str, Any] = {"op": self.op.value}
@@ -460,11 +489,8 @@ class Request:
             op = Op(str(data.get("op")))
         except ValueError:
             raise InvalidOptionError(f"unknown op {data.get('op')!r}") from None
-        job: GenerateJob | EmbedJob | None = None
-        if op in (Op.GENERATE, Op.COUNT):
-            job = GenerateJob.from_wire(data.get("job") or {})
-        elif op is Op.EMBED:
-            job = EmbedJob.from_wire(data.get("job") or {})
+        kind = _JOB_TYPES.get(op)
+        job = kind.from_wire(data.get("job") or {}) if kind is not None else None
         return cls(op, str(data.get("id", "")), job)
 
 
@@ -577,8 +603,9 @@ Event = (
     | ErrorEvent
 )
 # What the runner sends back in its events frames: a generation's events, or the one
-# answer to an embed, a count or a stats request.
-Reply = Event | EmbedResult | TokenCount | RunnerStats
+# answer to an embed, a count, a tokenize, a detokenize, a render or a stats request.
+Result = EmbedResult | TokenCount | Tokens | Detokenized | RenderedPrompt | RunnerStats
+Reply = Event | Result
 
 _EVENT_TYPES: dict[str, type[Any]] = {
     "logprobs": LogprobsEvent,
@@ -600,7 +627,7 @@ def event_to_wire(event: Event) -> dict[str, Any]:
 
 
 def reply_to_wire(reply: Reply) -> dict[str, Any]:
-    if isinstance(reply, EmbedResult | TokenCount | RunnerStats):
+    if isinstance(reply, Result):
         return reply.to_wire()
     return event_to_wire(reply)
 

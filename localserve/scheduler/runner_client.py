@@ -3,8 +3,8 @@
 No llama_cpp here: this module only spawns ``python -m localserve.engine.runner``
 and speaks runtime/protocol.py over its pipes, from asyncio: it sends the typed
 LoadRequest and Requests, and hands back typed answers (RunnerInfo as ``info``,
-events, EmbedResult, TokenCount, RunnerStats); a failed request raises the exception its
-ErrorKind names. One reader task receives the runner's frames and routes each
+events, and the one-answer replies: EmbedResult, TokenCount, RunnerStats...); a failed
+request raises the exception its ErrorKind names. One reader task receives the runner's frames and routes each
 answer to the queue of the request it belongs to. When the pipe closes (the runner
 exited, crashed, or was killed), every request still in flight fails at once with
 RunnerCrashedError, and ``alive`` turns false.
@@ -37,17 +37,27 @@ from localserve.runtime.protocol import (
     LoadRequest,
     Op,
     Request,
+    RequestJob,
     RunnerInfo,
     RunnerStats,
     TokenCount,
     event_from_wire,
     load_reply_from_wire,
 )
+from localserve.runtime.tokens import (
+    Detokenized,
+    DetokenizeJob,
+    RenderedPrompt,
+    TokenizeJob,
+    Tokens,
+)
 
 log = logging.getLogger("localserve.runner")
 
 _END = object()
-Answer = TypeVar("Answer", EmbedResult, TokenCount, RunnerStats)
+Answer = TypeVar(
+    "Answer", EmbedResult, TokenCount, Tokens, Detokenized, RenderedPrompt, RunnerStats
+)
 
 
 class RunnerClient:
@@ -171,13 +181,23 @@ class RunnerClient:
         (whole: nothing dropped to fit); nothing is generated and no slot is taken."""
         return await self._ask(Op.COUNT, job, TokenCount)
 
+    async def tokenize(self, job: TokenizeJob) -> Tokens:
+        """Text to the model's token ids (with their pieces if asked), between steps."""
+        return await self._ask(Op.TOKENIZE, job, Tokens)
+
+    async def detokenize(self, job: DetokenizeJob) -> Detokenized:
+        """Token ids to text, between steps."""
+        return await self._ask(Op.DETOKENIZE, job, Detokenized)
+
+    async def render(self, job: GenerateJob) -> RenderedPrompt:
+        """The job's prompt as text, as its generation would render it, between steps."""
+        return await self._ask(Op.RENDER, job, RenderedPrompt)
+
     async def stats(self) -> RunnerStats:
         """The engine's slots, caches and counters now."""
         return await self._ask(Op.STATS, None, RunnerStats)
 
-    async def _ask(
-        self, op: Op, job: GenerateJob | EmbedJob | None, answer: type[Answer]
-    ) -> Answer:
+    async def _ask(self, op: Op, job: RequestJob | None, answer: type[Answer]) -> Answer:
         """A request with one answer, of type ``answer``."""
         request_id, queue = await self._send(op, job)
         try:
@@ -196,9 +216,7 @@ class RunnerClient:
             return self._closing
         return f"the model runner stopped: {self.exit_reason}"
 
-    async def _send(
-        self, op: Op, job: GenerateJob | EmbedJob | None
-    ) -> tuple[str, asyncio.Queue[Any]]:
+    async def _send(self, op: Op, job: RequestJob | None) -> tuple[str, asyncio.Queue[Any]]:
         """Send a request under a new id; its answers will arrive on the queue."""
         if not self.alive:
             raise RunnerCrashedError(self._stopped_message())

@@ -29,10 +29,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from localserve.errors import InvalidOptionError, ModelNotFoundError, ServerBusyError
 from localserve.runtime.options import SPECULATIVE, LoadOptions
@@ -46,12 +46,20 @@ from localserve.runtime.protocol import (
     RunnerStats,
     TokenCount,
 )
+from localserve.runtime.tokens import (
+    Detokenized,
+    DetokenizeJob,
+    RenderedPrompt,
+    TokenizeJob,
+    Tokens,
+)
 from localserve.store.manifest import Manifest
 from localserve.store.refs import ModelRef
 from localserve.store.store import ModelStore
 from localserve.store.verify import check_model
 
 log = logging.getLogger("localserve.scheduler")
+T = TypeVar("T")
 
 
 class Runner(Protocol):
@@ -70,6 +78,12 @@ class Runner(Protocol):
     async def embed(self, inputs: list[str], *, truncate: bool) -> EmbedResult: ...
 
     async def count_tokens(self, job: GenerateJob) -> TokenCount: ...
+
+    async def tokenize(self, job: TokenizeJob) -> Tokens: ...
+
+    async def detokenize(self, job: DetokenizeJob) -> Detokenized: ...
+
+    async def render(self, job: GenerateJob) -> RenderedPrompt: ...
 
     async def stats(self) -> RunnerStats: ...
 
@@ -231,6 +245,51 @@ class Scheduler:
                 await self._release(resident, model.keep_alive)
         return result.tokens
 
+    # Tokens and templates (server/routes/tokens.py): the runner answers between engine
+    # steps, without a generation slot. Neither depends on load options, so a resident
+    # runner serves them whatever its options are; no reload for them.
+
+    async def tokenize(self, model: ModelRequest, job: TokenizeJob) -> Tokens:
+        return await self._between_steps(model, lambda runner: runner.tokenize(job))
+
+    async def detokenize(self, model: ModelRequest, job: DetokenizeJob) -> Detokenized:
+        return await self._between_steps(model, lambda runner: runner.detokenize(job))
+
+    async def render(self, model: ModelRequest, job: GenerateJob) -> str:
+        """``job``'s prompt as text, rendered as its generation would render it."""
+        result = await self._between_steps(model, lambda runner: runner.render(job))
+        return result.prompt
+
+    def only_loaded(self) -> str | None:
+        """The name of the one model loaded, if exactly one is (llama-server's routes
+        name no model: with one loaded, they may name none here too)."""
+        running = self.running()
+        return running[0].name if len(running) == 1 else None
+
+    async def _between_steps(self, model: ModelRequest, ask: Callable[[Runner], Awaitable[T]]) -> T:
+        async with self._admitted():
+            resident = self._resident_as_is(model.name)
+            if resident is None:
+                resident, _ = await self._acquire(model)
+            try:
+                return await ask(resident.runner)
+            finally:
+                await self._release(resident, model.keep_alive)
+
+    def _resident_as_is(self, name: str) -> Resident | None:
+        """The model's runner marked busy, if one is up whatever its load options."""
+        ref, manifest = self.store.get(name)
+        resident = self.resident.get(str(ref))
+        if (
+            resident is None
+            or not resident.runner.alive
+            or resident.draining
+            or resident.manifest.identity != manifest.identity
+        ):
+            return None
+        self._use(resident)
+        return resident
+
     async def load(self, model: ModelRequest) -> tuple[Resident, int]:
         """Make sure ``model`` is resident (an empty prompt); returns it and the load time in ns."""
         async with self._admitted():
@@ -309,10 +368,7 @@ class Scheduler:
                 and resident.manifest.identity == manifest.identity
                 and self._same_load(resident.options, model.load)
             ):
-                resident.busy += 1
-                resident.last_used = time.monotonic()
-                resident.expires_at = None
-                resident.idle.clear()
+                self._use(resident)
                 return resident, (time.perf_counter_ns() - started) if loaded_now else 0
             async with self._load_lock:
                 resident = self.resident.get(key)
@@ -335,6 +391,12 @@ class Scheduler:
                 await self._make_room()
                 await self._load(ref, manifest, model)
                 loaded_now = True
+
+    def _use(self, resident: Resident) -> None:
+        resident.busy += 1
+        resident.last_used = time.monotonic()
+        resident.expires_at = None
+        resident.idle.clear()
 
     async def _release(self, resident: Resident, keep_alive: float | None) -> None:
         resident.busy -= 1

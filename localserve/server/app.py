@@ -24,10 +24,12 @@ from localserve.scheduler.scheduler import RunnerFactory, Scheduler, start_runne
 from localserve.server import errors, security
 from localserve.server.metrics import Metrics
 from localserve.server.routes import anthropic as anthropic_routes
+from localserve.server.routes import audio as audio_routes
 from localserve.server.routes import create as create_routes
 from localserve.server.routes import native, ops, web
 from localserve.server.routes import openai as openai_routes
 from localserve.server.routes import responses as responses_routes
+from localserve.server.routes import tokens as tokens_routes
 from localserve.store.responses import ResponseStore
 from localserve.store.store import ModelStore
 
@@ -91,5 +93,7 @@ def create_app(
     app.include_router(openai_routes.router)
     app.include_router(responses_routes.router)
     app.include_router(anthropic_routes.router)
+    app.include_router(tokens_routes.router)
+    app.include_router(audio_routes.router)
     app.include_router(web.router)
     return app

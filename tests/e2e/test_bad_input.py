@@ -26,6 +26,7 @@ from localserve.server.security import MAX_BODY
 from tests.support.answers import error_message, untouched
 from tests.support.cli import cli
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.media import png, sound
 
 JSON = {"Content-Type": "application/json"}
 CHAT = '"messages": [{"role": "user", "content": "hi"}]'
@@ -62,6 +63,14 @@ BODY_ROUTES = [
     ("POST", "/v1/responses", "model"),
     ("POST", "/v1/messages", "model"),
     ("POST", "/v1/messages/count_tokens", "model"),
+    ("POST", "/api/tokenize", "model"),
+    ("POST", "/api/detokenize", "model"),
+]
+# llama-server's routes, whose bodies may leave the model out while one is loaded.
+MODEL_OPTIONAL_ROUTES = [
+    ("POST", "/tokenize", "model"),
+    ("POST", "/detokenize", "model"),
+    ("POST", "/apply-template", "model"),
 ]
 # Bad bodies any of them must refuse: (body, content type, what the message says).
 BAD_BODIES = [
@@ -89,6 +98,7 @@ BODY_FIELDS = {
     "input": "x",
     "prompt": "x",
     "max_tokens": 5,
+    "tokens": [1],
 }
 
 
@@ -139,8 +149,27 @@ def test_bad_bodies_on_every_route(
     assert needle.format(field=field) in message
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "needle"), [b for b in BAD_BODIES if "missing field" not in b[2]]
+)
+@pytest.mark.parametrize(("method", "path", "field"), MODEL_OPTIONAL_ROUTES)
+def test_bad_bodies_where_the_model_may_be_left_out(
+    client: httpx.Client,
+    unchanged: None,
+    method: str,
+    path: str,
+    field: str,
+    body: bytes,
+    content_type: str,
+    needle: str,
+) -> None:
+    payload = body.replace(b"{field}", field.encode())
+    message = refused(client, method, path, payload, content_type=content_type)
+    assert needle.format(field=field) in message
+
+
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
-@pytest.mark.parametrize(("method", "path", "field"), BODY_ROUTES)
+@pytest.mark.parametrize(("method", "path", "field"), BODY_ROUTES + MODEL_OPTIONAL_ROUTES)
 def test_hostile_names_on_every_route(
     client: httpx.Client, unchanged: None, method: str, path: str, field: str, name: str
 ) -> None:
@@ -184,7 +213,7 @@ def test_hostile_response_ids(client: httpx.Client, unchanged: None, name: str) 
 
 
 def test_names_that_are_fine_but_absent_are_404(client: httpx.Client, unchanged: None) -> None:
-    for method, path, field in BODY_ROUTES:
+    for method, path, field in BODY_ROUTES + MODEL_OPTIONAL_ROUTES:
         if path == "/api/pull":
             continue  # pulls only Hugging Face names; this daemon is offline
         response = client.request(method, path, json={**BODY_FIELDS, field: "nothere"})
@@ -467,6 +496,39 @@ FIELD_CASES = [
         "prompt is too long: ",
     ),
     ("/v1/messages/count_tokens", '{"model": "tiny", "messages": 5}', "messages"),
+    # Tokens and templates (llama-server's shapes, then Ollama-style)
+    ("/tokenize", '{"model": "tiny", "content": 5}', "content"),
+    ("/tokenize", '{"model": "tiny", "content": [1.5]}', "content"),
+    ("/tokenize", '{"model": "tiny", "content": [true]}', "content"),
+    ("/tokenize", '{"model": "tiny", "content": {"text": "x"}}', "content"),
+    ("/tokenize", '{"model": "tiny", "content": [99999999]}', "vocabulary"),
+    ("/tokenize", '{"model": "tiny", "content": [-1], "with_pieces": true}', "vocabulary"),
+    ("/tokenize", '{"model": "tiny", "content": "x", "with_pieces": "yes"}', "with_pieces"),
+    ("/tokenize", '{"model": "tiny", "content": "x", "add_special": 1}', "add_special"),
+    ("/tokenize", '{"model": "tiny", "content": "\\udfff"}', "Unicode"),
+    ("/tokenize", '{"model": "tiny", "keep_alive": "soon"}', "duration"),
+    ("/tokenize", '{"model": "tiny", "options": {"num_ctx": NaN}}', "num_ctx"),
+    ("/detokenize", '{"model": "tiny", "tokens": "1 2"}', "tokens"),
+    ("/detokenize", '{"model": "tiny", "tokens": [1.5]}', "tokens"),
+    ("/detokenize", '{"model": "tiny", "tokens": [1e400]}', "tokens"),
+    ("/detokenize", '{"model": "tiny", "tokens": [-1]}', "vocabulary"),
+    ("/detokenize", '{"model": "tiny", "tokens": [18446744073709551616]}', "vocabulary"),
+    ("/apply-template", '{"model": "tiny"}', "messages"),
+    ("/apply-template", '{"model": "tiny", "messages": []}', "messages"),
+    ("/apply-template", CHAT_WITH % '"messages": [{"role": "wizard", "content": "hi"}]', "role"),
+    ("/apply-template", V1_CHAT % '"tools": "x"', "tools"),
+    ("/apply-template", V1_CHAT % '"reasoning_effort": "max"', "reasoning_effort"),
+    ("/apply-template", V1_CHAT % '"chat_template_kwargs": 5', "chat_template_kwargs"),
+    (
+        "/apply-template",
+        V1_CHAT % '"tools": [{"type": "function", "function": {"name": "f"}}]',
+        "tiny does not support tools",
+    ),
+    ("/api/tokenize", '{"model": "tiny", "content": ["x"]}', "content"),
+    ("/api/tokenize", '{"model": "tiny", "content": "x", "options": "fast"}', "options"),
+    ("/api/detokenize", '{"model": "tiny"}', "missing field 'tokens'"),
+    ("/api/detokenize", '{"model": "tiny", "tokens": ["a"]}', "tokens"),
+    ("/api/detokenize", '{"model": "tiny", "tokens": [1000000]}', "vocabulary"),
     (
         "/v1/messages/count_tokens",
         '{"model": "tiny", "system": [{"type": "image"}], ' + CHAT + "}",
@@ -482,6 +544,51 @@ def test_bad_fields(
     method = "DELETE" if path == "/api/delete" else "POST"
     message = refused(client, method, path, body.encode())
     assert needle in message
+
+
+# /v1/audio/transcriptions takes a multipart form: (form fields, the file, the message).
+TRANSCRIPTION_CASES = [
+    ({"model": "tiny"}, sound(440), "tiny does not support audio"),
+    ({"model": "tiny"}, png(1), "file is an image, not a sound"),
+    ({"model": "tiny"}, b"\x00junk", "not an image or sound"),
+    ({"model": "tiny"}, b"", "file is empty"),
+    ({"model": "tiny"}, None, "missing field 'file'"),
+    ({}, sound(440), "missing field 'model'"),
+    ({"model": ""}, sound(440), "model"),
+    ({"model": "nothere"}, sound(440), "not found"),
+    ({"model": "tiny", "response_format": "srt"}, sound(440), "srt needs timestamps"),
+    ({"model": "tiny", "response_format": "xml"}, sound(440), "response_format"),
+    ({"model": "tiny", "temperature": "NaN"}, sound(440), "temperature"),
+    ({"model": "tiny", "temperature": "hot"}, sound(440), "temperature"),
+    ({"model": "tiny", "max_tokens": "-1"}, sound(440), "max_tokens"),
+    ({"model": "tiny", "max_tokens": "1e400"}, sound(440), "max_tokens"),
+    ({"model": "tiny", "stream": "true"}, sound(440), "not supported"),
+    ({"model": "tiny", "stream": "maybe"}, sound(440), "stream"),
+] + [({"model": name}, sound(440), "invalid model name") for name in HOSTILE_NAMES if name.strip()]
+
+
+@pytest.mark.parametrize(
+    ("form", "data", "needle"), TRANSCRIPTION_CASES, ids=lambda v: repr(v)[:40]
+)
+def test_bad_transcriptions(
+    client: httpx.Client, unchanged: None, form: dict[str, str], data: bytes | None, needle: str
+) -> None:
+    path = "/v1/audio/transcriptions"
+    files = {"file": ("sound.wav", data)} if data is not None else None
+    response = client.post(path, data=form, files=files)
+    if needle == "not found":
+        assert response.status_code == 404, response.text
+    else:
+        assert response.status_code == 400, response.text
+    assert needle in error_message(path, response)
+
+
+@pytest.mark.parametrize(("body", "content_type", "needle"), BAD_BODIES[:8])
+def test_transcriptions_take_a_form_not_json(
+    client: httpx.Client, unchanged: None, body: bytes, content_type: str, needle: str
+) -> None:
+    message = refused(client, "POST", "/v1/audio/transcriptions", body, content_type=content_type)
+    assert "missing field" in message
 
 
 def test_an_empty_message_list_loads_the_model_as_in_ollama(

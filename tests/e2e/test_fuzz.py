@@ -29,8 +29,11 @@ from schemathesis import GenerationMode
 from schemathesis.schemas import BaseSchema
 
 from tests.support.answers import error_message, untouched
-from tests.support.daemon import Daemon, running_daemon
+from tests.support.daemon import Daemon, add_model, running_daemon
 from tests.support.fakehub import FakeHub
+from tests.support.media import png, sound
+from tests.support.tiny_gguf import write_tiny_gguf
+from tests.support.tiny_projector import write_tiny_audio_projector
 
 FUZZ = settings(
     max_examples=30,
@@ -425,6 +428,52 @@ NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
         ),
         {"model": MODEL_JUNK, "encoding_format": st.just("int8") | JUNK},
     ),
+    "/tokenize": near_valid(
+        st.fixed_dictionaries(
+            {"content": TEXT | st.lists(TEXT | st.integers(-5, 1000), max_size=4)},
+            optional={
+                "model": st.just("tiny"),
+                "add_special": st.booleans(),
+                "parse_special": st.booleans(),
+                "with_pieces": st.booleans(),
+                "keep_alive": KEEP_ALIVE,
+            },
+        ),
+        {"model": MODEL_JUNK},
+    ),
+    "/detokenize": near_valid(
+        st.fixed_dictionaries(
+            {
+                "tokens": st.lists(
+                    st.integers(-5, 1000) | st.sampled_from([2**31, 2**64]), max_size=8
+                )
+            },
+            optional={"model": st.just("tiny")},
+        ),
+        {"model": MODEL_JUNK},
+    ),
+    "/apply-template": near_valid(
+        st.fixed_dictionaries(
+            {"messages": MESSAGES},
+            optional={
+                "model": st.just("tiny"),
+                "tools": st.just([{"type": "function", "function": {"name": "f"}}]),
+                "reasoning_effort": st.sampled_from(["low", "high"]),
+                "chat_template_kwargs": st.dictionaries(st.text(max_size=5), JUNK, max_size=2),
+            },
+        ),
+        {"model": MODEL_JUNK},
+    ),
+    "/api/tokenize": near_valid(
+        st.fixed_dictionaries({"model": st.just("tiny"), "content": TEXT}),
+        {"model": MODEL_JUNK},
+    ),
+    "/api/detokenize": near_valid(
+        st.fixed_dictionaries(
+            {"model": st.just("tiny"), "tokens": st.lists(st.integers(-5, 1000), max_size=8)}
+        ),
+        {"model": MODEL_JUNK},
+    ),
 }
 
 
@@ -536,6 +585,56 @@ def test_garbage_bodies(path: str, body: bytes, client: httpx.Client, unchanged:
     post_and_check(client, path, body)
 
 
+# /v1/audio/transcriptions: multipart forms, near-valid (a sound for the audio model)
+# and not (other files, other models, junk in every field).
+FORM_TEXT = st.text(max_size=20).filter(lambda t: "\x00" not in t)
+TRANSCRIPTION_FORMS = st.fixed_dictionaries(
+    {"model": st.sampled_from(["tiny-audio", "tiny"]) | HOSTILE_NAMES.filter(bool)},
+    optional={
+        "language": FORM_TEXT,
+        "prompt": FORM_TEXT,
+        "response_format": st.sampled_from(["json", "text", "verbose_json", "srt", "xml", ""]),
+        "temperature": st.sampled_from(["0", "0.5", "2.5", "-1", "NaN", "inf", "x", ""]),
+        "max_tokens": st.sampled_from(["1", "2", "0", "-1", "1e400", "x"]),
+        "stream": st.sampled_from(["false", "true", "x"]),
+    },
+)
+SOUND_FILES = st.one_of(
+    st.builds(lambda f: sound(f, seconds=0.25), st.sampled_from([0, 220, 440])),
+    st.just(png(1)),
+    st.binary(max_size=200),
+    st.just(b"RIFF\x00\x00\x00\x00WAVEfmt "),  # a WAV's header, cut short
+)
+
+
+@pytest.fixture(scope="module")
+def audio_model(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("fuzz-audio")
+    model = write_tiny_gguf(folder / "tiny.gguf")
+    add_model(daemon.home, model, "tiny-audio", write_tiny_audio_projector(folder / "a.gguf"))
+    return "tiny-audio"
+
+
+@settings(FUZZ, max_examples=20)
+@given(form=TRANSCRIPTION_FORMS, data=SOUND_FILES)
+def test_transcription_forms(
+    form: dict[str, str], data: bytes, audio_model: str, client: httpx.Client, unchanged: None
+) -> None:
+    if form["model"] == audio_model:
+        form = {**form, "max_tokens": form.get("max_tokens", "2")}  # gibberish, cut short
+    path = "/v1/audio/transcriptions"
+    response = client.post(path, data=form, files={"file": ("f.wav", data)})
+    event(f"{path}: {response.status_code}")
+    assert response.status_code < 500, (form, data[:40], response.text[:300])
+    if response.status_code >= 400:
+        error_message(path, response)
+    elif form.get("response_format") == "text":
+        assert response.headers["content-type"].startswith("text/plain")
+    else:
+        assert isinstance(response.json()["text"], str)
+    assert client.get("/api/version").status_code == 200, "the daemon stopped answering"
+
+
 # ---------------------------------------------------------------- schemathesis
 
 # Every operation in the daemon's OpenAPI schema (checked below, so a new route must be
@@ -569,6 +668,12 @@ OPERATIONS = [
     "DELETE /v1/responses/{response_id}",
     "POST /v1/messages",
     "POST /v1/messages/count_tokens",
+    "POST /tokenize",
+    "POST /detokenize",
+    "POST /apply-template",
+    "POST /api/tokenize",
+    "POST /api/detokenize",
+    "POST /v1/audio/transcriptions",
     "GET /web/{name}",
 ]
 # Operations whose body names a model that may be replaced by the real one; not delete
@@ -585,6 +690,11 @@ RUNS_A_MODEL = {
     "POST /v1/responses",
     "POST /v1/messages",
     "POST /v1/messages/count_tokens",
+    "POST /tokenize",
+    "POST /detokenize",
+    "POST /apply-template",
+    "POST /api/tokenize",
+    "POST /api/detokenize",
 }
 # Operations with a body, so that schemathesis can also send data the schema forbids.
 TAKES_INPUT = RUNS_A_MODEL | {
@@ -592,6 +702,7 @@ TAKES_INPUT = RUNS_A_MODEL | {
     "POST /api/copy",
     "POST /api/pull",
     "POST /api/create",
+    "POST /v1/audio/transcriptions",
 }
 CASES = [(label, GenerationMode.POSITIVE) for label in OPERATIONS] + [
     (label, GenerationMode.NEGATIVE) for label in OPERATIONS if label in TAKES_INPUT

@@ -5,8 +5,9 @@ Every generation yields ``TextEvent("Hello")``, waits for its job's ``gate`` (an
 ``asyncio.Event`` on a :class:`GatedJob`), then yields the runner's ``script`` (by
 default ``" world"``) and a done event with ``eval_count`` 2. Its ``info`` is a
 RunnerInfo as a CPU-only load of the files would give; ``embed`` answers with a
-vector of two halves per input, ``count_tokens`` with :data:`COUNTED` tokens, ``stats``
-with the slots in use.
+vector of two halves per input, ``count_tokens`` with :data:`COUNTED` tokens,
+``tokenize`` with a text's UTF-8 bytes as its ids (``detokenize`` the reverse),
+``render`` with each message as a ``role: content`` line, ``stats`` with the slots in use.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from localserve.runtime.protocol import (
     RunnerStats,
     TextEvent,
     TokenCount,
+)
+from localserve.runtime.tokens import (
+    Detokenized,
+    DetokenizeJob,
+    RenderedPrompt,
+    TokenizeJob,
+    Tokens,
 )
 from localserve.scheduler.scheduler import ModelRequest, Scheduler
 from localserve.store.manifest import BlobEntry, HubSource, Manifest
@@ -141,6 +149,28 @@ class FakeRunner:
             raise RunnerCrashedError(self._message())
         self.counted.append(job)
         return TokenCount(ID, COUNTED)
+
+    async def tokenize(self, job: TokenizeJob) -> Tokens:
+        """A text's UTF-8 bytes as its ids (ids in a mixed list kept)."""
+        if not self.alive:
+            raise RunnerCrashedError(self._message())
+        parts = [job.content] if isinstance(job.content, str) else job.content
+        ids = [i for p in parts for i in ([p] if isinstance(p, int) else list(p.encode()))]
+        pieces: list[str | list[int]] | None = [[i] for i in ids] if job.with_pieces else None
+        return Tokens(ID, ids, pieces)
+
+    async def detokenize(self, job: DetokenizeJob) -> Detokenized:
+        if not self.alive:
+            raise RunnerCrashedError(self._message())
+        return Detokenized(ID, bytes(job.tokens).decode("utf-8", "replace"))
+
+    async def render(self, job: GenerateJob) -> RenderedPrompt:
+        """Each message as ``role: content`` on a line of its own."""
+        if not self.alive:
+            raise RunnerCrashedError(self._message())
+        self.counted.append(job)
+        lines = [f"{m.get('role')}: {m.get('content')}" for m in job.messages or ()]
+        return RenderedPrompt(ID, "\n".join(lines))
 
     async def stats(self) -> RunnerStats:
         if not self.alive:
