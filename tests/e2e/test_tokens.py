@@ -5,12 +5,15 @@ The judges: the engine itself (the tokens of a text, or of the prompt /apply-tem
 shows, are as many as the prompt a generation or a chat reports having read), and
 llama-server built from the same llama.cpp (the same ids and pieces from its
 /tokenize, the same text from its /detokenize and /apply-template). llama-server is
-looked for at LLAMA_SERVER, else where benchmarks/peers.py builds it; without it those
-comparisons skip.
+looked for at LLAMA_SERVER, else where benchmarks/peers.py builds it. Without it (CI
+does not build it: ten minutes of compiling), the comparisons use its answers recorded
+in golden/llama_server_tokens.json; with it, they compare with the live server, and
+LOCALSERVE_RECORD_GOLDEN=1 rewrites that file from it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -234,12 +237,34 @@ def llama_server() -> Path | None:
     return path if path.is_file() else None
 
 
+GOLDEN = Path(__file__).parent / "golden" / "llama_server_tokens.json"
+
+
+class Peer:
+    """llama-server's answers for one model: live when it runs, else as recorded."""
+
+    def __init__(self, model: str, url: str | None, recorded: dict[str, Any]) -> None:
+        self.model, self.url, self.recorded = model, url, recorded
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        key = f"{self.model} {path} {json.dumps(body, sort_keys=True, ensure_ascii=False)}"
+        if self.url is None:
+            assert key in self.recorded, f"no recorded llama-server answer for {key}"
+            return self.recorded[key]
+        with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as peer:
+            answer = post(peer, path, body)
+        self.recorded[key] = answer
+        return answer
+
+
 @pytest.fixture(scope="module")
-def peers(tiny_gguf_path: Path, gemma_gguf_path: Path) -> Iterator[dict[str, str]]:
-    """llama-server on each model, by model name: its URL."""
+def peers(tiny_gguf_path: Path, gemma_gguf_path: Path) -> Iterator[dict[str, Peer]]:
+    """llama-server on each model, by model name (recorded answers without one)."""
+    recorded: dict[str, Any] = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     binary = llama_server()
     if binary is None:
-        pytest.skip("llama-server is not built (benchmarks/peers.py builds it; or LLAMA_SERVER)")
+        yield {name: Peer(name, None, recorded) for name in MODELS}
+        return
     processes: list[subprocess.Popen[bytes]] = []
     urls: dict[str, str] = {}
     try:
@@ -264,7 +289,10 @@ def peers(tiny_gguf_path: Path, gemma_gguf_path: Path) -> Iterator[dict[str, str
                 time.sleep(0.1)
             else:
                 pytest.fail(f"llama-server at {url} did not start")
-        yield urls
+        yield {name: Peer(name, url, recorded) for name, url in urls.items()}
+        if os.environ.get("LOCALSERVE_RECORD_GOLDEN") == "1":
+            GOLDEN.parent.mkdir(exist_ok=True)
+            GOLDEN.write_text(json.dumps(recorded, indent=1, sort_keys=True, ensure_ascii=False))
     finally:
         for process in processes:
             process.terminate()
@@ -277,29 +305,28 @@ def peers(tiny_gguf_path: Path, gemma_gguf_path: Path) -> Iterator[dict[str, str
 
 @pytest.mark.parametrize("model", MODELS)
 def test_the_same_tokens_as_llama_server(
-    client: httpx.Client, peers: dict[str, str], model: str
+    client: httpx.Client, peers: dict[str, Peer], model: str
 ) -> None:
-    with httpx.Client(base_url=peers[model], timeout=60, trust_env=False) as peer:
-        for text in TEXTS:
-            for options in (
-                {"with_pieces": True},
-                {"add_special": True},
-                {"parse_special": False, "with_pieces": True},
-            ):
-                ours = post(client, "/tokenize", {"model": model, "content": text, **options})
-                theirs = post(peer, "/tokenize", {"content": text, **options})
-                assert ours == theirs, (text, options)
-            ids = theirs["tokens"]
-            ids = [t["id"] if isinstance(t, dict) else t for t in ids]
-            ours = post(client, "/detokenize", {"model": model, "tokens": ids})
-            assert ours == post(peer, "/detokenize", {"tokens": ids})
+    peer = peers[model]
+    for text in TEXTS:
+        for options in (
+            {"with_pieces": True},
+            {"add_special": True},
+            {"parse_special": False, "with_pieces": True},
+        ):
+            ours = post(client, "/tokenize", {"model": model, "content": text, **options})
+            theirs = peer.post("/tokenize", {"content": text, **options})
+            assert ours == theirs, (text, options)
+        ids = theirs["tokens"]
+        ids = [t["id"] if isinstance(t, dict) else t for t in ids]
+        ours = post(client, "/detokenize", {"model": model, "tokens": ids})
+        assert ours == peer.post("/detokenize", {"tokens": ids})
 
 
 def test_the_same_template_text_as_llama_server(
-    client: httpx.Client, peers: dict[str, str]
+    client: httpx.Client, peers: dict[str, Peer]
 ) -> None:
     """The tiny model's ChatML template, rendered by our sandbox and by llama.cpp's."""
-    with httpx.Client(base_url=peers["tiny"], timeout=60, trust_env=False) as peer:
-        for messages in (CHAT, CHAT[1:], [*CHAT, {"role": "assistant", "content": "4"}, CHAT[1]]):
-            ours = post(client, "/apply-template", {"model": "tiny", "messages": messages})
-            assert ours == post(peer, "/apply-template", {"messages": messages})
+    for messages in (CHAT, CHAT[1:], [*CHAT, {"role": "assistant", "content": "4"}, CHAT[1]]):
+        ours = post(client, "/apply-template", {"model": "tiny", "messages": messages})
+        assert ours == peers["tiny"].post("/apply-template", {"messages": messages})
