@@ -40,6 +40,11 @@ COMMANDS: dict[str, CommandEntry] = {
         "run",
         "Chat with a model, or have it answer one prompt (starts the daemon, pulls if needed).",
     ),
+    "launch": CommandEntry(
+        "launch",
+        "Run a coding agent (Claude Code, Codex, OpenCode) on a local model, without"
+        " touching its configuration files (starts the daemon).",
+    ),
     "pull": CommandEntry(
         "models", "Download a GGUF model from Hugging Face (resumable, sha256-verified)."
     ),

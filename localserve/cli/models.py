@@ -200,7 +200,7 @@ def show(
         "adapters": [{"file": a.filename, "scale": a.scale} for a in manifest.adapters],
     }
     if as_json or not (template or license_):
-        facts["context_here"] = _context_here(store, str(ref), config.parameters)
+        facts["context_here"] = context_here(store, str(ref), config.parameters)
     if projector is not None and manifest.projector is not None:
         facts["projector"] = {
             "file": manifest.projector.filename,
@@ -268,7 +268,7 @@ def show(
         console.print(f"\n  [bold]License[/bold]\n    {first}")
 
 
-def _context_here(store: ModelStore, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+def context_here(store: ModelStore, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """The context a load of the model gets on this machine with the daemon's settings
     (its Modelfile's num_ctx, else LOCALSERVE_CONTEXT_LENGTH, else the planner's choice),
     and why: what `localserve plan` shows."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +18,52 @@ CLAUDE = (
 )
 
 
-def claude(url: str, home: Path, prompt: str, *, model: str, timeout: float) -> dict[str, Any]:
+def claude(
+    url: str,
+    home: Path,
+    prompt: str,
+    *,
+    model: str,
+    timeout: float,
+    launch_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """One ``claude -p PROMPT`` task against ``url`` with its own HOME (its settings,
-    sessions and caches), every model it may ask for named ``model``; its JSON result."""
+    sessions and caches), every model it may ask for named ``model``; its JSON result.
+
+    By hand (the default), with the variables a user would set; with ``launch_env``
+    (the LOCALSERVE_* variables that point at the daemon), started by ``localserve
+    launch claude``, which sets them itself (cli/agents.py) and finds ``claude`` on PATH.
+    """
     work = home / "project"
     work.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_"))}
-    tiers = ("MODEL", "SMALL_FAST_MODEL", "DEFAULT_HAIKU_MODEL", "DEFAULT_SONNET_MODEL")
-    env.update({f"ANTHROPIC_{tier}": model for tier in (*tiers, "DEFAULT_OPUS_MODEL")})
     env.update(
         {
             "HOME": str(home),
-            "ANTHROPIC_BASE_URL": url,
-            "ANTHROPIC_AUTH_TOKEN": "unused",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_AUTOUPDATER": "1",
             "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "64",
             "API_TIMEOUT_MS": str(int(timeout * 1000)),
         }
     )
+    task = ["-p", prompt, "--output-format", "json", "--max-turns", "2"]
+    if launch_env is None:
+        tiers = ("MODEL", "SMALL_FAST_MODEL", "DEFAULT_HAIKU_MODEL", "DEFAULT_SONNET_MODEL")
+        env.update({f"ANTHROPIC_{tier}": model for tier in (*tiers, "DEFAULT_OPUS_MODEL")})
+        env.update(
+            {
+                "ANTHROPIC_BASE_URL": url,
+                "ANTHROPIC_AUTH_TOKEN": "unused",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                "DISABLE_AUTOUPDATER": "1",
+            }
+        )
+        command = [str(CLAUDE), *task]
+    else:
+        env.update(launch_env)
+        env["PATH"] = f"{CLAUDE.parent}{os.pathsep}{env.get('PATH', '')}"
+        launch = [sys.executable, "-m", "localserve", "launch", "claude", "--model", model]
+        command = [*launch, "--", *task]
     done = subprocess.run(
-        [str(CLAUDE), "-p", prompt, "--output-format", "json", "--max-turns", "2"],
+        command,
         cwd=work,
         env=env,
         capture_output=True,

@@ -1,0 +1,198 @@
+"""`localserve launch` against real daemons on real ports.
+
+The three real agents (Claude Code, Codex, OpenCode: installed by .ci/run under
+.cache/agents, put on PATH here as a user's npm install puts them) are started by
+`localserve launch TOOL --model NAME -- ARGS` with nothing but LOCALSERVE_HOME and
+LOCALSERVE_HOST set, as a user would, and must each get an answer and exit 0: what
+launch sets is all they need. The model is Gemma 3 270M with a tool-calling template
+(they all send tools), made to end its turn at the end of its first line, as in
+test_claude_code.py and test_responses_agents.py. Minutes each on two cores: their first
+prompts are 7k to 20k tokens, read whole.
+
+A stand-in tool (LOCALSERVE_CLAUDE_BIN, a shell script) shows the rest cheaply, on the
+tiny model: launch starts the daemon, warns that the context is too short for the tool,
+and replaces itself with the tool, which gets the settings and the user's arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_responses_agents import CODEX
+from tests.e2e.test_responses_agents import create_model as create_from_gemma
+from tests.e2e.test_tools_gemma import with_template
+from tests.support import chat_templates
+from tests.support.claude_code import CLAUDE
+from tests.support.claude_code import claude as run_claude
+from tests.support.daemon import (
+    Daemon,
+    add_model,
+    daemon_env,
+    free_port,
+    running_daemon,
+    stopped_afterwards,
+)
+
+AGENTS = CLAUDE.parent  # .cache/agents/node_modules/.bin
+OPENCODE = AGENTS / "opencode"
+AGENT_TIMEOUT = 1800
+# Greedy, one line: a base model does not end its turn by itself (NOTES-agents).
+ONE_LINE = {"temperature": 0, "num_predict": 64, "stop": ["<|im_end|>", "\n"]}
+
+
+def not_installed(binary: Path) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        not binary.exists(),
+        reason=f"{binary.name} is not installed: .ci/run installs it under .cache/agents",
+    )
+
+
+@pytest.fixture(scope="module")
+def agent_daemon(
+    tmp_path_factory: pytest.TempPathFactory, gemma_gguf_path: Path
+) -> Iterator[Daemon]:
+    folder = tmp_path_factory.mktemp("launch")
+    model = with_template(gemma_gguf_path, folder / "gemma-qwen3.gguf", chat_templates.QWEN3)
+    home = folder / "home"
+    with running_daemon(home) as started:  # no LOCALSERVE_CONTEXT_LENGTH: the default
+        add_model(home, model, "gemma")
+        create_from_gemma(started, "gemma-line", parameters=ONE_LINE)
+        # Codex's model also carries two short exchanges, so that Gemma answers briefly
+        # (test_responses_agents.py).
+        examples = [
+            {"role": "user", "content": "Say goodbye."},
+            {"role": "assistant", "content": "Goodbye!"},
+            {"role": "user", "content": "Say thanks."},
+            {"role": "assistant", "content": "Thanks!"},
+        ]
+        create_from_gemma(started, "gemma-codex", parameters=ONE_LINE, messages=examples)
+        yield started
+
+
+def user_env(daemon: Daemon, home: Path) -> dict[str, str]:
+    """A user whose localserve settings point at the daemon, with the agents on PATH,
+    a HOME of their own, and none of the agents' own variables set."""
+    env = {
+        k: v
+        for k, v in daemon_env(daemon.home, daemon.port).items()
+        if not k.startswith(("ANTHROPIC_", "CLAUDE_", "OPENAI_", "CODEX_", "OPENCODE_"))
+    }
+    env["HOME"] = str(home)
+    env["PATH"] = f"{AGENTS}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def launch(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "localserve", "launch", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=AGENT_TIMEOUT,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+@not_installed(CLAUDE)
+@pytest.mark.timeout(AGENT_TIMEOUT + 60)
+def test_claude_code_through_launch(agent_daemon: Daemon, tmp_path: Path) -> None:
+    home = tmp_path / "agent-home"
+    launch_env = {k: v for k, v in daemon_env(agent_daemon.home, agent_daemon.port).items()
+                  if k.startswith("LOCALSERVE_")}  # fmt: skip
+    result = run_claude(
+        agent_daemon.url,
+        home,
+        "Say hello.",
+        model="gemma-line",
+        timeout=AGENT_TIMEOUT,
+        launch_env=launch_env,
+    )
+    assert result["is_error"] is False, result
+    assert result["result"], result
+    usage = result["usage"]
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] > 10_000, usage
+
+
+@pytest.mark.slow
+@not_installed(CODEX)
+@pytest.mark.timeout(AGENT_TIMEOUT + 60)
+def test_codex_through_launch(agent_daemon: Daemon, tmp_path: Path) -> None:
+    work = tmp_path / "project"
+    work.mkdir()
+    env = user_env(agent_daemon, tmp_path / "agent-home")
+    done = launch(
+        "codex", "--model", "gemma-codex", "--", "exec", "--skip-git-repo-check", "Say hello.",
+        env=env, cwd=work,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip(), done.stderr[-3000:]
+    # Its settings went on the command line only: no config file was written for it.
+    assert not (tmp_path / "agent-home" / ".codex" / "config.toml").exists()
+
+
+@pytest.mark.slow
+@not_installed(OPENCODE)
+@pytest.mark.timeout(AGENT_TIMEOUT + 60)
+def test_opencode_through_launch(agent_daemon: Daemon, tmp_path: Path) -> None:
+    work = tmp_path / "project"
+    work.mkdir()
+    env = user_env(agent_daemon, tmp_path / "agent-home")
+    env["PWD"] = str(work)  # OpenCode takes its project from $PWD
+    env["OPENCODE_DISABLE_AUTOUPDATE"] = "1"
+    done = launch("opencode", "--model", "gemma-line", "--", "run", "Say hello.", env=env, cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip(), done.stderr[-3000:]
+    [model] = httpx.get(agent_daemon.url + "/api/ps").json()["models"]
+    assert model["name"].startswith("gemma-line")
+
+
+STAND_IN = """#!/bin/sh
+env > "$0.env"
+printf '%s\\n' "$@" > "$0.argv"
+exit 7
+"""
+
+
+def test_launch_starts_the_daemon_warns_and_execs_the_tool(
+    tmp_path: Path, tiny_gguf_path: Path
+) -> None:
+    home = tmp_path / "home"
+    env = daemon_env(home, free_port())
+    subprocess.run(
+        [sys.executable, "-m", "localserve", "import", str(tiny_gguf_path), "tiny"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    tool = tmp_path / "claude-stand-in"
+    tool.write_text(STAND_IN)
+    tool.chmod(0o755)
+    env.update({"LOCALSERVE_CLAUDE_BIN": str(tool), "ANTHROPIC_API_KEY": "the user's own"})
+    with stopped_afterwards(home):
+        done = launch("claude", "--", "-p", "two words", env=env, cwd=tmp_path)
+        # The tool replaced launch: its exit code is launch's.
+        assert done.returncode == 7, done.stderr
+        assert "starting localserve daemon" in done.stderr
+        # The tiny model's context here is its training length, 2048: too short.
+        [warning] = [line for line in done.stderr.splitlines() if "warning" in line]
+        assert "context of 2048 tokens" in warning and "at least 32768" in warning
+        assert (tool.parent / f"{tool.name}.argv").read_text() == "-p\ntwo words\n"
+        seen = dict(
+            line.split("=", 1)
+            for line in (tool.parent / f"{tool.name}.env").read_text().splitlines()
+            if "=" in line
+        )
+        assert seen["ANTHROPIC_BASE_URL"] == f"http://{env['LOCALSERVE_HOST']}"
+        assert seen["ANTHROPIC_MODEL"] == "tiny:latest"  # the only model in the store
+        assert seen["CLAUDE_CODE_ATTRIBUTION_HEADER"] == "0"
+        assert "ANTHROPIC_API_KEY" not in seen
+        # The daemon it started answers.
+        assert httpx.get(seen["ANTHROPIC_BASE_URL"] + "/api/version", timeout=10).is_success
