@@ -17,6 +17,7 @@ and replaces itself with the tool, which gets the settings and the user's argume
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -119,8 +120,10 @@ def test_claude_code_through_launch(agent_daemon: Daemon, tmp_path: Path) -> Non
     )
     assert result["is_error"] is False, result
     assert result["result"], result
-    usage = result["usage"]
-    assert usage["input_tokens"] + usage["cache_read_input_tokens"] > 10_000, usage
+    # Its system prompt and tools were read: per model, as Claude Code counts them (its
+    # top-level usage can stay 0 when its last request was not streamed).
+    usage = result["modelUsage"]["gemma-line"]
+    assert usage["inputTokens"] + usage["cacheReadInputTokens"] > 10_000, result
 
 
 @pytest.mark.slow
@@ -149,11 +152,20 @@ def test_opencode_through_launch(agent_daemon: Daemon, tmp_path: Path) -> None:
     env = user_env(agent_daemon, tmp_path / "agent-home")
     env["PWD"] = str(work)  # OpenCode takes its project from $PWD
     env["OPENCODE_DISABLE_AUTOUPDATE"] = "1"
+    before = chat_completions(agent_daemon)
     done = launch("opencode", "--model", "gemma-line", "--", "run", "Say hello.", env=env, cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip(), done.stderr[-3000:]
-    [model] = httpx.get(agent_daemon.url + "/api/ps").json()["models"]
-    assert model["name"].startswith("gemma-line")
+    # It talked to the daemon's chat completions API, the one its settings name.
+    assert chat_completions(agent_daemon) > before
+
+
+def chat_completions(daemon: Daemon) -> float:
+    """Answered /v1/chat/completions requests, from the daemon's /metrics."""
+    metrics = httpx.get(daemon.url + "/metrics", timeout=30).text
+    pattern = r'^localserve_requests_total\{route="/v1/chat/completions",status="200"\} (\S+)$'
+    found = re.search(pattern, metrics, re.MULTILINE)
+    return float(found[1]) if found else 0.0
 
 
 STAND_IN = """#!/bin/sh
