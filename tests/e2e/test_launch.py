@@ -40,6 +40,7 @@ from tests.support.daemon import (
     running_daemon,
     stopped_afterwards,
 )
+from tests.support.fakehub import FakeHub
 
 AGENTS = CLAUDE.parent  # .cache/agents/node_modules/.bin
 OPENCODE = AGENTS / "opencode"
@@ -175,6 +176,12 @@ exit 7
 """
 
 
+def stand_in(path: Path) -> Path:
+    path.write_text(STAND_IN)
+    path.chmod(0o755)
+    return path
+
+
 def test_launch_starts_the_daemon_warns_and_execs_the_tool(
     tmp_path: Path, tiny_gguf_path: Path
 ) -> None:
@@ -184,9 +191,7 @@ def test_launch_starts_the_daemon_warns_and_execs_the_tool(
         [sys.executable, "-m", "localserve", "import", str(tiny_gguf_path), "tiny"],
         env=env, check=True, capture_output=True,
     )  # fmt: skip
-    tool = tmp_path / "claude-stand-in"
-    tool.write_text(STAND_IN)
-    tool.chmod(0o755)
+    tool = stand_in(tmp_path / "claude-stand-in")
     env.update({"LOCALSERVE_CLAUDE_BIN": str(tool), "ANTHROPIC_API_KEY": "the user's own"})
     with stopped_afterwards(home):
         done = launch("claude", "--", "-p", "two words", env=env, cwd=tmp_path)
@@ -208,3 +213,26 @@ def test_launch_starts_the_daemon_warns_and_execs_the_tool(
         assert "ANTHROPIC_API_KEY" not in seen
         # The daemon it started answers.
         assert httpx.get(seen["ANTHROPIC_BASE_URL"] + "/api/version", timeout=10).is_success
+
+
+def test_launch_pulls_a_missing_hub_model_with_pull(
+    tmp_path: Path, fake_hub: FakeHub, tiny_gguf_path: Path
+) -> None:
+    fake_hub.add_repo("tester/launch-GGUF", {"launch-Q4_K_M.gguf": tiny_gguf_path})
+    home = tmp_path / "home"
+    env = daemon_env(home, free_port(), {"HF_ENDPOINT": fake_hub.url})
+    env.pop("HF_HUB_OFFLINE", None)
+    tool = stand_in(tmp_path / "codex-stand-in")
+    env["LOCALSERVE_CODEX_BIN"] = str(tool)
+    name = "hf.co/tester/launch-GGUF"
+    with stopped_afterwards(home):
+        missing = launch("codex", "--model", name, env=env, cwd=tmp_path)
+        assert missing.returncode == 3, missing.stderr
+        assert f"localserve pull {name}" in missing.stderr and "--pull" in missing.stderr
+        assert not fake_hub.requests  # nothing pulled without --pull
+        done = launch("codex", "--model", name, "--pull", "--", "exec", "hi", env=env, cwd=tmp_path)
+        assert done.returncode == 7, done.stderr
+        assert "success" in done.stderr  # pull's progress
+        argv = (tool.parent / f"{tool.name}.argv").read_text().splitlines()
+        assert f'model="{name}"' in argv and argv[-2:] == ["exec", "hi"]
+        assert f'model_providers.localserve.base_url="http://{env["LOCALSERVE_HOST"]}/v1"' in argv
