@@ -93,7 +93,7 @@ def claude_setup(target: Target) -> Setup:
       this keeps it from being sent at all).
     - CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1: no telemetry, error reports, feature
       flags or release notes from Anthropic's servers; it also turns off the terminal
-      title, which interactive sessions otherwise ask the model for (a request of its own).
+      title, which interactive sessions otherwise update from the conversation.
     - DISABLE_AUTOUPDATER=1: no update checks or downloads while it runs.
     - CLAUDE_CODE_ENABLE_PROMPT_SUGGESTION=false: after each turn an interactive session
       may ask the model to guess the user's next prompt: a background request with its
