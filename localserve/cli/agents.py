@@ -81,6 +81,10 @@ CODEX_MIN_CONTEXT = 16384
 OPENCODE_MIN_CONTEXT = 16384
 
 
+# How long Claude Code may wait for a stream's next event (see claude_setup).
+CLAUDE_STREAM_IDLE_MS = 30 * 60 * 1000
+
+
 def claude_setup(target: Target) -> Setup:
     """Claude Code on the Anthropic Messages API (/v1/messages): every model tier it may
     ask for is the local model, and the switches below keep its requests' prefix
@@ -100,6 +104,11 @@ def claude_setup(target: Target) -> Setup:
       own prompt that takes the model's time (off by default today, behind a feature flag).
     - CLAUDE_CODE_ENABLE_AWAY_SUMMARY=0: on by default: when the user comes back to an
       idle session it asks the model for a summary, again a request of its own.
+    - CLAUDE_STREAM_IDLE_TIMEOUT_MS=1800000: Claude Code drops a stream that has sent no
+      event for 5 minutes (its default and floor) and asks again without streaming; the
+      Anthropic SDK hides `ping` events from it, so the daemon's keepalives do not count.
+      A first read of its ~20k-token prompt on a CPU can take longer than that (measured:
+      over 5 minutes on 2 busy cores), and the retry would read it all again; 30 minutes.
     - CLAUDE_CODE_SUBAGENT_MODEL: sub-agents (the Task tool) use the local model too.
     - ANTHROPIC_API_KEY is removed: with both a key and a token set, Claude Code asks
       which to use (and would send the user's Anthropic key to the daemon).
@@ -122,6 +131,7 @@ def claude_setup(target: Target) -> Setup:
         "DISABLE_AUTOUPDATER": "1",
         "CLAUDE_CODE_ENABLE_PROMPT_SUGGESTION": "false",
         "CLAUDE_CODE_ENABLE_AWAY_SUMMARY": "0",
+        "CLAUDE_STREAM_IDLE_TIMEOUT_MS": str(CLAUDE_STREAM_IDLE_MS),
     }
     return Setup(env=env, unset=("ANTHROPIC_API_KEY",))
 

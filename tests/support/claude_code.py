@@ -42,6 +42,9 @@ def claude(
             "HOME": str(home),
             "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "64",
             "API_TIMEOUT_MS": str(int(timeout * 1000)),
+            # A cold read of its ~20k-token prompt on a slow machine may send no event
+            # for longer than Claude Code's 5 minutes (docs/agents.md): no retry for it.
+            "CLAUDE_STREAM_IDLE_TIMEOUT_MS": str(int(timeout * 1000)),
         }
     )
     task = ["-p", prompt, "--output-format", "json", "--max-turns", "2"]

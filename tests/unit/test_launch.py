@@ -41,6 +41,8 @@ def test_claude_code_gets_every_tier_and_the_stable_prefix_switches() -> None:
         assert env[f"ANTHROPIC_{tier}"] == "coder"
     assert env["CLAUDE_CODE_SUBAGENT_MODEL"] == "coder"
     assert env["CLAUDE_CODE_ATTRIBUTION_HEADER"] == "0"  # the per-request billing line
+    # a first read of its prompt on a CPU may be silent for longer than its 5 minutes
+    assert int(env["CLAUDE_STREAM_IDLE_TIMEOUT_MS"]) >= 30 * 60 * 1000
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert env["DISABLE_AUTOUPDATER"] == "1"
     assert "ANTHROPIC_API_KEY" in setup.unset and "ANTHROPIC_API_KEY" not in env
