@@ -8,11 +8,12 @@ The daemon starts ``python -m localserve.engine.runner`` and writes frames to it
   ..., "kind": ...}`` (:class:`LoadFailure`) and exits.
 - Then one :class:`Request` per frame, ``{"op": ..., "id": "r1", "job": ...}`` (:class:`Op`):
   ``generate`` and ``count`` carry a :class:`GenerateJob`, ``embed`` an :class:`EmbedJob`,
+  ``rank`` a :class:`RankJob`,
   ``cancel`` and ``stats`` only the id, ``shutdown`` nothing (the runner exits).
 - The runner writes ``{"events": [...]}`` frames, one per engine step carrying the
   events of every request in that step (text deltas, done, error: :data:`Event`), so a
   busy runner makes one write per step, not one per token. The one answer to an
-  ``embed`` (:class:`EmbedResult`), a ``count`` (:class:`TokenCount`) or a ``stats``
+  ``embed`` (:class:`EmbedResult`), a ``rank`` (:class:`RankResult`), a ``count`` (:class:`TokenCount`) or a ``stats``
   (:class:`RunnerStats`) travels in the same frames. A request that fails gets an :class:`ErrorEvent`, whose
   :class:`ErrorKind` names the exception the daemon raises for it (:data:`ERROR_TYPES`,
   the one table both sides read).
@@ -48,6 +49,7 @@ class Op(StrEnum):
     LOAD = "load"  # the first frame: a LoadRequest
     GENERATE = "generate"  # events until each answer's DoneEvent (or an ErrorEvent)
     EMBED = "embed"  # one EmbedResult
+    RANK = "rank"  # one RankResult
     # One TokenCount: the job's prompt rendered and tokenized, nothing generated.
     COUNT = "count"
     STATS = "stats"  # one RunnerStats
@@ -435,14 +437,38 @@ class EmbedJob:
 
 
 @dataclass(frozen=True)
+class RankJob:
+    """A rerank request: the query, and the documents to score against it."""
+
+    query: str
+    documents: list[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"query": self.query, "documents": self.documents}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RankJob:
+        query, documents = data.get("query"), data.get("documents")
+        if not isinstance(query, str):
+            raise InvalidOptionError("query must be a string")
+        if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
+            raise InvalidOptionError("documents must be a list of strings")
+        return cls(query, documents)
+
+
+RequestJob = GenerateJob | EmbedJob | RankJob  # what a Request may carry
+
+
+@dataclass(frozen=True)
 class Request:
     """A frame from the daemon after the load: what it asks for, the id every answer to
     it carries (``r1``, ``r2``...; none for ``shutdown``), and the job of an op that
-    carries one (``generate`` and ``count``: a GenerateJob; ``embed``: an EmbedJob)."""
+    carries one (``generate`` and ``count``: a GenerateJob; ``embed``: an EmbedJob;
+    ``rank``: a RankJob)."""
 
     op: Op
     id: str = ""
-    job: GenerateJob | EmbedJob | None = None
+    job: RequestJob | None = None
 
     def to_wire(self) -> dict[str, Any]:
         data: dict[str, Any] = {"op": self.op.value}
@@ -460,11 +486,13 @@ class Request:
             op = Op(str(data.get("op")))
         except ValueError:
             raise InvalidOptionError(f"unknown op {data.get('op')!r}") from None
-        job: GenerateJob | EmbedJob | None = None
+        job: RequestJob | None = None
         if op in (Op.GENERATE, Op.COUNT):
             job = GenerateJob.from_wire(data.get("job") or {})
         elif op is Op.EMBED:
             job = EmbedJob.from_wire(data.get("job") or {})
+        elif op is Op.RANK:
+            job = RankJob.from_wire(data.get("job") or {})
         return cls(op, str(data.get("id", "")), job)
 
 
@@ -500,6 +528,39 @@ class EmbedResult:
         return cls(
             str(data["id"]),
             data["embeddings"],
+            int(data["prompt_eval_count"]),
+            int(data["prompt_eval_duration"]),
+        )
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """The answer to a ``rank``: one score per document, in the documents' order."""
+
+    id: str
+    scores: list[float]
+    prompt_eval_count: int  # tokens read: every pair's
+    prompt_eval_duration: int  # ns
+    load_duration: int = 0  # set by the scheduler: how long this request waited for a load
+    type: Literal["rank"] = "rank"
+
+    def with_load(self, load_duration: int) -> RankResult:
+        return replace(self, load_duration=load_duration)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "scores": self.scores,
+            "prompt_eval_count": self.prompt_eval_count,
+            "prompt_eval_duration": self.prompt_eval_duration,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RankResult:
+        return cls(
+            str(data["id"]),
+            [float(s) for s in data["scores"]],
             int(data["prompt_eval_count"]),
             int(data["prompt_eval_duration"]),
         )
@@ -577,8 +638,8 @@ Event = (
     | ErrorEvent
 )
 # What the runner sends back in its events frames: a generation's events, or the one
-# answer to an embed, a count or a stats request.
-Reply = Event | EmbedResult | TokenCount | RunnerStats
+# answer to an embed, a rank, a count or a stats request.
+Reply = Event | EmbedResult | RankResult | TokenCount | RunnerStats
 
 _EVENT_TYPES: dict[str, type[Any]] = {
     "logprobs": LogprobsEvent,
@@ -600,7 +661,7 @@ def event_to_wire(event: Event) -> dict[str, Any]:
 
 
 def reply_to_wire(reply: Reply) -> dict[str, Any]:
-    if isinstance(reply, EmbedResult | TokenCount | RunnerStats):
+    if isinstance(reply, EmbedResult | RankResult | TokenCount | RunnerStats):
         return reply.to_wire()
     return event_to_wire(reply)
 

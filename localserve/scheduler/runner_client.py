@@ -36,7 +36,10 @@ from localserve.runtime.protocol import (
     LoadFailure,
     LoadRequest,
     Op,
+    RankJob,
+    RankResult,
     Request,
+    RequestJob,
     RunnerInfo,
     RunnerStats,
     TokenCount,
@@ -47,7 +50,7 @@ from localserve.runtime.protocol import (
 log = logging.getLogger("localserve.runner")
 
 _END = object()
-Answer = TypeVar("Answer", EmbedResult, TokenCount, RunnerStats)
+Answer = TypeVar("Answer", EmbedResult, RankResult, TokenCount, RunnerStats)
 
 
 class RunnerClient:
@@ -166,6 +169,10 @@ class RunnerClient:
         """One pooled, normalised vector per input."""
         return await self._ask(Op.EMBED, EmbedJob(inputs, truncate), EmbedResult)
 
+    async def rank(self, query: str, documents: list[str]) -> RankResult:
+        """One relevance score per document, in their order."""
+        return await self._ask(Op.RANK, RankJob(query, documents), RankResult)
+
     async def count_tokens(self, job: GenerateJob) -> TokenCount:
         """The length of the job's prompt in tokens, rendered as its generation would be
         (whole: nothing dropped to fit); nothing is generated and no slot is taken."""
@@ -175,9 +182,7 @@ class RunnerClient:
         """The engine's slots, caches and counters now."""
         return await self._ask(Op.STATS, None, RunnerStats)
 
-    async def _ask(
-        self, op: Op, job: GenerateJob | EmbedJob | None, answer: type[Answer]
-    ) -> Answer:
+    async def _ask(self, op: Op, job: RequestJob | None, answer: type[Answer]) -> Answer:
         """A request with one answer, of type ``answer``."""
         request_id, queue = await self._send(op, job)
         try:
@@ -196,9 +201,7 @@ class RunnerClient:
             return self._closing
         return f"the model runner stopped: {self.exit_reason}"
 
-    async def _send(
-        self, op: Op, job: GenerateJob | EmbedJob | None
-    ) -> tuple[str, asyncio.Queue[Any]]:
+    async def _send(self, op: Op, job: RequestJob | None) -> tuple[str, asyncio.Queue[Any]]:
         """Send a request under a new id; its answers will arrive on the queue."""
         if not self.alive:
             raise RunnerCrashedError(self._stopped_message())

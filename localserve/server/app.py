@@ -27,6 +27,7 @@ from localserve.server.routes import anthropic as anthropic_routes
 from localserve.server.routes import create as create_routes
 from localserve.server.routes import native, ops, web
 from localserve.server.routes import openai as openai_routes
+from localserve.server.routes import rerank as rerank_routes
 from localserve.server.routes import responses as responses_routes
 from localserve.store.responses import ResponseStore
 from localserve.store.store import ModelStore
@@ -90,6 +91,7 @@ def create_app(
     app.include_router(create_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(responses_routes.router)
+    app.include_router(rerank_routes.router)
     app.include_router(anthropic_routes.router)
     app.include_router(web.router)
     return app
