@@ -90,7 +90,7 @@ def test_a_pair_scores_the_same_alone_in_a_batch_and_beside_a_generation(
     assert not thread.is_alive()
     assert '"done":true' in generated[-1].replace(" ", "")
     for result in batched:
-        assert result["relevance_score"] == pytest.approx(alone[result["index"] % 4], abs=1e-4)
+        assert result["relevance_score"] == pytest.approx(alone[result["index"] % 4], abs=1e-3)
 
 
 def test_capabilities(client: httpx.Client) -> None:
@@ -135,7 +135,7 @@ def test_cohere_sdk(client: httpx.Client, daemon: Daemon) -> None:
         )
         assert [r.index for r in answer.results] == [r["index"] for r in expected]
         assert [r.relevance_score for r in answer.results] == pytest.approx(
-            [r["relevance_score"] for r in expected], abs=1e-4
+            [r["relevance_score"] for r in expected], abs=1e-3
         )
         assert [r.document.text for r in answer.results if r.document] == [
             DOCUMENTS[r["index"]] for r in expected

@@ -52,8 +52,10 @@ def test_a_pair_scores_the_same_alone_and_in_any_batch(ranker: Ranker) -> None:
     assert len(many) > PAIRS_PER_BATCH  # several decodes, packed differently
     together = ranker.rank(QUERY, many).scores
     alone = [ranker.rank(QUERY, [document]).scores[0] for document in DOCUMENTS]
+    # Packed differently, sums round differently: ~1e-5 here, up to 3e-4 for 64 longer
+    # documents (benchmarks/rerank.py); the documents' scores differ by tenths.
     for document, score in zip(many, together, strict=True):
-        assert score == pytest.approx(alone[DOCUMENTS.index(document)], abs=1e-4)
+        assert score == pytest.approx(alone[DOCUMENTS.index(document)], abs=1e-3)
 
 
 def test_the_pair_is_bos_query_eos_sep_document_eos(ranker: Ranker, model: Model) -> None:
@@ -86,7 +88,7 @@ def test_a_rerank_template_formats_the_pair(tmp_path: Path, ranker: Ranker) -> N
         )
         # The same weights, another format: another score.
         score = templated.rank(QUERY, ["water"]).scores[0]
-        assert score != pytest.approx(ranker.rank(QUERY, ["water"]).scores[0], abs=1e-4)
+        assert score != pytest.approx(ranker.rank(QUERY, ["water"]).scores[0], abs=1e-3)
     finally:
         templated.close()
         model.close()
@@ -128,13 +130,13 @@ def test_rank_through_a_runner(tiny_reranker_path: Path, ranker: Ranker) -> None
         )
         try:
             ranked = await runner.rank(QUERY, DOCUMENTS)
-            assert ranked.scores == pytest.approx(ranker.rank(QUERY, DOCUMENTS).scores, abs=1e-4)
+            assert ranked.scores == pytest.approx(ranker.rank(QUERY, DOCUMENTS).scores, abs=1e-3)
             assert ranked.prompt_eval_count == ranker.rank(QUERY, DOCUMENTS).prompt_tokens
             assert ranked.prompt_eval_duration > 0
             with pytest.raises(PromptTooLongError):
                 await runner.rank("word " * 500, ["x"])
             assert (await runner.rank(QUERY, ["water"])).scores[0] == pytest.approx(
-                ranked.scores[1], abs=1e-4
+                ranked.scores[1], abs=1e-3
             )
         finally:
             await runner.close()
