@@ -24,6 +24,7 @@ import pytest
 
 pytest_plugins = [
     "tests.support.tiny_gguf",
+    "tests.support.tiny_reranker",
     "tests.support.fakehub",
     "tests.support.daemon",
     "tests.support.stores",

@@ -2,8 +2,9 @@
 
 A second llama.cpp context with ``embeddings=True``, made on the first embedding
 request (a model used only for chat never pays for it). Embedding models bring
-their own pooling (CLS, mean, last); for a generative GGUF, which has none, we use
-mean pooling over the input's tokens. Inputs are packed several to a batch, one
+their own pooling (CLS, mean, last); for a generative GGUF, which has none, and a
+reranker, whose rank pooling gives a score (rank.py), we use mean pooling over the
+input's tokens. Inputs are packed several to a batch, one
 sequence id each.
 """
 
@@ -33,7 +34,9 @@ class Embedder:
         self.model = model
         self.num_ctx = options.num_ctx
         model_pooling = model.meta(f"{model.meta('general.architecture')}.pooling_type")
-        pooling = None if model_pooling not in (None, "0") else POOLING_MEAN
+        # A reranker's own pooling (rank, 4) ends in its classification head: a score,
+        # not a vector. It embeds by the mean of its hidden states, as a generative model.
+        pooling = None if model_pooling not in (None, "0", "4") else POOLING_MEAN
         # Non-causal encoders need a whole input in one compute step: ubatch = batch = ctx.
         shape = LoadOptions(
             num_ctx=options.num_ctx,

@@ -199,8 +199,10 @@ class Model:
             L.llama_model_meta_val_str(self.handle, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", "replace")
 
-    def chat_template(self) -> str | None:
-        raw = L.llama_model_chat_template(self.handle, None)
+    def chat_template(self, name: str | None = None) -> str | None:
+        """The GGUF's chat template; ``name`` a named one (``tokenizer.chat_template.NAME``,
+        e.g. "rerank")."""
+        raw = L.llama_model_chat_template(self.handle, name.encode() if name else None)
         return raw.decode("utf-8", "replace") if raw else None
 
     def token_text(self, token: int) -> str:
@@ -222,6 +224,23 @@ class Model:
     @property
     def eos(self) -> int:
         return int(L.llama_vocab_eos(self.vocab))
+
+    @property
+    def sep(self) -> int:
+        return int(L.llama_vocab_sep(self.vocab))
+
+    @property
+    def add_eos(self) -> bool:
+        return bool(L.llama_vocab_get_add_eos(self.vocab))
+
+    @property
+    def add_sep(self) -> bool:
+        return bool(L.llama_vocab_get_add_sep(self.vocab))
+
+    @property
+    def n_cls_out(self) -> int:
+        """Outputs of a classification head (rank pooling's scores; 1 for most rerankers)."""
+        return int(L.llama_model_n_cls_out(self.handle))
 
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self.vocab, token))
@@ -467,11 +486,16 @@ class Context:
             raise EngineError(f"no logits for batch row {row}")
         return np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
 
-    def embedding(self, seq: int) -> list[float]:
+    def pooled(self, seq: int, width: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The pooled output of ``seq`` after the last decode, ``width`` floats: n_embd for
+        a pooled embedding, n_cls_out for rank pooling's classification head."""
         pointer = L.llama_get_embeddings_seq(self.handle, seq)
         if not pointer:
-            raise EngineError("the model returned no pooled embedding")
-        vector = np.ctypeslib.as_array(pointer, shape=(self.model.n_embd,)).astype(np.float64)
+            raise EngineError("the model returned no pooled output")
+        return np.ctypeslib.as_array(pointer, shape=(width,))
+
+    def embedding(self, seq: int) -> list[float]:
+        vector = self.pooled(seq, self.model.n_embd).astype(np.float64)
         norm = float(np.linalg.norm(vector))
         return [float(x) for x in (vector / norm if norm > 0 else vector)]
 

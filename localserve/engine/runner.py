@@ -44,6 +44,8 @@ from localserve.runtime.protocol import (
     LoadFailure,
     LoadRequest,
     Op,
+    RankJob,
+    RankResult,
     Reply,
     Request,
     TokenCount,
@@ -61,6 +63,7 @@ from localserve.runtime.tokens import (
 if TYPE_CHECKING:
     from localserve.engine.embed import Embedder
     from localserve.engine.job import Job
+    from localserve.engine.rank import Ranker
 
 log = logging.getLogger("localserve.runner")
 
@@ -81,10 +84,12 @@ class Runner:
         self.engine = loaded.engine
         self.jobs = JobBuilder(loaded)
         self.embedder: Embedder | None = None  # made on the first embed request
+        self.ranker: Ranker | None = None  # made on the first rank request
         self._ops: dict[Op, Callable[[Request], list[Reply]]] = {
             Op.GENERATE: self._generate,
             Op.CANCEL: self._cancel,
             Op.EMBED: self._embed,
+            Op.RANK: self._rank,
             Op.COUNT: self._count,
             Op.TOKENIZE: self._tokenize,
             Op.DETOKENIZE: self._detokenize,
@@ -153,6 +158,20 @@ class Runner:
         result = self.embedder.embed(job.inputs, truncate=job.truncate)
         took = time.perf_counter_ns() - started
         return [EmbedResult(request.id, result.vectors, result.prompt_tokens, took)]
+
+    def _rank(self, request: Request) -> list[Reply]:
+        """Score the documents at once, between engine steps, as embeddings are."""
+        from localserve.engine.rank import Ranker
+
+        job = request.job
+        assert isinstance(job, RankJob)
+        started = time.perf_counter_ns()
+        if self.ranker is None:
+            loaded = self.loaded
+            self.ranker = Ranker(loaded.model, loaded.options, n_threads=loaded.n_threads)
+        result = self.ranker.rank(job.query, job.documents)
+        took = time.perf_counter_ns() - started
+        return [RankResult(request.id, result.scores, result.prompt_tokens, took)]
 
     def _count(self, request: Request) -> list[Reply]:
         """The prompt's length, answered at once: no slot, no step of the engine."""
@@ -250,6 +269,8 @@ class Runner:
             self._preparer.shutdown(wait=True, cancel_futures=True)
         if self.embedder is not None:
             self.embedder.close()
+        if self.ranker is not None:
+            self.ranker.close()
         self.loaded.close()
 
 

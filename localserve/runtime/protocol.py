@@ -8,13 +8,13 @@ The daemon starts ``python -m localserve.engine.runner`` and writes frames to it
   ..., "kind": ...}`` (:class:`LoadFailure`) and exits.
 - Then one :class:`Request` per frame, ``{"op": ..., "id": "r1", "job": ...}`` (:class:`Op`):
   ``generate``, ``count`` and ``render`` carry a :class:`GenerateJob`, ``embed`` an
-  :class:`EmbedJob`, ``tokenize`` a :class:`TokenizeJob`, ``detokenize`` a
+  :class:`EmbedJob`, ``rank`` a :class:`RankJob`, ``tokenize`` a :class:`TokenizeJob`, ``detokenize`` a
   :class:`DetokenizeJob`, ``cancel`` and ``stats`` only the id, ``shutdown`` nothing
   (the runner exits).
 - The runner writes ``{"events": [...]}`` frames, one per engine step carrying the
   events of every request in that step (text deltas, done, error: :data:`Event`), so a
   busy runner makes one write per step, not one per token. The one answer to an
-  ``embed`` (:class:`EmbedResult`), a ``count`` (:class:`TokenCount`), a ``tokenize``
+  ``embed`` (:class:`EmbedResult`), a ``rank`` (:class:`RankResult`), a ``count`` (:class:`TokenCount`), a ``tokenize``
   (:class:`Tokens`), a ``detokenize`` (:class:`Detokenized`), a ``render``
   (:class:`RenderedPrompt`) or a ``stats`` (:class:`RunnerStats`) travels in the same
   frames (the token messages are in runtime/tokens.py). A request that fails gets an
@@ -59,6 +59,7 @@ class Op(StrEnum):
     LOAD = "load"  # the first frame: a LoadRequest
     GENERATE = "generate"  # events until each answer's DoneEvent (or an ErrorEvent)
     EMBED = "embed"  # one EmbedResult
+    RANK = "rank"  # one RankResult
     # One TokenCount: the job's prompt rendered and tokenized, nothing generated.
     COUNT = "count"
     # Between engine steps too, without a slot (server/routes/tokens.py): one Tokens, one
@@ -450,13 +451,34 @@ class EmbedJob:
         return cls(inputs, truncate=bool(data.get("truncate", True)))
 
 
-RequestJob = GenerateJob | EmbedJob | TokenizeJob | DetokenizeJob
+@dataclass(frozen=True)
+class RankJob:
+    """A rerank request: the query, and the documents to score against it."""
+
+    query: str
+    documents: list[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"query": self.query, "documents": self.documents}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RankJob:
+        query, documents = data.get("query"), data.get("documents")
+        if not isinstance(query, str):
+            raise InvalidOptionError("query must be a string")
+        if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
+            raise InvalidOptionError("documents must be a list of strings")
+        return cls(query, documents)
+
+
+RequestJob = GenerateJob | EmbedJob | RankJob | TokenizeJob | DetokenizeJob
 # The job type each op carries (the others carry none).
 _JOB_TYPES: Final[dict[Op, type[RequestJob]]] = {
     Op.GENERATE: GenerateJob,
     Op.COUNT: GenerateJob,
     Op.RENDER: GenerateJob,
     Op.EMBED: EmbedJob,
+    Op.RANK: RankJob,
     Op.TOKENIZE: TokenizeJob,
     Op.DETOKENIZE: DetokenizeJob,
 }
@@ -526,6 +548,39 @@ class EmbedResult:
         return cls(
             str(data["id"]),
             data["embeddings"],
+            int(data["prompt_eval_count"]),
+            int(data["prompt_eval_duration"]),
+        )
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """The answer to a ``rank``: one score per document, in the documents' order."""
+
+    id: str
+    scores: list[float]
+    prompt_eval_count: int  # tokens read: every pair's
+    prompt_eval_duration: int  # ns
+    load_duration: int = 0  # set by the scheduler: how long this request waited for a load
+    type: Literal["rank"] = "rank"
+
+    def with_load(self, load_duration: int) -> RankResult:
+        return replace(self, load_duration=load_duration)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "scores": self.scores,
+            "prompt_eval_count": self.prompt_eval_count,
+            "prompt_eval_duration": self.prompt_eval_duration,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RankResult:
+        return cls(
+            str(data["id"]),
+            [float(s) for s in data["scores"]],
             int(data["prompt_eval_count"]),
             int(data["prompt_eval_duration"]),
         )
@@ -603,8 +658,8 @@ Event = (
     | ErrorEvent
 )
 # What the runner sends back in its events frames: a generation's events, or the one
-# answer to an embed, a count, a tokenize, a detokenize, a render or a stats request.
-Result = EmbedResult | TokenCount | Tokens | Detokenized | RenderedPrompt | RunnerStats
+# answer to an embed, a rank, a count, a tokenize, a detokenize, a render or a stats request.
+Result = EmbedResult | RankResult | TokenCount | Tokens | Detokenized | RenderedPrompt | RunnerStats
 Reply = Event | Result
 
 _EVENT_TYPES: dict[str, type[Any]] = {

@@ -36,6 +36,8 @@ from localserve.runtime.protocol import (
     LoadFailure,
     LoadRequest,
     Op,
+    RankJob,
+    RankResult,
     Request,
     RequestJob,
     RunnerInfo,
@@ -56,7 +58,7 @@ log = logging.getLogger("localserve.runner")
 
 _END = object()
 Answer = TypeVar(
-    "Answer", EmbedResult, TokenCount, Tokens, Detokenized, RenderedPrompt, RunnerStats
+    "Answer", EmbedResult, RankResult, TokenCount, Tokens, Detokenized, RenderedPrompt, RunnerStats
 )
 
 
@@ -175,6 +177,10 @@ class RunnerClient:
     async def embed(self, inputs: list[str], *, truncate: bool) -> EmbedResult:
         """One pooled, normalised vector per input."""
         return await self._ask(Op.EMBED, EmbedJob(inputs, truncate), EmbedResult)
+
+    async def rank(self, query: str, documents: list[str]) -> RankResult:
+        """One relevance score per document, in their order."""
+        return await self._ask(Op.RANK, RankJob(query, documents), RankResult)
 
     async def count_tokens(self, job: GenerateJob) -> TokenCount:
         """The length of the job's prompt in tokens, rendered as its generation would be

@@ -42,6 +42,7 @@ from localserve.runtime.protocol import (
     Event,
     GenerateJob,
     LoadRequest,
+    RankResult,
     RunnerInfo,
     RunnerStats,
     TokenCount,
@@ -76,6 +77,8 @@ class Runner(Protocol):
     def generate(self, job: GenerateJob) -> AsyncIterator[Event]: ...
 
     async def embed(self, inputs: list[str], *, truncate: bool) -> EmbedResult: ...
+
+    async def rank(self, query: str, documents: list[str]) -> RankResult: ...
 
     async def count_tokens(self, job: GenerateJob) -> TokenCount: ...
 
@@ -229,6 +232,17 @@ class Scheduler:
             resident, load_ns = await self._acquire(model)
             try:
                 result = await resident.runner.embed(inputs, truncate=truncate)
+            finally:
+                await self._release(resident, model.keep_alive)
+        return result.with_load(load_ns)
+
+    async def rank(self, model: ModelRequest, query: str, documents: list[str]) -> RankResult:
+        """Score ``documents`` for ``query`` on ``model``; the result's ``load_duration``
+        is how long this request waited for a load (ns)."""
+        async with self._admitted():
+            resident, load_ns = await self._acquire(model)
+            try:
+                result = await resident.runner.rank(query, documents)
             finally:
                 await self._release(resident, model.keep_alive)
         return result.with_load(load_ns)

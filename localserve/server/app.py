@@ -28,6 +28,7 @@ from localserve.server.routes import audio as audio_routes
 from localserve.server.routes import create as create_routes
 from localserve.server.routes import native, ops, web
 from localserve.server.routes import openai as openai_routes
+from localserve.server.routes import rerank as rerank_routes
 from localserve.server.routes import responses as responses_routes
 from localserve.server.routes import tokens as tokens_routes
 from localserve.store.responses import ResponseStore
@@ -92,6 +93,7 @@ def create_app(
     app.include_router(create_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(responses_routes.router)
+    app.include_router(rerank_routes.router)
     app.include_router(anthropic_routes.router)
     app.include_router(tokens_routes.router)
     app.include_router(audio_routes.router)

@@ -100,6 +100,9 @@ def chat_format(app: Any, manifest: Manifest) -> ChatFormat:
 
 
 def capabilities(app: Any, manifest: Manifest) -> list[str]:
+    if gguf_info(app, manifest).reranker:
+        # A cross-encoder scores pairs; it has no language-model head to generate with.
+        return ["embedding", "rerank"]
     found = [*(chat_format(app, manifest).capabilities or ("completion",))]
     if gguf_info(app, manifest).fill_in_the_middle:
         found.append("insert")

@@ -65,6 +65,8 @@ BODY_ROUTES = [
     ("POST", "/v1/messages/count_tokens", "model"),
     ("POST", "/api/tokenize", "model"),
     ("POST", "/api/detokenize", "model"),
+    ("POST", "/v1/rerank", "model"),
+    ("POST", "/rerank", "model"),
 ]
 # llama-server's routes, whose bodies may leave the model out while one is loaded.
 MODEL_OPTIONAL_ROUTES = [
@@ -99,6 +101,8 @@ BODY_FIELDS = {
     "prompt": "x",
     "max_tokens": 5,
     "tokens": [1],
+    "query": "x",
+    "documents": ["x"],
 }
 
 
@@ -233,6 +237,8 @@ def test_names_that_are_fine_but_absent_are_404(client: httpx.Client, unchanged:
 
 
 # ------------------------------------------------------------------ per-route fields
+
+RERANK = '{"model": "tiny", "query": "q", "documents": ["a"], %s}'
 
 GENERATE = '{"model": "tiny", "prompt": "hi", %s}'
 OPTIONS = '{"model": "tiny", "prompt": "hi", "options": {%s}}'
@@ -529,6 +535,26 @@ FIELD_CASES = [
     ("/api/detokenize", '{"model": "tiny"}', "missing field 'tokens'"),
     ("/api/detokenize", '{"model": "tiny", "tokens": ["a"]}', "tokens"),
     ("/api/detokenize", '{"model": "tiny", "tokens": [1000000]}', "vocabulary"),
+    # /v1/rerank (and its other paths): the shape first, then whether the model can rank
+    ("/v1/rerank", '{"model": "tiny", "documents": ["a"]}', "missing field 'query'"),
+    ("/v1/rerank", '{"model": "tiny", "query": "q"}', "missing field 'documents'"),
+    ("/v1/rerank", '{"model": "tiny", "query": "", "documents": ["a"]}', "query"),
+    ("/v1/rerank", '{"model": "tiny", "query": 5, "documents": ["a"]}', "query"),
+    ("/v1/rerank", '{"model": "tiny", "query": "q", "documents": []}', "documents"),
+    ("/v1/rerank", '{"model": "tiny", "query": "q", "documents": "a"}', "documents"),
+    ("/v1/rerank", '{"model": "tiny", "query": "q", "documents": [5]}', "documents"),
+    ("/v1/rerank", '{"model": "tiny", "query": "q", "documents": [{"text": 5}]}', "documents"),
+    ("/v1/rerank", '{"model": "tiny", "query": "\\ud800", "documents": ["a"]}', "Unicode"),
+    ("/v1/rerank", RERANK % '"top_n": -1', "top_n"),
+    ("/v1/rerank", RERANK % '"top_n": "2"', "top_n"),
+    ("/v1/rerank", RERANK % '"top_n": 1.5', "top_n"),
+    ("/v1/rerank", RERANK % '"top_n": NaN', "top_n"),
+    ("/v1/rerank", RERANK % '"return_documents": "yes"', "return_documents"),
+    ("/v1/rerank", RERANK % '"keep_alive": "soon"', "duration"),
+    ("/v1/rerank", RERANK % '"options": {"num_ctx": -5}', "num_ctx"),
+    ("/v1/rerank", RERANK % '"x": 1', "model tiny does not support reranking"),
+    ("/rerank", RERANK % '"x": 1', "model tiny does not support reranking"),
+    ("/reranking", RERANK % '"top_n": -1', "top_n"),
     (
         "/v1/messages/count_tokens",
         '{"model": "tiny", "system": [{"type": "image"}], ' + CHAT + "}",

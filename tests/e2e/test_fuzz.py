@@ -474,6 +474,25 @@ NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
         ),
         {"model": MODEL_JUNK},
     ),
+    "/v1/rerank": near_valid(
+        st.fixed_dictionaries(
+            {
+                # tiny cannot rank: a 400, now and then
+                "model": st.sampled_from(["ranker", "ranker", "ranker", "tiny"]),
+                "query": st.text(min_size=1, max_size=40) | TEXT,  # "" is refused
+                "documents": st.lists(
+                    TEXT | st.fixed_dictionaries({"text": TEXT}), min_size=1, max_size=4
+                ),
+            },
+            optional={
+                "top_n": st.integers(0, 6),
+                "return_documents": st.booleans(),
+                "options": st.just({"num_ctx": 256}),
+                "keep_alive": KEEP_ALIVE,
+            },
+        ),
+        {"model": MODEL_JUNK},
+    ),
 }
 
 
@@ -511,7 +530,8 @@ def body_bytes(body: Any) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def client(daemon: Daemon) -> Iterator[httpx.Client]:
+def client(daemon: Daemon, tiny_reranker_path: Path) -> Iterator[httpx.Client]:
+    add_model(daemon.home, tiny_reranker_path, "ranker")
     with httpx.Client(base_url=daemon.url, timeout=120, trust_env=False) as c:
         yield c
 
@@ -674,6 +694,7 @@ OPERATIONS = [
     "POST /api/tokenize",
     "POST /api/detokenize",
     "POST /v1/audio/transcriptions",
+    "POST /v1/rerank",
     "GET /web/{name}",
 ]
 # Operations whose body names a model that may be replaced by the real one; not delete
@@ -695,6 +716,7 @@ RUNS_A_MODEL = {
     "POST /apply-template",
     "POST /api/tokenize",
     "POST /api/detokenize",
+    "POST /v1/rerank",
 }
 # Operations with a body, so that schemathesis can also send data the schema forbids.
 TAKES_INPUT = RUNS_A_MODEL | {
@@ -718,15 +740,17 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def schema_daemon(
-    tmp_path_factory: pytest.TempPathFactory, tiny_gguf_path: Path
+    tmp_path_factory: pytest.TempPathFactory, tiny_gguf_path: Path, tiny_reranker_path: Path
 ) -> Iterator[Daemon]:
     """A daemon of its own, since schemathesis may delete, copy and pull; pulls go to an
-    empty fake Hub on loopback (every repository is a 404), never to the network."""
+    empty fake Hub on loopback (every repository is a 404), never to the network. It
+    serves ``tiny`` and the tiny reranker as ``ranker``."""
     hub = FakeHub().start()
     home = tmp_path_factory.mktemp("schemathesis") / "localserve-home"
     try:
         env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
         with running_daemon(home, tiny_gguf_path, env=env) as started:
+            add_model(home, tiny_reranker_path, "ranker")
             yield started
     finally:
         hub.stop()
@@ -763,7 +787,9 @@ def use_the_model(case: schemathesis.Case, label: str) -> None:
     if label not in RUNS_A_MODEL or not isinstance(body, dict):
         return
     body["model"] = "tiny"
-    if label == "POST /v1/responses":
+    if label == "POST /v1/rerank":
+        body["model"] = "ranker"
+    elif label == "POST /v1/responses":
         body["max_output_tokens"] = 2
     elif label.startswith("POST /v1"):
         body["max_tokens"] = 2

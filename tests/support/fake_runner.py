@@ -5,7 +5,8 @@ Every generation yields ``TextEvent("Hello")``, waits for its job's ``gate`` (an
 ``asyncio.Event`` on a :class:`GatedJob`), then yields the runner's ``script`` (by
 default ``" world"``) and a done event with ``eval_count`` 2. Its ``info`` is a
 RunnerInfo as a CPU-only load of the files would give; ``embed`` answers with a
-vector of two halves per input, ``count_tokens`` with :data:`COUNTED` tokens,
+vector of two halves per input, ``rank`` scores each document by its length in
+characters, ``count_tokens`` with :data:`COUNTED` tokens,
 ``tokenize`` with a text's UTF-8 bytes as its ids (``detokenize`` the reverse),
 ``render`` with each message as a ``role: content`` line, ``stats`` with the slots in use.
 """
@@ -30,6 +31,7 @@ from localserve.runtime.protocol import (
     Event,
     GenerateJob,
     LoadRequest,
+    RankResult,
     RunnerInfo,
     RunnerStats,
     TextEvent,
@@ -143,6 +145,11 @@ class FakeRunner:
         if not self.alive:
             raise RunnerCrashedError(self._message())
         return EmbedResult(ID, [[0.5, 0.5] for _ in inputs], len(inputs), 1)
+
+    async def rank(self, query: str, documents: list[str]) -> RankResult:
+        if not self.alive:
+            raise RunnerCrashedError(self._message())
+        return RankResult(ID, [float(len(d)) for d in documents], len(documents), 1)
 
     async def count_tokens(self, job: GenerateJob) -> TokenCount:
         if not self.alive:

@@ -18,6 +18,8 @@ from localserve.store.gguf.format import FILE_TYPE_NAMES, FTYPE_GUESSED, TOKENS_
 
 __all__ = ["ArraySummary", "GGUFInfo", "TensorInfo", "parameter_size_label"]
 
+POOLING_RANK = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK, as {arch}.pooling_type says it
+
 
 @dataclass(frozen=True)
 class ArraySummary:
@@ -172,6 +174,15 @@ class GGUFInfo:
             self._int(f"tokenizer.ggml.fim_{part}_token_id") is not None
             for part in ("pre", "suf", "mid")
         )
+
+    @property
+    def reranker(self) -> bool:
+        """A cross-encoder reranker: rank pooling (LLAMA_POOLING_TYPE_RANK, 4), or a
+        classification head (``cls``, ``cls.output``), which llama.cpp's rank pooling
+        applies; converted rerankers do not all say their pooling."""
+        if self._int(self._arch("pooling_type")) == POOLING_RANK:
+            return True
+        return any(t.name in ("cls.weight", "cls.output.weight") for t in self.tensors)
 
     @property
     def tokenizer_model(self) -> str | None:

@@ -1,0 +1,161 @@
+"""Relevance scores for /v1/rerank: llama.cpp's rank pooling on cross-encoder rerankers.
+
+A second llama.cpp context with ``embeddings=True`` and rank pooling
+(LLAMA_POOLING_TYPE_RANK), made on the first rerank request, as embed.py's is for
+embeddings. Rank pooling takes the hidden state of a pair's first token (its last, for
+a causal reranker such as Qwen3-Reranker), puts it through the model's classification
+head (the ``cls`` and ``cls.output`` tensors) and leaves ``n_cls_out`` numbers per
+sequence; the first is the score, as llama-server reads it: a logit for BERT-style
+rerankers, P("yes") for Qwen3-Reranker, whose head llama.cpp softmaxes.
+
+Each (query, document) pair is one sequence, formatted as llama.cpp formats it: with the
+GGUF's rerank template when it has one (``tokenizer.chat_template.rerank``: ``{query}``
+and ``{document}`` replaced, special tokens parsed), else BOS query EOS SEP document EOS,
+each marker only where the vocabulary says to add it. A pair longer than the context
+loses the end of its document (as Cohere and Jina cut long documents); a query that
+leaves no room for any document is refused. Pairs are packed several to a batch, one
+sequence id each, as embeddings are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from localserve.engine.embed import PACK_BYTES
+from localserve.engine.llama import Batch, Context, Model
+from localserve.errors import EngineError, PromptTooLongError
+from localserve.runtime.options import LoadOptions
+
+POOLING_RANK = 4  # LLAMA_POOLING_TYPE_RANK
+PAIRS_PER_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Ranking:
+    scores: list[float]  # one per document, in the documents' order
+    prompt_tokens: int  # the pairs' tokens, all together
+
+
+class Ranker:
+    def __init__(self, model: Model, options: LoadOptions, *, n_threads: int) -> None:
+        self.model = model
+        self.num_ctx = options.num_ctx
+        # Non-causal encoders need a whole pair in one compute step: ubatch = batch = ctx.
+        # Flash attention off: on the CPU it rounds through F16, and a pair's score then
+        # moved by ~0.5% with the pairs it was batched with (measured on the tiny test
+        # reranker); without it the same pair scores the same alone and in any batch.
+        shape = LoadOptions(
+            num_ctx=options.num_ctx,
+            num_parallel=PAIRS_PER_BATCH,
+            num_batch=options.num_ctx,
+            num_ubatch=options.num_ctx,
+            flash_attention="off",
+        )
+        self.context = Context(
+            model,
+            shape,
+            n_threads=n_threads,
+            embeddings=True,
+            pooling=POOLING_RANK,
+            n_ctx=options.num_ctx,
+        )
+        self.batch = Batch(self.context.shape.n_batch)
+        # As for embeddings (embed.py): every token of a pooled batch costs a row of
+        # logits where the model has an output layer, so packs are bounded in bytes.
+        self.capacity = min(self.context.shape.n_batch, max(1, PACK_BYTES // (4 * model.n_vocab)))
+        self.max_pairs = self.context.shape.n_seq_max
+        self.template = model.chat_template("rerank")
+        self.width = max(1, model.n_cls_out)
+
+    def close(self) -> None:
+        self.batch.close()
+        self.context.close()
+
+    def rank(self, query: str, documents: Sequence[str]) -> Ranking:
+        """The score of each document for ``query``."""
+        pairs = [self.pair(query, document) for document in documents]
+        scores: list[float] = []
+        start = 0
+        while start < len(pairs):
+            group: list[list[int]] = []
+            used = 0
+            for tokens in pairs[start:]:
+                if group and (used + len(tokens) > self.capacity or len(group) == self.max_pairs):
+                    break
+                group.append(tokens)
+                used += len(tokens)
+            scores.extend(self._score(group))
+            start += len(group)
+        return Ranking(scores, sum(len(p) for p in pairs))
+
+    # ----------------------------------------------------------------- pairs
+
+    def pair(self, query: str, document: str) -> list[int]:
+        """The tokens of one (query, document) pair, cut to fit the context."""
+        if self.template is not None:
+            prompt = self.template.replace("{query}", query).replace("{document}", document)
+            tokens = self.model.tokenize(prompt, add_special=False, parse_special=True)
+            if len(tokens) <= self.num_ctx:
+                return tokens
+            # Too long: the template's text around the document, and as much of the
+            # document as fits between.
+            before, _, after = self.template.replace("{query}", query).partition("{document}")
+            head = self.model.tokenize(before, add_special=False, parse_special=True)
+            tail = self.model.tokenize(after, add_special=False, parse_special=True)
+            body = self._text(document)
+        else:
+            head, tail = self._markers(query)
+            body = self._text(document)
+        room = self.num_ctx - len(head) - len(tail)
+        if room < 0 or (room == 0 and body):
+            raise PromptTooLongError(
+                f"the query takes {len(head) + len(tail)} tokens with its markers, leaving "
+                f"no room for a document in a context of {self.num_ctx}",
+                hint="shorten the query, or raise num_ctx",
+                tokens=len(head) + len(tail) + len(body),
+                limit=self.num_ctx,
+            )
+        tokens = [*head, *body[:room], *tail]
+        if not tokens:
+            raise PromptTooLongError("a query and document pair is empty after tokenization")
+        return tokens
+
+    def _markers(self, query: str) -> tuple[list[int], list[int]]:
+        """What comes before the document (BOS query EOS SEP) and after it (EOS)."""
+        model = self.model
+        # A vocabulary without EOS ends the texts with its separator.
+        end = model.eos if model.eos >= 0 else model.sep
+        head = [model.bos] if model.add_bos and model.bos >= 0 else []
+        head += self._text(query)
+        closing = [end] if model.add_eos and end >= 0 else []
+        head += closing
+        if model.add_sep and model.sep >= 0:
+            head.append(model.sep)
+        return head, closing
+
+    def _text(self, text: str) -> list[int]:
+        return self.model.tokenize(text, add_special=False, parse_special=False)
+
+    # ----------------------------------------------------------------- compute
+
+    def _score(self, group: list[list[int]]) -> list[float]:
+        self.context.clear()
+        self.batch.clear()
+        for seq, tokens in enumerate(group):
+            # Pooling reads every token's output.
+            self.batch.add(tokens, 0, seq, True, want_all_logits=True)
+        if self.model.has_encoder and not self.model.has_decoder:
+            rc = self.context.encode(self.batch)
+        else:
+            rc = self.context.decode(self.batch)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed for rerank ({rc})")
+        scores = []
+        for seq in range(len(group)):
+            score = float(self.context.pooled(seq, self.width)[0])
+            if not math.isfinite(score):
+                raise EngineError(f"the model gave a score that is not a number ({score})")
+            scores.append(score)
+        return scores
