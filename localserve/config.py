@@ -312,6 +312,12 @@ class Settings(BaseSettings):
             "memory, instead of filling the largest device first."
         ),
     )
+    cpu_repack: bool = Field(
+        default=True,
+        description="The CPU keeps weights in llama.cpp's repacked layouts (faster kernels "
+        "that sum in another order); false computes as an RPC worker does, so that a local "
+        "load and a split one give the same numbers.",
+    )
     stream_ping: str = Field(
         default="5s",
         description="A streamed OpenAI answer with nothing to send for this long (a long "

@@ -127,12 +127,17 @@ class Model:
         *,
         n_gpu_layers: int = -1,
         tensor_split: Sequence[int] = (),
+        cpu_repack: bool = True,
     ) -> None:
         """``tensor_split``: offloaded layers per device, in llama.cpp's device order
-        (the plan's split); empty for llama.cpp's own, in proportion to free memory."""
+        (the plan's split); empty for llama.cpp's own, in proportion to free memory.
+        ``cpu_repack``: let the CPU keep weights in its repacked layouts (llama.cpp's
+        "extra buffer types"), faster kernels that sum in another order; off, the CPU
+        computes as an RPC worker's plain CPU backend does (LOCALSERVE_CPU_REPACK)."""
         init_backend()
         params = L.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = cpu_repack
         if any(tensor_split):
             # Read during the load only, llama_max_devices() floats of it.
             split = (ctypes.c_float * max(int(L.llama_max_devices()), len(tensor_split)))(

@@ -81,8 +81,11 @@ class Loader:
         self.rpc_workers: tuple[str, ...] = ()
         self.rpc_notes: tuple[str, ...] = ()
         self.rpc_timeout = 120.0
+        # LOCALSERVE_CPU_REPACK: off, the CPU computes as an RPC worker does.
+        self.cpu_repack = True
 
     def load(self, request: LoadRequest) -> Loaded:
+        from localserve.config import load_settings
         from localserve.engine.engine import Engine
         from localserve.engine.llama import supports_gpu_offload
         from localserve.engine.prompt import PromptBuilder
@@ -93,7 +96,9 @@ class Loader:
         options = request.options
         paths = list(request.paths)
         self.n_threads = options.num_thread or default_threads()
-        memory, context = self._plan(paths, options, request.projector, request.adapters)
+        settings = load_settings()  # the daemon's environment, inherited
+        self.cpu_repack = settings.cpu_repack
+        memory, context = self._plan(paths, options, settings, request.projector, request.adapters)
         if context.reason != "set":  # the planner chose the context: load with its choice
             options = replace(options, num_ctx=context.num_ctx)
         rpc_guard = None
@@ -173,6 +178,7 @@ class Loader:
         self,
         paths: list[Path],
         options: LoadOptions,
+        settings: Settings,
         projector: Path | None,
         adapters: tuple[tuple[Path, float], ...] = (),
     ) -> tuple[Plan, ContextChoice]:
@@ -180,13 +186,11 @@ class Loader:
         ``num_gpu`` -1, or a clear refusal before loading when RAM cannot hold it; and
         the context, the planner's choice (plan/context.py) when ``num_ctx`` is 0.
         LoRA ``adapters`` that do not fit the model are refused here, before loading."""
-        from localserve.config import load_settings
         from localserve.plan.context import ContextChoice, choose_context
         from localserve.plan.planner import plan
         from localserve.store.adapter import check_adapter, read_adapter
         from localserve.store.gguf import read_gguf_model, read_projector
 
-        settings = load_settings()  # the daemon's environment, inherited
         info = read_gguf_model(paths)
         lora = [read_adapter(path) for path, _ in adapters]
         for adapter in lora:
@@ -240,14 +244,17 @@ class Loader:
         from localserve.engine.llama import Model
 
         try:
-            return Model(paths, n_gpu_layers=gpu_layers, tensor_split=split), gpu_layers, ""
+            model = Model(
+                paths, n_gpu_layers=gpu_layers, tensor_split=split, cpu_repack=self.cpu_repack
+            )
+            return model, gpu_layers, ""
         except LocalserveError:
             if gpu_layers <= 0:
                 raise
         fewer = gpu_layers // 2
         log.warning("loading with %d GPU layers failed; retrying with %d", gpu_layers, fewer)
         return (
-            Model(paths, n_gpu_layers=fewer, tensor_split=split),
+            Model(paths, n_gpu_layers=fewer, tensor_split=split, cpu_repack=self.cpu_repack),
             fewer,
             f"retried with {fewer} GPU layers after the planned {gpu_layers} failed",
         )
@@ -311,7 +318,7 @@ class Loader:
             kv_cells=kv_cells,
             swa_full=True,  # a draft model's copies are cut back anywhere (speculate.py)
         ).require_fit()
-        model = Model(paths, n_gpu_layers=memory.gpu_layers)
+        model = Model(paths, n_gpu_layers=memory.gpu_layers, cpu_repack=self.cpu_repack)
         try:
             check_vocabularies(target, model, target_name="the model", draft_name=f"'{name}'")
             draft = DraftModel(

@@ -4,6 +4,7 @@ template), through the runner process. Slower than the tiny-model tests."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,27 @@ def test_gemma_batches_caches_and_chats(gemma_gguf_path: Path) -> None:
             await runner.close()
 
     asyncio.run(asyncio.wait_for(body(), 300))
+
+
+def test_cpu_repack_off_loads_plain_cpu_weights(
+    gemma_gguf_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """LOCALSERVE_CPU_REPACK=false reaches llama.cpp: the load keeps no weights in its
+    repacked CPU buffer (CPU_REPACK), which the default load does, as RPC workers run."""
+    from localserve.engine.loading import Loader
+    from localserve.plan import Devices
+
+    def repacked_bytes_logged(setting: str) -> bool:
+        monkeypatch.setenv("LOCALSERVE_CPU_REPACK", setting)
+        caplog.clear()
+        loader = Loader(probe=lambda **_: Devices.cpu_only(8 << 30))
+        loaded = loader.load(
+            LoadRequest((gemma_gguf_path,), LoadOptions(num_ctx=512, num_parallel=1))
+        )
+        loaded.close()
+        return "CPU_REPACK model buffer size" in caplog.text
+
+    caplog.set_level(logging.DEBUG, logger="localserve.llama")
+    if not repacked_bytes_logged("true"):
+        pytest.skip("this CPU has no repacked kernels for Gemma's weights: nothing to turn off")
+    assert not repacked_bytes_logged("false")

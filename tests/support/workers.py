@@ -37,12 +37,21 @@ class Worker:
                 self.process.wait()
 
 
-def start_worker(folder: Path) -> Worker:
+def start_worker(folder: Path, threads: int = 1) -> Worker:
     port = free_port()
     log = folder / f"worker-{port}.log"
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "localserve", "worker", "--port", str(port), "--threads", "1"],
+            [
+                sys.executable,
+                "-m",
+                "localserve",
+                "worker",
+                "--port",
+                str(port),
+                "--threads",
+                str(threads),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
