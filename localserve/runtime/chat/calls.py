@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -76,9 +76,41 @@ def parse_leading_calls(tools: ToolFormat, text: str) -> tuple[list[Call], int]:
             return _leading_mistral_args(text)
         if tools.kind in ("generic", "hermes", "llama3", "mistral"):
             return _leading_json_calls(tools, text)
+        if tools.kind == "deepseek":
+            return _longest_complete(text, DEEPSEEK_CALL_END, "", _deepseek_calls)
+        if tools.kind == "pythonic":
+            return _leading_pythonic(tools, text)
     except _ERRORS:
         pass
     return [], 0
+
+
+def _longest_complete(
+    text: str, end: str, closing: str, parse: Callable[[str], list[Call] | None]
+) -> tuple[list[Call], int]:
+    """The calls of the longest start of ``text`` that ends with ``end`` and parses
+    (with ``closing`` added: what the cut took from a section), and its length."""
+    at = text.rfind(end)
+    while at >= 0:
+        size = at + len(end)
+        try:
+            calls = parse(text[:size] + closing)
+        except _ERRORS:
+            calls = None
+        if calls:
+            return calls, size
+        at = text.rfind(end, 0, at)
+    return [], 0
+
+
+def _leading_pythonic(tools: ToolFormat, text: str) -> tuple[list[Call], int]:
+    """LFM2's ``[f(...), g(...`` cut inside a later call: the calls closed before it."""
+    start = next((s for s in tools.starts if text.lstrip().startswith(s)), "")
+    head = len(text) - len(text.lstrip()) + len(start)
+    body = text[head:]
+    closing = "]" if body.lstrip().startswith("[") else ""
+    calls, size = _longest_complete(body, ")", closing, _pythonic_calls)
+    return calls, head + size if calls else 0
 
 
 # ------------------------------------------------------------------ JSON calls
