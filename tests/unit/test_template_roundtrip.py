@@ -63,10 +63,6 @@ CALL_XFAIL: dict[str, str] = {
 # Templates that keep reasoning or are detected as thinking, whose reasoning does not
 # come back, and why.
 REASONING_XFAIL: dict[str, str] = {
-    "upstage-Solar-Open-100B.jinja": (
-        "the answer after the thought opens with `<|content|>`, which comes back as part of "
-        "the answer"
-    ),
     "muse-glimmer.jinja": (
         "detected tags `<|message|>`/`<|eom|>`; the model writes channels (` to=self<|message|>"
         "...<|eom|><|start|>assistant to=user<|message|>...`): no reasoning comes back"

@@ -151,6 +151,25 @@ def test_a_python_style_list_cut_short_keeps_its_complete_calls() -> None:
         ]
 
 
+def test_an_answer_opening_from_one_of_its_later_tags_is_dropped() -> None:
+    """Solar Open writes ``<|begin|>assistant<|content|>`` before an answer, and its
+    prompt ends ``<|begin|>assistant``: the answer may open with the rest alone."""
+    solar = ThinkingTags("<|think|>", "<|end|>")
+    framing = ("<|begin|>assistant<|content|>", "<|end|>")
+    for text in (
+        "<|think|>Look it up.<|end|><|content|>Sunny.",
+        "<|think|>Look it up.<|end|><|begin|>assistant<|content|>Sunny.",
+    ):
+        for piece in (0, 1, 5):
+            parser = AnswerParser("j", thinking=solar, framing=framing)
+            assert merged(parse(parser, text, piece)) == [
+                ("thinking", "Look it up."),
+                ("text", "Sunny."),
+            ]
+    plain = AnswerParser("j", thinking=solar, framing=framing)
+    assert merged(parse(plain, "<|content|>Sunny.")) == [("text", "Sunny.")]
+
+
 def test_a_call_streams_as_soon_as_it_is_closed() -> None:
     parser = parser_for("HERMES")
     first = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'

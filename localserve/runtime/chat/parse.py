@@ -405,20 +405,26 @@ def _recipient(header: str) -> str:
 
 
 def _loose(opening: str) -> re.Pattern[str] | None:
-    """A regex for an answer's opening whose tags may be missing."""
+    """A regex for an answer's opening whose tags may be missing, or that may start at
+    one of its later tags: the part the prompt did not write (Solar Open's prompt ends
+    ``<|begin|>assistant``, and the answer opens ``<|content|>``)."""
     if not opening.strip():
         return None
+    pieces = [p for p in re.split(r"(<[^<>\s]{1,40}>|\s+)", opening.strip()) if p]
     parts = []
-    for piece in re.split(r"(<[^<>\s]{1,40}>|\s+)", opening.strip()):
-        if not piece:
-            continue
+    for piece in pieces:
         if piece.isspace():
             parts.append(r"\s*")
         elif piece.startswith("<") and piece.endswith(">"):
             parts.append(f"(?:{re.escape(piece)})?")
         else:
             parts.append(re.escape(piece))
-    return re.compile("".join(parts))
+    tails = [
+        re.escape("".join(pieces[at:]))
+        for at in range(1, len(pieces))
+        if pieces[at].startswith("<") and pieces[at].endswith(">")
+    ]
+    return re.compile("|".join(["".join(parts), *tails]))
 
 
 def _first(text: str, markers: Sequence[str]) -> tuple[int, str]:
