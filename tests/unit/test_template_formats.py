@@ -433,6 +433,11 @@ def test_functionary_answers_after_the_prompt_opened_a_recipient() -> None:
         ("call", ("get_time", {"zone": "UTC"})),
         ("text", "Done."),
     ]
+    # A model that writes the prompt's `>>>` again (Gemma copying the history, through
+    # Ollama's API, where no grammar holds it): the same call.
+    for piece in (0, 1, 2):
+        again = parse(name, '>>>get_time\n{"zone": "UTC"}', piece)
+        assert again == [("call", ("get_time", {"zone": "UTC"}))]
 
 
 def test_the_framing_around_an_answer_is_dropped() -> None:

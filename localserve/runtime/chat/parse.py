@@ -166,6 +166,10 @@ class AnswerParser(StreamParser):
         """The prompt wrote the call opening (Functionary's ``>>>``): the first line
         names a tool, or the text recipient (``all``) for an answer in text."""
         assert self.tools is not None
+        if self.tools.opened.startswith(self._buffer) and not final:
+            return  # may be the opening written again
+        if self._buffer.startswith(self.tools.opened):  # the model wrote it again
+            self._buffer = self._buffer[len(self.tools.opened) :]
         line, newline, rest = self._buffer.partition("\n")
         if not newline and not final and len(line) < 64:
             return  # names are short: wait for the line's end
