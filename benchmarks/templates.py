@@ -19,7 +19,10 @@ For each, three sides:
   (the prompt it would run: compared with ours), and one OpenAI request;
 - **a localserve daemon** (one for the whole run): a model created from Gemma with the
   template (``/api/create`` with ``template``), ``/api/show``'s capabilities, the same
-  OpenAI request.
+  OpenAI request, and the same conversation and tool through Ollama's ``/api/chat``.
+  Ollama's API has no ``tool_choice`` (nor has localserve's, which follows it): a call
+  cannot be forced there, so that request is the ``auto`` case, a lazy grammar that
+  switches on if the model starts a call (``think: false`` where the model thinks).
 
 The request: two worked examples (a question, the call, its result, the answer) then the
 question, the tool (its ``city`` alone), ``tool_choice: "required"``, greedy,
@@ -115,6 +118,32 @@ REQUEST: dict[str, Any] = {
     "parallel_tool_calls": False,
     "chat_template_kwargs": {"enable_thinking": False},
 }
+
+
+def ollama_request(thinks: bool) -> dict[str, Any]:
+    """The same conversation and tool for Ollama's /api/chat: arguments as objects, the
+    tool's answers with ``tool_name``, options for greedy decoding and the token limit;
+    no ``tool_choice`` (the API has none)."""
+    messages = []
+    for message in FEW_SHOT:
+        copy = dict(message)
+        if copy.get("tool_calls"):
+            copy["tool_calls"] = [
+                {"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+                for c in copy["tool_calls"]
+            ]  # fmt: skip
+        if copy["role"] == "tool":
+            copy = {"role": "tool", "tool_name": copy["name"], "content": copy["content"]}
+        messages.append(copy)
+    body: dict[str, Any] = {
+        "messages": messages,
+        "tools": [REQUEST_TOOL],
+        "stream": False,
+        "options": {"temperature": 0, "num_predict": MAX_TOKENS},
+    }
+    if thinks:
+        body["think"] = False
+    return body
 
 
 # ------------------------------------------------------------------ the sandbox side
@@ -237,6 +266,26 @@ def call_outcome(response: httpx.Response) -> dict[str, Any]:
         detail = f"{function.get('name')}({function.get('arguments')})"
         return {"outcome": "call" if valid else "bad call", "detail": detail[:200]}
     text = (message.get("content") or "") + (message.get("reasoning_content") or "")
+    return {"outcome": "text", "detail": text[:200]}
+
+
+def ollama_outcome(response: httpx.Response) -> dict[str, Any]:
+    """``call_outcome`` for an /api/chat answer (arguments as an object)."""
+    if response.status_code != 200:
+        return call_outcome(response)
+    message = response.json().get("message") or {}
+    calls = message.get("tool_calls") or []
+    if calls:
+        function = calls[0].get("function", {})
+        arguments = function.get("arguments")
+        valid = (
+            function.get("name") == tc.TOOL_NAME
+            and isinstance(arguments, dict)
+            and arguments.get("city") in ("Paris", "London", "Rome", "Oslo")
+        )
+        detail = f"{function.get('name')}({json.dumps(arguments)})"
+        return {"outcome": "call" if valid else "bad call", "detail": detail[:200]}
+    text = (message.get("content") or "") + (message.get("thinking") or "")
     return {"outcome": "text", "detail": text[:200]}
 
 
@@ -375,6 +424,10 @@ def daemon_row(client: httpx.Client, model: str, name: str) -> dict[str, Any]:
         response = client.post("/v1/chat/completions", json={**REQUEST, "model": model})
         row["request"] = call_outcome(response)
         row["request"]["seconds"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        body = {**ollama_request("thinking" in row["capabilities"]), "model": model}
+        row["ollama"] = ollama_outcome(client.post("/api/chat", json=body))
+        row["ollama"]["seconds"] = round(time.perf_counter() - started, 2)
     except Exception as exc:
         row["failed"] = f"{type(exc).__name__}: {exc}"[:300]
     return row
@@ -479,12 +532,12 @@ def trip_cell(trip: dict[str, Any] | None) -> str:
     return "✓" if trip["ok"] else "✗"
 
 
-def request_cell(row: dict[str, Any] | None) -> str:
+def request_cell(row: dict[str, Any] | None, key: str = "request") -> str:
     if row is None:
         return "?"
     if row.get("failed"):
         return "failed"
-    request = row.get("request")
+    request = row.get(key)
     if request is None:
         return "–"
     return {"call": "call", "bad call": "bad call", "text": "text", "error": "refused"}[
@@ -596,6 +649,10 @@ def totals(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
                     1 for r in daemon.values() if (r.get("request") or {}).get("outcome") == "call"
                 ),
                 "daemon_requests": sum(1 for r in daemon.values() if r.get("request")),
+                "ollama_calls": sum(
+                    1 for r in daemon.values() if (r.get("ollama") or {}).get("outcome") == "call"
+                ),
+                "ollama_requests": sum(1 for r in daemon.values() if r.get("ollama")),
                 "daemon_calls_where_llama_reads_tools": sum(
                     1
                     for n, r in daemon.items()
@@ -644,6 +701,10 @@ def write_doc(
             f"**{s.get('daemon_calls', '?')}** of {s.get('daemon_requests', '?')} requests, llama-server "
             f"**{s.get('llama_calls', '?')}** of {s.get('llama_requests', '?')} (sent where its render shows the "
             f"tool; localserve has {s.get('daemon_calls_where_llama_reads_tools', '?')} on those same templates).")  # fmt: skip
+    if "ollama_calls" in s:
+        add(f"- The same conversation and tool through Ollama's `/api/chat`, which has no `tool_choice` "
+            f"(a call cannot be forced there; the lazy grammar of `auto` completes a call the model "
+            f"starts): a valid parsed call on **{s['ollama_calls']}** of {s['ollama_requests']} requests.")  # fmt: skip
     if "calls_both" in s:
         only_ours = s["calls_only_localserve"]
         forced = [
@@ -694,17 +755,20 @@ def write_doc(
         "Under `required` our grammar writes the call in the detected format, so a template "
         "detected wrongly (GLM's, read as hermes) still gets a call here: **trip** says whether "
         "the model's own format would be read.")  # fmt: skip
+    add("- **ollama**: the same conversation and tool through localserve's `/api/chat` (Ollama's API: "
+        "no `tool_choice`, so not forced; `think: false` where the model thinks): `call`, `text`, "
+        "`refused` as above.")  # fmt: skip
     add("")
     add(
-        "| template | plain | tools | call | reasoning | format | thinking | trip | llama.cpp caps | l.think | same | l.call | ours |"
+        "| template | plain | tools | call | reasoning | format | thinking | trip | llama.cpp caps | l.think | same | l.call | ours | ollama |"
     )
-    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         box = row["sandbox"]
         short = name.removesuffix(".jinja")
         if "renders" not in box:
             reason = box.get("failed") or box.get("compile_error") or "?"
-            add(f"| {short} | {reason} |  |  |  |  |  |  |  |  |  |  |  |")
+            add(f"| {short} | {reason} |  |  |  |  |  |  |  |  |  |  |  |  |")
             continue
         cells = [render_cell(box["renders"].get(c), c) for c in tc.CASES]
         tools, thinking = detect_cell(box)
@@ -713,7 +777,8 @@ def write_doc(
         )
         caps, lthink = llama_caps_cell(row.get("llama"))
         row_cells = [short, *cells, tools, thinking, trip, caps, lthink, same_cell(row.get("same")),
-                     request_cell(row.get("llama")), request_cell(row.get("daemon"))]  # fmt: skip
+                     request_cell(row.get("llama")), request_cell(row.get("daemon")),
+                     request_cell(row.get("daemon"), "ollama")]  # fmt: skip
         # A | inside a cell (`<|START_THINKING|>`) would end it, code span or not, and a
         # newline (a marker over two lines) the row.
         cells = (cell.replace("|", "\\|").replace("\n", "⏎") for cell in row_cells)
@@ -814,10 +879,13 @@ def _llama_section(add: Any, rows: dict[str, dict[str, Any]]) -> None:
         for case, render in (llama.get("renders") or {}).items():
             if not render["ok"]:
                 lines.append(f"- {short} ({case}): llama-server {render['error']}")
-        for side in ("llama", "daemon"):
-            request = (row.get(side) or {}).get("request") or {}
+        for side, key, who in (
+            ("llama", "request", "llama-server"),
+            ("daemon", "request", "localserve"),
+            ("daemon", "ollama", "localserve's /api/chat"),
+        ):
+            request = (row.get(side) or {}).get(key) or {}
             if request.get("outcome") in ("error", "text", "bad call"):
-                who = "llama-server" if side == "llama" else "localserve"
                 lines.append(
                     f"- {short}: {who} answered {request['outcome']}: {request['detail'][:160]!r}"
                 )
