@@ -684,6 +684,11 @@ def write_doc(
     add(
         f"Command: `{meta['command']}` ({meta['date']}, {meta['machine']}; {meta['seconds']:.0f} s)."
     )
+    if meta.get("reused"):
+        add("")
+        add("llama-server's side (its columns, and **same**: the prompts compared with ours as "
+            "they were then) comes from earlier runs, the later winning: "
+            + "; ".join(meta["reused"]) + ".")  # fmt: skip
     if meta.get("report_again"):
         add("")
         add("(This page was written again from that run's JSON, `--report`: same measurements.)")
@@ -939,7 +944,33 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--report", action="store_true", help="only write the doc again from the JSON of a run"
     )
+    parser.add_argument(
+        "--reuse",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="with --skip llama-server: its rows (and the prompts compared) from these runs' "
+        "JSON, the last one holding a template winning (llama-server's side depends on llama.cpp "
+        "alone; on a loaded machine a full run takes an hour)",
+    )
     return parser.parse_args()
+
+
+def reuse_llama(rows: dict[str, dict[str, Any]], paths: list[Path]) -> list[str]:
+    """llama-server's rows from earlier runs (the last holding a template wins), with the
+    comparison of prompts made then; what each run was, for the doc."""
+    used = []
+    for path in paths:
+        saved = json.loads(path.read_text())
+        taken = 0
+        for name, row in saved["templates"].items():
+            if name in rows and row.get("llama"):
+                rows[name]["llama"] = row["llama"]
+                rows[name]["same"] = row.get("same")
+                taken += 1
+        meta = saved["meta"]
+        used.append(f"`{meta['command']}` ({meta['date']}, {taken} templates)")
+    return used
 
 
 def report_again(args: argparse.Namespace) -> None:
@@ -986,6 +1017,7 @@ def main() -> None:
             assert model is not None
             for name, row in daemon_side(names, model, work).items():
                 rows[name]["daemon"] = row
+    reused = reuse_llama(rows, args.reuse) if "llama-server" in args.skip else []
     seconds = time.perf_counter() - started
     summary = totals(rows)
     for row in rows.values():  # the prompts are long; the JSON keeps what was found
@@ -1001,6 +1033,8 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPUs, 1-minute load average {os.getloadavg()[0]:.1f} at the end",
         "seconds": seconds,
     }
+    if reused:
+        meta["reused"] = reused
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
         json.dumps(
