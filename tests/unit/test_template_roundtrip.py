@@ -46,10 +46,6 @@ CALL_XFAIL: dict[str, str] = {
     ),
     "LFM2-8B-A1B.jinja": _NO_CALLS_IN_HISTORY,
     "LFM2.5-Instruct.jinja": _NO_CALLS_IN_HISTORY,
-    "MiniMax-M3.jinja": (
-        '`<tool_call>]<]minimax[>[<invoke name="NAME">]<]minimax[>[<K>V</K>...` is detected '
-        "as hermes (JSON inside): the call comes back as text"
-    ),
     "google-gemma-4-31B-it.jinja": (
         '`<|tool_call>call:NAME{city:<|"|>Paris<|"|>,days:3}<tool_call|>`: no format detected'
     ),

@@ -24,6 +24,7 @@ from localserve.runtime.chat.syntax import (
     DEEPSEEK_SEP,
     ID_SLOT,
     INDEX_SLOT,
+    KEY_SLOT,
     TaggedSyntax,
     ToolFormat,
     lead_literal,
@@ -432,11 +433,13 @@ def _pattern(literal: str, *, before: str = r"\s*", after: str = r"\s*") -> str:
     if not core:
         return before
     out: list[str] = []
-    for piece in re.split(rf"(\s+|{ID_SLOT}|{INDEX_SLOT})", core):
+    for piece in re.split(rf"(\s+|{ID_SLOT}|{INDEX_SLOT}|{KEY_SLOT})", core):
         if piece == ID_SLOT:
             out.append(r"[^\s<>\[\]|]*")
         elif piece == INDEX_SLOT:
             out.append(r"\d+")
+        elif piece == KEY_SLOT:
+            out.append(r"(?P=key)")
         elif piece.isspace():
             out.append(r"\s*")
         elif piece:
@@ -497,9 +500,35 @@ def tagged_call(syntax: TaggedSyntax, text: str, types: Types | None = None) -> 
         key, value = argument.group("key"), argument.group("value")
         is_string = argument.group("close").strip() == syntax.key_close.strip()
         typed = bool(syntax.typed_key_close)
-        found[key] = raw_value(value, "string" if typed and is_string else declared.get(key))
+        nested = _nested_value(syntax, value) if KEY_SLOT in syntax.value_close else None
+        if nested is not None:
+            found[key] = nested
+        else:
+            found[key] = raw_value(value, "string" if typed and is_string else declared.get(key))
         at = argument.end()
     return name, found, ""
+
+
+def _nested_value(syntax: TaggedSyntax, raw: str) -> Any:
+    """An object or array written as blocks inside a value (MiniMax-M3: ``<item>``
+    blocks for an array, a block per key for an object), or None when ``raw`` is a
+    value of its own."""
+    regex = _argument_regex(syntax)
+    pairs: list[tuple[str, Any]] = []
+    at = 0
+    while raw[at:].strip():
+        block = regex.match(raw, at)
+        if block is None:
+            return None
+        inner = block.group("value")
+        nested = _nested_value(syntax, inner)
+        pairs.append((block.group("key"), raw_value(inner, None) if nested is None else nested))
+        at = block.end()
+    if not pairs:
+        return None
+    if all(key == "item" for key, _ in pairs):
+        return [value for _, value in pairs]
+    return dict(pairs)
 
 
 def _tagged_section(syntax: TaggedSyntax, text: str, types: Types) -> list[Call] | None:

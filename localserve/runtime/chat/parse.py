@@ -115,8 +115,16 @@ class AnswerParser(StreamParser):
                 self._buffer = head[len(self.thinking.open) :]
                 self._state = "thinking"
                 return
+            if head.startswith(self.thinking.close) and not self._after_thinking:
+                # An empty thought, closed alone (MiniMax-M3 writes </mm:think> before
+                # an answer without reasoning).
+                self._buffer = head[len(self.thinking.close) :]
+                self._after_thinking = True
+                return
             if self.thinking.open.startswith(head) and not final:
                 return  # may still become the tag
+            if self.thinking.close.startswith(head) and not final:
+                return
         if self.tools and self.tools.kind == "llama3" and self.tool_names:
             if head.startswith(("{", "[", "<|python_tag|>")):
                 self._state = "call_to_end"
