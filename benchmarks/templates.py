@@ -964,7 +964,8 @@ def reuse_llama(rows: dict[str, dict[str, Any]], paths: list[Path]) -> list[str]
         saved = json.loads(path.read_text())
         taken = 0
         for name, row in saved["templates"].items():
-            if name in rows and row.get("llama"):
+            # A row that failed (a time-out on a loaded machine) leaves an earlier one.
+            if name in rows and row.get("llama") and not row["llama"].get("failed"):
                 rows[name]["llama"] = row["llama"]
                 rows[name]["same"] = row.get("same")
                 taken += 1
