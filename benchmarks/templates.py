@@ -539,7 +539,7 @@ def request_cell(row: dict[str, Any] | None, key: str = "request") -> str:
         return "failed"
     request = row.get(key)
     if request is None:
-        return "–"
+        return "?" if key == "ollama" else "–"  # a row from a run before the ollama request
     return {"call": "call", "bad call": "bad call", "text": "text", "error": "refused"}[
         request["outcome"]
     ]
@@ -686,8 +686,9 @@ def write_doc(
     )
     if meta.get("reused"):
         add("")
-        add("llama-server's side (its columns, and **same**: the prompts compared with ours as "
-            "they were then) comes from earlier runs, the later winning: "
+        add("The sides this run left out come from earlier runs, the later winning (llama-server's "
+            "columns with **same**, the prompts compared with ours as they were then; the daemon's "
+            "**ours**, from the code of that run, without the **ollama** request, `?`): "
             + "; ".join(meta["reused"]) + ".")  # fmt: skip
     if meta.get("report_again"):
         add("")
@@ -949,28 +950,42 @@ def parse_args() -> argparse.Namespace:
         nargs="*",
         type=Path,
         default=[],
-        help="with --skip llama-server: its rows (and the prompts compared) from these runs' "
-        "JSON, the last one holding a template winning (llama-server's side depends on llama.cpp "
+        help="the rows of the sides not run here (--skip, --daemon-only) from these runs' JSON, "
+        "the last one holding a template winning (llama-server's side depends on llama.cpp "
         "alone; on a loaded machine a full run takes an hour)",
+    )
+    parser.add_argument(
+        "--daemon-only",
+        nargs="*",
+        default=[],
+        help="the daemon's side for these templates alone (file names containing a word)",
     )
     return parser.parse_args()
 
 
-def reuse_llama(rows: dict[str, dict[str, Any]], paths: list[Path]) -> list[str]:
-    """llama-server's rows from earlier runs (the last holding a template wins), with the
-    comparison of prompts made then; what each run was, for the doc."""
+def reuse(rows: dict[str, dict[str, Any]], paths: list[Path]) -> list[str]:
+    """The sides a template was not run on here, from earlier runs (the last holding it
+    wins): llama-server's rows with the comparison of prompts made then, the daemon's
+    rows; what each run was and what it gave, for the doc."""
+    fresh = {n: {side for side in ("llama", "daemon") if side in r} for n, r in rows.items()}
     used = []
     for path in paths:
         saved = json.loads(path.read_text())
-        taken = 0
+        taken = Counter[str]()
         for name, row in saved["templates"].items():
-            # A row that failed (a time-out on a loaded machine) leaves an earlier one.
-            if name in rows and row.get("llama") and not row["llama"].get("failed"):
-                rows[name]["llama"] = row["llama"]
-                rows[name]["same"] = row.get("same")
-                taken += 1
+            for side in ("llama", "daemon"):
+                # A row that failed (a time-out on a loaded machine) leaves an earlier one.
+                if name not in rows or side in fresh[name] or not row.get(side):
+                    continue
+                if row[side].get("failed"):
+                    continue
+                rows[name][side] = row[side]
+                if side == "llama":
+                    rows[name]["same"] = row.get("same")
+                taken[side] += 1
         meta = saved["meta"]
-        used.append(f"`{meta['command']}` ({meta['date']}, {taken} templates)")
+        counts = ", ".join(f"{side} side of {count} templates" for side, count in taken.items())
+        used.append(f"`{meta['command']}` ({meta['date']}: {counts or 'nothing'})")
     return used
 
 
@@ -1016,9 +1031,12 @@ def main() -> None:
                 rows[name]["same"] = compare_renders(ours[name], row)
         if "daemon" not in args.skip:
             assert model is not None
-            for name, row in daemon_side(names, model, work).items():
+            chosen = [
+                n for n in names if not args.daemon_only or any(w in n for w in args.daemon_only)
+            ]
+            for name, row in daemon_side(chosen, model, work).items():
                 rows[name]["daemon"] = row
-    reused = reuse_llama(rows, args.reuse) if "llama-server" in args.skip else []
+    reused = reuse(rows, args.reuse)
     seconds = time.perf_counter() - started
     summary = totals(rows)
     for row in rows.values():  # the prompts are long; the JSON keeps what was found
