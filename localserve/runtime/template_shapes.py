@@ -4,7 +4,8 @@ A template is written for one server's variables. llama.cpp (``common/chat.cpp``
 adapts the request to the template it runs, and so does localserve, from what the
 template reads, never from the model's name:
 
-- ``tools`` is left undefined when the request has none (transformers passes None):
+- ``tools`` is left undefined when the request has none (transformers passes None;
+  an empty list is none too, as llama.cpp reads it):
   a loop over it is then empty, where a loop over None fails (Hermes 2 Pro's and
   Hermes 3's ``tool_use`` templates, Command R+'s, loop over it unguarded);
 - ``date_string`` and ``datetime``: today's date, the variables llama.cpp defines
@@ -51,7 +52,7 @@ def tool_variables(
     """``tools`` (absent without tools) and, for a template that reads ``functions``
     instead, the same definitions as JSON text."""
     found: dict[str, Any] = {}
-    if tools is not None:
+    if tools:  # none, or an empty list: undefined, as llama.cpp leaves it
         found["tools"] = [dict(tool) for tool in tools]
     if "functions" in reads and "tools" not in reads:
         functions = [tool.get("function", tool) for tool in tools or ()]

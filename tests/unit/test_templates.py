@@ -371,6 +371,7 @@ def test_the_conversation_in_the_shape_the_template_reads() -> None:
     as an object."""
     shown = "{{ tools is defined }}|{% for t in tools %}{{ t.function.name }}{% endfor %}"
     assert ChatTemplate(shown).render(CHAT) == "False|"
+    assert ChatTemplate(shown).render(CHAT, tools=[]) == "False|"
     assert ChatTemplate(shown).render(CHAT, tools=[WEATHER_TOOL]) == "True|get_weather"
     dated = ChatTemplate("{{ date_string }}|{{ datetime }}").render(CHAT)
     assert re.fullmatch(r"\d\d [A-Z][a-z]{2} \d{4}\|[A-Z][a-z]{2} \d\d \d{4}", dated), dated
