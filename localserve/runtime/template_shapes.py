@@ -14,6 +14,11 @@ template reads, never from the model's name:
 - ``functions``: a template that reads ``functions`` and not ``tools`` (Firefunction
   v2, whose own server filled it in) gets the tools' function definitions as JSON
   text, and an empty text without tools;
+- a call without a ``type`` or an ``id`` (Ollama's API sends neither) gets OpenAI's:
+  ``function`` and an id of 9 letters and digits (``call00001``: Mistral's templates
+  refuse any other, Apertus' wants the type), and a tool result without a
+  ``tool_call_id`` the id of the call it answers (the results of a turn's calls come
+  in their order);
 - call arguments go in as JSON text to a template that cannot take an object
   (Functionary v3.2 concatenates ``'\\n' + arguments``): found once by rendering a
   sample call both ways, as llama.cpp's capability probe decides
@@ -28,6 +33,7 @@ text and an undefined or None value is the text (Command R+ adds each parameter'
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -80,6 +86,38 @@ def arguments_as_text(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         calls = message.get("tool_calls")
         if isinstance(calls, list) and any(_object_arguments(call) for call in calls):
             shaped.append({**message, "tool_calls": [_text_call(call) for call in calls]})
+        else:
+            shaped.append(message)
+    return shaped
+
+
+def with_call_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with each call's ``type`` and ``id``, and each tool result's
+    ``tool_call_id``, filled in where missing (copies where they change)."""
+    shaped: list[dict[str, Any]] = []
+    waiting: deque[str] = deque()  # the ids of the last turn's calls not yet answered
+    number = 0
+    for message in messages:
+        calls = message.get("tool_calls")
+        if isinstance(calls, list) and calls:
+            filled = []
+            waiting.clear()
+            for call in calls:
+                if isinstance(call, Mapping):
+                    number += 1
+                    given = {"type": "function", **call}
+                    given["id"] = given.get("id") or f"call{number:05d}"
+                    waiting.append(str(given["id"]))
+                    filled.append(given)
+                else:
+                    filled.append(call)
+            shaped.append({**message, "tool_calls": filled})
+        elif message.get("role") == "tool" and waiting:
+            answered = waiting.popleft()
+            if message.get("tool_call_id"):
+                shaped.append(message)
+            else:
+                shaped.append({**message, "tool_call_id": answered})
         else:
             shaped.append(message)
     return shaped

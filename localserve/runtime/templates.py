@@ -8,7 +8,8 @@ renders it, so real templates behave the same here, with the variables ``message
 absent, as llama.cpp leaves it), ``documents`` (None unless given), plus any extra
 keyword given to :meth:`ChatTemplate.render` (``enable_thinking=...``), in the shape
 the template reads (runtime/template_shapes.py: today's date, ``functions``, call
-arguments as text where the template wants them so). Every failure is raised as
+ids and types where the client sent none, call arguments as text where the template
+wants them so). Every failure is raised as
 :class:`~localserve.errors.TemplateError` with a one-line message.
 
 Fallback format (``FALLBACK_TEMPLATE``), for models without a chat template (Gemma 3
@@ -59,6 +60,7 @@ from localserve.runtime.template_shapes import (
     today,
     tool_variables,
     wants_string_arguments,
+    with_call_ids,
 )
 
 __all__ = [
@@ -149,7 +151,7 @@ class ChatTemplate:
             "add_generation_prompt": add_generation_prompt,
             **tool_variables(self._template.reads, tools),
         }
-        turns = [dict(message) for message in messages]
+        turns = with_call_ids([dict(message) for message in messages])
         with self._lock:
             if any(turn.get("tool_calls") for turn in turns) and self._wants_string_arguments(
                 variables
