@@ -456,6 +456,14 @@ def test_functionary_answers_after_the_prompt_opened_a_recipient() -> None:
     for piece in (0, 1, 2):
         again = parse(name, '>>>get_time\n{"zone": "UTC"}', piece)
         assert again == [("call", ("get_time", {"zone": "UTC"}))]
+    # The call ends with its JSON object: what follows (here, Gemma going on with the
+    # history's end of turn and the answer) is text again.
+    followed = '>>>get_time\n{"zone": "UTC"}<|eot_id|>>>>all\nIt is noon.'
+    for piece in (0, 1, 3):
+        assert parse(name, followed, piece) == [
+            ("call", ("get_time", {"zone": "UTC"})),
+            ("text", "<|eot_id|>It is noon."),
+        ]
 
 
 def test_the_framing_around_an_answer_is_dropped() -> None:

@@ -480,6 +480,27 @@ def _argument_regex(syntax: TaggedSyntax) -> re.Pattern[str]:
     )
 
 
+@lru_cache(maxsize=64)
+def _call_head_regex(syntax: TaggedSyntax) -> re.Pattern[str]:
+    """A tagged call up to its arguments: the opening, the name, the name's close."""
+    lazy = "?" if syntax.name_close.strip() else ""
+    name = rf"[^\s<>{{}}\[\]\"|]+{lazy}"
+    return re.compile(_pattern(syntax.call_open) + name + _pattern(syntax.name_close), re.DOTALL)
+
+
+def _json_call_end(syntax: TaggedSyntax, text: str) -> int | None:
+    """Where the call at the start of ``text`` ends, when its arguments are a complete
+    JSON object (None: not known)."""
+    head = _call_head_regex(syntax).match(text)
+    if head is None or not text.startswith("{", head.end()):
+        return None
+    try:
+        _, end = json.JSONDecoder(strict=False).raw_decode(text, head.end())
+    except ValueError:
+        return None
+    return end
+
+
 def tagged_call(syntax: TaggedSyntax, text: str, types: Types | None = None) -> Call | None:
     """One call (``call_open`` to ``call_close``) of a tagged syntax."""
     match = _call_regex(syntax).match(text)
@@ -602,8 +623,13 @@ class TaggedScanner:
             if at >= 0:
                 return at + len(self.call_close)
             return len(rest) if final else -1
-        # No closing marker: the call runs to the next call, the section's end or the
-        # answer's end.
+        # No closing marker: JSON arguments end with their object (Functionary v3.2's
+        # ``>>>NAME\n{...}``, then text or the end of turn); other calls run to the next
+        # call, the section's end or the answer's end.
+        if not self.syntax.tagged_arguments:
+            end = _json_call_end(self.syntax, rest)
+            if end is not None:
+                return end
         ends = [
             rest.find(marker, len(self.call_lead))
             for marker in (self.call_lead, self.section_close)
