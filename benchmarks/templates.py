@@ -686,10 +686,12 @@ def write_doc(
     )
     if meta.get("reused"):
         add("")
+        daemon = any("daemon side" in run for run in meta["reused"])
         add("The sides this run left out come from earlier runs, the later winning (llama-server's "
-            "columns with **same**, the prompts compared with ours as they were then; the daemon's "
-            "**ours**, from the code of that run, without the **ollama** request, `?`): "
-            + "; ".join(meta["reused"]) + ".")  # fmt: skip
+            "columns with **same**, the prompts compared with ours as they were then"
+            + ("; the daemon's **ours**, from the code of that run, without the **ollama** request, "
+               "`?`" if daemon else "")
+            + "): " + "; ".join(meta["reused"]) + ".")  # fmt: skip
     if meta.get("report_again"):
         add("")
         add("(This page was written again from that run's JSON, `--report`: same measurements.)")
