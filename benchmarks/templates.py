@@ -825,8 +825,10 @@ def _refusal_sections(add: Any, rows: dict[str, dict[str, Any]]) -> None:
     add("Renders our sandbox refuses for want of a Jinja or Python feature (each with the "
         "templates and cases it breaks):")  # fmt: skip
     add("")
-    for what, places in found["sandbox"].items() or [("none", [])]:
+    for what, places in found["sandbox"].items():
         add(f"- **{what}**: {', '.join(places)}")
+    if not found["sandbox"]:
+        add("- none")
     escaped = sorted(
         {
             f"{name.removesuffix('.jinja')} ({case})"
@@ -843,14 +845,19 @@ def _refusal_sections(add: Any, rows: dict[str, dict[str, Any]]) -> None:
     add("## The conversation in another shape")
     add("")
     add("Renders that fail because the template expects its variables or messages in a shape "
-        "localserve does not hand it (llama.cpp adapts some of these: it leaves `tools` undefined "
-        "when there are none, passes call arguments as a string to templates that want one, and "
-        "defines `enable_thinking`, `date_string` and `datetime`):")  # fmt: skip
+        "localserve does not hand it. localserve adapts them (runtime/template_shapes.py; llama.cpp "
+        "does the same for all but `functions`: `tools` undefined when there are none, call arguments as "
+        "text to templates that want them so, call ids and types where the client sent none, "
+        "`functions` for a template that reads it instead of `tools`, `date_string` and "
+        "`datetime`, a text plus an undefined value is the text); llama.cpp also defines "
+        "`enable_thinking`:")  # fmt: skip
     add("")
     for what, places in found["input"].items():
         add(f"- **{what}**: {', '.join(places)}")
     for what, places in found["other"].items():
         add(f"- (unclassified) **{what}**: {', '.join(places)}")
+    if not found["input"] and not found["other"]:
+        add("- none")
     add("")
     add("## The templates' own refusals")
     add("")
