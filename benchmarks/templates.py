@@ -19,7 +19,10 @@ For each, three sides:
   (the prompt it would run: compared with ours), and one OpenAI request;
 - **a localserve daemon** (one for the whole run): a model created from Gemma with the
   template (``/api/create`` with ``template``), ``/api/show``'s capabilities, the same
-  OpenAI request.
+  OpenAI request, and the same conversation and tool through Ollama's ``/api/chat``.
+  Ollama's API has no ``tool_choice`` (nor has localserve's, which follows it): a call
+  cannot be forced there, so that request is the ``auto`` case, a lazy grammar that
+  switches on if the model starts a call (``think: false`` where the model thinks).
 
 The request: two worked examples (a question, the call, its result, the answer) then the
 question, the tool (its ``city`` alone), ``tool_choice: "required"``, greedy,
@@ -115,6 +118,32 @@ REQUEST: dict[str, Any] = {
     "parallel_tool_calls": False,
     "chat_template_kwargs": {"enable_thinking": False},
 }
+
+
+def ollama_request(thinks: bool) -> dict[str, Any]:
+    """The same conversation and tool for Ollama's /api/chat: arguments as objects, the
+    tool's answers with ``tool_name``, options for greedy decoding and the token limit;
+    no ``tool_choice`` (the API has none)."""
+    messages = []
+    for message in FEW_SHOT:
+        copy = dict(message)
+        if copy.get("tool_calls"):
+            copy["tool_calls"] = [
+                {"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+                for c in copy["tool_calls"]
+            ]  # fmt: skip
+        if copy["role"] == "tool":
+            copy = {"role": "tool", "tool_name": copy["name"], "content": copy["content"]}
+        messages.append(copy)
+    body: dict[str, Any] = {
+        "messages": messages,
+        "tools": [REQUEST_TOOL],
+        "stream": False,
+        "options": {"temperature": 0, "num_predict": MAX_TOKENS},
+    }
+    if thinks:
+        body["think"] = False
+    return body
 
 
 # ------------------------------------------------------------------ the sandbox side
@@ -237,6 +266,26 @@ def call_outcome(response: httpx.Response) -> dict[str, Any]:
         detail = f"{function.get('name')}({function.get('arguments')})"
         return {"outcome": "call" if valid else "bad call", "detail": detail[:200]}
     text = (message.get("content") or "") + (message.get("reasoning_content") or "")
+    return {"outcome": "text", "detail": text[:200]}
+
+
+def ollama_outcome(response: httpx.Response) -> dict[str, Any]:
+    """``call_outcome`` for an /api/chat answer (arguments as an object)."""
+    if response.status_code != 200:
+        return call_outcome(response)
+    message = response.json().get("message") or {}
+    calls = message.get("tool_calls") or []
+    if calls:
+        function = calls[0].get("function", {})
+        arguments = function.get("arguments")
+        valid = (
+            function.get("name") == tc.TOOL_NAME
+            and isinstance(arguments, dict)
+            and arguments.get("city") in ("Paris", "London", "Rome", "Oslo")
+        )
+        detail = f"{function.get('name')}({json.dumps(arguments)})"
+        return {"outcome": "call" if valid else "bad call", "detail": detail[:200]}
+    text = (message.get("content") or "") + (message.get("thinking") or "")
     return {"outcome": "text", "detail": text[:200]}
 
 
@@ -375,6 +424,10 @@ def daemon_row(client: httpx.Client, model: str, name: str) -> dict[str, Any]:
         response = client.post("/v1/chat/completions", json={**REQUEST, "model": model})
         row["request"] = call_outcome(response)
         row["request"]["seconds"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        body = {**ollama_request("thinking" in row["capabilities"]), "model": model}
+        row["ollama"] = ollama_outcome(client.post("/api/chat", json=body))
+        row["ollama"]["seconds"] = round(time.perf_counter() - started, 2)
     except Exception as exc:
         row["failed"] = f"{type(exc).__name__}: {exc}"[:300]
     return row
@@ -479,14 +532,14 @@ def trip_cell(trip: dict[str, Any] | None) -> str:
     return "✓" if trip["ok"] else "✗"
 
 
-def request_cell(row: dict[str, Any] | None) -> str:
+def request_cell(row: dict[str, Any] | None, key: str = "request") -> str:
     if row is None:
         return "?"
     if row.get("failed"):
         return "failed"
-    request = row.get("request")
+    request = row.get(key)
     if request is None:
-        return "–"
+        return "?" if key == "ollama" else "–"  # a row from a run before the ollama request
     return {"call": "call", "bad call": "bad call", "text": "text", "error": "refused"}[
         request["outcome"]
     ]
@@ -596,6 +649,10 @@ def totals(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
                     1 for r in daemon.values() if (r.get("request") or {}).get("outcome") == "call"
                 ),
                 "daemon_requests": sum(1 for r in daemon.values() if r.get("request")),
+                "ollama_calls": sum(
+                    1 for r in daemon.values() if (r.get("ollama") or {}).get("outcome") == "call"
+                ),
+                "ollama_requests": sum(1 for r in daemon.values() if r.get("ollama")),
                 "daemon_calls_where_llama_reads_tools": sum(
                     1
                     for n, r in daemon.items()
@@ -627,6 +684,14 @@ def write_doc(
     add(
         f"Command: `{meta['command']}` ({meta['date']}, {meta['machine']}; {meta['seconds']:.0f} s)."
     )
+    if meta.get("reused"):
+        add("")
+        daemon = any("daemon side" in run for run in meta["reused"])
+        add("The sides this run left out come from earlier runs, the later winning (llama-server's "
+            "columns with **same**, the prompts compared with ours as they were then"
+            + ("; the daemon's **ours**, from the code of that run, without the **ollama** request, "
+               "`?`" if daemon else "")
+            + "): " + "; ".join(meta["reused"]) + ".")  # fmt: skip
     if meta.get("report_again"):
         add("")
         add("(This page was written again from that run's JSON, `--report`: same measurements.)")
@@ -644,6 +709,10 @@ def write_doc(
             f"**{s.get('daemon_calls', '?')}** of {s.get('daemon_requests', '?')} requests, llama-server "
             f"**{s.get('llama_calls', '?')}** of {s.get('llama_requests', '?')} (sent where its render shows the "
             f"tool; localserve has {s.get('daemon_calls_where_llama_reads_tools', '?')} on those same templates).")  # fmt: skip
+    if "ollama_calls" in s:
+        add(f"- The same conversation and tool through Ollama's `/api/chat`, which has no `tool_choice` "
+            f"(a call cannot be forced there; the lazy grammar of `auto` completes a call the model "
+            f"starts): a valid parsed call on **{s['ollama_calls']}** of {s['ollama_requests']} requests.")  # fmt: skip
     if "calls_both" in s:
         only_ours = s["calls_only_localserve"]
         forced = [
@@ -694,17 +763,20 @@ def write_doc(
         "Under `required` our grammar writes the call in the detected format, so a template "
         "detected wrongly (GLM's, read as hermes) still gets a call here: **trip** says whether "
         "the model's own format would be read.")  # fmt: skip
+    add("- **ollama**: the same conversation and tool through localserve's `/api/chat` (Ollama's API: "
+        "no `tool_choice`, so not forced; `think: false` where the model thinks): `call`, `text`, "
+        "`refused` as above.")  # fmt: skip
     add("")
     add(
-        "| template | plain | tools | call | reasoning | format | thinking | trip | llama.cpp caps | l.think | same | l.call | ours |"
+        "| template | plain | tools | call | reasoning | format | thinking | trip | llama.cpp caps | l.think | same | l.call | ours | ollama |"
     )
-    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         box = row["sandbox"]
         short = name.removesuffix(".jinja")
         if "renders" not in box:
             reason = box.get("failed") or box.get("compile_error") or "?"
-            add(f"| {short} | {reason} |  |  |  |  |  |  |  |  |  |  |  |")
+            add(f"| {short} | {reason} |  |  |  |  |  |  |  |  |  |  |  |  |")
             continue
         cells = [render_cell(box["renders"].get(c), c) for c in tc.CASES]
         tools, thinking = detect_cell(box)
@@ -713,7 +785,8 @@ def write_doc(
         )
         caps, lthink = llama_caps_cell(row.get("llama"))
         row_cells = [short, *cells, tools, thinking, trip, caps, lthink, same_cell(row.get("same")),
-                     request_cell(row.get("llama")), request_cell(row.get("daemon"))]  # fmt: skip
+                     request_cell(row.get("llama")), request_cell(row.get("daemon")),
+                     request_cell(row.get("daemon"), "ollama")]  # fmt: skip
         # A | inside a cell (`<|START_THINKING|>`) would end it, code span or not, and a
         # newline (a marker over two lines) the row.
         cells = (cell.replace("|", "\\|").replace("\n", "⏎") for cell in row_cells)
@@ -752,8 +825,10 @@ def _refusal_sections(add: Any, rows: dict[str, dict[str, Any]]) -> None:
     add("Renders our sandbox refuses for want of a Jinja or Python feature (each with the "
         "templates and cases it breaks):")  # fmt: skip
     add("")
-    for what, places in found["sandbox"].items() or [("none", [])]:
+    for what, places in found["sandbox"].items():
         add(f"- **{what}**: {', '.join(places)}")
+    if not found["sandbox"]:
+        add("- none")
     escaped = sorted(
         {
             f"{name.removesuffix('.jinja')} ({case})"
@@ -770,14 +845,19 @@ def _refusal_sections(add: Any, rows: dict[str, dict[str, Any]]) -> None:
     add("## The conversation in another shape")
     add("")
     add("Renders that fail because the template expects its variables or messages in a shape "
-        "localserve does not hand it (llama.cpp adapts some of these: it leaves `tools` undefined "
-        "when there are none, passes call arguments as a string to templates that want one, and "
-        "defines `enable_thinking`, `date_string` and `datetime`):")  # fmt: skip
+        "localserve does not hand it. localserve adapts them (runtime/template_shapes.py; llama.cpp "
+        "does the same for all but `functions`: `tools` undefined when there are none, call arguments as "
+        "text to templates that want them so, call ids and types where the client sent none, "
+        "`functions` for a template that reads it instead of `tools`, `date_string` and "
+        "`datetime`, a text plus an undefined value is the text); llama.cpp also defines "
+        "`enable_thinking`:")  # fmt: skip
     add("")
     for what, places in found["input"].items():
         add(f"- **{what}**: {', '.join(places)}")
     for what, places in found["other"].items():
         add(f"- (unclassified) **{what}**: {', '.join(places)}")
+    if not found["input"] and not found["other"]:
+        add("- none")
     add("")
     add("## The templates' own refusals")
     add("")
@@ -814,10 +894,13 @@ def _llama_section(add: Any, rows: dict[str, dict[str, Any]]) -> None:
         for case, render in (llama.get("renders") or {}).items():
             if not render["ok"]:
                 lines.append(f"- {short} ({case}): llama-server {render['error']}")
-        for side in ("llama", "daemon"):
-            request = (row.get(side) or {}).get("request") or {}
+        for side, key, who in (
+            ("llama", "request", "llama-server"),
+            ("daemon", "request", "localserve"),
+            ("daemon", "ollama", "localserve's /api/chat"),
+        ):
+            request = (row.get(side) or {}).get(key) or {}
             if request.get("outcome") in ("error", "text", "bad call"):
-                who = "llama-server" if side == "llama" else "localserve"
                 lines.append(
                     f"- {short}: {who} answered {request['outcome']}: {request['detail'][:160]!r}"
                 )
@@ -871,7 +954,48 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--report", action="store_true", help="only write the doc again from the JSON of a run"
     )
+    parser.add_argument(
+        "--reuse",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="the rows of the sides not run here (--skip, --daemon-only) from these runs' JSON, "
+        "the last one holding a template winning (llama-server's side depends on llama.cpp "
+        "alone; on a loaded machine a full run takes an hour)",
+    )
+    parser.add_argument(
+        "--daemon-only",
+        nargs="*",
+        default=[],
+        help="the daemon's side for these templates alone (file names containing a word)",
+    )
     return parser.parse_args()
+
+
+def reuse(rows: dict[str, dict[str, Any]], paths: list[Path]) -> list[str]:
+    """The sides a template was not run on here, from earlier runs (the last holding it
+    wins): llama-server's rows with the comparison of prompts made then, the daemon's
+    rows; what each run was and what it gave, for the doc."""
+    fresh = {n: {side for side in ("llama", "daemon") if side in r} for n, r in rows.items()}
+    used = []
+    for path in paths:
+        saved = json.loads(path.read_text())
+        taken = Counter[str]()
+        for name, row in saved["templates"].items():
+            for side in ("llama", "daemon"):
+                # A row that failed (a time-out on a loaded machine) leaves an earlier one.
+                if name not in rows or side in fresh[name] or not row.get(side):
+                    continue
+                if row[side].get("failed"):
+                    continue
+                rows[name][side] = row[side]
+                if side == "llama":
+                    rows[name]["same"] = row.get("same")
+                taken[side] += 1
+        meta = saved["meta"]
+        counts = ", ".join(f"{side} side of {count} templates" for side, count in taken.items())
+        used.append(f"`{meta['command']}` ({meta['date']}: {counts or 'nothing'})")
+    return used
 
 
 def report_again(args: argparse.Namespace) -> None:
@@ -916,8 +1040,12 @@ def main() -> None:
                 rows[name]["same"] = compare_renders(ours[name], row)
         if "daemon" not in args.skip:
             assert model is not None
-            for name, row in daemon_side(names, model, work).items():
+            chosen = [
+                n for n in names if not args.daemon_only or any(w in n for w in args.daemon_only)
+            ]
+            for name, row in daemon_side(chosen, model, work).items():
                 rows[name]["daemon"] = row
+    reused = reuse(rows, args.reuse)
     seconds = time.perf_counter() - started
     summary = totals(rows)
     for row in rows.values():  # the prompts are long; the JSON keeps what was found
@@ -933,6 +1061,8 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPUs, 1-minute load average {os.getloadavg()[0]:.1f} at the end",
         "seconds": seconds,
     }
+    if reused:
+        meta["reused"] = reused
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
         json.dumps(

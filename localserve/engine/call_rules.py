@@ -22,6 +22,7 @@ from localserve.runtime.chat.syntax import (
     DEEPSEEK_SEP,
     ID_SLOT,
     INDEX_SLOT,
+    KEY_SLOT,
     ToolFormat,
 )
 
@@ -131,7 +132,7 @@ def argument_rules(
             index,
             lambda key, kind: (
                 f"{slotted(syntax.key_open)} {literal(key)} {slotted(syntax.key_close_for(kind))}",
-                slotted(syntax.value_close),
+                slotted(syntax.value_close.replace(KEY_SLOT, key)),
             ),
             syntax.value_close.strip()[:1] or "<",
         )

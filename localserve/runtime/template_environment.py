@@ -26,7 +26,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension
 from jinja2.filters import make_attrgetter
 from jinja2.parser import Parser
-from jinja2.runtime import BlockReference, Context, Macro
+from jinja2.runtime import BlockReference, Context, Macro, Undefined
 from jinja2.sandbox import (
     ImmutableSandboxedEnvironment,
     SandboxedEnvironment,
@@ -198,6 +198,16 @@ class _CappedFormatter(SandboxedFormatter):
         return text
 
 
+def _nothing(value: Any) -> bool:
+    return value is None or isinstance(value, Undefined)
+
+
+def _text_and_nothing(left: Any, right: Any) -> bool:
+    return (isinstance(left, str) and _nothing(right)) or (
+        _nothing(left) and isinstance(right, str)
+    )
+
+
 def _raise_exception(message: object = "") -> NoReturn:
     if not isinstance(message, str):  # printing it could be a bomb of its own
         limit = 4 * MESSAGE_CHARS
@@ -338,6 +348,10 @@ class SandboxEnvironment(ImmutableSandboxedEnvironment):
         return obj[part]
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "+" and _text_and_nothing(left, right):
+            # llama.cpp's Jinja adds a text and an undefined or None value as the text
+            # alone (Command R+ adds each parameter's optional description).
+            left, right = ("" if _nothing(left) else left), ("" if _nothing(right) else right)
         if operator == "+" and type(left) is str and type(right) is str:
             # The common case, kept cheap: the check and charge() inlined.
             size = len(left) + len(right)

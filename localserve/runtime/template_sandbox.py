@@ -8,11 +8,13 @@ behave the same here:
   and the ``loopcontrols`` extension (``{% break %}``, ``{% continue %}``); the
   transformers-only ``{% generation %}...{% endgeneration %}`` block renders its body;
 - variables ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``,
-  ``tools`` (None when absent), ``documents`` (None unless given), plus any extra
-  keyword given to :meth:`ChatTemplate.render` (``enable_thinking=...``);
+  ``tools`` (undefined when absent, as llama.cpp leaves it), ``documents`` (None
+  unless given), plus any extra keyword given to :meth:`ChatTemplate.render`
+  (``enable_thinking=...``), in the shape the template reads (template_shapes.py);
 - globals ``raise_exception(message)`` and ``strftime_now(format)``; the ``tojson``
   filter is ``json.dumps`` with ``ensure_ascii=False`` and its ``indent``,
-  ``separators`` and ``sort_keys`` arguments (no HTML escaping).
+  ``separators`` and ``sort_keys`` arguments (no HTML escaping); ``+`` of a text and
+  an undefined or None value is the text, as in llama.cpp's Jinja.
 
 and with hard limits, so that a template can neither escape nor wedge the runner:
 
@@ -129,6 +131,11 @@ class SandboxedTemplate:
             failure = _describe(error, limits, compiling=True)
             del error
             raise TemplateError(_one_line(failure))
+        # The names the template reads (its own variables too), for template_shapes.py;
+        # from the syntax tree, not jinja2.meta, which would compile it again unlimited.
+        self.reads = frozenset(
+            node.name for node in tree.find_all(nodes.Name) if node.ctx == "load"
+        )
 
     def render(self, variables: dict[str, Any]) -> str:
         limits = self.limits

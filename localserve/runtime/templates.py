@@ -4,9 +4,12 @@ A chat template comes from whoever uploaded the model, so it is treated as hosti
 it is compiled and rendered in the sandbox of runtime/template_sandbox.py, with time,
 output, size and memory limits. It is rendered the way Hugging Face transformers
 renders it, so real templates behave the same here, with the variables ``messages``,
-``add_generation_prompt``, ``bos_token``, ``eos_token``, ``tools`` (None when absent),
-``documents`` (None unless given), plus any extra keyword given to
-:meth:`ChatTemplate.render` (``enable_thinking=...``). Every failure is raised as
+``add_generation_prompt``, ``bos_token``, ``eos_token``, ``tools`` (undefined when
+absent, as llama.cpp leaves it), ``documents`` (None unless given), plus any extra
+keyword given to :meth:`ChatTemplate.render` (``enable_thinking=...``), in the shape
+the template reads (runtime/template_shapes.py: today's date, ``functions``, call
+ids and types where the client sent none, call arguments as text where the template
+wants them so). Every failure is raised as
 :class:`~localserve.errors.TemplateError` with a one-line message.
 
 Fallback format (``FALLBACK_TEMPLATE``), for models without a chat template (Gemma 3
@@ -52,6 +55,13 @@ from typing import Any
 from localserve.errors import InvalidOptionError
 from localserve.runtime.template_limits import DEFAULT_LIMITS, TemplateLimits
 from localserve.runtime.template_sandbox import SandboxedTemplate
+from localserve.runtime.template_shapes import (
+    arguments_as_text,
+    today,
+    tool_variables,
+    wants_string_arguments,
+    with_call_ids,
+)
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -111,6 +121,7 @@ class ChatTemplate:
         self.limits = limits
         self._template = SandboxedTemplate(self.source, limits)
         self._lock = threading.Lock()
+        self._string_arguments: bool | None = None  # found at the first call rendered
 
     @property
     def is_fallback(self) -> bool:
@@ -135,13 +146,23 @@ class ChatTemplate:
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
             "documents": None,
+            **today(),
             **extra,
-            "messages": [dict(message) for message in messages],
             "add_generation_prompt": add_generation_prompt,
-            "tools": None if tools is None else [dict(tool) for tool in tools],
+            **tool_variables(self._template.reads, tools),
         }
+        turns = with_call_ids([dict(message) for message in messages])
         with self._lock:
-            return self._template.render(variables)
+            if any(turn.get("tool_calls") for turn in turns) and self._wants_string_arguments(
+                variables
+            ):
+                turns = arguments_as_text(turns)
+            return self._template.render({**variables, "messages": turns})
+
+    def _wants_string_arguments(self, variables: dict[str, Any]) -> bool:
+        if self._string_arguments is None:
+            self._string_arguments = wants_string_arguments(self._template.render, variables)
+        return self._string_arguments
 
 
 def strip_leading_bos(text: str, bos_token: str) -> tuple[str, bool]:

@@ -157,6 +157,7 @@ REAL = [
     "moonshotai-Kimi-K2",  # tagged, JSON arguments, a call number in the markers
     "upstage-Solar-Open-100B",  # tagged, a call id before the name
     "MiniMax-M2",  # tagged, a section around the calls
+    "MiniMax-M3",  # tagged, each value closed by a tag named after its key
     "Apertus-8B-Instruct",  # JSON, the name as the key
     "CohereForAI-c4ai-command-r7b-12-2024-tool_use",  # JSON array with ids
     "GigaChat3.1-10B-A1.8B",  # JSON after a tag, one call a turn

@@ -85,6 +85,7 @@ DETECTED: dict[str, tuple[str | None, ThinkingTags | None]] = {
     "Kimi-K3": ("tagged", ThinkingTags("<|open|>think<|sep|>", "<|close|>think<|sep|>")),
     "moonshotai-Kimi-K2": ("tagged", None),
     "MiniMax-M2": ("tagged", ThinkingTags("<think>", "</think>")),
+    "MiniMax-M3": ("tagged", ThinkingTags("<mm:think>", "</mm:think>")),
     "tencent-Hy3": ("tagged", ThinkingTags("<think:opensource>", "</think:opensource>")),
     "openbmb-MiniCPM5-1B": ("tagged", ThinkingTags("<think>", "</think>")),
     "upstage-Solar-Open-100B": ("tagged", ThinkingTags("<|think|>", "<|end|>")),
@@ -323,6 +324,23 @@ def test_malformed_calls_come_back_as_text(name: str, text: str) -> None:
         assert got == [("text", text)], got
 
 
+def test_minimax_m3_values_closed_by_their_key_nest_objects_and_arrays() -> None:
+    """MiniMax-M3 closes each value with a tag named after its key (``<city>Paris
+    </city>``, each tag behind its ``]<]minimax[>[`` token) and writes objects and
+    arrays as nested blocks (``<item>`` for an array's): read back as JSON values."""
+    ns = "]<]minimax[>["
+    text = (
+        f'</mm:think>{ns}<tool_call>\n{ns}<invoke name="get_weather">'
+        f"{ns}<city>Paris{ns}</city>{ns}<days>3{ns}</days>"
+        f"{ns}<hours>{ns}<item>1{ns}</item>{ns}<item>2{ns}</item>{ns}</hours>"
+        f"{ns}<where>{ns}<lat>48.8{ns}</lat>{ns}<name>Paris{ns}</name>{ns}</where>"
+        f"{ns}</invoke>\n{ns}</tool_call>"
+    )
+    want = {"city": "Paris", "days": 3, "hours": [1, 2], "where": {"lat": 48.8, "name": "Paris"}}
+    for piece in (0, 1, 7):
+        assert parse("MiniMax-M3", text, piece) == [("call", ("get_weather", want))]
+
+
 def test_raw_values_follow_the_declared_types() -> None:
     # GLM writes values as raw text: a string parameter stays a string.
     text = (
@@ -433,6 +451,19 @@ def test_functionary_answers_after_the_prompt_opened_a_recipient() -> None:
         ("call", ("get_time", {"zone": "UTC"})),
         ("text", "Done."),
     ]
+    # A model that writes the prompt's `>>>` again (Gemma copying the history, through
+    # Ollama's API, where no grammar holds it): the same call.
+    for piece in (0, 1, 2):
+        again = parse(name, '>>>get_time\n{"zone": "UTC"}', piece)
+        assert again == [("call", ("get_time", {"zone": "UTC"}))]
+    # The call ends with its JSON object: what follows (here, Gemma going on with the
+    # history's end of turn and the answer) is text again.
+    followed = '>>>get_time\n{"zone": "UTC"}<|eot_id|>>>>all\nIt is noon.'
+    for piece in (0, 1, 3):
+        assert parse(name, followed, piece) == [
+            ("call", ("get_time", {"zone": "UTC"})),
+            ("text", "<|eot_id|>It is noon."),
+        ]
 
 
 def test_the_framing_around_an_answer_is_dropped() -> None:

@@ -31,21 +31,7 @@ from tests.support import template_conformance as tc
 NAMES = tc.template_names()
 
 # Templates that render no plain chat (one user turn), and why.
-PLAIN_REFUSALS: dict[str, str] = {
-    "CohereForAI-c4ai-command-r-plus-tool_use.jinja": (
-        "a tool_use variant: it iterates `tools` unconditionally, and a chat without tools "
-        "hands it None (as transformers does)"
-    ),
-    "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja": (
-        "a tool_use variant: it iterates `tools` unconditionally (None without tools)"
-    ),
-    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja": (
-        "a tool_use variant: it iterates `tools` unconditionally (None without tools)"
-    ),
-    "fireworks-ai-llama-3-firefunction-v2.jinja": (
-        "reads a variable of its own, `functions`, that no runtime passes"
-    ),
-}
+PLAIN_REFUSALS: dict[str, str] = {}
 
 _NO_CALLS_IN_HISTORY = (
     "the template never renders an assistant turn's tool_calls (the call text is expected "
@@ -54,31 +40,17 @@ _NO_CALLS_IN_HISTORY = (
 
 # Templates that show tools but whose call does not come back, and why.
 CALL_XFAIL: dict[str, str] = {
-    "CohereForAI-c4ai-command-r-plus-tool_use.jinja": (
-        "wants Cohere's own tool shape (`tool.description`, `parameter_definitions`), not "
-        "OpenAI's `{type, function}`: the render with a tool fails"
-    ),
     "Kimi-K3.jinja": (
-        '`<|open|>tools<|sep|><|open|>call tool="NAME"...<|open|>argument key="K"...` markup: '
-        "no format detected"
+        "the markers learnt share `<|sep|>` differently from the model's tags: the call comes "
+        "back, with `<|sep|><|close|>tools` left over as text"
     ),
     "LFM2-8B-A1B.jinja": _NO_CALLS_IN_HISTORY,
     "LFM2.5-Instruct.jinja": _NO_CALLS_IN_HISTORY,
-    "MiniMax-M3.jinja": (
-        '`<tool_call>]<]minimax[>[<invoke name="NAME">]<]minimax[>[<K>V</K>...` is detected '
-        "as hermes (JSON inside): the call comes back as text"
-    ),
-    "fireworks-ai-llama-3-firefunction-v2.jinja": (
-        "reads a variable of its own, `functions`, that no runtime passes: no render succeeds"
-    ),
     "google-gemma-4-31B-it.jinja": (
-        '`<|tool_call>call:NAME{city:<|"|>Paris<|"|>,days:3}<tool_call|>`: no format detected'
+        "the template writes the result's opening (`<|tool_response>`) into the call's turn: "
+        "the call comes back, with that tag left over as text"
     ),
     "ibm-granite-granite-3.3-2B-Instruct.jinja": _NO_CALLS_IN_HISTORY,
-    "meetkai-functionary-medium-v3.2.jinja": (
-        "the call's render concatenates the arguments as a string; localserve hands "
-        "templates an object"
-    ),
     "muse-glimmer.jinja": (
         '` to=NAME<|message|><atem:function_calls><atem:invoke name="NAME">` XML: no format '
         "detected"
@@ -88,10 +60,6 @@ CALL_XFAIL: dict[str, str] = {
 # Templates that keep reasoning or are detected as thinking, whose reasoning does not
 # come back, and why.
 REASONING_XFAIL: dict[str, str] = {
-    "upstage-Solar-Open-100B.jinja": (
-        "the answer after the thought opens with `<|content|>`, which comes back as part of "
-        "the answer"
-    ),
     "muse-glimmer.jinja": (
         "detected tags `<|message|>`/`<|eom|>`; the model writes channels (` to=self<|message|>"
         "...<|eom|><|start|>assistant to=user<|message|>...`): no reasoning comes back"

@@ -350,6 +350,91 @@ def test_extra_variables_documents_and_the_generation_tag() -> None:
     )
 
 
+BARE_TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+}
+CALLED = [
+    {"role": "user", "content": "Weather?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+    },
+]
+
+
+def test_the_conversation_in_the_shape_the_template_reads() -> None:
+    """As llama.cpp adapts a request (template_shapes.py): ``tools`` undefined without
+    tools, today's date, ``functions`` for a template that reads it instead of
+    ``tools``, and call arguments as JSON text for a template that cannot take them
+    as an object."""
+    shown = "{{ tools is defined }}|{% for t in tools %}{{ t.function.name }}{% endfor %}"
+    assert ChatTemplate(shown).render(CHAT) == "False|"
+    assert ChatTemplate(shown).render(CHAT, tools=[]) == "False|"
+    assert ChatTemplate(shown).render(CHAT, tools=[BARE_TOOL]) == "True|get_weather"
+    dated = ChatTemplate("{{ date_string }}|{{ datetime }}").render(CHAT)
+    assert re.fullmatch(r"\d\d [A-Z][a-z]{2} \d{4}\|[A-Z][a-z]{2} \d\d \d{4}", dated), dated
+    # Firefunction v2 prints a `functions` JSON text and never reads `tools`.
+    functions = ChatTemplate("[{{ functions }}]")
+    assert functions.render(CHAT) == "[]"
+    listed = json.loads(functions.render(CHAT, tools=[BARE_TOOL])[1:-1])
+    assert listed == [BARE_TOOL["function"]]
+    # Functionary v3.2 concatenates the arguments; Qwen's tojson wants the object.
+    concatenated = ChatTemplate(
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}"
+        "{{ '>>>' + c.function.name + '\\n' + c.function.arguments }}{% endfor %}{% endfor %}"
+    )
+    assert concatenated.render(CALLED) == '>>>get_weather\n{"city": "Paris"}'
+    assert isinstance(CALLED[1]["tool_calls"][0]["function"]["arguments"], dict)  # untouched
+    as_json = ChatTemplate(
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}"
+        "{{ c.function.arguments | tojson }}{% endfor %}{% endfor %}"
+    )
+    assert as_json.render(CALLED) == '{"city": "Paris"}'
+    # A template that would print the dict's Python repr gets the JSON text too.
+    printed = ChatTemplate(
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}"
+        "{{ c.function.arguments }}{% endfor %}{% endfor %}"
+    )
+    assert printed.render(CALLED) == '{"city": "Paris"}'
+
+
+# A tool history as Ollama's API sends it: calls without an id or a type, a result
+# with the tool's name and no call id.
+OLLAMA_HISTORY = [
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {"function": {"name": "get_weather", "arguments": {"city": "Rome"}}},
+        ],
+    },
+    {"role": "tool", "name": "get_weather", "content": "Sunny"},
+    {"role": "tool", "name": "get_weather", "content": "Rainy"},
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        # Refused a call id of another shape ("Tool call IDs should be alphanumeric
+        # strings with length 9!") and a result without one.
+        ("mistralai-Mistral-Nemo-Instruct-2407", ('"id": "call00001"', '"call_id": "call00002"')),
+        # Refused a call without its type ("Invalid tool call type").
+        ("Apertus-8B-Instruct", ('{"get_weather": {"city": "Paris"}}',)),
+    ],
+)
+def test_calls_sent_without_ids_get_them(name: str, shown: tuple[str, ...]) -> None:
+    source = (Path(__file__).parents[1] / "support" / "templates" / f"{name}.jinja").read_text()
+    rendered = ChatTemplate(source).render(OLLAMA_HISTORY, tools=[BARE_TOOL])
+    for text in shown:
+        assert text in rendered, rendered
+    assert "id" not in OLLAMA_HISTORY[1]["tool_calls"][0]  # the caller's turn is untouched
+
+
 def test_lists_the_template_writes_may_grow_but_its_data_may_not() -> None:
     # Kimi K2's templates queue call ids in a list of their own and pop them later.
     source = (
@@ -371,7 +456,13 @@ def test_undefined_values_print_empty_but_fail_when_used() -> None:
     with pytest.raises(TemplateError, match="'nothing' is undefined"):
         ChatTemplate("{{ nothing.at.all }}").render(CHAT)
     with pytest.raises(TemplateError, match="undefined"):
-        ChatTemplate("{{ messages[0].missing + 'x' }}").render(CHAT)
+        ChatTemplate("{{ messages[0].missing + 1 }}").render(CHAT)
+    # A text plus nothing is the text, as llama.cpp's Jinja adds them (Command R+
+    # adds each parameter's optional description); numbers and lists still fail.
+    added = "{{ messages[0].missing + 'x' }}|{{ 'y' + none }}|{{ 'z' + nothing }}"
+    assert ChatTemplate(added).render(CHAT) == "x|y|z"
+    with pytest.raises(TemplateError):
+        ChatTemplate("{{ [1] + none }}").render(CHAT)
 
 
 @pytest.mark.parametrize(

@@ -126,6 +126,50 @@ def test_each_family_parses_parallel_calls_streamed_or_whole(name: str, piece: i
     assert got == want + EXPECTED_CALLS
 
 
+@pytest.mark.parametrize("name", list(CALLS))
+@pytest.mark.parametrize("piece", [0, 1, 7])
+def test_a_call_cut_short_keeps_the_calls_before_it(name: str, piece: int) -> None:
+    """``num_predict`` ends the answer inside the second call: the first, complete,
+    still comes back as a call (formats parsed at the section's end included:
+    DeepSeek's section, LFM2's list)."""
+    text = CALLS[name]
+    cut = text[: text.rfind("get_time") + 4]
+    calls = [e for e in merged(parse(parser_for(name), cut, piece)) if e[0] == "call"]
+    assert calls == EXPECTED_CALLS[:1]
+
+
+def test_a_python_style_list_cut_short_keeps_its_complete_calls() -> None:
+    lfm2 = ToolFormat("pythonic", starts=("<|tool_call_start|>",), end="<|tool_call_end|>")
+    text = 'Sure.<|tool_call_start|>[get_weather(city="Paris", days=3), get_time(zone="Eu'
+    for piece in (0, 1, 7):
+        parser = AnswerParser("j", tools=lfm2, tool_names=("get_weather", "get_time"))
+        events = merged(parse(parser, text, piece))
+        assert events == [
+            ("text", "Sure."),
+            ("call", (0, "get_weather", WEATHER)),
+            ("text", ', get_time(zone="Eu'),
+        ]
+
+
+def test_an_answer_opening_from_one_of_its_later_tags_is_dropped() -> None:
+    """Solar Open writes ``<|begin|>assistant<|content|>`` before an answer, and its
+    prompt ends ``<|begin|>assistant``: the answer may open with the rest alone."""
+    solar = ThinkingTags("<|think|>", "<|end|>")
+    framing = ("<|begin|>assistant<|content|>", "<|end|>")
+    for text in (
+        "<|think|>Look it up.<|end|><|content|>Sunny.",
+        "<|think|>Look it up.<|end|><|begin|>assistant<|content|>Sunny.",
+    ):
+        for piece in (0, 1, 5):
+            parser = AnswerParser("j", thinking=solar, framing=framing)
+            assert merged(parse(parser, text, piece)) == [
+                ("thinking", "Look it up."),
+                ("text", "Sunny."),
+            ]
+    plain = AnswerParser("j", thinking=solar, framing=framing)
+    assert merged(parse(plain, "<|content|>Sunny.")) == [("text", "Sunny.")]
+
+
 def test_a_call_streams_as_soon_as_it_is_closed() -> None:
     parser = parser_for("HERMES")
     first = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -24,6 +24,7 @@ from localserve.runtime.chat.syntax import (
     DEEPSEEK_SEP,
     ID_SLOT,
     INDEX_SLOT,
+    KEY_SLOT,
     TaggedSyntax,
     ToolFormat,
     lead_literal,
@@ -76,9 +77,41 @@ def parse_leading_calls(tools: ToolFormat, text: str) -> tuple[list[Call], int]:
             return _leading_mistral_args(text)
         if tools.kind in ("generic", "hermes", "llama3", "mistral"):
             return _leading_json_calls(tools, text)
+        if tools.kind == "deepseek":
+            return _longest_complete(text, DEEPSEEK_CALL_END, "", _deepseek_calls)
+        if tools.kind == "pythonic":
+            return _leading_pythonic(tools, text)
     except _ERRORS:
         pass
     return [], 0
+
+
+def _longest_complete(
+    text: str, end: str, closing: str, parse: Callable[[str], list[Call] | None]
+) -> tuple[list[Call], int]:
+    """The calls of the longest start of ``text`` that ends with ``end`` and parses
+    (with ``closing`` added: what the cut took from a section), and its length."""
+    at = text.rfind(end)
+    while at >= 0:
+        size = at + len(end)
+        try:
+            calls = parse(text[:size] + closing)
+        except _ERRORS:
+            calls = None
+        if calls:
+            return calls, size
+        at = text.rfind(end, 0, at)
+    return [], 0
+
+
+def _leading_pythonic(tools: ToolFormat, text: str) -> tuple[list[Call], int]:
+    """LFM2's ``[f(...), g(...`` cut inside a later call: the calls closed before it."""
+    start = next((s for s in tools.starts if text.lstrip().startswith(s)), "")
+    head = len(text) - len(text.lstrip()) + len(start)
+    body = text[head:]
+    closing = "]" if body.lstrip().startswith("[") else ""
+    calls, size = _longest_complete(body, ")", closing, _pythonic_calls)
+    return calls, head + size if calls else 0
 
 
 # ------------------------------------------------------------------ JSON calls
@@ -400,11 +433,13 @@ def _pattern(literal: str, *, before: str = r"\s*", after: str = r"\s*") -> str:
     if not core:
         return before
     out: list[str] = []
-    for piece in re.split(rf"(\s+|{ID_SLOT}|{INDEX_SLOT})", core):
+    for piece in re.split(rf"(\s+|{ID_SLOT}|{INDEX_SLOT}|{KEY_SLOT})", core):
         if piece == ID_SLOT:
             out.append(r"[^\s<>\[\]|]*")
         elif piece == INDEX_SLOT:
             out.append(r"\d+")
+        elif piece == KEY_SLOT:
+            out.append(r"(?P=key)")
         elif piece.isspace():
             out.append(r"\s*")
         elif piece:
@@ -445,6 +480,27 @@ def _argument_regex(syntax: TaggedSyntax) -> re.Pattern[str]:
     )
 
 
+@lru_cache(maxsize=64)
+def _call_head_regex(syntax: TaggedSyntax) -> re.Pattern[str]:
+    """A tagged call up to its arguments: the opening, the name, the name's close."""
+    lazy = "?" if syntax.name_close.strip() else ""
+    name = rf"[^\s<>{{}}\[\]\"|]+{lazy}"
+    return re.compile(_pattern(syntax.call_open) + name + _pattern(syntax.name_close), re.DOTALL)
+
+
+def _json_call_end(syntax: TaggedSyntax, text: str) -> int | None:
+    """Where the call at the start of ``text`` ends, when its arguments are a complete
+    JSON object (None: not known)."""
+    head = _call_head_regex(syntax).match(text)
+    if head is None or not text.startswith("{", head.end()):
+        return None
+    try:
+        _, end = json.JSONDecoder(strict=False).raw_decode(text, head.end())
+    except ValueError:
+        return None
+    return end
+
+
 def tagged_call(syntax: TaggedSyntax, text: str, types: Types | None = None) -> Call | None:
     """One call (``call_open`` to ``call_close``) of a tagged syntax."""
     match = _call_regex(syntax).match(text)
@@ -465,9 +521,35 @@ def tagged_call(syntax: TaggedSyntax, text: str, types: Types | None = None) -> 
         key, value = argument.group("key"), argument.group("value")
         is_string = argument.group("close").strip() == syntax.key_close.strip()
         typed = bool(syntax.typed_key_close)
-        found[key] = raw_value(value, "string" if typed and is_string else declared.get(key))
+        nested = _nested_value(syntax, value) if KEY_SLOT in syntax.value_close else None
+        if nested is not None:
+            found[key] = nested
+        else:
+            found[key] = raw_value(value, "string" if typed and is_string else declared.get(key))
         at = argument.end()
     return name, found, ""
+
+
+def _nested_value(syntax: TaggedSyntax, raw: str) -> Any:
+    """An object or array written as blocks inside a value (MiniMax-M3: ``<item>``
+    blocks for an array, a block per key for an object), or None when ``raw`` is a
+    value of its own."""
+    regex = _argument_regex(syntax)
+    pairs: list[tuple[str, Any]] = []
+    at = 0
+    while raw[at:].strip():
+        block = regex.match(raw, at)
+        if block is None:
+            return None
+        inner = block.group("value")
+        nested = _nested_value(syntax, inner)
+        pairs.append((block.group("key"), raw_value(inner, None) if nested is None else nested))
+        at = block.end()
+    if not pairs:
+        return None
+    if all(key == "item" for key, _ in pairs):
+        return [value for _, value in pairs]
+    return dict(pairs)
 
 
 def _tagged_section(syntax: TaggedSyntax, text: str, types: Types) -> list[Call] | None:
@@ -541,8 +623,13 @@ class TaggedScanner:
             if at >= 0:
                 return at + len(self.call_close)
             return len(rest) if final else -1
-        # No closing marker: the call runs to the next call, the section's end or the
-        # answer's end.
+        # No closing marker: JSON arguments end with their object (Functionary v3.2's
+        # ``>>>NAME\n{...}``, then text or the end of turn); other calls run to the next
+        # call, the section's end or the answer's end.
+        if not self.syntax.tagged_arguments:
+            end = _json_call_end(self.syntax, rest)
+            if end is not None:
+                return end
         ends = [
             rest.find(marker, len(self.call_lead))
             for marker in (self.call_lead, self.section_close)

@@ -34,6 +34,7 @@ from localserve.runtime.chat.syntax import (
     DEEPSEEK_SEP,
     ID_SLOT,
     INDEX_SLOT,
+    KEY_SLOT,
     TAG,
     TaggedSyntax,
     ToolFormat,
@@ -410,12 +411,12 @@ def _tagged_arguments(
     between = first[len(key_close + VALUE) :]  # value_close (+ separator) + key_open
     key_open = _common_suffix(mid, between)
     value_close = between[: len(between) - len(key_open)]
-    if not key_open.strip() or not value_close.strip() or ARG in value_close + key_close:
-        return None  # a closing tag named after the key (MiniMax-M3) is not a literal
+    if not key_open.strip() or not value_close.strip() or ARG in key_close:
+        return None
     typed_closes: dict[str, str] = {}
     for index, key in enumerate(list(_TYPED)[1:-1], start=1):
         block = typed[keys[index] + len(key) : keys[index + 1]]
-        block = block.removesuffix(between)
+        block = block.removesuffix(between.replace(ARG, key))
         close = _strip_value(block, _TYPED[key])
         if close is not None and close != key_close:
             typed_closes[_TYPE_OF[key]] = close
@@ -429,7 +430,8 @@ def _tagged_arguments(
         "key_open": key_open,
         "key_close": key_close,
         "typed_key_close": tuple(sorted(typed_closes.items())),
-        "value_close": value_close,
+        # A closing tag named after the key (MiniMax-M3's </barbar>): the key is a slot.
+        "value_close": value_close.replace(ARG, KEY_SLOT),
     }
     return mid, value_at + len(VALUE) + len(value_close), fields
 
@@ -448,8 +450,9 @@ def _end_of_first_call(two: str, fields: dict[str, Any]) -> int:
         found = _json_arguments(two, two.find(NAME) + len(NAME), {ARG: VALUE})
         return found[1] if found else -1
     at = two.find(VALUE)
-    close = two.find(fields["value_close"], at)
-    return close + len(fields["value_close"]) if close >= 0 else -1
+    value_close = fields["value_close"].replace(KEY_SLOT, ARG)
+    close = two.find(value_close, at)
+    return close + len(value_close) if close >= 0 else -1
 
 
 def _text_after_name(two: str, at: int, fields: dict[str, Any]) -> str:

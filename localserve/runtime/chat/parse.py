@@ -115,8 +115,16 @@ class AnswerParser(StreamParser):
                 self._buffer = head[len(self.thinking.open) :]
                 self._state = "thinking"
                 return
+            if head.startswith(self.thinking.close) and not self._after_thinking:
+                # An empty thought, closed alone (MiniMax-M3 writes </mm:think> before
+                # an answer without reasoning).
+                self._buffer = head[len(self.thinking.close) :]
+                self._after_thinking = True
+                return
             if self.thinking.open.startswith(head) and not final:
                 return  # may still become the tag
+            if self.thinking.close.startswith(head) and not final:
+                return
         if self.tools and self.tools.kind == "llama3" and self.tool_names:
             if head.startswith(("{", "[", "<|python_tag|>")):
                 self._state = "call_to_end"
@@ -166,6 +174,10 @@ class AnswerParser(StreamParser):
         """The prompt wrote the call opening (Functionary's ``>>>``): the first line
         names a tool, or the text recipient (``all``) for an answer in text."""
         assert self.tools is not None
+        if self.tools.opened.startswith(self._buffer) and not final:
+            return  # may be the opening written again
+        if self._buffer.startswith(self.tools.opened):  # the model wrote it again
+            self._buffer = self._buffer[len(self.tools.opened) :]
         line, newline, rest = self._buffer.partition("\n")
         if not newline and not final and len(line) < 64:
             return  # names are short: wait for the line's end
@@ -405,20 +417,26 @@ def _recipient(header: str) -> str:
 
 
 def _loose(opening: str) -> re.Pattern[str] | None:
-    """A regex for an answer's opening whose tags may be missing."""
+    """A regex for an answer's opening whose tags may be missing, or that may start at
+    one of its later tags: the part the prompt did not write (Solar Open's prompt ends
+    ``<|begin|>assistant``, and the answer opens ``<|content|>``)."""
     if not opening.strip():
         return None
+    pieces = [p for p in re.split(r"(<[^<>\s]{1,40}>|\s+)", opening.strip()) if p]
     parts = []
-    for piece in re.split(r"(<[^<>\s]{1,40}>|\s+)", opening.strip()):
-        if not piece:
-            continue
+    for piece in pieces:
         if piece.isspace():
             parts.append(r"\s*")
         elif piece.startswith("<") and piece.endswith(">"):
             parts.append(f"(?:{re.escape(piece)})?")
         else:
             parts.append(re.escape(piece))
-    return re.compile("".join(parts))
+    tails = [
+        re.escape("".join(pieces[at:]))
+        for at in range(1, len(pieces))
+        if pieces[at].startswith("<") and pieces[at].endswith(">")
+    ]
+    return re.compile("|".join(["".join(parts), *tails]))
 
 
 def _first(text: str, markers: Sequence[str]) -> tuple[int, str]:

@@ -31,7 +31,9 @@ DEEPSEEK_SEP = "<｜tool▁sep｜>"
 # Slots in a learnt marker: text the model writes that differs from call to call.
 ID_SLOT = "\ue000"  # the call's id (Solar Open: <|tool_call:begin|>ID<|tool_call:name|>)
 INDEX_SLOT = "\ue001"  # the call's number (Kimi K2: functions.NAME:0)
-SLOTS = (ID_SLOT, INDEX_SLOT)
+# The argument's key, in a value's closing tag (MiniMax-M3: <city>Paris</city>).
+KEY_SLOT = "\ue002"
+SLOTS = (ID_SLOT, INDEX_SLOT, KEY_SLOT)
 
 # A tag as templates write them: <...>, [...], <|...|>, <｜...｜>.
 TAG = re.compile(r"(<[^<>\s]{1,40}>|\[[A-Z_/]{2,40}\])")
@@ -52,7 +54,9 @@ class TaggedSyntax:
     any other value JSON. Some templates tell the type in the block
     (``string="true"``/``string="false"``, ``type="number"``): ``typed_key_close``
     holds the ``key_close`` for each JSON type where it differs from a string's.
-    Literals may hold ``ID_SLOT``/``INDEX_SLOT`` for what changes per call."""
+    Literals may hold ``ID_SLOT``/``INDEX_SLOT`` for what changes per call, and
+    ``value_close`` ``KEY_SLOT`` for a closing tag named after the key (MiniMax-M3's
+    ``<city>Paris</city>``, whose object and array values nest the same way)."""
 
     section_open: str = ""
     call_open: str = ""
