@@ -40,7 +40,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TemplateLimits:
-    """Hard limits for one render: wall-clock seconds and characters of output."""
+    """Hard limits for one render: seconds of the rendering thread's CPU time and characters of output."""
 
     seconds: float = 1.0
     max_output_chars: int = 1 << 20

@@ -30,9 +30,11 @@ and with hard limits, so that a template can neither escape nor wedge the runner
   (``namespace(ids=[])``) may ``append``, ``pop`` and ``extend``, as Kimi K2's
   templates do (llama.cpp's Jinja engine allows it too), charged to the budget
   below;
-- time: rendering stops after ``TemplateLimits.seconds`` (default 1 s). A
-  ``sys.settrace`` tracer counts calls (and lines in template code) and checks the
-  clock every few dozen events; the tracer that was set before (a coverage tool,
+- time: rendering stops after ``TemplateLimits.seconds`` (default 1 s) of the
+  rendering thread's CPU time, not of the wall clock: what is limited is the work a
+  template makes, and a busy machine (other processes, other threads holding the
+  GIL) must not make a good template fail. A ``sys.settrace`` tracer counts calls
+  (and lines in template code) and checks the thread's clock every few dozen events; the tracer that was set before (a coverage tool,
   a debugger) is put back afterwards. Rendering happens in the calling thread.
   Compiling gets the same treatment (at least 2 s), as Jinja runs filters on
   constants while it compiles;
@@ -87,11 +89,11 @@ from localserve.runtime.template_limits import (
 
 __all__ = ["SandboxedTemplate"]
 
-# Compiling may take at least this long (or the render limit, if longer).
+# Compiling may take at least this much CPU time (or the render limit, if longer).
 _COMPILE_SECONDS = 2.0
 # A template bigger than this is not a chat template.
 _MAX_SOURCE_CHARS = 256 * 1024
-# The tracer looks at the clock once per this many trace events.
+# The tracer looks at the thread's CPU clock once per this many trace events.
 _CHECK_EVERY = 64
 # How Jinja names the code it compiles from a string.
 _TEMPLATE_FILENAME = "<template>"
@@ -117,7 +119,7 @@ class SandboxedTemplate:
         # expressions to be computed (and limited) at render time.
         previous = sys.gettrace()
         self._env.begin_render(budget=limits.max_output_chars)
-        sys.settrace(_make_tracer(time.monotonic() + max(limits.seconds, _COMPILE_SECONDS)))
+        sys.settrace(_make_tracer(time.thread_time() + max(limits.seconds, _COMPILE_SECONDS)))
         try:
             tree = self._env.parse(source)
             _refuse_loading(tree)
@@ -144,7 +146,7 @@ class SandboxedTemplate:
         chunks: list[str] = []
         produced = 0
         error: BaseException | None = None
-        tracer = _make_tracer(time.monotonic() + limits.seconds)
+        tracer = _make_tracer(time.thread_time() + limits.seconds)
         previous = sys.gettrace()
         env.begin_render()
         stream = cast(Generator[str, None, None], self._template.generate(variables))
@@ -232,21 +234,22 @@ _TraceFunction = Callable[[types.FrameType, str, Any], Any]
 
 
 def _make_tracer(deadline: float) -> _TraceFunction:
-    """A ``sys.settrace`` function that raises _Timeout once ``deadline`` passes.
+    """A ``sys.settrace`` function that raises _Timeout once the thread's CPU clock
+    (``time.thread_time``) passes ``deadline``.
 
     Every call event counts (Jinja's runtime, filters, our hooks); only frames of
     compiled template code get the local tracer, which counts their lines too, so an
     empty loop nested in another is caught without slowing every Python line.
     """
     countdown = _CHECK_EVERY
-    monotonic = time.monotonic
+    clock = time.thread_time
 
     def on_line(frame: types.FrameType, event: str, arg: Any) -> _TraceFunction:
         nonlocal countdown
         countdown -= 1
         if countdown <= 0:
             countdown = _CHECK_EVERY
-            if monotonic() > deadline:
+            if clock() > deadline:
                 raise _Timeout
         return on_line
 
@@ -255,7 +258,7 @@ def _make_tracer(deadline: float) -> _TraceFunction:
         countdown -= 1
         if countdown <= 0:
             countdown = _CHECK_EVERY
-            if monotonic() > deadline:
+            if clock() > deadline:
                 raise _Timeout
         return on_line if frame.f_code.co_filename == _TEMPLATE_FILENAME else None
 
