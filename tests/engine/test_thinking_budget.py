@@ -21,34 +21,16 @@ from localserve.engine.job import Job
 from localserve.engine.loading import Loaded, Loader
 from localserve.engine.prepare import JobBuilder
 from localserve.runtime.options import LoadOptions, SamplingOptions
-from localserve.runtime.protocol import GenerateJob, TextEvent, ThinkingEvent
+from localserve.runtime.protocol import GenerateJob, LoadRequest, TextEvent, ThinkingEvent
+from tests.support import thinking_budget
+from tests.support.thinking_budget import FEW_SHOT, STOP, reasoning_tokens
 
 pytestmark = pytest.mark.slow
-
-TEMPLATES = Path(__file__).parents[1] / "support" / "templates"
-WORDS = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
-
-
-def counted(n: int) -> str:
-    return "I count: " + ", ".join(WORDS.split()[:n]) + "."
-
-
-# Each answer thinks by counting, then says it did: the model counts again, at length.
-FEW_SHOT = [
-    {"role": "user", "content": "Count to ten."},
-    {"role": "assistant", "reasoning_content": counted(10), "content": "I counted to ten."},
-    {"role": "user", "content": "Count to fifteen."},
-    {"role": "assistant", "reasoning_content": counted(15), "content": "I counted to fifteen."},
-    {"role": "user", "content": "Count to twenty."},
-]
-STOP = ("<|im_end|>",)  # the end of a turn, which Gemma's vocabulary does not know
 
 
 @pytest.fixture(scope="module")
 def loaded(gemma_gguf_path: Path) -> Iterator[Loaded]:
-    template = (TEMPLATES / "Bielik-11B-v3.0-Instruct.jinja").read_text()
-    from localserve.runtime.protocol import LoadRequest
-
+    template = thinking_budget.TEMPLATE.read_text()
     options = LoadOptions(num_ctx=2048, num_parallel=2, num_thread=2)
     result = Loader().load(LoadRequest((gemma_gguf_path,), options, template=template))
     try:
@@ -90,26 +72,17 @@ def run(loaded: Loaded, requests: dict[str, GenerateJob]) -> dict[str, Answer]:
         opened = requests[name].think is True  # Bielik's prompt opens <think> for it
         pieces = [loaded.model.piece(t, special=True).decode() for t in job.output]
         answers[name] = Answer(
-            job, "".join(pieces), thinking[name], text[name], reasoning(pieces, opened=opened)
+            job,
+            "".join(pieces),
+            thinking[name],
+            text[name],
+            reasoning_tokens(pieces, opened=opened),
         )
     return answers
 
 
-def reasoning(pieces: list[str], *, opened: bool) -> int:
-    """How many of the output tokens lie wholly inside the thinking block."""
-    raw = "".join(pieces)
-    start = 0 if opened else raw.index("<think>") + len("<think>")
-    end = raw.index("</think>", start)
-    inside, at = 0, 0
-    for piece in pieces:
-        if start <= at and at + len(piece) <= end:
-            inside += 1
-        at += len(piece)
-    return inside
-
-
 def request(think: bool | None, budget: int) -> GenerateJob:
-    options = SamplingOptions(temperature=0, num_predict=120, stop=STOP, think_budget=budget)
+    options = SamplingOptions(temperature=0, num_predict=120, stop=tuple(STOP), think_budget=budget)
     return GenerateJob(messages=FEW_SHOT, think=think, options=options)
 
 
@@ -124,7 +97,7 @@ def test_the_budget_cuts_the_thinking_of_its_own_job_only(loaded: Loaded) -> Non
     assert 1 <= cut.reasoning_tokens <= 8, cut.raw
     for answer in (free, cut):
         assert answer.raw.count("<think>") == 1 and answer.raw.count("</think>") == 1, answer.raw
-        assert "counted to twenty" in answer.text, answer.raw
+        assert thinking_budget.ANSWER in answer.text, answer.raw
         assert "</think>" not in answer.text + answer.thinking
     # The cut thought is the start of the free one: the same model, greedy, cut short.
     assert free.thinking.startswith(cut.thinking.rstrip()), (free.thinking, cut.thinking)
