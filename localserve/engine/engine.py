@@ -186,7 +186,7 @@ class Engine:
         if job.tokens[-1] < 0:
             raise PromptTooLongError("the prompt must end with text, not with an image")
         job.sampler = Sampler(
-            self.model, job.options, job.grammar, job.grammar_triggers, job.grammar_deadline
+            self.model, job.options, job.grammar, job.grammar_triggers, job.thinking
         )
         job.stops = StopMatcher(job.options.stop)
         job.parser = (job.parser_factory or OutputParser)(job.id)

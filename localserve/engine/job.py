@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from localserve.engine.text import StopMatcher, Utf8Stream
+from localserve.engine.thinking_budget import ThinkingLimit
 from localserve.runtime.options import SamplingOptions
 from localserve.runtime.protocol import Event, TextEvent
 
@@ -45,10 +46,9 @@ class Job:
     options: SamplingOptions
     grammar: str | None = None
     grammar_triggers: tuple[str, ...] = ()  # a lazy grammar's trigger regexes
-    # A lazy grammar that has not triggered after this many tokens switches itself on
-    # (0: it waits for ever): an enforced call after a thinking block, once the
-    # thinking would leave no room for the call.
-    grammar_deadline: int = 0
+    # The thinking budget (engine/thinking_budget.py): the block is closed for the model
+    # once it has thought this long. None: no budget.
+    thinking: ThinkingLimit | None = None
     dropped_messages: int = 0  # reported in the done event
     want_context: bool = False  # return prompt + output token ids (Ollama's ``context``)
     # Makes the answer's events; None: plain text. A factory, so that it gets the id.

@@ -47,6 +47,7 @@ class JobBuilder:
         """The request's engine jobs (one per answer), its prompt rendered and tokenized."""
         from localserve.engine.grammar import grammar_for
         from localserve.engine.job import Job
+        from localserve.engine.thinking_budget import ThinkingLimit
 
         chat = self.chat
         prompt, tools = self._prompt(request, self.num_ctx)
@@ -59,9 +60,11 @@ class JobBuilder:
             )
         grammar = grammar_for(request.format)
         triggers: tuple[str, ...] = ()
-        deadline = 0
         thinking = chat.thinking
         opened = thinking is not None and prompt.tail.rstrip().endswith(thinking.open)
+        # Thinking off: a template without a switch (or a model that thinks anyway)
+        # gets its block closed at once.
+        budget = 0 if request.think is False else request.options.think_budget
         if tools and chat.tools is not None:  # (a model without tools was refused above)
             from localserve.engine.tool_grammar import tool_grammar
 
@@ -78,8 +81,15 @@ class JobBuilder:
             if enforced is not None and (request.tool_choice != "auto" or grammar is None):
                 grammar, triggers = enforced.gbnf, enforced.triggers
                 if after and request.tool_choice != "auto":
-                    deadline = thinking_room(self.num_ctx, len(prompt.tokens), request.options)
+                    room = thinking_room(self.num_ctx, len(prompt.tokens), request.options)
+                    budget = room if budget < 0 else min(budget, room)
         parses = not request.raw and bool(tools or chat.thinks)
+        limit = None
+        # A grammar that constrains the answer from its first token leaves no thinking
+        # to limit (and a forced close would break it); a lazy one waits, as the text.
+        if parses and thinking is not None and budget >= 0 and (grammar is None or triggers):
+            close = self.builder.model.tokenize(thinking.close, add_special=False)
+            limit = ThinkingLimit(budget, thinking.open, thinking.close, tuple(close), opened)
         options = request.options
         if prompt.stops:
             options = replace(options, stop=(*options.stop, *prompt.stops))
@@ -95,7 +105,7 @@ class JobBuilder:
                 seeded,
                 grammar,
                 grammar_triggers=triggers,
-                grammar_deadline=deadline,
+                thinking=limit,
                 dropped_messages=prompt.dropped_messages,
                 want_context=request.want_context,
                 parser_factory=self._parser_factory(request, tools, opened) if parses else None,
@@ -208,8 +218,8 @@ def thinking_room(num_ctx: int, prompt_tokens: int, options: SamplingOptions) ->
     answer has (``num_predict``, else the rest of the context), less what the call
     needs (a quarter, 64 to 1024 tokens). A model that has not closed its thinking
     block by then gets it closed, and the call follows: a weak model can think in
-    circles until the limit and return nothing otherwise (llama.cpp's
-    ``--reasoning-budget`` forces the close the same way)."""
+    circles until the limit and return nothing otherwise. This is its thinking budget
+    (engine/thinking_budget.py), or the request's own where that is smaller."""
     room = num_ctx - prompt_tokens
     if options.num_predict > 0:
         room = min(room, options.num_predict)

@@ -17,6 +17,7 @@ import llama_cpp.llama_cpp as L  # noqa: TID253 - the engine owns llama_cpp
 import numpy as np
 
 from localserve.engine.llama import Context, Model
+from localserve.engine.thinking_budget import ThinkingBudget, ThinkingLimit
 from localserve.errors import EngineError
 from localserve.runtime.options import SamplingOptions
 
@@ -36,7 +37,7 @@ class Sampler:
         options: SamplingOptions,
         grammar: str | None = None,
         triggers: Sequence[str] = (),
-        deadline: int = 0,
+        thinking: ThinkingLimit | None = None,
     ) -> None:
         self.model = model
         self.chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
@@ -85,9 +86,9 @@ class Sampler:
         # triggered, so the same regexes are matched here on the same text.
         self._waiting = [re.compile(t, re.DOTALL) for t in triggers]
         self._seen = ""
-        # Or once ``deadline`` tokens have passed: the whole grammar from its start.
-        self._gbnf = grammar or ""
-        self._deadline = deadline if triggers else 0
+        # A thinking budget forces the thinking block's close once it is spent (a lazy
+        # grammar waiting for that close, an enforced call's, then switches on).
+        self.budget = ThinkingBudget(thinking) if thinking is not None else None
         if grammar is not None:
             if triggers:
                 # Lazy: inactive until the generated text matches a trigger regex; from
@@ -112,19 +113,33 @@ class Sampler:
                 L.llama_sampler_accept(self.penalties, token)
 
     def sample(self, context: Context, row: int) -> int:
+        budget = self.budget
+        if budget is None:
+            return self._sample(context, row)
+        if self.grammar is not None and not self._waiting:
+            # The grammar constrains the text now (a call begun inside the thought):
+            # a forced close would break it, and the call ends the thought anyway.
+            self.budget = None
+            return self._sample(context, row)
+        token = budget.forced()
+        if token is None:
+            token = self._sample(context, row)
+        else:
+            L.llama_sampler_accept(self.chain, token)  # as if sampled: the penalties see it
+            if self.grammar is not None:
+                self._watch(token)
+        budget.accept(token, self.model.piece(token, special=True))
+        if budget.done:
+            self.budget = None
+        return token
+
+    def _sample(self, context: Context, row: int) -> int:
         if self.grammar is None:
             # Samples and accepts in one C call.
             return int(L.llama_sampler_sample(self.chain, context.handle, row))
         if self._waiting:
             token = int(L.llama_sampler_sample(self.chain, context.handle, row))
-            L.llama_sampler_accept(self.grammar, token)
-            self._seen += self.model.piece(token, special=True).decode("utf-8", "replace")
-            if any(pattern.fullmatch(self._seen) for pattern in self._waiting):
-                self._waiting, self._seen = [], ""  # triggered: constrained from now on
-            elif self._deadline:
-                self._deadline -= 1
-                if not self._deadline:
-                    self._switch_on()
+            self._watch(token)
             return token
         token = self._sample_with(context, row, grammar_first=False)
         if not self._grammar_allows(token):
@@ -133,15 +148,14 @@ class Sampler:
         L.llama_sampler_accept(self.grammar, token)
         return token
 
-    def _switch_on(self) -> None:
-        """The lazy grammar waited long enough: constrain from the next token on,
-        from the grammar's start (the closing think tag, then the call)."""
-        active = L.llama_sampler_init_grammar(self.model.vocab, self._gbnf.encode(), b"root")
-        if not active:
-            raise EngineError("the output format's grammar could not be compiled")
-        L.llama_sampler_free(self.grammar)
-        self.grammar = active
-        self._waiting, self._seen = [], ""
+    def _watch(self, token: int) -> None:
+        """A token taken while the lazy grammar waits: the grammar sees it, and so do
+        the trigger regexes here, to know when it has switched on."""
+        assert self.grammar is not None
+        L.llama_sampler_accept(self.grammar, token)
+        self._seen += self.model.piece(token, special=True).decode("utf-8", "replace")
+        if any(pattern.fullmatch(self._seen) for pattern in self._waiting):
+            self._waiting, self._seen = [], ""  # triggered: constrained from now on
 
     def _sample_with(self, context: Context, row: int, *, grammar_first: bool) -> int:
         candidates = self._candidates

@@ -134,6 +134,9 @@ class SamplingOptions:
     # False: no speculative drafts for this request (LoadOptions.speculative decides
     # whether the model drafts at all).
     speculative: bool = True
+    # Tokens a thinking model may reason before its thinking block is closed for it
+    # (engine/thinking_budget.py); -1: no budget. Every API's budget field lands here.
+    think_budget: int = -1
 
     @property
     def greedy(self) -> bool:
@@ -152,6 +155,8 @@ class SamplingOptions:
         _check_int("num_predict", self.num_predict, -2, 1 << 30)
         if not isinstance(self.speculative, bool):
             raise InvalidOptionError(f"speculative must be true or false, got {self.speculative!r}")
+        if self.think_budget != -1:  # -1 is "no budget"; a budget is 0 tokens or more
+            _check_int("think_budget", self.think_budget, 0, 1 << 30)
         if len(self.stop) > 16 or any(not isinstance(s, str) or len(s) > 1000 for s in self.stop):
             raise InvalidOptionError("stop: at most 16 strings of up to 1000 characters")
         return self

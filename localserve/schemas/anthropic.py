@@ -23,9 +23,10 @@ What the translation does:
   ``custom``) run on Anthropic's servers, so they are refused, by name.
 - ``tool_choice``: ``auto``, ``any`` (a call is enforced by grammar), ``tool`` (that
   one, by grammar), ``none``; ``disable_parallel_tool_use`` allows one call.
-- ``thinking``: ``enabled`` turns the model's thinking on, ``disabled`` off,
-  ``adaptive`` (and no ``thinking`` at all) leaves the model's default; ``budget_tokens``
-  is not enforced.
+- ``thinking``: ``enabled`` turns the model's thinking on, with ``budget_tokens`` its
+  thinking budget (any number of tokens from 0: Anthropic's least, 1024, is a lot for a
+  small local model), ``disabled`` off, ``adaptive`` (and no ``thinking`` at all) leaves
+  the model's default.
 - Claude Code's billing line at the top of its system prompt is left out (see
   BILLING_HEADER): it changes with every prompt, and would defeat the prefix cache.
 - Fields that change nothing here (``metadata``, ``cache_control`` on any block,
@@ -154,7 +155,7 @@ class ToolChoice(Request):
 
 class ThinkingConfig(Request):
     type: Literal["enabled", "disabled", "adaptive"]
-    budget_tokens: int | None = Field(default=None, ge=0)  # accepted, not enforced
+    budget_tokens: int | None = Field(default=None, ge=0)  # the think_budget option
 
 
 # Claude Code starts its system prompt with a block "x-anthropic-billing-header:
@@ -187,6 +188,9 @@ class MessagesFields(Request):
             "top_p": self.top_p,
             "top_k": self.top_k,
             "stop": self.stop_sequences,
+            "think_budget": self.thinking.budget_tokens
+            if self.thinking is not None and self.thinking.type == "enabled"
+            else None,
         }
 
     def to_job(self, options: SamplingOptions, *, stream: bool = False) -> GenerateJob:

@@ -10,6 +10,7 @@ fields they know. The official ``ollama`` Python client is the judge of the shap
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -28,7 +29,18 @@ from localserve.runtime.protocol import (
 from localserve.schemas.answer import Answer, TokenLogprob, token_logprobs
 from localserve.schemas.base import Request, Response, keep_alive_seconds
 from localserve.schemas.media import check_media
-from localserve.schemas.tools import check_think, check_tools, history_message
+from localserve.schemas.tools import EFFORT_BUDGETS, check_think, check_tools, history_message
+
+
+def _level_budget(
+    options: SamplingOptions, think: object, given: dict[str, Any] | None
+) -> SamplingOptions:
+    """A ``think`` level ("low", "medium", "high") as a thinking budget
+    (schemas/tools.py EFFORT_BUDGETS), unless the request's own ``options`` set
+    ``think_budget``. (gpt-oss reads the level from its template as well.)"""
+    if isinstance(think, str) and think in EFFORT_BUDGETS and "think_budget" not in (given or {}):
+        return replace(options, think_budget=EFFORT_BUDGETS[think])
+    return options
 
 
 def _model_from_name(data: Any) -> Any:
@@ -71,7 +83,7 @@ class GenerateRequest(KeepAlive):
             raw=self.raw,
             format=self.format or None,
             think=check_think(self.think),
-            options=options,
+            options=_level_budget(options, self.think, self.options),
             context=self.context,
             want_context=True,
             logprobs=self.logprobs or self.top_logprobs > 0,
@@ -112,7 +124,7 @@ class ChatRequest(KeepAlive):
             tools=self.tools or None,
             format=self.format or None,
             think=check_think(self.think),
-            options=options,
+            options=_level_budget(options, self.think, self.options),
             logprobs=self.logprobs or self.top_logprobs > 0,
             top_logprobs=self.top_logprobs,
         )

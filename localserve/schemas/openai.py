@@ -33,7 +33,7 @@ from localserve.runtime.protocol import (
 from localserve.schemas.answer import Answer, TokenLogprob, token_logprobs
 from localserve.schemas.base import Request, Response
 from localserve.schemas.media import check_media, from_url
-from localserve.schemas.tools import THINK_LEVELS, check_tools, history_message
+from localserve.schemas.tools import check_tools, effort_budget, history_message
 
 
 class StreamOptions(Request):
@@ -91,11 +91,18 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    # A thinking budget (schemas/tools.py EFFORT_BUDGETS); "none" turns thinking off.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     # llama.cpp's server and vLLM take these: extra variables for the chat template.
     chat_template_kwargs: dict[str, Any] | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    def overrides(self, max_tokens: int | None) -> dict[str, Any]:
+        return {
+            **super().overrides(max_tokens),
+            "think_budget": effort_budget(self.reasoning_effort),
+        }
 
     def to_job(self, options: SamplingOptions) -> GenerateJob:
         choice = self.choice()
@@ -137,9 +144,12 @@ class ChatCompletionRequest(SamplingFields):
     def think(self) -> bool | str | None:
         """Thinking from ``reasoning_effort`` or ``chat_template_kwargs.enable_thinking``."""
         switch = (self.chat_template_kwargs or {}).get("enable_thinking")
+        if self.reasoning_effort == "none":
+            return False
         if self.reasoning_effort is not None:
-            level = self.reasoning_effort if self.reasoning_effort in THINK_LEVELS else "low"
-            return level if switch is not False else False
+            # The level the template reads (gpt-oss' "Reasoning: low"), in Ollama's three.
+            level = {"minimal": "low", "xhigh": "high"}.get(self.reasoning_effort)
+            return (level or self.reasoning_effort) if switch is not False else False
         return switch if isinstance(switch, bool) else None
 
     def engine_messages(self) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ SAMPLING_KEYS = {
     "presence_penalty", "frequency_penalty", "seed", "num_predict", "stop",
     "ignore_eos",  # localserve (and llama-server) extension: fixed-length output
     "speculative",  # localserve: false turns speculative drafts off for a request
+    "think_budget",  # localserve: tokens of thinking before the block is closed; -1 none
 }  # fmt: skip
 # Accepted for compatibility with Ollama clients, without effect here.
 IGNORED_KEYS = {

@@ -32,7 +32,7 @@ from localserve.runtime.protocol import (
 )
 from localserve.schemas.base import Request
 from localserve.schemas.media import check_media, from_url
-from localserve.schemas.tools import check_tools, history_message
+from localserve.schemas.tools import check_tools, effort_budget, history_message
 
 # ------------------------------------------------------------------ the request
 
@@ -103,6 +103,8 @@ class ResponseRequest(Request):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "num_ctx": self.num_ctx,
+            # A thinking budget (schemas/tools.py EFFORT_BUDGETS); "none" turns it off.
+            "think_budget": effort_budget(self.reasoning.effort if self.reasoning else None),
         }
 
     @property

@@ -9,6 +9,22 @@ from localserve.errors import InvalidOptionError
 
 THINK_LEVELS = ("low", "medium", "high")
 
+# Reasoning effort as a thinking budget in tokens (the ``think_budget`` option), for
+# OpenAI's ``reasoning_effort``, the Responses API's ``reasoning.effort`` and Ollama's
+# ``think`` levels. Fixed counts, not a share of ``max_tokens``: most requests set no
+# ``max_tokens``, and a budget should not change when one does. Low, medium and high
+# are the budgets Gemini's OpenAI-compatible API maps these levels to (1024 is also
+# the least Anthropic takes for ``budget_tokens``); minimal and xhigh extend the
+# scale by a factor of four down and a little up. ``none`` turns thinking off.
+EFFORT_BUDGETS = {
+    "none": 0,
+    "minimal": 256,
+    "low": 1024,
+    "medium": 8192,
+    "high": 24576,
+    "xhigh": 32768,
+}
+
 
 def check_tools(tools: list[dict[str, Any]] | None, tool_choice: str) -> list[str]:
     """The tools' names, refusing a tool without one and a choice that names none."""
@@ -27,6 +43,17 @@ def check_tools(tools: list[dict[str, Any]] | None, tool_choice: str) -> list[st
     if tool_choice == "required" and not names:
         raise InvalidOptionError('tool_choice "required" needs at least one tool')
     return names
+
+
+def effort_budget(effort: str | None) -> int | None:
+    """The thinking budget of an effort level (None for none given)."""
+    if effort is None:
+        return None
+    if effort not in EFFORT_BUDGETS:
+        raise InvalidOptionError(
+            f"reasoning effort must be one of {', '.join(EFFORT_BUDGETS)}, got {effort!r}"
+        )
+    return EFFORT_BUDGETS[effort]
 
 
 def check_think(think: object) -> bool | str | None:

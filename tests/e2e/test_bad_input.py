@@ -501,6 +501,20 @@ FIELD_CASES = [
         MESSAGES % ('"messages": [{"role": "user", "content": "' + LONG_PROMPT + '"}]'),
         "prompt is too long: ",
     ),
+    # thinking budgets (checked before the model is asked whether it thinks)
+    (
+        "/api/chat",
+        CHAT_WITH % (CHAT + ', "options": {"think_budget": -5}'),
+        "think_budget must be between 0 and",
+    ),
+    ("/api/generate", OPTIONS % '"think_budget": "lots"', "think_budget must be an integer"),
+    ("/v1/chat/completions", V1_CHAT % '"reasoning_effort": "extreme"', "reasoning_effort"),
+    ("/v1/responses", RESPONSES % '"options": {"think_budget": -2}', "think_budget"),
+    (
+        "/v1/messages",
+        ASK % '"thinking": {"type": "enabled", "budget_tokens": -1}',
+        "budget_tokens",
+    ),
     ("/v1/messages/count_tokens", '{"model": "tiny", "messages": 5}', "messages"),
     # Tokens and templates (llama-server's shapes, then Ollama-style)
     ("/tokenize", '{"model": "tiny", "content": 5}', "content"),

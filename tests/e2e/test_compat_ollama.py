@@ -206,8 +206,12 @@ def test_thinking_is_split_from_the_answer(
     streamed = list(client.chat("tiny-r1", question, think=True, options=options, stream=True))
     assert "".join(c.message.thinking or "" for c in streamed) == result.message.thinking
     assert all(not c.message.content for c in streamed)
+    # Thinking off, where the template has no switch (R1's prompt opens the block all the
+    # same): a zero thinking budget closes the block at once, and what the model writes
+    # after it is the answer (docs/api.md, Thinking budget).
     hidden = client.chat("tiny-r1", question, think=False, options=options)
-    assert hidden.message.thinking is None and hidden.message.content == ""
+    assert hidden.message.thinking is None and hidden.message.content
+    assert "</think>" not in hidden.message.content
     generated = client.generate("tiny-r1", "Why?", think=True, options=options)
     assert generated.thinking == result.message.thinking and generated.response == ""
 

@@ -331,8 +331,10 @@ def test_schemas_that_allow_anything_and_huge_bounds() -> None:
 
 
 def test_a_thought_that_never_ends_is_closed_for_the_call(engine: Engine) -> None:
-    """Random weights never write </think>: past the deadline the grammar switches on
-    by itself, closes the thought and makes the call (prepare.thinking_room)."""
+    """Random weights never write </think>: once the thinking budget is spent the close
+    is forced, the grammar that waited for it switches on and the call follows
+    (prepare.thinking_room sets that budget)."""
+    from localserve.engine.thinking_budget import ThinkingLimit
     from localserve.runtime.chat.formats import ThinkingTags
 
     found = detect(ChatTemplate(chat_templates.HERMES))
@@ -354,7 +356,13 @@ def test_a_thought_that_never_ends_is_closed_for_the_call(engine: Engine) -> Non
         options,
         grammar.gbnf,
         grammar_triggers=grammar.triggers,
-        grammar_deadline=40,
+        thinking=ThinkingLimit(
+            40,
+            "<think>",
+            "</think>",
+            tuple(engine.model.tokenize("</think>", add_special=False)),
+            opened=True,
+        ),
         parser_factory=parser,
     )
     engine.submit(job)

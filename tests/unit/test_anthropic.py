@@ -281,6 +281,7 @@ def test_tools_tool_choice_thinking_and_sampling_become_the_job() -> None:
         "top_p": 0.9,
         "top_k": 5,
         "stop": ["END"],
+        "think_budget": None,  # no thinking budget (tests/unit/test_thinking_budget.py)
     }
     counted = CountTokensRequest.model_validate({"model": "m", "messages": ASK, "tools": [WEATHER]})
     assert counted.to_job(SamplingOptions()).tools == auto.tools
