@@ -173,6 +173,7 @@ def sandbox_row(name: str) -> dict[str, Any]:
             "thinking": [chat.thinking.open, chat.thinking.close] if chat.thinking else None,
             "switch": chat.thinking_switch,
             "harmony": chat.harmony,
+            "muse": chat.muse,
             "capabilities": list(chat.capabilities),
         }
     trips = {}
@@ -518,7 +519,7 @@ def detect_cell(row: dict[str, Any]) -> tuple[str, str]:
     tools = found["tools"] or "–"
     if found["tools"] == "generic":
         tools = f"generic `{found['starts'][0]}`" + (f"…`{found['end']}`" if found["end"] else "")
-    thinking = "harmony" if found["harmony"] else "–"
+    thinking = "harmony" if found["harmony"] else "muse" if found.get("muse") else "–"
     if found["thinking"]:
         thinking = f"`{found['thinking'][0]}`"
         if found["switch"]:
@@ -577,7 +578,8 @@ def totals(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     thinks = [
         n
         for n, r in ours.items()
-        if r["detect"] and (r["detect"]["thinking"] or r["detect"]["harmony"])
+        if r["detect"]
+        and (r["detect"]["thinking"] or r["detect"]["harmony"] or r["detect"].get("muse"))
     ]
     llama = {
         n: r["llama"] for n, r in rows.items() if r.get("llama") and not r["llama"].get("failed")

@@ -3,7 +3,8 @@ calls together). Arguments that are JSON come from llama-cpp-python's schema
 converter; formats that write arguments another way get one rule per property, in
 the schema's order, optional ones optional:
 
-- raw-text values (Qwen3-Coder's ``<parameter=K>``, tagged formats' blocks): a string
+- raw-text values (Qwen3-Coder's ``<parameter=K>``, tagged formats' blocks, Muse's
+  ``<atem:parameter name="K">``): a string
   is text without the character that starts its closing marker, anything else a
   JSON value of its schema;
 - Python keyword arguments (LFM2): strings as JSON strings (valid Python too),
@@ -17,12 +18,15 @@ import json
 from typing import Any
 
 from localserve.runtime.chat.syntax import (
+    ATEM_CALLS_CLOSE,
+    ATEM_CALLS_OPEN,
     DEEPSEEK_CALL_BEGIN,
     DEEPSEEK_CALL_END,
     DEEPSEEK_SEP,
     ID_SLOT,
     INDEX_SLOT,
     KEY_SLOT,
+    MUSE_MESSAGE,
     ToolFormat,
 )
 
@@ -86,6 +90,11 @@ def call_rule(tools_format: ToolFormat, name: str, arguments: str) -> str:
         return f'{literal(name)} "(" {arguments} ")"'
     if kind == "gemma4":
         return f'"<|tool_call>call:" {literal(name)} "{{" {arguments} "}}<tool_call|>"'
+    if kind == "muse":  # the prompt ends with <|start|>assistant; the name is written twice
+        opening = literal(MUSE_MESSAGE + ATEM_CALLS_OPEN + '\n<atem:invoke name="')
+        name_end = literal('">\n')
+        closing = literal("</atem:invoke>\n" + ATEM_CALLS_CLOSE)
+        return f'" to=" {literal(name)} {opening} {literal(name)} {name_end} {arguments} {closing}'
     # harmony: the prompt ends with <|start|>assistant
     return (
         f'"<|channel|>commentary to=functions." {literal(name)} '
@@ -135,6 +144,17 @@ def argument_rules(
                 slotted(syntax.value_close.replace(KEY_SLOT, key)),
             ),
             syntax.value_close.strip()[:1] or "<",
+        )
+    if kind == "muse":
+        return _blocks(
+            converter,
+            schema,
+            index,
+            lambda key, _: (
+                literal('<atem:parameter name="') + f" {literal(key)} " + literal('">'),
+                literal("</atem:parameter>\n"),
+            ),
+            "<",
         )
     if kind == "pythonic":
         return _keywords(converter, schema, index, "=", _python_value)

@@ -193,7 +193,7 @@ class JobBuilder:
     def _parser_factory(
         self, request: GenerateJob, tools: list[dict[str, Any]] | None, opened: bool
     ) -> Callable[[str], Any]:
-        from localserve.runtime.chat.parse import AnswerParser, HarmonyParser
+        from localserve.runtime.chat.parse import AnswerParser, HarmonyParser, MuseParser
 
         chat = self.chat
         names = [str((t.get("function") or {}).get("name", "")) for t in tools or []]
@@ -201,6 +201,10 @@ class JobBuilder:
         show = request.think is not False
         if chat.harmony:
             return lambda job_id: HarmonyParser(job_id, tool_names=names, show_thinking=show)
+        if chat.muse:
+            return lambda job_id: MuseParser(
+                job_id, tool_names=names, show_thinking=show, types=types
+            )
         return lambda job_id: AnswerParser(
             job_id,
             tools=chat.tools if tools else None,

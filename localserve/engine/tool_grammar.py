@@ -25,7 +25,14 @@ from typing import Any
 
 from localserve.engine.call_rules import SPACE, argument_rules, call_rule, literal, slotted
 from localserve.errors import InvalidOptionError
-from localserve.runtime.chat.syntax import DEEPSEEK_CALLS_BEGIN, DEEPSEEK_CALLS_END, ToolFormat
+from localserve.runtime.chat.syntax import (
+    DEEPSEEK_CALLS_BEGIN,
+    DEEPSEEK_CALLS_END,
+    MUSE_MESSAGE,
+    MUSE_MORE,
+    MUSE_START,
+    ToolFormat,
+)
 
 MAX_SCHEMA_BYTES = 64 << 10
 
@@ -40,7 +47,7 @@ class ToolGrammar:
 def enforced_kinds() -> frozenset[str]:
     return frozenset(
         {"hermes", "generic", "llama3", "mistral", "mistral_args", "harmony", "deepseek"}
-        | {"qwen3_coder", "tagged", "pythonic", "gemma4"}
+        | {"qwen3_coder", "tagged", "pythonic", "gemma4", "muse"}
     )
 
 
@@ -105,6 +112,10 @@ def tool_grammar(
     if choice == "auto":
         if tools_format.kind == "llama3":
             triggers = (r"[\s]*(\{[\s\S]*)",)
+        elif tools_format.kind == "muse":
+            # A message to a tool (not to=self or to=user) starts the call.
+            names = "|".join(re.escape(_name(t)) for t in chosen)
+            triggers = (r"[\s\S]*?( to=(?:" + names + ")" + re.escape(MUSE_MESSAGE) + r"[\s\S]*)",)
         elif tools_format.opened:
             # A first line naming a tool, or an opening followed by one later on.
             names = "|".join(re.escape(_name(t)) for t in chosen)
@@ -143,6 +154,9 @@ def _root(tools_format: ToolFormat, parallel: bool) -> str:
         if parallel:
             repeat = f"( {slotted(syntax.separator)} {slotted(syntax.call_open)} call )*"
         return f"root ::= {first} call {repeat} {slotted(syntax.section_close)}"
+    if kind == "muse":  # each call its own message
+        more = literal(MUSE_MORE + MUSE_START)
+        return f"root ::= call ( {more} call )*" if parallel else "root ::= call"
     if kind == "pythonic":
         repeat = '( ", " call )*' if parallel else ""
         end = f" {literal(tools_format.end)}" if tools_format.end else ""

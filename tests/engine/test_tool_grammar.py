@@ -18,7 +18,7 @@ from localserve.engine.job import Job
 from localserve.engine.llama import Model
 from localserve.engine.tool_grammar import enforced_kinds, tool_grammar
 from localserve.runtime.chat.formats import ChatFormat, detect
-from localserve.runtime.chat.parse import AnswerParser, HarmonyParser
+from localserve.runtime.chat.parse import AnswerParser, HarmonyParser, MuseParser
 from localserve.runtime.options import LoadOptions, SamplingOptions
 from localserve.runtime.protocol import Event, ToolCallEvent
 from localserve.runtime.templates import ChatTemplate
@@ -95,6 +95,8 @@ def sample(
     def parser(job_id: str) -> Any:
         if found.harmony:
             inner: Any = HarmonyParser(job_id, tool_names=names)
+        elif found.muse:
+            inner = MuseParser(job_id, tool_names=names)
         else:
             inner = AnswerParser(job_id, tools=found.tools, tool_names=names)
         recorded.append(Recorded(inner))
@@ -165,6 +167,7 @@ REAL = [
     "google-gemma-4-31B-it",  # Gemma 4's own object syntax
     "Mistral-Small-3.2-24B-Instruct-2506",  # [TOOL_CALLS]NAME[CALL_ID]...[ARGS]
     "meetkai-functionary-medium-v3.2",  # the prompt wrote the first ">>>"
+    "muse-glimmer",  # each call its own message, to=NAME then <atem:...> XML
 ]
 
 
@@ -204,6 +207,37 @@ def test_required_after_an_opened_thinking_block(engine: Engine) -> None:
         for token in model.tokenize("Let me think.\n</think>\n", add_special=False):
             L.llama_sampler_accept(sampler.grammar, token)
         assert not sampler._grammar_allows(letter)  # the call must come now
+        assert sampler._grammar_allows(model.tokenize("<", add_special=False)[-1])
+    finally:
+        sampler.close()
+
+
+def test_muse_auto_grammar_wakes_at_a_message_to_a_tool(engine: Engine) -> None:
+    """Muse writes reasoning (`` to=self``) and its answer (`` to=user``) as messages
+    like a call's: the lazy grammar stays off for those and holds a message addressed
+    to a tool to the call's syntax."""
+    import llama_cpp.llama_cpp as L
+
+    from localserve.engine.sampler import Sampler
+
+    source = (Path(chat_templates.__file__).parent / "templates" / "muse-glimmer.jinja").read_text()
+    found = detect(ChatTemplate(source))
+    assert found.tools is not None
+    grammar = tool_grammar(found.tools, [TOOL], choice="auto", parallel=False)
+    assert grammar is not None and grammar.triggers
+    model = engine.model
+    sampler = Sampler(model, SamplingOptions(temperature=0), grammar.gbnf, grammar.triggers)
+    try:
+        letter = model.tokenize("x", add_special=False)[-1]
+        free = " to=self<|message|>Hmm.<|eom|><|start|>assistant to=user<|message|>Hi"
+        for token in model.tokenize(free, add_special=False):
+            L.llama_sampler_accept(sampler.grammar, token)
+        assert sampler._grammar_allows(letter)  # reasoning and text are free
+        for token in model.tokenize(
+            ".<|eom|><|start|>assistant to=set_alarm<|message|>", add_special=False
+        ):
+            L.llama_sampler_accept(sampler.grammar, token)
+        assert not sampler._grammar_allows(letter)  # the call's XML must come now
         assert sampler._grammar_allows(model.tokenize("<", add_special=False)[-1])
     finally:
         sampler.close()

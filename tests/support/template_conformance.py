@@ -35,7 +35,7 @@ from typing import Any
 
 from localserve.errors import TemplateError
 from localserve.runtime.chat.formats import ChatFormat, detect
-from localserve.runtime.chat.parse import AnswerParser, HarmonyParser, StreamParser
+from localserve.runtime.chat.parse import AnswerParser, HarmonyParser, MuseParser, StreamParser
 from localserve.runtime.protocol import Event, TextEvent, ThinkingEvent, ToolCallEvent
 from localserve.runtime.templates import ChatTemplate
 
@@ -293,6 +293,8 @@ def parser_for(chat: ChatFormat, *, in_thinking: bool) -> StreamParser:
     """The parser engine/prepare.py builds for a request with the tool."""
     if chat.harmony:
         return HarmonyParser("roundtrip", tool_names=[TOOL_NAME], show_thinking=True)
+    if chat.muse:
+        return MuseParser("roundtrip", tool_names=[TOOL_NAME], show_thinking=True)
     return AnswerParser(
         "roundtrip",
         tools=chat.tools,

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from localserve.runtime.chat.formats import ChatFormat, ThinkingTags, detect
 from localserve.runtime.chat.learn import TAG, USER, common_prefix, common_suffix, render
-from localserve.runtime.chat.parse import AnswerParser
+from localserve.runtime.chat.parse import AnswerParser, MuseParser
 from localserve.runtime.chat.syntax import ID_SLOT, INDEX_SLOT
 from localserve.runtime.protocol import Event, TextEvent, ThinkingEvent, ToolCallEvent
 from localserve.runtime.templates import ChatTemplate
@@ -537,3 +537,94 @@ def test_the_end_of_sequence_after_calls_is_not_part_of_the_format() -> None:
     tools = detect(ChatTemplate(source, eos_token="<｜hy_eos:opensource｜>")).tools
     assert tools is not None and tools.syntax is not None
     assert tools.syntax.section_close.strip() == "</tool_calls:opensource>"
+
+
+# ------------------------------------------------------------------- Muse's messages
+
+MUSE = "muse-glimmer"
+
+
+def muse_read(text: str, piece: int = 0) -> list[tuple[str, Any]]:
+    parser = MuseParser("j", tool_names=NAMES, types=TYPES)
+    events: list[Event] = []
+    for at in range(0, len(text), piece or len(text) or 1):
+        events += parser.feed(text[at : at + (piece or len(text))])
+    merged: list[tuple[str, Any]] = []
+    for event in events + parser.flush():
+        if isinstance(event, ToolCallEvent):
+            merged.append(("call", (event.index, event.name, event.arguments)))
+        elif merged and merged[-1][0] == event.type:
+            merged[-1] = (event.type, merged[-1][1] + event.text)
+        else:
+            merged.append((event.type, event.text))
+    return merged
+
+
+def test_muse_is_detected_by_its_messages_not_its_tags() -> None:
+    found = fmt(MUSE)
+    assert found.muse and not found.harmony
+    assert found.tools is not None and found.tools.kind == "muse"
+    # Reasoning is a message to `self`, not text between tags.
+    assert found.thinking is None and found.thinks
+    assert set(found.capabilities) == {"completion", "tools", "thinking"}
+    assert (found.answer_open, found.answer_end) == ("", "")
+    # Templates with other channels or tags are not Muse.
+    for other in ("GLM-4.7-Flash", "google-gemma-4-31B-it", "Kimi-K3"):
+        assert not fmt(other).muse
+
+
+def test_muse_reasoning_calls_and_answer_come_back_from_what_the_template_writes() -> None:
+    """Two calls after a reasoning message, as the template renders them (the prompt
+    wrote the first ``<|start|>assistant``), then the answer in a later turn."""
+    turn: dict[str, Any] = {
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": "Two lookups.",
+        "tool_calls": [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+            for n, a, i in CALLS
+        ],
+    }
+    chat = template(MUSE)
+    prompt = render(chat, [USER], add_generation_prompt=True, tools=TOOLS)
+    written = render(chat, [USER, turn], add_generation_prompt=False, tools=TOOLS)
+    assert written.startswith(prompt)
+    text = written[len(prompt) :]
+    assert text.count("<|start|>assistant to=") == 2  # one message per call
+    for piece in (0, 1, 4):
+        assert muse_read(text, piece) == [
+            ("thinking", "Two lookups."),
+            ("call", (0, "get_weather", {"city": "Paris", "days": 3})),
+            ("call", (1, "get_time", {"zone": "UTC"})),
+        ], text
+    answer = " to=user<|message|>It is 3 o'clock.<|eot|>"
+    assert muse_read(answer, 3) == [("text", "It is 3 o'clock.")]
+    # A string parameter stays a string, spaces included; other values are JSON.
+    spaced = (
+        ' to=get_weather<|message|><atem:function_calls>\n<atem:invoke name="get_weather">\n'
+        '<atem:parameter name="city"> 42 </atem:parameter>\n'
+        '<atem:parameter name="days">7</atem:parameter>\n</atem:invoke>\n</atem:function_calls>'
+    )
+    assert muse_read(spaced) == [("call", (0, "get_weather", {"city": " 42 ", "days": 7}))]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # the two names disagree
+        ' to=get_time<|message|><atem:function_calls>\n<atem:invoke name="get_weather">\n'
+        "</atem:invoke>\n</atem:function_calls><|eot|>",
+        # a tool the request does not have
+        ' to=rm_rf<|message|><atem:function_calls>\n<atem:invoke name="rm_rf">\n'
+        "</atem:invoke>\n</atem:function_calls><|eot|>",
+        # cut off inside the call
+        ' to=get_time<|message|><atem:function_calls>\n<atem:invoke name="get_time">\n'
+        '<atem:parameter name="zone">UT',
+        # not XML at all
+        ' to=get_time<|message|>{"zone": "UTC"}<|eom|>',
+    ],
+)
+def test_a_muse_call_that_does_not_read_comes_back_as_text(text: str) -> None:
+    body = text.split("<|message|>", 1)[1].removesuffix("<|eot|>").removesuffix("<|eom|>")
+    for piece in (0, 1, 5):
+        assert muse_read(text, piece) == [("text", body)]

@@ -51,20 +51,11 @@ CALL_XFAIL: dict[str, str] = {
         "the call comes back, with that tag left over as text"
     ),
     "ibm-granite-granite-3.3-2B-Instruct.jinja": _NO_CALLS_IN_HISTORY,
-    "muse-glimmer.jinja": (
-        '` to=NAME<|message|><atem:function_calls><atem:invoke name="NAME">` XML: no format '
-        "detected"
-    ),
 }
 
 # Templates that keep reasoning or are detected as thinking, whose reasoning does not
 # come back, and why.
-REASONING_XFAIL: dict[str, str] = {
-    "muse-glimmer.jinja": (
-        "detected tags `<|message|>`/`<|eom|>`; the model writes channels (` to=self<|message|>"
-        "...<|eom|><|start|>assistant to=user<|message|>...`): no reasoning comes back"
-    ),
-}
+REASONING_XFAIL: dict[str, str] = {}
 
 
 @functools.cache

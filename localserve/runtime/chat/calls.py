@@ -19,6 +19,8 @@ from functools import lru_cache
 from typing import Any
 
 from localserve.runtime.chat.syntax import (
+    ATEM_CALLS_CLOSE,
+    ATEM_CALLS_OPEN,
     DEEPSEEK_CALL_BEGIN,
     DEEPSEEK_CALL_END,
     DEEPSEEK_SEP,
@@ -61,6 +63,8 @@ def parse_calls(tools: ToolFormat, text: str, types: Types | None = None) -> lis
             return _pythonic_calls(_strip_markers(text, tools.starts, tools.end))
         if tools.kind == "gemma4":
             return _gemma4_calls(text)
+        if tools.kind == "muse":
+            return atem_calls(text, types)
         if tools.kind == "tagged" and tools.syntax is not None:
             return _tagged_section(tools.syntax, text, types)
     except _ERRORS:
@@ -343,6 +347,43 @@ def _xml_calls(text: str, types: Types) -> list[Call] | None:
         calls.append((name, arguments, ""))
         rest = rest.replace(match.group(0), "", 1)
     return calls if calls and not rest.strip() else None
+
+
+_ATEM_INVOKE = re.compile(r'\s*<atem:invoke name="([^"]+)">\n?(.*?)</atem:invoke>\s*', re.DOTALL)
+_ATEM_PARAMETER = re.compile(
+    r'\s*<atem:parameter name="([^"]+)">(.*?)</atem:parameter>\s*', re.DOTALL
+)
+
+
+def atem_calls(text: str, types: Types) -> list[Call] | None:
+    """Muse's ``<atem:function_calls><atem:invoke name="NAME"><atem:parameter
+    name="K">V</atem:parameter>...</atem:invoke></atem:function_calls>``: values as
+    written (the template says spaces are not stripped), JSON where the schema says
+    the value is not a string."""
+    body = text.strip()
+    if not (body.startswith(ATEM_CALLS_OPEN) and body.endswith(ATEM_CALLS_CLOSE)):
+        return None
+    body = body[len(ATEM_CALLS_OPEN) : -len(ATEM_CALLS_CLOSE)]
+    calls: list[Call] = []
+    at = 0
+    while body[at:].strip():
+        invoke = _ATEM_INVOKE.match(body, at)
+        if invoke is None:
+            return None
+        name, inside = invoke.groups()
+        declared = types.get(name, {})
+        arguments: dict[str, Any] = {}
+        inner = 0
+        while inside[inner:].strip():
+            parameter = _ATEM_PARAMETER.match(inside, inner)
+            if parameter is None:
+                return None
+            key, raw = parameter.groups()
+            arguments[key] = raw_value(raw, declared.get(key))
+            inner = parameter.end()
+        calls.append((name, arguments, ""))
+        at = invoke.end()
+    return calls or None
 
 
 # ------------------------------------------------------------------ LFM2, Gemma 4

@@ -5,7 +5,7 @@ The template is rendered with a sample tool and an assistant turn that calls it
 with one call whose arguments have every JSON type. The text the template wrote for
 the turn (the render less what it shares with a plain answer) tells the syntax:
 
-- a known family's markers (Hermes, Qwen3-Coder, Mistral, DeepSeek, harmony);
+- a known family's markers (Hermes, Qwen3-Coder, Mistral, DeepSeek, harmony, Muse);
 - a JSON object naming the call, after a tag of the template's own (generic: Granite,
   Command R7B, Apertus, Nemotron...), its keys learnt from the object;
 - else literal markers around the name and the arguments (tagged: GLM, Kimi K2,
@@ -29,12 +29,15 @@ from typing import Any
 
 from localserve.errors import TemplateError
 from localserve.runtime.chat.syntax import (
+    ATEM_CALLS_CLOSE,
+    ATEM_CALLS_OPEN,
     DEEPSEEK_CALLS_BEGIN,
     DEEPSEEK_CALLS_END,
     DEEPSEEK_SEP,
     ID_SLOT,
     INDEX_SLOT,
     KEY_SLOT,
+    MUSE_MESSAGE,
     TAG,
     TaggedSyntax,
     ToolFormat,
@@ -145,6 +148,9 @@ def tool_format(template: ChatTemplate, harmony: bool) -> ToolFormat | None:
         return from_instructions(template, defined)
     if harmony or "to=functions." + NAME in answer:
         return ToolFormat("harmony", starts=("<|channel|>commentary to=functions.",))
+    # (` to=` is shared with the plain answer's ` to=user`: the answer starts at NAME.)
+    if f"{NAME}{MUSE_MESSAGE}{ATEM_CALLS_OPEN}" in answer:
+        return ToolFormat("muse", starts=(ATEM_CALLS_OPEN,), end=ATEM_CALLS_CLOSE)
     if f"<tool_call>\n<function={NAME}>" in answer and f"<parameter={ARG}>" in answer:
         return ToolFormat("qwen3_coder", starts=("<tool_call>", "<function="), end="</tool_call>")
     if "[TOOL_CALLS]" in answer:

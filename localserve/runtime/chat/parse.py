@@ -14,7 +14,9 @@ prompt already ends with the open tag (Qwen 3, DeepSeek R1 templates), the answe
 starts inside the block. A call marker inside a reasoning block also ends it
 (Qwen 3 sometimes opens a call before closing its thought). Harmony (gpt-oss)
 answers are a series of channel messages: ``analysis`` is reasoning, ``final`` and
-plain ``commentary`` are text, ``commentary to=functions.NAME`` is a call.
+plain ``commentary`` are text, ``commentary to=functions.NAME`` is a call. Muse
+answers are messages too, addressed ``to=self`` (reasoning), ``to=user`` (text) or
+``to=NAME`` (a call).
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ from localserve.runtime.chat.calls import (
     Call,
     TaggedScanner,
     Types,
+    atem_calls,
     json_object,
     parse_calls,
     parse_leading_calls,
 )
-from localserve.runtime.chat.syntax import TAG, ThinkingTags, ToolFormat
+from localserve.runtime.chat.syntax import (
+    MUSE_END,
+    MUSE_MESSAGE,
+    MUSE_MORE,
+    MUSE_START,
+    TAG,
+    ThinkingTags,
+    ToolFormat,
+)
 from localserve.runtime.protocol import Event, TextEvent, ThinkingEvent, ToolCallEvent
 
 
@@ -406,6 +417,85 @@ class HarmonyParser(StreamParser):
                 events.append(ToolCallEvent(self.job_id, self.calls, name, arguments))
                 self.calls += 1
         self._channel, self._recipient, self._body = None, "", ""
+
+
+class MuseParser(StreamParser):
+    """Muse answers: `` to=RECIPIENT<|message|>BODY`` messages, each ended by ``<|eom|>``
+    (another follows, after ``<|start|>assistant``) or ``<|eot|>``; the prompt wrote
+    the first one's ``<|start|>assistant``. ``self`` is reasoning, ``user`` (or no
+    recipient) the answer, any other a call: its body is ``<atem:function_calls>`` XML
+    naming the recipient again."""
+
+    _HEADER = re.compile(r"(?:\s*to=([^\s<]+))?\s*" + re.escape(MUSE_MESSAGE))
+    _ENDS = (MUSE_MORE, MUSE_END, MUSE_START)
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        tool_names: Sequence[str] = (),
+        show_thinking: bool = True,
+        types: Types | None = None,
+    ) -> None:
+        super().__init__(job_id, tool_names, show_thinking)
+        self.types = types or {}
+        self._recipient: str | None = None  # None: reading a header
+        self._body = ""
+
+    def _drain(self, *, final: bool) -> list[Event]:
+        events: list[Event] = []
+        while True:
+            if self._recipient is None:
+                match = self._HEADER.search(self._buffer)
+                if match is None:
+                    if final and self._buffer.strip() and MUSE_MESSAGE not in self._buffer:
+                        events.append(TextEvent(self.job_id, self._buffer))  # no header
+                        self._buffer = ""
+                    return events
+                # Anything before a header (<|start|>assistant) is framing.
+                self._recipient = match.group(1) or "user"
+                self._buffer = self._buffer[match.end() :]
+            at, marker = _first(self._buffer, self._ENDS)
+            if at < 0 and not final:
+                keep = _partial_suffix(self._buffer, self._ENDS)
+                self._stream(events, self._buffer[: len(self._buffer) - keep])
+                self._buffer = self._buffer[len(self._buffer) - keep :]
+                return events
+            end = len(self._buffer) if at < 0 else at
+            self._stream(events, self._buffer[:end])
+            # <|start|> opens the next message: it stays for the header.
+            skip = len(marker) if at >= 0 and marker != MUSE_START else 0
+            self._buffer = self._buffer[end + skip :]
+            self._close_message(events)
+            if at < 0:
+                return events
+
+    def _stream(self, events: list[Event], text: str) -> None:
+        if not text:
+            return
+        if self._recipient == "self":
+            if self.show_thinking:
+                events.append(ThinkingEvent(self.job_id, text))
+        elif self._recipient == "user":
+            events.append(TextEvent(self.job_id, text))
+        else:
+            self._body += text  # a call: parsed when the message ends
+
+    def _close_message(self, events: list[Event]) -> None:
+        if self._recipient not in (None, "self", "user"):
+            calls = atem_calls(self._body, self.types)
+            name = self._recipient
+            if (
+                calls is None
+                or any(called != name for called, _, _ in calls)
+                or (self.tool_names and name not in self.tool_names)
+            ):
+                events.append(TextEvent(self.job_id, self._body))
+            else:
+                for called, arguments, _ in calls:
+                    events.append(ToolCallEvent(self.job_id, self.calls, called, arguments))
+                    self.calls += 1
+        self._recipient, self._body = None, ""
 
 
 def _recipient(header: str) -> str:

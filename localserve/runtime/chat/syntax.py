@@ -20,7 +20,20 @@ FormatKind = Literal[
     "tagged",  # markers around the name and the arguments, learnt from the template
     "pythonic",  # <|tool_call_start|>[NAME(key="value", ...)]<|tool_call_end|> (LFM2)
     "gemma4",  # <|tool_call>call:NAME{key:<|"|>value<|"|>,...}<tool_call|>
+    # Muse's channels: each call its own message, `` to=NAME<|message|>`` then
+    # <atem:function_calls><atem:invoke name="NAME"><atem:parameter name="K">V</...>
+    "muse",
 ]
+
+# Muse's messages: ``<|start|>assistant to=RECIPIENT<|message|>BODY<|eom|>`` (more
+# follows in the turn) or ``<|eot|>`` (the turn's end); ``self`` is reasoning, ``user``
+# the answer, any other recipient a call.
+MUSE_START = "<|start|>assistant"
+MUSE_MESSAGE = "<|message|>"
+MUSE_MORE = "<|eom|>"
+MUSE_END = "<|eot|>"
+ATEM_CALLS_OPEN = "<atem:function_calls>"
+ATEM_CALLS_CLOSE = "</atem:function_calls>"
 
 DEEPSEEK_CALLS_BEGIN = "<｜tool▁calls▁begin｜>"
 DEEPSEEK_CALLS_END = "<｜tool▁calls▁end｜>"
@@ -142,6 +155,8 @@ class ToolFormat:
             extra = ("<|python_tag|>",)
         elif self.kind == "gemma4":
             extra = ('<|"|>',)
+        elif self.kind == "muse":
+            extra = (MUSE_START, MUSE_MESSAGE, MUSE_MORE, MUSE_END)
         elif self.syntax is not None:
             found: list[str] = []
             for literal in self.syntax.literals():
