@@ -628,3 +628,43 @@ def test_a_muse_call_that_does_not_read_comes_back_as_text(text: str) -> None:
     body = text.split("<|message|>", 1)[1].removesuffix("<|eot|>").removesuffix("<|eom|>")
     for piece in (0, 1, 5):
         assert muse_read(text, piece) == [("text", body)]
+
+
+# ------------------------------------------------------------ what follows the calls
+
+
+def test_gemma4_stops_for_the_results_with_a_tag_that_is_not_text() -> None:
+    """Gemma 4's template ends a turn of calls with ``<|tool_response>`` (the results
+    come next), not its end of turn: learnt, and dropped after calls, not before."""
+    tools = fmt("google-gemma-4-31B-it").tools
+    assert tools is not None and tools.after_calls == "<|tool_response>"
+    assert "<|tool_response>" in tools.markers
+    assert fmt("Qwen3.5-4B").tools is not None and not fmt("Qwen3.5-4B").tools.after_calls
+    call = '<|tool_call>call:get_time{zone:<|"|>UTC<|"|>}<tool_call|>'
+    name = "google-gemma-4-31B-it"
+    for piece in (0, 1, 3):
+        events = read(name, call + "<|tool_response>", "", piece)
+        assert [(e.type, getattr(e, "name", "")) for e in events] == [("tool_call", "get_time")]
+        # Not after a call: the tag is what the model wrote.
+        alone = read(name, "Hi<|tool_response>", "", piece)
+        assert "".join(e.text for e in alone if isinstance(e, TextEvent)) == "Hi<|tool_response>"
+
+
+def test_kimi_k3_calls_whose_section_end_is_cut_short_leave_no_text() -> None:
+    """Kimi K3's calls end with ``<|sep|><|close|>tools<|sep|>``; an answer that stops
+    before the last ``<|sep|>`` (which its end of turn shares) has ended the section."""
+    call = (
+        '<|open|>tools<|sep|><|open|>call tool="get_time" index="1"<|sep|>'
+        '<|open|>argument key="zone" type="string"<|sep|>UTC<|close|>argument<|sep|>'
+        "<|close|>call<|sep|><|close|>tools"
+    )
+    name = "Kimi-K3"
+    prefix = "<|close|>response<|sep|>"  # the template's section opening starts there
+    for piece in (0, 1, 4):
+        events = read(name, prefix + call, "", piece)
+        calls = [(e.name, e.arguments) for e in events if isinstance(e, ToolCallEvent)]
+        assert calls == [("get_time", {"zone": "UTC"})], events
+        assert not "".join(e.text for e in events if isinstance(e, TextEvent)).strip(), events
+        # A cut that is not the section's end is still text.
+        odd = read(name, prefix + call.removesuffix("tools") + "tooth", "", piece)
+        assert "tooth" in "".join(e.text for e in odd if isinstance(e, TextEvent)), odd

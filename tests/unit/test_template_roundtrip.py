@@ -40,16 +40,8 @@ _NO_CALLS_IN_HISTORY = (
 
 # Templates that show tools but whose call does not come back, and why.
 CALL_XFAIL: dict[str, str] = {
-    "Kimi-K3.jinja": (
-        "the markers learnt share `<|sep|>` differently from the model's tags: the call comes "
-        "back, with `<|sep|><|close|>tools` left over as text"
-    ),
     "LFM2-8B-A1B.jinja": _NO_CALLS_IN_HISTORY,
     "LFM2.5-Instruct.jinja": _NO_CALLS_IN_HISTORY,
-    "google-gemma-4-31B-it.jinja": (
-        "the template writes the result's opening (`<|tool_response>`) into the call's turn: "
-        "the call comes back, with that tag left over as text"
-    ),
     "ibm-granite-granite-3.3-2B-Instruct.jinja": _NO_CALLS_IN_HISTORY,
 }
 

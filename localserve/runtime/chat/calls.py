@@ -27,6 +27,7 @@ from localserve.runtime.chat.syntax import (
     ID_SLOT,
     INDEX_SLOT,
     KEY_SLOT,
+    TAG,
     TaggedSyntax,
     ToolFormat,
     lead_literal,
@@ -645,12 +646,21 @@ class TaggedScanner:
             for marker in (self.call_lead, self.section_close, self.separator):
                 if marker and marker.startswith(rest) and not final:
                     return "wait", 0, None
+            if final and self._close_cut_short(rest):
+                return "close", len(text), None
             return ("bad" if self.section_open else "end"), 0, None
         end = self._call_end(rest, final)
         if end < 0:
             return "wait", 0, None
         found = tagged_call(self.syntax, rest[:end], types)
         return ("call", blank + end, found) if found else ("bad", 0, None)
+
+    def _close_cut_short(self, rest: str) -> bool:
+        """Whether the answer ends with the start of the section's end, from a whole tag
+        on (Kimi K3's ``<|sep|><|close|>tools``, its last ``<|sep|>`` not written: the
+        model stopped there, or the turn's end shares it)."""
+        head = rest.rstrip()
+        return bool(self.section_close.startswith(head) and TAG.match(head))
 
     def _undecided(self, rest: str, final: bool, marker: str) -> tuple[str, int, Call | None]:
         if marker.startswith(rest) and not final:

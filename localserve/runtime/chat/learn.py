@@ -166,12 +166,24 @@ def tool_format(template: ChatTemplate, harmony: bool) -> ToolFormat | None:
     if found is not None and "<tool_call>" in answer and "</tool_call>" in answer:
         return ToolFormat("hermes", starts=("<tool_call>",), end="</tool_call>")
     if f"call:{NAME}{{" in answer and '<|"|>' in answer:
-        return ToolFormat("gemma4", starts=("<|tool_call>",), end="<tool_call|>")
+        return ToolFormat(
+            "gemma4",
+            starts=("<|tool_call>",),
+            end="<tool_call|>",
+            after_calls=_after_calls(answer, "<tool_call|>"),
+        )
     if re.search(rf"\[{NAME}\({ARG}=", answer):
         return _pythonic(answer)
     if found is not None:
         return _json_format(template, answer, found)
     return _tagged_format(template, answer)
+
+
+def _after_calls(answer: str, end: str) -> str:
+    """The tag the template writes after the last call's ``end`` and before its end of
+    turn, if one (see ToolFormat.after_calls)."""
+    tail = answer[answer.rfind(end) + len(end) :].strip() if end in answer else ""
+    return tail if TAG.fullmatch(tail) else ""
 
 
 def from_instructions(template: ChatTemplate, prompt: str) -> ToolFormat | None:

@@ -226,6 +226,11 @@ class AnswerParser(StreamParser):
             if final:  # the end of the turn's framing after calls (Kimi K3)
                 self._buffer = ""
             return
+        after_calls = self.tools.after_calls if self.tools else ""
+        if self.calls and after_calls and after_calls.startswith(self._buffer.strip()):
+            if final:  # where the model stops for the results (Gemma 4)
+                self._buffer = ""
+            return
         markers = (*self._starts, self._ending) if self._ending else self._starts
         at, marker = _first(self._buffer, markers) if markers else (-1, "")
         if at < 0:

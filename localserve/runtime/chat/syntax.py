@@ -140,6 +140,9 @@ class ToolFormat:
     # for plain text.
     opened: str = ""
     text_name: str = ""
+    # What the template writes after a turn's calls in place of its end of turn: the
+    # tag the model stops at for the results (Gemma 4's ``<|tool_response>``).
+    after_calls: str = ""
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -163,7 +166,7 @@ class ToolFormat:
                 for piece in re.split("|".join(SLOTS), literal):
                     found += [piece.strip(), *TAG.findall(piece)]
             extra = tuple(dict.fromkeys(found))
-        return tuple(m for m in (*self.starts, self.end, *extra) if m)
+        return tuple(m for m in (*self.starts, self.end, *extra, self.after_calls) if m)
 
 
 @dataclass(frozen=True)
