@@ -568,6 +568,8 @@ def test_muse_is_detected_by_its_messages_not_its_tags() -> None:
     assert found.thinking is None and found.thinks
     assert set(found.capabilities) == {"completion", "tools", "thinking"}
     assert (found.answer_open, found.answer_end) == ("", "")
+    # Its message tags are kept in the answer (one special token each in a real model).
+    assert {"<|start|>", "<|message|>", "<|eom|>", "<|eot|>"} <= set(found.markers)
     # Templates with other channels or tags are not Muse.
     for other in ("GLM-4.7-Flash", "google-gemma-4-31B-it", "Kimi-K3"):
         assert not fmt(other).muse
@@ -668,3 +670,36 @@ def test_kimi_k3_calls_whose_section_end_is_cut_short_leave_no_text() -> None:
         # A cut that is not the section's end is still text.
         odd = read(name, prefix + call.removesuffix("tools") + "tooth", "", piece)
         assert "tooth" in "".join(e.text for e in odd if isinstance(e, TextEvent)), odd
+
+
+MUSE_SOUP = [
+    " to=",
+    "self",
+    "user",
+    "get_time",
+    "<|message|>",
+    "<|eom|>",
+    "<|eot|>",
+    "<|start|>assistant",
+    "<atem:function_calls>",
+    '\n<atem:invoke name="get_time">\n',
+    '<atem:parameter name="zone">',
+    "</atem:parameter>\n",
+    "</atem:invoke>\n",
+    "</atem:function_calls>",
+]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    text=st.lists(st.one_of(st.sampled_from(MUSE_SOUP), st.text(max_size=5)), max_size=30).map(
+        "".join
+    ),
+    piece=st.integers(min_value=0, max_value=7),
+)
+def test_muse_soup_never_raises_and_streams_as_it_reads_whole(text: str, piece: int) -> None:
+    whole = muse_read(text)
+    assert muse_read(text, piece) == whole
+    for kind, value in whole:
+        if kind == "call":
+            assert value[1] in NAMES and isinstance(value[2], dict)

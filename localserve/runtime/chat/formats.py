@@ -32,6 +32,7 @@ from localserve.runtime.chat.syntax import (
     MUSE_MESSAGE,
     MUSE_MORE,
     MUSE_START,
+    MUSE_TAGS,
     TAG,
     FormatKind,
     TaggedSyntax,
@@ -81,6 +82,8 @@ class ChatFormat:
     @property
     def markers(self) -> tuple[str, ...]:
         found = list(self.tools.markers if self.tools else ())
+        if self.muse:  # its messages carry the reasoning, with or without tools
+            found += MUSE_TAGS
         if self.thinking:
             for tag in (self.thinking.open, self.thinking.close):
                 found += [tag, *TAG.findall(tag)]  # <|open|>think<|sep|>: each token

@@ -32,6 +32,7 @@ MUSE_START = "<|start|>assistant"
 MUSE_MESSAGE = "<|message|>"
 MUSE_MORE = "<|eom|>"
 MUSE_END = "<|eot|>"
+MUSE_TAGS = ("<|start|>", MUSE_MESSAGE, MUSE_MORE, MUSE_END)  # each one token
 ATEM_CALLS_OPEN = "<atem:function_calls>"
 ATEM_CALLS_CLOSE = "</atem:function_calls>"
 
@@ -159,7 +160,7 @@ class ToolFormat:
         elif self.kind == "gemma4":
             extra = ('<|"|>',)
         elif self.kind == "muse":
-            extra = (MUSE_START, MUSE_MESSAGE, MUSE_MORE, MUSE_END)
+            extra = MUSE_TAGS
         elif self.syntax is not None:
             found: list[str] = []
             for literal in self.syntax.literals():
