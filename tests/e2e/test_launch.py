@@ -66,8 +66,8 @@ def agent_daemon(
     with running_daemon(home) as started:  # no LOCALSERVE_CONTEXT_LENGTH: the default
         add_model(home, model, "gemma")
         create_from_gemma(started, "gemma-line", parameters=ONE_LINE)
-        # Codex's model also carries two short exchanges, so that Gemma answers briefly
-        # (test_responses_agents.py).
+        # Codex's and OpenCode's model also carries two short exchanges, so that Gemma
+        # answers briefly (test_responses_agents.py).
         examples = [
             {"role": "user", "content": "Say goodbye."},
             {"role": "assistant", "content": "Goodbye!"},
@@ -154,11 +154,16 @@ def test_opencode_through_launch(agent_daemon: Daemon, tmp_path: Path) -> None:
     env["PWD"] = str(work)  # OpenCode takes its project from $PWD
     env["OPENCODE_DISABLE_AUTOUPDATE"] = "1"
     before = chat_completions(agent_daemon)
-    done = launch("opencode", "--model", "gemma-line", "--", "run", "Say hello.", env=env, cwd=work)
+    # The model with two short exchanges: with one line and no examples, Gemma's greedy
+    # answer to OpenCode's prompt (which names the test's folder) is sometimes an empty
+    # line, and OpenCode prints nothing for it.
+    done = launch(
+        "opencode", "--model", "gemma-codex", "--", "run", "Say hello.", env=env, cwd=work
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip(), done.stderr[-3000:]
     # It talked to the daemon's chat completions API, the one its settings name.
-    assert chat_completions(agent_daemon) > before
+    assert chat_completions(agent_daemon) > before, done.stderr[-3000:]
+    assert done.stdout.strip(), done.stderr[-3000:]
 
 
 def chat_completions(daemon: Daemon) -> float:
