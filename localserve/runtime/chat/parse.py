@@ -358,35 +358,34 @@ class AnswerParser(StreamParser):
             events.append(ThinkingEvent(self.job_id, text))
 
 
-class HarmonyParser(StreamParser):
-    """gpt-oss answers: ``<|channel|>NAME[ to=functions.F]...<|message|>BODY<|end|>``
-    messages, each after ``<|start|>assistant`` but the first (the prompt wrote it)."""
+class MessageParser(StreamParser):
+    """Answers written as messages, each a header and then a body up to an end marker
+    (gpt-oss's harmony, Muse). The reading loop is here; a subclass says what a header
+    opens (``_open``), where a body's text goes (``_stream``) and what a message is once
+    it ends (``_close_message``)."""
 
-    _HEADER = re.compile(r"<\|channel\|>\s*(\w+)(.*?)<\|message\|>", re.DOTALL)
-    _ENDS = ("<|end|>", "<|call|>", "<|return|>", "<|start|>")
+    _HEADER: re.Pattern[str]
+    _ENDS: tuple[str, ...]
+    _MARKER: str  # an answer with no header and without this is plain text
+    _KEPT: str | None = None  # an end marker that opens the next message: left for it
 
-    def __init__(
-        self, job_id: str, *, tool_names: Sequence[str] = (), show_thinking: bool = True
-    ) -> None:
+    def __init__(self, job_id: str, tool_names: Sequence[str], show_thinking: bool) -> None:
         super().__init__(job_id, tool_names, show_thinking)
-        self._channel: str | None = None  # None: reading a header
-        self._recipient = ""
-        self._body = ""
+        self._in_message = False  # False: reading a header
 
     def _drain(self, *, final: bool) -> list[Event]:
         events: list[Event] = []
         while True:
-            if self._channel is None:
+            if not self._in_message:
                 match = self._HEADER.search(self._buffer)
                 if match is None:
-                    if final and self._buffer.strip() and "<|channel|>" not in self._buffer:
-                        events.append(TextEvent(self.job_id, self._buffer))  # no channels
+                    if final and self._buffer.strip() and self._MARKER not in self._buffer:
+                        events.append(TextEvent(self.job_id, self._buffer))  # no header
                         self._buffer = ""
                     return events
                 # Anything before a header (<|start|>assistant) is framing.
-                self._channel = match.group(1)
-                # The recipient may sit in the role part too: <|start|>assistant to=...
-                self._recipient = _recipient(self._buffer[: match.end()])
+                self._open(match)
+                self._in_message = True
                 self._buffer = self._buffer[match.end() :]
             at, marker = _first(self._buffer, self._ENDS)
             if at < 0 and not final:
@@ -396,10 +395,43 @@ class HarmonyParser(StreamParser):
                 return events
             end = len(self._buffer) if at < 0 else at
             self._stream(events, self._buffer[:end])
-            self._buffer = self._buffer[end + (len(marker) if at >= 0 else 0) :]
+            skip = len(marker) if at >= 0 and marker != self._KEPT else 0
+            self._buffer = self._buffer[end + skip :]
             self._close_message(events)
+            self._in_message = False
             if at < 0:
                 return events
+
+    def _open(self, header: re.Match[str]) -> None:
+        raise NotImplementedError
+
+    def _stream(self, events: list[Event], text: str) -> None:
+        raise NotImplementedError
+
+    def _close_message(self, events: list[Event]) -> None:
+        raise NotImplementedError
+
+
+class HarmonyParser(MessageParser):
+    """gpt-oss answers: ``<|channel|>NAME[ to=functions.F]...<|message|>BODY<|end|>``
+    messages, each after ``<|start|>assistant`` but the first (the prompt wrote it)."""
+
+    _HEADER = re.compile(r"<\|channel\|>\s*(\w+)(.*?)<\|message\|>", re.DOTALL)
+    _ENDS = ("<|end|>", "<|call|>", "<|return|>", "<|start|>")
+    _MARKER = "<|channel|>"
+
+    def __init__(
+        self, job_id: str, *, tool_names: Sequence[str] = (), show_thinking: bool = True
+    ) -> None:
+        super().__init__(job_id, tool_names, show_thinking)
+        self._channel = ""
+        self._recipient = ""
+        self._body = ""
+
+    def _open(self, header: re.Match[str]) -> None:
+        self._channel = header.group(1)
+        # The recipient may sit in the role part too: <|start|>assistant to=...
+        self._recipient = _recipient(header.string[: header.end()])
 
     def _stream(self, events: list[Event], text: str) -> None:
         if not text:
@@ -421,10 +453,10 @@ class HarmonyParser(StreamParser):
             else:
                 events.append(ToolCallEvent(self.job_id, self.calls, name, arguments))
                 self.calls += 1
-        self._channel, self._recipient, self._body = None, "", ""
+        self._channel, self._recipient, self._body = "", "", ""
 
 
-class MuseParser(StreamParser):
+class MuseParser(MessageParser):
     """Muse answers: `` to=RECIPIENT<|message|>BODY`` messages, each ended by ``<|eom|>``
     (another follows, after ``<|start|>assistant``) or ``<|eot|>``; the prompt wrote
     the first one's ``<|start|>assistant``. ``self`` is reasoning, ``user`` (or no
@@ -433,6 +465,8 @@ class MuseParser(StreamParser):
 
     _HEADER = re.compile(r"(?:\s*to=([^\s<]+))?\s*" + re.escape(MUSE_MESSAGE))
     _ENDS = (MUSE_MORE, MUSE_END, MUSE_START)
+    _MARKER = MUSE_MESSAGE
+    _KEPT = MUSE_START  # <|start|> opens the next message: it stays for the header
 
     def __init__(
         self,
@@ -444,36 +478,11 @@ class MuseParser(StreamParser):
     ) -> None:
         super().__init__(job_id, tool_names, show_thinking)
         self.types = types or {}
-        self._recipient: str | None = None  # None: reading a header
+        self._recipient = ""
         self._body = ""
 
-    def _drain(self, *, final: bool) -> list[Event]:
-        events: list[Event] = []
-        while True:
-            if self._recipient is None:
-                match = self._HEADER.search(self._buffer)
-                if match is None:
-                    if final and self._buffer.strip() and MUSE_MESSAGE not in self._buffer:
-                        events.append(TextEvent(self.job_id, self._buffer))  # no header
-                        self._buffer = ""
-                    return events
-                # Anything before a header (<|start|>assistant) is framing.
-                self._recipient = match.group(1) or "user"
-                self._buffer = self._buffer[match.end() :]
-            at, marker = _first(self._buffer, self._ENDS)
-            if at < 0 and not final:
-                keep = _partial_suffix(self._buffer, self._ENDS)
-                self._stream(events, self._buffer[: len(self._buffer) - keep])
-                self._buffer = self._buffer[len(self._buffer) - keep :]
-                return events
-            end = len(self._buffer) if at < 0 else at
-            self._stream(events, self._buffer[:end])
-            # <|start|> opens the next message: it stays for the header.
-            skip = len(marker) if at >= 0 and marker != MUSE_START else 0
-            self._buffer = self._buffer[end + skip :]
-            self._close_message(events)
-            if at < 0:
-                return events
+    def _open(self, header: re.Match[str]) -> None:
+        self._recipient = header.group(1) or "user"
 
     def _stream(self, events: list[Event], text: str) -> None:
         if not text:
@@ -487,7 +496,7 @@ class MuseParser(StreamParser):
             self._body += text  # a call: parsed when the message ends
 
     def _close_message(self, events: list[Event]) -> None:
-        if self._recipient not in (None, "self", "user"):
+        if self._recipient not in ("self", "user"):
             calls = atem_calls(self._body, self.types)
             name = self._recipient
             if (
@@ -500,7 +509,7 @@ class MuseParser(StreamParser):
                 for called, arguments, _ in calls:
                     events.append(ToolCallEvent(self.job_id, self.calls, called, arguments))
                     self.calls += 1
-        self._recipient, self._body = None, ""
+        self._recipient, self._body = "", ""
 
 
 def _recipient(header: str) -> str:
