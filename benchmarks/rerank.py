@@ -8,13 +8,15 @@ llama-server (``--reranking``, flash attention off as localserve's rank context 
 benchmarks/peers.py builds it from the same llama.cpp). Both get the same query and
 ``--docs`` documents; the script prints the largest difference between their scores,
 their ``usage.prompt_tokens``, and the median wall time of a request on each (rounds
-alternate). Real rerankers are far larger: the times say what the serving costs, not
+alternate); then the median wall time of ``--clients`` requests sent at once, the
+documents split between them (localserve packs their pairs into shared decodes). Real rerankers are far larger: the times say what the serving costs, not
 what a model does.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import statistics
 import sys
 import tempfile
@@ -61,11 +63,28 @@ def timed(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, 
     return time.perf_counter() - started, response.json()
 
 
+def concurrent_rounds(
+    client: httpx.Client, url: str, body: dict[str, Any], args: argparse.Namespace
+) -> float:
+    """The median wall time of ``--clients`` requests at once, the documents split."""
+    docs = body["documents"]
+    share = max(1, len(docs) // args.clients)
+    bodies = [{**body, "documents": docs[i * share : (i + 1) * share]} for i in range(args.clients)]
+    times = []
+    with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+        for _ in range(args.reps):
+            started = time.perf_counter()
+            list(pool.map(lambda b: timed(client, f"{url}/v1/rerank", b), bodies))
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
     docs = documents(args.docs)
     folder = Path(tempfile.mkdtemp(prefix="rerank-bench-"))
@@ -93,6 +112,8 @@ def main() -> None:
                         ours_s.append(took)
                         took, theirs = timed(client, f"{server_url}/v1/rerank", body)
                         theirs_s.append(took)
+                    together_ours = concurrent_rounds(client, daemon.url, body, args)
+                    together_theirs = concurrent_rounds(client, server_url, body, args)
                 mine = {r["index"]: r["relevance_score"] for r in ours["results"]}
                 peer = {r["index"]: r["relevance_score"] for r in theirs["results"]}
                 worst = max(abs(mine[i] - peer[i]) for i in range(len(docs)))
@@ -101,7 +122,9 @@ def main() -> None:
                     f"prompt_tokens {ours['usage']['prompt_tokens']} (llama-server "
                     f"{theirs['usage']['prompt_tokens']}), median request "
                     f"{statistics.median(ours_s) * 1000:.0f} ms (llama-server "
-                    f"{statistics.median(theirs_s) * 1000:.0f} ms)"
+                    f"{statistics.median(theirs_s) * 1000:.0f} ms); {args.clients} clients at "
+                    f"once {together_ours * 1000:.0f} ms (llama-server "
+                    f"{together_theirs * 1000:.0f} ms)"
                 )
             finally:
                 stop(server)

@@ -4,8 +4,8 @@ A second llama.cpp context with ``embeddings=True``, made on the first embedding
 request (a model used only for chat never pays for it). Embedding models bring
 their own pooling (CLS, mean, last); for a generative GGUF, which has none, and a
 reranker, whose rank pooling gives a score (rank.py), we use mean pooling over the
-input's tokens. Inputs are packed several to a batch, one
-sequence id each.
+input's tokens. Inputs are packed several to a batch, one sequence id each, with
+those of other requests (pooled.py).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from localserve.engine.llama import Batch, Context, Model
+from localserve.engine.pooled import MAX_PACK_SEQUENCES, compute_all, pack_tokens
 from localserve.errors import EngineError, PromptTooLongError
 from localserve.runtime.options import LoadOptions
 
 POOLING_NONE = 0
 POOLING_MEAN = 1
-# Logit bytes one packed embedding batch may cost (see Embedder.capacity).
+# Logit bytes one packed embedding batch may cost (see Embedder.pack_tokens).
 PACK_BYTES = 256 * 1024 * 1024
 
 
@@ -40,7 +41,7 @@ class Embedder:
         # Non-causal encoders need a whole input in one compute step: ubatch = batch = ctx.
         shape = LoadOptions(
             num_ctx=options.num_ctx,
-            num_parallel=8,
+            num_parallel=MAX_PACK_SEQUENCES,
             num_batch=options.num_ctx,
             num_ubatch=options.num_ctx,
             swa_full=True,  # as long as the context in every layer, as before windows
@@ -58,15 +59,23 @@ class Embedder:
         # the output layer for each (n_vocab floats: 1 MiB a token for Gemma 3's 262k
         # vocabulary), and the buffer only grows. Packing inputs up to the whole
         # context would cost GiBs; a smaller pack bounds it. A longer input still goes
-        # alone, whole, as pooling needs it in one step.
-        self.capacity = min(self.context.shape.n_batch, max(1, PACK_BYTES // (4 * model.n_vocab)))
-        self.max_inputs = self.context.shape.n_seq_max
+        # alone, whole, as pooling needs it in one step. (Attention bounds it too: pooled.py.)
+        logit_bound = max(1, PACK_BYTES // (4 * model.n_vocab))
+        self.pack_tokens = min(pack_tokens(model, self.context.shape.n_batch), logit_bound)
+        self.max_sequences = self.context.shape.n_seq_max
 
     def close(self) -> None:
         self.batch.close()
         self.context.close()
 
     def embed(self, inputs: Sequence[str], *, truncate: bool) -> Embeddings:
+        """Embed ``inputs`` in this process, packed as the runner's queue packs them."""
+        token_lists = self.prepare(inputs, truncate=truncate)
+        vectors = compute_all(self, token_lists)
+        return Embeddings(vectors, sum(len(t) for t in token_lists))
+
+    def prepare(self, inputs: Sequence[str], *, truncate: bool) -> list[list[int]]:
+        """The inputs' tokens, each cut to the context (``truncate``) or refused."""
         token_lists = []
         for text in inputs:
             tokens = self.model.tokenize(text, add_special=True, parse_special=False)
@@ -82,22 +91,10 @@ class Embedder:
             if not tokens:
                 raise PromptTooLongError("an input is empty after tokenization")
             token_lists.append(tokens)
+        return token_lists
 
-        vectors: list[list[float]] = []
-        start = 0
-        while start < len(token_lists):
-            group: list[list[int]] = []
-            used = 0
-            for tokens in token_lists[start:]:
-                if group and (used + len(tokens) > self.capacity or len(group) == self.max_inputs):
-                    break
-                group.append(tokens)
-                used += len(tokens)
-            vectors.extend(self._embed_group(group))
-            start += len(group)
-        return Embeddings(vectors, sum(len(t) for t in token_lists))
-
-    def _embed_group(self, group: list[list[int]]) -> list[list[float]]:
+    def compute(self, group: Sequence[list[int]]) -> list[list[float]]:
+        """One decode: the pooled, normalised vector of each sequence."""
         self.context.clear()
         self.batch.clear()
         for seq, tokens in enumerate(group):

@@ -14,7 +14,7 @@ and ``{document}`` replaced, special tokens parsed), else BOS query EOS SEP docu
 each marker only where the vocabulary says to add it. A pair longer than the context
 loses the end of its document (as Cohere and Jina cut long documents); a query that
 leaves no room for any document is refused. Pairs are packed several to a batch, one
-sequence id each, as embeddings are.
+sequence id each, with those of other requests, as embeddings are (pooled.py).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 from localserve.engine.embed import PACK_BYTES
 from localserve.engine.llama import Batch, Context, Model
+from localserve.engine.pooled import MAX_PACK_SEQUENCES, compute_all, pack_tokens
 from localserve.errors import EngineError, PromptTooLongError
 from localserve.runtime.options import LoadOptions
 
 POOLING_RANK = 4  # LLAMA_POOLING_TYPE_RANK
-PAIRS_PER_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Ranker:
         # reranker); without it the same pair scores the same alone and in any batch.
         shape = LoadOptions(
             num_ctx=options.num_ctx,
-            num_parallel=PAIRS_PER_BATCH,
+            num_parallel=MAX_PACK_SEQUENCES,
             num_batch=options.num_ctx,
             num_ubatch=options.num_ctx,
             flash_attention="off",
@@ -63,9 +63,11 @@ class Ranker:
         )
         self.batch = Batch(self.context.shape.n_batch)
         # As for embeddings (embed.py): every token of a pooled batch costs a row of
-        # logits where the model has an output layer, so packs are bounded in bytes.
-        self.capacity = min(self.context.shape.n_batch, max(1, PACK_BYTES // (4 * model.n_vocab)))
-        self.max_pairs = self.context.shape.n_seq_max
+        # logits where the model has an output layer, so packs are bounded in bytes
+        # (and by attention: pooled.py).
+        logit_bound = max(1, PACK_BYTES // (4 * model.n_vocab))
+        self.pack_tokens = min(pack_tokens(model, self.context.shape.n_batch), logit_bound)
+        self.max_sequences = self.context.shape.n_seq_max
         self.template = model.chat_template("rerank")
         self.width = max(1, model.n_cls_out)
 
@@ -74,21 +76,14 @@ class Ranker:
         self.context.close()
 
     def rank(self, query: str, documents: Sequence[str]) -> Ranking:
-        """The score of each document for ``query``."""
-        pairs = [self.pair(query, document) for document in documents]
-        scores: list[float] = []
-        start = 0
-        while start < len(pairs):
-            group: list[list[int]] = []
-            used = 0
-            for tokens in pairs[start:]:
-                if group and (used + len(tokens) > self.capacity or len(group) == self.max_pairs):
-                    break
-                group.append(tokens)
-                used += len(tokens)
-            scores.extend(self._score(group))
-            start += len(group)
-        return Ranking(scores, sum(len(p) for p in pairs))
+        """The score of each document for ``query``, in this process, packed as the
+        runner's queue packs them."""
+        pairs = self.pairs(query, documents)
+        return Ranking(compute_all(self, pairs), sum(len(p) for p in pairs))
+
+    def pairs(self, query: str, documents: Sequence[str]) -> list[list[int]]:
+        """The tokens of each (query, document) pair."""
+        return [self.pair(query, document) for document in documents]
 
     # ----------------------------------------------------------------- pairs
 
@@ -140,7 +135,8 @@ class Ranker:
 
     # ----------------------------------------------------------------- compute
 
-    def _score(self, group: list[list[int]]) -> list[float]:
+    def compute(self, group: Sequence[list[int]]) -> list[float]:
+        """One decode: the score of each pair."""
         self.context.clear()
         self.batch.clear()
         for seq, tokens in enumerate(group):

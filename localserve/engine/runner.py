@@ -24,13 +24,13 @@ import os
 import select
 import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from localserve.config import debug_enabled
 from localserve.engine.loading import Loaded, Loader
+from localserve.engine.pooled import PooledQueue, PooledRequest
 from localserve.engine.prepare import JobBuilder, request_of
 from localserve.errors import InvalidOptionError, LocalserveError
 from localserve.runtime.framing import FrameReader, write_frame
@@ -83,8 +83,13 @@ class Runner:
         self.loaded = loaded
         self.engine = loaded.engine
         self.jobs = JobBuilder(loaded)
-        self.embedder: Embedder | None = None  # made on the first embed request
-        self.ranker: Ranker | None = None  # made on the first rank request
+        # Embeddings and rerank scores: a context each, made on the first request (a
+        # model used only for chat never pays for it), and a queue that packs the
+        # requests' sequences together between engine steps (pooled.py).
+        self.embedder: Embedder | None = None
+        self.embeddings: PooledQueue[list[float]] | None = None
+        self.ranker: Ranker | None = None
+        self.rankings: PooledQueue[float] | None = None
         self._ops: dict[Op, Callable[[Request], list[Reply]]] = {
             Op.GENERATE: self._generate,
             Op.CANCEL: self._cancel,
@@ -145,33 +150,57 @@ class Runner:
             self.cancelled_early.add(request_id)
         for job_id in [j for j in self.engine.jobs if request_of(j)[0] == request_id]:
             self.engine.cancel(job_id)
+        for queue in self._pooled():
+            queue.cancel(request_id)
 
     def _embed(self, request: Request) -> list[Reply]:
-        from localserve.engine.embed import Embedder
-
+        """Queue the inputs; the loop computes them a pack at a time between engine steps."""
         job = request.job
         assert isinstance(job, EmbedJob)
-        started = time.perf_counter_ns()
-        if self.embedder is None:
-            loaded = self.loaded
-            self.embedder = Embedder(loaded.model, loaded.options, n_threads=loaded.n_threads)
-        result = self.embedder.embed(job.inputs, truncate=job.truncate)
-        took = time.perf_counter_ns() - started
-        return [EmbedResult(request.id, result.vectors, result.prompt_tokens, took)]
+        embedder, queue = self._embedder()
+        items = embedder.prepare(job.inputs, truncate=job.truncate)
+        tokens = sum(len(item) for item in items)
+
+        def answer(vectors: list[list[float]], took: int) -> Reply:
+            return EmbedResult(request.id, vectors, tokens, took)
+
+        return queue.submit(PooledRequest(request.id, items, answer))
 
     def _rank(self, request: Request) -> list[Reply]:
-        """Score the documents at once, between engine steps, as embeddings are."""
-        from localserve.engine.rank import Ranker
-
+        """Queue the pairs; scored a pack at a time between engine steps, as embeddings."""
         job = request.job
         assert isinstance(job, RankJob)
-        started = time.perf_counter_ns()
-        if self.ranker is None:
+        ranker, queue = self._ranker()
+        items = ranker.pairs(job.query, job.documents)
+        tokens = sum(len(item) for item in items)
+
+        def answer(scores: list[float], took: int) -> Reply:
+            return RankResult(request.id, scores, tokens, took)
+
+        return queue.submit(PooledRequest(request.id, items, answer))
+
+    def _embedder(self) -> tuple[Embedder, PooledQueue[list[float]]]:
+        """The embedding context and its queue, made on the first embed request."""
+        from localserve.engine.embed import Embedder
+
+        if self.embedder is None or self.embeddings is None:
+            loaded = self.loaded
+            self.embedder = Embedder(loaded.model, loaded.options, n_threads=loaded.n_threads)
+            self.embeddings = PooledQueue(self.embedder)
+        return self.embedder, self.embeddings
+
+    def _ranker(self) -> tuple[Ranker, PooledQueue[float]]:
+        """The rank context and its queue, made on the first rank request."""
+        from localserve.engine.rank import Ranker
+
+        if self.ranker is None or self.rankings is None:
             loaded = self.loaded
             self.ranker = Ranker(loaded.model, loaded.options, n_threads=loaded.n_threads)
-        result = self.ranker.rank(job.query, job.documents)
-        took = time.perf_counter_ns() - started
-        return [RankResult(request.id, result.scores, result.prompt_tokens, took)]
+            self.rankings = PooledQueue(self.ranker)
+        return self.ranker, self.rankings
+
+    def _pooled(self) -> list[PooledQueue[Any]]:
+        return [q for q in (self.embeddings, self.rankings) if q is not None]
 
     def _count(self, request: Request) -> list[Reply]:
         """The prompt's length, answered at once: no slot, no step of the engine."""
@@ -202,7 +231,11 @@ class Runner:
         return [RenderedPrompt(request.id, self.jobs.render(job))]
 
     def _stats(self, request: Request) -> list[Reply]:
-        return [self.engine.describe(request.id)]
+        stats = self.engine.describe(request.id)
+        pooled = [q.stats for q in self._pooled()]
+        packs = sum(s.packs for s in pooled)
+        shared = sum(s.shared_packs for s in pooled)
+        return [replace(stats, pooled_packs=packs, pooled_shared_packs=shared)]
 
     def _prepare_aside(self, request_id: str, request: GenerateJob) -> None:
         """Build the request's jobs on the preparing thread; ``prepared`` submits them."""
@@ -238,9 +271,12 @@ class Runner:
 
     # ------------------------------------------------------------------ loop
 
+    def has_work(self) -> bool:
+        return self.engine.has_work() or any(q.has_work() for q in self._pooled())
+
     def serve(self, in_fd: int, reader: FrameReader) -> None:
         while True:
-            busy = self.engine.has_work()
+            busy = self.has_work()
             watched = [in_fd, self._wake_read]
             readable, _, _ = select.select(watched, [], [], 0 if busy else None)
             events: list[dict[str, Any]] = []
@@ -254,11 +290,14 @@ class Runner:
                     if message.get("op") == Op.SHUTDOWN:
                         return
                     events.extend(reply_to_wire(r) for r in self.handle(message))
-            if events and self.engine.has_work():
+            if events and self.has_work():
                 # Answers made at once (counts, tokens, errors) go before the step, not
                 # a whole decode later: a busy model still answers them in about a step.
                 self.send({"events": events})
                 events = []
+            for queue in self._pooled():  # one pack each, then one step of the streams
+                if queue.has_work():
+                    events.extend(reply_to_wire(r) for r in queue.step())
             if self.engine.has_work():
                 events.extend(event_to_wire(_as_choice(e)) for e in self.engine.step())
             if events:

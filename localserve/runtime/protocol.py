@@ -619,6 +619,8 @@ class RunnerStats:
     parked_bytes: int = 0
     checkpoint_bytes: int = 0  # window checkpoints held in host memory now
     draft_gate_paused_steps: int = 0  # steps where drafts sat out: they cost more than they saved
+    pooled_packs: int = 0  # decodes of embeddings and rerank pairs (engine/pooled.py)
+    pooled_shared_packs: int = 0  # of them, those that held two requests' sequences or more
     # EngineStats
     steps: int = 0
     prompt_tokens: int = 0  # decoded prompt tokens (cache hits excluded)

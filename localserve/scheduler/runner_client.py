@@ -206,10 +206,15 @@ class RunnerClient:
     async def _ask(self, op: Op, job: RequestJob | None, answer: type[Answer]) -> Answer:
         """A request with one answer, of type ``answer``."""
         request_id, queue = await self._send(op, job)
+        answered = False
         try:
             reply = await queue.get()
+            answered = True
         finally:
             self._queues.pop(request_id, None)
+            if not answered and self.alive:  # the client went away: drop queued work
+                with contextlib.suppress(Exception):
+                    await self._write(Request(Op.CANCEL, request_id))
         if reply is _END:
             raise RunnerCrashedError(self._stopped_message())
         error = event_from_wire(reply)

@@ -319,15 +319,15 @@ def test_embedding_packs_are_bounded_by_logit_bytes(
     monkeypatch.setattr(embed, "PACK_BYTES", 4 * model.n_vocab * 6)  # six tokens a pack
     small = Embedder(model, LoadOptions(num_ctx=128), n_threads=2)
     groups: list[tuple[int, int]] = []  # (inputs, tokens) per decode
-    original = small._embed_group
+    original = small.compute
 
     def counted(group: list[list[int]]) -> list[list[float]]:
         groups.append((len(group), sum(len(tokens) for tokens in group)))
         return original(group)
 
-    monkeypatch.setattr(small, "_embed_group", counted)
+    monkeypatch.setattr(small, "compute", counted)
     try:
-        assert small.capacity == 6
+        assert small.pack_tokens == 6
         packed = small.embed(texts, truncate=True).vectors
     finally:
         small.close()

@@ -12,7 +12,7 @@ import pytest
 
 from localserve.engine.embed import Embedder
 from localserve.engine.llama import Model
-from localserve.engine.rank import PAIRS_PER_BATCH, Ranker
+from localserve.engine.rank import Ranker
 from localserve.errors import PromptTooLongError
 from localserve.runtime.options import LoadOptions
 from localserve.runtime.protocol import LoadRequest
@@ -49,7 +49,8 @@ def test_scores_change_with_the_document(ranker: Ranker) -> None:
 
 def test_a_pair_scores_the_same_alone_and_in_any_batch(ranker: Ranker) -> None:
     many = [*DOCUMENTS, *DOCUMENTS[::-1], "the sky is blue"] * 2
-    assert len(many) > PAIRS_PER_BATCH  # several decodes, packed differently
+    # several decodes, packed differently
+    assert sum(len(ranker.pair(QUERY, d)) for d in many) > ranker.pack_tokens
     together = ranker.rank(QUERY, many).scores
     alone = [ranker.rank(QUERY, [document]).scores[0] for document in DOCUMENTS]
     # Packed differently, sums round differently: ~1e-5 here, up to 3e-4 for 64 longer
@@ -140,5 +141,42 @@ def test_rank_through_a_runner(tiny_reranker_path: Path, ranker: Ranker) -> None
             )
         finally:
             await runner.close()
+
+    asyncio.run(body())
+
+
+def test_concurrent_requests_share_decodes_and_a_short_one_is_not_kept_waiting(
+    tiny_reranker_path: Path, ranker: Ranker
+) -> None:
+    """A 1000-document request and a short one sent right after it: their pairs go into
+    the same decodes, taken in turn, so the short one is answered long before the long
+    one (which takes hundreds of decodes); every score is the one it gets alone."""
+    long = [" ".join(DOCUMENTS[(i + j) % 4] for j in range(i % 12 + 1)) for i in range(1000)]
+
+    async def body() -> None:
+        runner = await RunnerClient.start(
+            LoadRequest((tiny_reranker_path,), LoadOptions(num_ctx=128, num_parallel=1))
+        )
+        try:
+            finished: list[str] = []
+
+            async def rank(name: str, documents: list[str]) -> list[float]:
+                scores = (await runner.rank(QUERY, documents)).scores
+                finished.append(name)
+                return scores
+
+            long_scores, short_scores = await asyncio.gather(
+                rank("long", long), rank("short", DOCUMENTS)
+            )
+            assert finished == ["short", "long"]
+            stats = await runner.stats()
+            assert stats.pooled_shared_packs >= 1
+            assert stats.pooled_packs < len(long)  # packed, not one decode a pair
+        finally:
+            await runner.close()
+        alone = ranker.rank(QUERY, DOCUMENTS).scores
+        assert short_scores == pytest.approx(alone, abs=1e-3)
+        for document, score in zip(long[:8], long_scores, strict=False):
+            assert score == pytest.approx(ranker.rank(QUERY, [document]).scores[0], abs=1e-3)
 
     asyncio.run(body())

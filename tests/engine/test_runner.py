@@ -99,6 +99,39 @@ def test_concurrent_streams_and_a_cancelled_one(tiny_gguf_path: Path) -> None:
     run_async(body)
 
 
+def test_a_long_embedding_request_is_computed_between_the_streams_steps(
+    tiny_gguf_path: Path,
+) -> None:
+    """Embeddings go a pack at a time between engine steps (engine/pooled.py): a stream
+    keeps getting tokens while 300 inputs are embedded, not only after them."""
+
+    async def body() -> None:
+        options = LoadOptions(num_ctx=1024, num_parallel=1, num_thread=2)
+        runner = await RunnerClient.start(LoadRequest((tiny_gguf_path,), options))
+        try:
+            long = {
+                "prompt": "Once",
+                "raw": True,
+                "options": {"temperature": 0, "num_predict": 900, "stop": []},
+            }
+            stream = runner.generate(GenerateJob.from_wire(long))
+            await stream.__anext__()
+            before = await runner.stats()
+            inputs = [f"input {i} " + "hello there general kenobi " * 4 for i in range(300)]
+            embedded = await runner.embed(inputs, truncate=True)
+            after = await runner.stats()
+            await stream.aclose()
+            assert len(embedded.embeddings) == 300
+            packs = after.pooled_packs - before.pooled_packs
+            assert packs >= 10  # 300 inputs of ~20 tokens, at most 128 tokens a pack
+            # One step of the stream after each pack (the stream ran all along: 900 tokens).
+            assert after.steps - before.steps >= packs - 1
+        finally:
+            await runner.close()
+
+    run_async(body)
+
+
 def test_bad_requests_are_errors_not_crashes(tiny_gguf_path: Path) -> None:
     async def body() -> None:
         runner = await RunnerClient.start(
