@@ -235,7 +235,10 @@ class Runner:
         pooled = [q.stats for q in self._pooled()]
         packs = sum(s.packs for s in pooled)
         shared = sum(s.shared_packs for s in pooled)
-        return [replace(stats, pooled_packs=packs, pooled_shared_packs=shared)]
+        waiting = sum(len(q.waiting) for q in self._pooled())
+        return [
+            replace(stats, pooled_packs=packs, pooled_shared_packs=shared, pooled_waiting=waiting)
+        ]
 
     def _prepare_aside(self, request_id: str, request: GenerateJob) -> None:
         """Build the request's jobs on the preparing thread; ``prepared`` submits them."""

@@ -621,6 +621,7 @@ class RunnerStats:
     draft_gate_paused_steps: int = 0  # steps where drafts sat out: they cost more than they saved
     pooled_packs: int = 0  # decodes of embeddings and rerank pairs (engine/pooled.py)
     pooled_shared_packs: int = 0  # of them, those that held two requests' sequences or more
+    pooled_waiting: int = 0  # embedding and rerank requests queued now
     # EngineStats
     steps: int = 0
     prompt_tokens: int = 0  # decoded prompt tokens (cache hits excluded)

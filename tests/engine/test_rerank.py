@@ -180,3 +180,29 @@ def test_concurrent_requests_share_decodes_and_a_short_one_is_not_kept_waiting(
             assert score == pytest.approx(ranker.rank(QUERY, [document]).scores[0], abs=1e-3)
 
     asyncio.run(body())
+
+
+def test_a_request_whose_client_went_away_is_dropped(tiny_reranker_path: Path) -> None:
+    """Cancelling the caller (a client that hung up) takes its pairs off the queue: the
+    runner does not score 1000 long documents for nobody."""
+    long = [" ".join(DOCUMENTS) * 3] * 1000  # ~100 tokens each: about a decode a pair
+
+    async def body() -> None:
+        runner = await RunnerClient.start(
+            LoadRequest((tiny_reranker_path,), LoadOptions(num_ctx=128, num_parallel=1))
+        )
+        try:
+            task = asyncio.create_task(runner.rank(QUERY, long))
+            await asyncio.sleep(0)  # the task writes its request...
+            await runner.stats()  # ...which the runner has read when this is answered
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert len((await runner.rank(QUERY, DOCUMENTS)).scores) == len(DOCUMENTS)
+            stats = await runner.stats()
+            assert stats.pooled_waiting == 0
+            assert stats.pooled_packs < len(long) // 2
+        finally:
+            await runner.close()
+
+    asyncio.run(body())
