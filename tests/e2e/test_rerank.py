@@ -114,6 +114,21 @@ def test_capabilities(client: httpx.Client) -> None:
          "maximum context length is 512 tokens"),
         ("/rerank", {"model": "ranker", "query": "word " * 2000, "documents": ["a"]}, 400,
          "no room for a document"),
+        # A reranker has no language-model head: every generating route refuses it.
+        ("/api/generate", {"model": "ranker", "prompt": "hi"}, 400,
+         "ranker does not support generate"),
+        ("/api/chat", {"model": "ranker", "messages": [{"role": "user", "content": "hi"}]},
+         400, "ranker does not support generate"),
+        ("/v1/chat/completions",
+         {"model": "ranker", "messages": [{"role": "user", "content": "hi"}]},
+         400, "ranker does not support generate"),
+        ("/v1/completions", {"model": "ranker", "prompt": "hi"}, 400,
+         "ranker does not support generate"),
+        ("/v1/messages", {"model": "ranker", "max_tokens": 8,
+                          "messages": [{"role": "user", "content": "hi"}]},
+         400, "ranker does not support generate"),
+        ("/v1/responses", {"model": "ranker", "input": "hi"}, 400,
+         "ranker does not support generate"),
     ],
 )  # fmt: skip
 def test_refusals_leave_it_serving(

@@ -97,13 +97,17 @@ def with_model_settings(request: Request, name: str, job: GenerateJob) -> Genera
 
 async def check_capabilities(request: Request, name: str, job: GenerateJob) -> None:
     """Refuse, before anything loads, what the model's template cannot do (as Ollama:
-    ``MODEL does not support tools``), and media the model cannot read."""
+    ``MODEL does not support tools``), media the model cannot read, and any generation
+    from a reranker."""
     media = job.media_count()
     if media:
         check_count(media, request.app.state.settings.max_images)
+    _, manifest = await asyncio.to_thread(store(request).get, name)
+    info = await asyncio.to_thread(gguf_info, request.app, manifest)
+    if info.reranker:  # a classification head, no language-model head: it only scores
+        raise InvalidOptionError(f"{name} does not support generate")
     if not job.tools and not job.think and job.suffix is None and not media:
         return
-    _, manifest = await asyncio.to_thread(store(request).get, name)
     if media:
         can = await asyncio.to_thread(capabilities, request.app, manifest)
         kinds = media_kinds(job)
@@ -111,10 +115,8 @@ async def check_capabilities(request: Request, name: str, job: GenerateJob) -> N
             raise InvalidOptionError(f"{name} does not support images")
         if "audio" in kinds and "audio" not in can:
             raise InvalidOptionError(f"{name} does not support audio")
-    if job.suffix is not None:
-        info = await asyncio.to_thread(gguf_info, request.app, manifest)
-        if not info.fill_in_the_middle:
-            raise InvalidOptionError(f"{name} does not support insert")
+    if job.suffix is not None and not info.fill_in_the_middle:
+        raise InvalidOptionError(f"{name} does not support insert")
     found = await asyncio.to_thread(chat_format, request.app, manifest)
     if job.tools and job.tool_choice != "none" and found.tools is None:
         raise InvalidOptionError(f"{name} does not support tools")
