@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from localserve.engine.llama import Batch, Context, Model
-from localserve.engine.pooled import MAX_PACK_SEQUENCES, compute_all, pack_tokens
+from localserve.engine.pooled import compute_all, pack_sequences, pack_tokens
 from localserve.errors import EngineError, PromptTooLongError
 from localserve.runtime.options import LoadOptions
 
@@ -41,7 +41,7 @@ class Embedder:
         # Non-causal encoders need a whole input in one compute step: ubatch = batch = ctx.
         shape = LoadOptions(
             num_ctx=options.num_ctx,
-            num_parallel=MAX_PACK_SEQUENCES,
+            num_parallel=pack_sequences(options.num_ctx),
             num_batch=options.num_ctx,
             num_ubatch=options.num_ctx,
             swa_full=True,  # as long as the context in every layer, as before windows

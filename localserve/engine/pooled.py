@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MIN_PACK_TOKENS = 128
-MAX_PACK_SEQUENCES = 32  # the pooled contexts' n_seq_max
+MAX_PACK_SEQUENCES = 32
 
 
 def pack_tokens(model: Model, n_batch: int) -> int:
@@ -44,6 +44,13 @@ def pack_tokens(model: Model, n_batch: int) -> int:
     n_ff = model.meta(f"{model.meta('general.architecture')}.feed_forward_length")
     width = int(n_ff) if n_ff and n_ff.isdigit() else 4 * model.n_embd
     return min(n_batch, max(MIN_PACK_TOKENS, (2 * model.n_embd + width) // 8))
+
+
+def pack_sequences(n_batch: int) -> int:
+    """The pooled contexts' n_seq_max. llama.cpp aborts a decode when a context has more
+    sequences than its batch has tokens (it reserves an output per sequence, at most
+    n_batch), which a context of 16 tokens would."""
+    return min(MAX_PACK_SEQUENCES, n_batch)
 
 
 class Pooler(Protocol[T]):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from localserve.engine.embed import PACK_BYTES
 from localserve.engine.llama import Batch, Context, Model
-from localserve.engine.pooled import MAX_PACK_SEQUENCES, compute_all, pack_tokens
+from localserve.engine.pooled import compute_all, pack_sequences, pack_tokens
 from localserve.errors import EngineError, PromptTooLongError
 from localserve.runtime.options import LoadOptions
 
@@ -48,7 +48,7 @@ class Ranker:
         # reranker); without it the same pair scores the same alone and in any batch.
         shape = LoadOptions(
             num_ctx=options.num_ctx,
-            num_parallel=MAX_PACK_SEQUENCES,
+            num_parallel=pack_sequences(options.num_ctx),
             num_batch=options.num_ctx,
             num_ubatch=options.num_ctx,
             flash_attention="off",

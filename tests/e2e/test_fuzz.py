@@ -131,15 +131,21 @@ def options() -> st.SearchStrategy[dict[str, Any]]:
             "stop": st.lists(st.text(max_size=5), max_size=3),
             "ignore_eos": st.booleans(),
             "mirostat": st.integers(0, 2),  # accepted and ignored
+            "think_budget": st.integers(-1, 64),
         },
     )
     junk_for = {
         "num_predict": BAD_COUNT,
         "num_ctx": st.sampled_from([0, -5, 15, (1 << 22) + 1, 1e9, "2048"]) | JUNK,
         "num_batch": st.sampled_from([0, 1, 3, 1 << 17]) | JUNK,
+        "think_budget": st.sampled_from([-2, 1 << 40, "8", 1.5]) | JUNK,
     }
     return near_valid(valid, junk_for)
 
+
+# Ollama's think: a switch or a level (the tiny model cannot think: a 400 when on).
+THINK = st.sampled_from([True, False, "low", "medium", "high"])
+REASONING_EFFORT = st.sampled_from(["none", "minimal", "low", "medium", "high", "xhigh"])
 
 # Not null, not an object without num_predict: either would lift the output cap.
 BAD_OPTIONS = st.one_of(
@@ -288,7 +294,13 @@ ANTHROPIC_FIELDS: dict[str, st.SearchStrategy[Any]] = {
         [{"type": "auto"}, {"type": "any"}, {"type": "none"}, {"type": "tool", "name": "f"}]
     ),
     "thinking": st.sampled_from(
-        [{"type": "disabled"}, {"type": "adaptive"}, {"type": "enabled", "budget_tokens": 1024}]
+        [
+            {"type": "disabled"},
+            {"type": "adaptive"},
+            {"type": "enabled", "budget_tokens": 1024},
+            {"type": "enabled", "budget_tokens": -5},
+            {"type": "enabled"},
+        ]
     ),
     "metadata": st.just({"user_id": "u"}),
 }
@@ -305,6 +317,7 @@ NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
                 "format": FORMAT,
                 "keep_alive": KEEP_ALIVE,
                 "context": st.lists(st.integers(0, 300), max_size=5),
+                "think": THINK,
             },
         ),
         {"model": MODEL_JUNK, "options": BAD_OPTIONS, "format": FORMAT_JUNK},
@@ -317,6 +330,7 @@ NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
                 "format": FORMAT,
                 "tools": st.just([{"type": "function", "function": {"name": "f"}}]),
                 "keep_alive": KEEP_ALIVE,
+                "think": THINK,
             },
         ),
         {"model": MODEL_JUNK, "options": BAD_OPTIONS, "format": FORMAT_JUNK},
@@ -353,6 +367,7 @@ NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
                 "num_ctx": st.sampled_from([16, 64, 2048]),
                 "keep_alive": KEEP_ALIVE,
                 "options": st.just({"top_k": 5}),
+                "reasoning_effort": REASONING_EFFORT,
             },
         ),
         {
@@ -400,6 +415,7 @@ NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
                 "tools": st.just([{"type": "function", "name": "f"}])
                 | st.just([{"type": "web_search"}]),
                 "options": st.just({"top_k": 5}),
+                "reasoning": st.fixed_dictionaries({"effort": REASONING_EFFORT}),
             },
         ),
         {"model": MODEL_JUNK, "max_output_tokens": BAD_COUNT},

@@ -132,6 +132,25 @@ def test_a_long_embedding_request_is_computed_between_the_streams_steps(
     run_async(body)
 
 
+def test_embeddings_in_the_smallest_context(tiny_gguf_path: Path, tiny_reranker_path: Path) -> None:
+    """A 16-token context: the pooled contexts hold fewer sequences than that (llama.cpp
+    aborted the decode when they held more; found by tests/e2e/test_fuzz.py)."""
+
+    async def body() -> None:
+        options = LoadOptions(num_ctx=16, num_parallel=1, num_thread=2)
+        for path in (tiny_gguf_path, tiny_reranker_path):
+            runner = await RunnerClient.start(LoadRequest((path,), options))
+            try:
+                embedded = await runner.embed(["word " * 100, "a"], truncate=True)
+                assert [len(v) > 0 for v in embedded.embeddings] == [True, True]
+                if path == tiny_reranker_path:
+                    assert len((await runner.rank("q", ["word " * 100, "a"])).scores) == 2
+            finally:
+                await runner.close()
+
+    run_async(body)
+
+
 def test_bad_requests_are_errors_not_crashes(tiny_gguf_path: Path) -> None:
     async def body() -> None:
         runner = await RunnerClient.start(
