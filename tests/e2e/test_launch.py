@@ -76,7 +76,10 @@ def agent_daemon(
     with running_daemon(home, env={"LOCALSERVE_DEBUG": "1"}) as started:
         add_model(home, model, "gemma")
         create_from_gemma(started, "gemma-line", parameters=ONE_LINE)
-        create_from_gemma(started, "gemma-line-again", parameters=ONE_LINE)
+        # aider's, and its twin that asks again: both used once, so both read from a
+        # cold start, in the same steps, whatever ran before.
+        create_from_gemma(started, "gemma-aider", parameters=ONE_LINE)
+        create_from_gemma(started, "gemma-aider-again", parameters=ONE_LINE)
         # Codex's and OpenCode's model also carries two short exchanges, so that Gemma
         # answers briefly (test_responses_agents.py).
         examples = [
@@ -191,7 +194,7 @@ def test_aider_with_the_printed_settings(agent_daemon: Daemon, tmp_path: Path) -
     # (a version check on PyPI, analytics, release notes in a browser).
     task = ["--message", "Say hello.", "--yes-always", "--no-git", "--no-check-update",
             "--no-analytics", "--no-show-release-notes", "--no-pretty"]  # fmt: skip
-    printed = launch("aider", "--model", "gemma-line", "--print", "--", *task, env=env, cwd=work)
+    printed = launch("aider", "--model", "gemma-aider", "--print", "--", *task, env=env, cwd=work)
     assert printed.returncode == 0, printed.stderr
     before, seen = chat_completions(agent_daemon), len(agent_daemon.logged_prompts())
     done = subprocess.run(
@@ -207,14 +210,14 @@ def test_aider_with_the_printed_settings(agent_daemon: Daemon, tmp_path: Path) -
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # One request to the chat completions API that the printed variables name.
     assert chat_completions(agent_daemon) == before + 1, done.stdout[-3000:]
-    # Gemma's answer to the prompt aider sent, asked again from a cold start (a model of
-    # its own gets a runner of its own: same prompt, same greedy steps), is what aider
-    # printed.
+    # Gemma's answer to the prompt aider sent, asked again of its twin (a model of its
+    # own gets a runner of its own: same prompt from a cold start, same greedy steps),
+    # is what aider printed.
     prompt = agent_daemon.next_logged_prompt(seen)
     assert not re.search(r"\[\.\.\. \d+ characters \.\.\.\]", prompt), "logged cut: too long"
     again = httpx.post(
         agent_daemon.url + "/api/generate",
-        json={"model": "gemma-line-again", "prompt": prompt, "raw": True, "stream": False},
+        json={"model": "gemma-aider-again", "prompt": prompt, "raw": True, "stream": False},
         timeout=AGENT_TIMEOUT,
     )
     assert again.status_code == 200, again.text
