@@ -9,6 +9,11 @@ launch sets is all they need. The model is Gemma 3 270M with a tool-calling temp
 test_claude_code.py and test_responses_agents.py. Minutes each on two cores: their first
 prompts are 7k to 20k tokens, read whole.
 
+aider is not launched but set up by hand: the shell lines `launch aider --print` prints
+are run as they are (aider is installed by .ci/run in a virtualenv of its own under
+.cache/aider), and what aider prints must be Gemma's answer. Seconds: its prompt is 730
+tokens.
+
 A stand-in tool (LOCALSERVE_CLAUDE_BIN, a shell script) shows the rest cheaply, on the
 tiny model: launch starts the daemon, warns that the context is too short for the tool,
 and replaces itself with the tool, which gets the settings and the user's arguments.
@@ -44,15 +49,18 @@ from tests.support.fakehub import FakeHub
 
 AGENTS = CLAUDE.parent  # .cache/agents/node_modules/.bin
 OPENCODE = AGENTS / "opencode"
+# aider comes from PyPI into a virtualenv of its own (it pins many packages): .ci/run.
+AIDER = CLAUDE.parents[3] / "aider" / "bin" / "aider"
 AGENT_TIMEOUT = 1800
 # Greedy, one line: a base model does not end its turn by itself (NOTES-agents).
 ONE_LINE = {"temperature": 0, "num_predict": 64, "stop": ["<|im_end|>", "\n"]}
 
 
 def not_installed(binary: Path) -> pytest.MarkDecorator:
+    folder = binary.relative_to(CLAUDE.parents[4]).parts[:2]
     return pytest.mark.skipif(
         not binary.exists(),
-        reason=f"{binary.name} is not installed: .ci/run installs it under .cache/agents",
+        reason=f"{binary.name} is not installed: .ci/run installs it under {'/'.join(folder)}",
     )
 
 
@@ -63,9 +71,15 @@ def agent_daemon(
     folder = tmp_path_factory.mktemp("launch")
     model = with_template(gemma_gguf_path, folder / "gemma-qwen3.gguf", chat_templates.QWEN3)
     home = folder / "home"
-    with running_daemon(home) as started:  # no LOCALSERVE_CONTEXT_LENGTH: the default
+    # No LOCALSERVE_CONTEXT_LENGTH: the default. Debug: runners log each prompt, which
+    # aider's test asks again.
+    with running_daemon(home, env={"LOCALSERVE_DEBUG": "1"}) as started:
         add_model(home, model, "gemma")
         create_from_gemma(started, "gemma-line", parameters=ONE_LINE)
+        # aider's, and its twin that asks again: both used once, so both read from a
+        # cold start, in the same steps, whatever ran before.
+        create_from_gemma(started, "gemma-aider", parameters=ONE_LINE)
+        create_from_gemma(started, "gemma-aider-again", parameters=ONE_LINE)
         # Codex's and OpenCode's model also carries two short exchanges, so that Gemma
         # answers briefly (test_responses_agents.py).
         examples = [
@@ -84,7 +98,7 @@ def user_env(daemon: Daemon, home: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in daemon_env(daemon.home, daemon.port).items()
-        if not k.startswith(("ANTHROPIC_", "CLAUDE_", "OPENAI_", "CODEX_", "OPENCODE_"))
+        if not k.startswith(("ANTHROPIC_", "CLAUDE_", "OPENAI_", "CODEX_", "OPENCODE_", "AIDER_"))
     }
     env["HOME"] = str(home)
     env["PATH"] = f"{AGENTS}{os.pathsep}{env.get('PATH', '')}"
@@ -164,6 +178,52 @@ def test_opencode_through_launch(agent_daemon: Daemon, tmp_path: Path) -> None:
     # It talked to the daemon's chat completions API, the one its settings name.
     assert chat_completions(agent_daemon) > before, done.stderr[-3000:]
     assert done.stdout.strip(), done.stderr[-3000:]
+
+
+@pytest.mark.slow
+@not_installed(AIDER)
+@pytest.mark.timeout(AGENT_TIMEOUT + 60)
+def test_aider_with_the_printed_settings(agent_daemon: Daemon, tmp_path: Path) -> None:
+    """aider is set up by hand: what `launch aider --print` prints, run in sh as a user
+    pastes it, is all it needs to get Gemma's answer from the daemon."""
+    work = tmp_path / "project"
+    work.mkdir()
+    env = user_env(agent_daemon, tmp_path / "agent-home")
+    env["PATH"] = f"{AIDER.parent}{os.pathsep}{env['PATH']}"
+    # One message, no git repo, no question asked, and none of aider's own calls out
+    # (a version check on PyPI, analytics, release notes in a browser).
+    task = ["--message", "Say hello.", "--yes-always", "--no-git", "--no-check-update",
+            "--no-analytics", "--no-show-release-notes", "--no-pretty"]  # fmt: skip
+    printed = launch("aider", "--model", "gemma-aider", "--print", "--", *task, env=env, cwd=work)
+    assert printed.returncode == 0, printed.stderr
+    before, seen = chat_completions(agent_daemon), len(agent_daemon.logged_prompts())
+    done = subprocess.run(
+        ["sh", "-c", printed.stdout],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=AGENT_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # One request to the chat completions API that the printed variables name.
+    assert chat_completions(agent_daemon) == before + 1, done.stdout[-3000:]
+    # Gemma's answer to the prompt aider sent, asked again of its twin (a model of its
+    # own gets a runner of its own: same prompt from a cold start, same greedy steps),
+    # is what aider printed.
+    prompt = agent_daemon.next_logged_prompt(seen)
+    assert not re.search(r"\[\.\.\. \d+ characters \.\.\.\]", prompt), "logged cut: too long"
+    again = httpx.post(
+        agent_daemon.url + "/api/generate",
+        json={"model": "gemma-aider-again", "prompt": prompt, "raw": True, "stream": False},
+        timeout=AGENT_TIMEOUT,
+    )
+    assert again.status_code == 200, again.text
+    answer = again.json()["response"].strip()
+    assert answer, again.text
+    assert answer in done.stdout, (answer, done.stdout[-3000:])
 
 
 def chat_completions(daemon: Daemon) -> float:
