@@ -317,6 +317,14 @@ def render(tool: Tool, target: Target, extra: list[str] | None = None) -> str:
         lines += [f"# in {place}:", text]
         return "\n".join(lines) + "\n"
     lines += [f"unset {name}" for name in setup.unset]
-    lines += [f"export {name}={shlex.quote(value)}" for name, value in setup.env.items()]
+    lines += [f"export {name}={_shell_value(value, target)}" for name, value in setup.env.items()]
     lines.append(shlex.join(command_line(tool, setup, extra or [])))
     return "\n".join(lines) + "\n"
+
+
+def _shell_value(value: str, target: Target) -> str:
+    """A value quoted for the shell; the daemon's key as a reference to the variable
+    that holds it (the pasting shell has it set too), so that it is not printed."""
+    if target.api_key and value == target.api_key:
+        return '"$LOCALSERVE_API_KEY"'
+    return shlex.quote(value)

@@ -129,6 +129,25 @@ def test_print_is_shell_that_sets_exactly_the_settings() -> None:
         assert argv.decode().split("\0")[:-1] == [command[0], *setup.args, "-p", "Say hello."]
 
 
+def test_print_names_the_key_instead_of_showing_it() -> None:
+    """Where the key is a variable of its own (OpenCode's is inside its JSON: shown)."""
+    target = Target("http://127.0.0.1:9", "m", 32768, api_key="s3cret")
+    for name in ("claude", "codex", "aider"):
+        tool = TOOLS[name]
+        text = render(tool, target)
+        assert "s3cret" not in text, name
+        keyed = [k for k, v in tool.setup(target).env.items() if v == "s3cret"]
+        assert keyed, name  # the tool is given the key...
+        script = text.rsplit("\n", 2)[0] + "\n" + "".join(f'printf "%s\\0" "${k}";' for k in keyed)
+        done = subprocess.run(  # ...from the variable, when the printed lines run
+            ["sh", "-c", script],
+            env={"PATH": os.environ["PATH"], "LOCALSERVE_API_KEY": "s3cret"},
+            capture_output=True,
+            check=True,
+        )
+        assert done.stdout.split(b"\0")[:-1] == [b"s3cret"] * len(keyed), name
+
+
 def test_docs_show_what_print_prints() -> None:
     text = DOCS.read_text()
     for name, tool in TOOLS.items():
