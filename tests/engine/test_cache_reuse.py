@@ -248,7 +248,7 @@ def test_a_sliding_window_moves_with_the_run(windowed: Model, answer: int) -> No
     kv = {"kv_cache_type": "f32"}  # (an f16 cache sums in f16: noise to compare against)
     engine = Engine(windowed, options(64, **kv), n_threads=2)
     try:
-        assert not engine.context.can_shift and engine.can_move
+        assert not engine.context.can_shift and engine.cells.can_move
         engine.submit(Job("a", first, SamplingOptions(temperature=0.0, num_predict=answer)))
         run(engine)
         submit(engine, "b", second, logprobs=True)
@@ -278,7 +278,7 @@ def test_not_where_cells_cannot_move(windowed: Model, monkeypatch: pytest.Monkey
     monkeypatch.setattr(windowed, "rope_shifts", False)
     engine = Engine(windowed, options(32, **kv), n_threads=2)
     try:
-        assert not engine.can_move
+        assert not engine.cells.can_move
         texts, _, _ = second_turn(engine, first, second)
         assert engine.stats.reuse_shifted == 0
     finally:

@@ -352,9 +352,9 @@ def test_idle_sequences_are_parked_then_restored_exactly(model: Model) -> None:
         conversation = list(held.tokens)  # the prompt and the answer
         engine.submit(job(model, "b", "one two three four five " * 4))
         engine.step()  # admission
-        assert engine.stats.parked == 1 and len(engine.parked) == 1
+        assert engine.stats.parked == 1 and len(engine.cells.parked) == 1
         assert [s.index for s in engine.slots if s.tokens] == [engine.jobs["b"].slot]
-        assert engine.parked_bytes > 0
+        assert engine.cells.parked_bytes > 0
         run(engine)
 
         follow_up = [*conversation, *model.tokenize(" and then", add_special=False)]
@@ -362,7 +362,7 @@ def test_idle_sequences_are_parked_then_restored_exactly(model: Model) -> None:
         texts, done, _ = run(engine)
         assert engine.stats.restored == 1
         assert done["c"].prompt_cached == len(conversation)
-        assert len(engine.parked) == 1  # "b" is parked now
+        assert len(engine.cells.parked) == 1  # "b" is parked now
     finally:
         engine.close()
 
@@ -379,7 +379,7 @@ def test_idle_sequences_are_parked_then_restored_exactly(model: Model) -> None:
 def test_parked_sequences_are_bounded_oldest_first(
     model: Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from localserve.engine import engine as engine_module
+    from localserve.engine import cells as cells_module
 
     engine = Engine(model, LoadOptions(num_ctx=256, num_parallel=2), n_threads=2)
     try:
@@ -387,14 +387,14 @@ def test_parked_sequences_are_bounded_oldest_first(
         run(engine)
         engine.submit(job(model, "b", "beta " * 20))
         run(engine)  # "a" parked
-        one = engine.parked_bytes
+        one = engine.cells.parked_bytes
         assert one > 0
-        monkeypatch.setattr(engine_module, "PARK_BYTES", int(one * 1.5))
+        monkeypatch.setattr(cells_module, "PARK_BYTES", int(one * 1.5))
         engine.submit(job(model, "c", "gamma " * 20))
         run(engine)  # "b" parked, "a" dropped to stay under the bound
-        assert len(engine.parked) == 1
-        assert engine.parked_bytes <= engine_module.PARK_BYTES
-        [entry] = engine.parked.values()
+        assert len(engine.cells.parked) == 1
+        assert engine.cells.parked_bytes <= cells_module.PARK_BYTES
+        [entry] = engine.cells.parked.values()
         tokens = entry.tokens
         assert tokens[: len(model.tokenize("beta " * 20, add_special=True))] == model.tokenize(
             "beta " * 20, add_special=True
@@ -407,14 +407,16 @@ def test_parked_tokens_never_exceed_the_kv_cells(model: Model) -> None:
     """Host memory for parked sequences stays within the KV cache's own size."""
     engine = Engine(model, LoadOptions(num_ctx=128, num_parallel=2), n_threads=2)
     try:
-        cells = engine.context.shape.n_ctx
+        kv_cells = engine.context.shape.n_ctx
         for word in ("alpha", "beta", "gamma", "delta", "epsilon"):
             engine.submit(job(model, word, f"{word} " * 12))
             run(engine)
-            assert 0 < engine.parked_tokens <= cells or word == "alpha"
+            assert 0 < engine.cells.parked_tokens <= kv_cells or word == "alpha"
         assert engine.stats.parked >= 4
-        assert len(engine.parked) < engine.stats.parked  # the oldest were dropped
-        assert engine.parked_tokens == sum(len(p.tokens) for p in engine.parked.values())
+        assert len(engine.cells.parked) < engine.stats.parked  # the oldest were dropped
+        assert engine.cells.parked_tokens == sum(
+            len(p.tokens) for p in engine.cells.parked.values()
+        )
     finally:
         engine.close()
 

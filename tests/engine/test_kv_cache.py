@@ -184,8 +184,8 @@ def parked_run(model: Model, kv_type: str) -> tuple[int, int, str, str]:
         conversation = list(held.tokens)
         engine.submit(Job("b", model.tokenize("one two three four " * 4, add_special=True), GREEDY))
         engine.step()  # admission parks "a"
-        assert engine.stats.parked == 1 and len(engine.parked) == 1
-        parked_bytes, parked_tokens = engine.parked_bytes, engine.parked_tokens
+        assert engine.stats.parked == 1 and len(engine.cells.parked) == 1
+        parked_bytes, parked_tokens = engine.cells.parked_bytes, engine.cells.parked_tokens
         run(engine)
         follow_up = [*conversation, *model.tokenize(" and then", add_special=False)]
         engine.submit(Job("c", follow_up, GREEDY))

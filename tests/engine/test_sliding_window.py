@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from localserve.engine import engine as engine_module
+from localserve.engine import cells as cells_module
 from localserve.engine.engine import Engine
 from localserve.engine.job import Job
 from localserve.engine.llama import Context, Model
@@ -60,7 +60,7 @@ def model(swa_path: Path) -> Iterator[Model]:
 @pytest.fixture
 def step64(monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint after every 128-token chunk of a prompt."""
-    monkeypatch.setattr(engine_module, "CHECKPOINT_STEP", 64)
+    monkeypatch.setattr(cells_module, "CHECKPOINT_STEP", 64)
 
 
 def cold(model: Model, tokens: list[int], options: LoadOptions = OPTIONS) -> str:
@@ -172,7 +172,7 @@ def test_a_shorter_prefix_goes_on_from_a_checkpoint(model: Model, step64: None) 
         assert done["b"].prompt_cached == 256
         assert engine.stats.checkpoint_restores == 1
         # The sequence the prompt left was parked whole, with its checkpoints.
-        [parked] = engine.parked.values()
+        [parked] = engine.cells.parked.values()
         assert len(parked.checkpoints) == len(held.checkpoints) or parked.checkpoints
     finally:
         engine.close()
@@ -184,7 +184,7 @@ def test_without_a_checkpoint_the_prompt_is_read_again(
 ) -> None:
     """No checkpoint before the point where the prompts part, and the window there is
     gone: nothing cached can be used (a stale window would change the output)."""
-    monkeypatch.setattr(engine_module, "CHECKPOINT_STEP", 1 << 20)  # the end's only
+    monkeypatch.setattr(cells_module, "CHECKPOINT_STEP", 1 << 20)  # the end's only
     engine = Engine(model, OPTIONS, n_threads=2)
     try:
         first = words(model, LONG, first=True)
@@ -265,7 +265,7 @@ def test_a_stale_window_would_show(model: Model, monkeypatch: pytest.MonkeyPatch
         first = words(model, LONG, first=True)
         run_one(engine, first)
         other = first[:300] + words(model, " why not blue")
-        monkeypatch.setattr(engine, "_window_holds", lambda n, pos_min: True)
+        monkeypatch.setattr(engine.cells, "_window_holds", lambda n, pos_min: True)
         stale = first_logprobs(engine, other, "b")
         assert engine.stats.prefix_tokens == 300
     finally:
@@ -334,7 +334,7 @@ def test_swa_full_keeps_every_prefix(model: Model) -> None:
     options = LoadOptions(num_ctx=2048, num_parallel=2, num_batch=128, swa_full=True)
     engine = Engine(model, options, n_threads=2)
     try:
-        assert engine.context.shape.swa_cells == 4096 and not engine.windowed
+        assert engine.context.shape.swa_cells == 4096 and not engine.cells.windowed
         first = words(model, LONG, first=True)
         engine.submit(Job("a", first, GREEDY))
         run(engine)
