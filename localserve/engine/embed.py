@@ -22,6 +22,10 @@ POOLING_NONE = 0
 POOLING_MEAN = 1
 # Logit bytes one packed embedding batch may cost (see Embedder.pack_tokens).
 PACK_BYTES = 256 * 1024 * 1024
+# Logit bytes the longest input may cost, and the fewest tokens it is allowed whatever
+# the vocabulary (see Embedder.num_ctx).
+INPUT_BYTES = 1024 * 1024 * 1024
+MIN_INPUT_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -33,17 +37,26 @@ class Embeddings:
 class Embedder:
     def __init__(self, model: Model, options: LoadOptions, *, n_threads: int) -> None:
         self.model = model
-        self.num_ctx = options.num_ctx
+        # The longest input, and the context's batch: llama.cpp makes every token of an
+        # embedding batch an output, with a row of logits (n_vocab floats: 1 MiB a token
+        # for Gemma 3's 262k vocabulary) in the compute buffer it reserves for a whole
+        # batch and in the output buffer. A batch as long as a 32k context asked for 37
+        # GB and failed: inputs are capped at INPUT_BYTES of logits (1024 tokens for
+        # Gemma 3, 2048 for Llama 3's vocabulary, all of a small-vocabulary embedding
+        # model's context), as llama-server caps them at its physical batch (512).
+        logit_cap = max(MIN_INPUT_TOKENS, INPUT_BYTES // (4 * model.n_vocab))
+        self.num_ctx = min(options.num_ctx, logit_cap)
+        self.capped = self.num_ctx < options.num_ctx
         model_pooling = model.meta(f"{model.meta('general.architecture')}.pooling_type")
         # A reranker's own pooling (rank, 4) ends in its classification head: a score,
         # not a vector. It embeds by the mean of its hidden states, as a generative model.
         pooling = None if model_pooling not in (None, "0", "4") else POOLING_MEAN
         # Non-causal encoders need a whole input in one compute step: ubatch = batch = ctx.
         shape = LoadOptions(
-            num_ctx=options.num_ctx,
-            num_parallel=pack_sequences(options.num_ctx),
-            num_batch=options.num_ctx,
-            num_ubatch=options.num_ctx,
+            num_ctx=self.num_ctx,
+            num_parallel=pack_sequences(self.num_ctx),
+            num_batch=self.num_ctx,
+            num_ubatch=self.num_ctx,
             swa_full=True,  # as long as the context in every layer, as before windows
         )
         self.context = Context(
@@ -52,14 +65,12 @@ class Embedder:
             n_threads=n_threads,
             embeddings=True,
             pooling=pooling,
-            n_ctx=options.num_ctx,
+            n_ctx=self.num_ctx,
         )
         self.batch = Batch(self.context.shape.n_batch)
-        # llama.cpp keeps a row of logits per token of an embedding batch and computes
-        # the output layer for each (n_vocab floats: 1 MiB a token for Gemma 3's 262k
-        # vocabulary), and the buffer only grows. Packing inputs up to the whole
-        # context would cost GiBs; a smaller pack bounds it. A longer input still goes
-        # alone, whole, as pooling needs it in one step. (Attention bounds it too: pooled.py.)
+        # Those rows of logits again: packs of several inputs stay under PACK_BYTES of
+        # them (the output buffer only grows); a longer input still goes alone, whole,
+        # as pooling needs it in one step. (Attention bounds packs too: pooled.py.)
         logit_bound = max(1, PACK_BYTES // (4 * model.n_vocab))
         self.pack_tokens = min(pack_tokens(model, self.context.shape.n_batch), logit_bound)
         self.max_sequences = self.context.shape.n_seq_max
@@ -81,9 +92,15 @@ class Embedder:
             tokens = self.model.tokenize(text, add_special=True, parse_special=False)
             if len(tokens) > self.num_ctx:
                 if not truncate:
+                    holds = (
+                        f"this model embeds at most {self.num_ctx} tokens an input"
+                        if self.capped
+                        else f"the context holds {self.num_ctx}"
+                    )
                     raise PromptTooLongError(
-                        f"an input is {len(tokens)} tokens, but the context holds {self.num_ctx}",
-                        hint="shorten it, raise num_ctx, or set truncate: true",
+                        f"an input is {len(tokens)} tokens, but {holds}",
+                        hint="shorten it, or set truncate: true to embed its start"
+                        + ("" if self.capped else ", or raise num_ctx"),
                         tokens=len(tokens),
                         limit=self.num_ctx,
                     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from localserve.errors import PromptTooLongError
 from localserve.runtime.options import LoadOptions
 from localserve.runtime.protocol import LoadRequest
 from localserve.scheduler.runner_client import RunnerClient
@@ -113,3 +114,27 @@ def test_cpu_repack_off_loads_plain_cpu_weights(
     if not repacked_bytes_logged("true"):
         pytest.skip("this CPU has no repacked kernels for Gemma's weights: nothing to turn off")
     assert not repacked_bytes_logged("false")
+
+
+def test_embeddings_in_a_long_context(gemma_gguf_path: Path) -> None:
+    """A 32k context: llama.cpp gives every token of an embedding batch a row of logits
+    (1 MiB for Gemma's vocabulary), so a batch as long as the context asked for 37 GB
+    and every embedding failed. Inputs are capped at 1024 tokens here: a longer one is
+    cut (truncate) or refused with that number, and the runner goes on."""
+
+    async def body() -> None:
+        options = LoadOptions(num_ctx=32768, num_parallel=1, num_thread=2)
+        runner = await RunnerClient.start(LoadRequest((gemma_gguf_path,), options))
+        try:
+            short = await runner.embed(["The sky is blue.", "The sea is wide."], truncate=True)
+            assert len(short.embeddings) == 2 and short.embeddings[0] != short.embeddings[1]
+            long = await runner.embed(["word " * 3000], truncate=True)
+            assert long.prompt_eval_count == 1024
+            with pytest.raises(PromptTooLongError, match="embeds at most 1024 tokens"):
+                await runner.embed(["word " * 3000], truncate=False)
+            again = await runner.embed(["The sky is blue."], truncate=True)
+            assert again.embeddings[0] == pytest.approx(short.embeddings[0], abs=1e-4)
+        finally:
+            await runner.close()
+
+    asyncio.run(asyncio.wait_for(body(), 300))
