@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from localserve.engine.llama import Batch, Context, Model
-from localserve.engine.pooled import compute_all, pack_sequences, pack_tokens
+from localserve.engine.pooled import compute_all, input_tokens, pack_sequences, pack_tokens
 from localserve.errors import EngineError, PromptTooLongError
 from localserve.runtime.options import LoadOptions
 
@@ -22,10 +22,6 @@ POOLING_NONE = 0
 POOLING_MEAN = 1
 # Logit bytes one packed embedding batch may cost (see Embedder.pack_tokens).
 PACK_BYTES = 256 * 1024 * 1024
-# Logit bytes the longest input may cost, and the fewest tokens it is allowed whatever
-# the vocabulary (see Embedder.num_ctx).
-INPUT_BYTES = 1024 * 1024 * 1024
-MIN_INPUT_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -37,15 +33,7 @@ class Embeddings:
 class Embedder:
     def __init__(self, model: Model, options: LoadOptions, *, n_threads: int) -> None:
         self.model = model
-        # The longest input, and the context's batch: llama.cpp makes every token of an
-        # embedding batch an output, with a row of logits (n_vocab floats: 1 MiB a token
-        # for Gemma 3's 262k vocabulary) in the compute buffer it reserves for a whole
-        # batch and in the output buffer. A batch as long as a 32k context asked for 37
-        # GB and failed: inputs are capped at INPUT_BYTES of logits (1024 tokens for
-        # Gemma 3, 2048 for Llama 3's vocabulary, all of a small-vocabulary embedding
-        # model's context), as llama-server caps them at its physical batch (512).
-        logit_cap = max(MIN_INPUT_TOKENS, INPUT_BYTES // (4 * model.n_vocab))
-        self.num_ctx = min(options.num_ctx, logit_cap)
+        self.num_ctx = input_tokens(model, options.num_ctx)  # the longest input
         self.capped = self.num_ctx < options.num_ctx
         model_pooling = model.meta(f"{model.meta('general.architecture')}.pooling_type")
         # A reranker's own pooling (rank, 4) ends in its classification head: a score,

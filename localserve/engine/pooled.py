@@ -37,6 +37,22 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 MIN_PACK_TOKENS = 128
 MAX_PACK_SEQUENCES = 32
+# Logit bytes the longest input may cost, and the fewest tokens it is allowed whatever
+# the vocabulary (see input_tokens).
+INPUT_BYTES = 1024 * 1024 * 1024
+MIN_INPUT_TOKENS = 512
+
+
+def input_tokens(model: Model, num_ctx: int) -> int:
+    """The longest input (and the batch) of a pooled context: llama.cpp makes every
+    token of such a batch an output with a row of logits (n_vocab floats: 1 MiB a token
+    for Gemma 3's 262k vocabulary, and for a reranker too: the row is kept whether or
+    not the model has an output layer), in the compute buffer it reserves for a whole
+    batch and in the output buffer. A batch as long as a 32k context asked for 37 GB
+    and failed: inputs are capped at INPUT_BYTES of logits (1024 tokens for Gemma 3,
+    2092 for Llama 3's vocabulary, all of a small-vocabulary model's context), as
+    llama-server caps them at its physical batch (512)."""
+    return min(num_ctx, max(MIN_INPUT_TOKENS, INPUT_BYTES // (4 * model.n_vocab)))
 
 
 def pack_tokens(model: Model, n_batch: int) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from localserve.engine.embed import PACK_BYTES
 from localserve.engine.llama import Batch, Context, Model
-from localserve.engine.pooled import compute_all, pack_sequences, pack_tokens
+from localserve.engine.pooled import compute_all, input_tokens, pack_sequences, pack_tokens
 from localserve.errors import EngineError, PromptTooLongError
 from localserve.runtime.options import LoadOptions
 
@@ -41,16 +41,16 @@ class Ranking:
 class Ranker:
     def __init__(self, model: Model, options: LoadOptions, *, n_threads: int) -> None:
         self.model = model
-        self.num_ctx = options.num_ctx
+        self.num_ctx = input_tokens(model, options.num_ctx)  # the longest pair
         # Non-causal encoders need a whole pair in one compute step: ubatch = batch = ctx.
         # Flash attention off: on the CPU it rounds through F16, and a pair's score then
         # moved by ~0.5% with the pairs it was batched with (measured on the tiny test
         # reranker); without it the same pair scores the same alone and in any batch.
         shape = LoadOptions(
-            num_ctx=options.num_ctx,
-            num_parallel=pack_sequences(options.num_ctx),
-            num_batch=options.num_ctx,
-            num_ubatch=options.num_ctx,
+            num_ctx=self.num_ctx,
+            num_parallel=pack_sequences(self.num_ctx),
+            num_batch=self.num_ctx,
+            num_ubatch=self.num_ctx,
             flash_attention="off",
         )
         self.context = Context(
@@ -59,7 +59,7 @@ class Ranker:
             n_threads=n_threads,
             embeddings=True,
             pooling=POOLING_RANK,
-            n_ctx=options.num_ctx,
+            n_ctx=self.num_ctx,
         )
         self.batch = Batch(self.context.shape.n_batch)
         # As for embeddings (embed.py): every token of a pooled batch costs a row of

@@ -16,6 +16,7 @@ from localserve.engine.pooled import (
     PooledQueue,
     PooledRequest,
     compute_all,
+    input_tokens,
     pack_tokens,
 )
 from localserve.errors import EngineError
@@ -121,3 +122,18 @@ def test_pack_tokens_follow_the_models_shape(
     meta = {"general.architecture": "bert", "bert.feed_forward_length": n_ff}
     model = SimpleNamespace(n_embd=n_embd, meta=meta.get)
     assert pack_tokens(model, n_batch) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("n_vocab", "num_ctx", "expected"),
+    [
+        (262_144, 32768, 1024),  # Gemma 3: a row of logits is 1 MiB
+        (128_256, 32768, 2092),  # Llama 3
+        (262_144, 600, 600),  # the context is shorter than the cap
+        (30_522, 8192, 8192),  # a BERT embedding model: its whole context
+        (10_000_000, 4096, 512),  # never under 512 tokens
+    ],
+)
+def test_input_tokens_are_capped_by_their_logits(n_vocab: int, num_ctx: int, expected: int) -> None:
+    model = SimpleNamespace(n_vocab=n_vocab)
+    assert input_tokens(model, num_ctx) == expected  # type: ignore[arg-type]
