@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -49,3 +50,20 @@ def test_an_agents_long_first_prompt_is_answered(gemma: Daemon) -> None:
     shown = cli("ps", env={"LOCALSERVE_HOST": f"127.0.0.1:{gemma.port}"})
     assert shown.returncode == 0, shown.stderr
     assert "32768 (trained)" in shown.stdout
+
+
+def test_embeddings_at_the_default_context(gemma: Daemon) -> None:
+    """At 32k, a batch as long as the context would want 37 GB of llama.cpp's per-token
+    logits, and every embedding failed with a 500: inputs are capped at 1024 tokens on
+    Gemma (docs/engine.md, "Embeddings"). The real clients, as a RAG tool calls them."""
+    with ollama.Client(host=gemma.url, timeout=600) as client:
+        vectors = client.embed(model="tiny", input=["The sky is blue.", "The sea is wide."])
+        assert len(vectors.embeddings) == 2 and vectors.embeddings[0] != vectors.embeddings[1]
+        cut = client.embed(model="tiny", input="word " * 3000)  # truncate: the default
+        assert cut.prompt_eval_count == 1024
+        with pytest.raises(ollama.ResponseError, match="embeds at most 1024 tokens") as refused:
+            client.embed(model="tiny", input="word " * 3000, truncate=False)
+        assert refused.value.status_code == 400
+    with openai.OpenAI(base_url=gemma.url + "/v1", api_key="x", max_retries=0, timeout=600) as c:
+        same = c.embeddings.create(model="tiny", input="The sky is blue.")
+    assert same.data[0].embedding == pytest.approx(vectors.embeddings[0], abs=1e-4)
