@@ -92,10 +92,6 @@ class PooledRequest(Generic[T]):
     outputs: list[T] = field(default_factory=list)
     submitted: int = field(default_factory=time.perf_counter_ns)
 
-    @property
-    def tokens(self) -> int:
-        return sum(len(item) for item in self.items)
-
 
 @dataclass
 class PoolStats:
