@@ -184,12 +184,9 @@ def show(
         "embedding_length": info.embedding_length,
         "layers": info.block_count,
         "chat_template": chat_template,
-        "capabilities": [
-            *_capabilities(chat_template),
-            *(["insert"] if info.fill_in_the_middle else []),
-            *(projector.modalities if projector is not None else ()),
-            "embedding",
-        ],
+        "capabilities": info.capabilities(
+            _capabilities(chat_template), projector.modalities if projector is not None else ()
+        ),
         "license": licence,
         "source": manifest.source.model_dump(),
         "projector": None,

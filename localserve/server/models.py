@@ -100,16 +100,11 @@ def chat_format(app: Any, manifest: Manifest) -> ChatFormat:
 
 
 def capabilities(app: Any, manifest: Manifest) -> list[str]:
-    if gguf_info(app, manifest).reranker:
-        # A cross-encoder scores pairs; it has no language-model head to generate with.
-        return ["embedding", "rerank"]
-    found = [*(chat_format(app, manifest).capabilities or ("completion",))]
-    if gguf_info(app, manifest).fill_in_the_middle:
-        found.append("insert")
     projector = projector_info(app, manifest)
-    if projector is not None:
-        found.extend(projector.modalities)  # "vision", "audio"
-    return [*found, "embedding"]
+    modalities = projector.modalities if projector is not None else ()  # vision, audio
+    return gguf_info(app, manifest).capabilities(
+        chat_format(app, manifest).capabilities, modalities
+    )
 
 
 def model_details(app: Any, manifest: Manifest, parent: str = "") -> ModelDetails:

@@ -4,6 +4,7 @@ httpx and with Cohere's own SDK pointed at the daemon."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,8 @@ import httpx
 import pytest
 
 from tests.support.answers import error_message
-from tests.support.daemon import Daemon, add_model
+from tests.support.cli import cli
+from tests.support.daemon import Daemon, add_model, daemon_env
 
 QUERY = "what colour is the sky"
 # In an order the tiny reranker's scores change (its weights are random but fixed).
@@ -93,11 +95,15 @@ def test_a_pair_scores_the_same_alone_in_a_batch_and_beside_a_generation(
         assert result["relevance_score"] == pytest.approx(alone[result["index"] % 4], abs=1e-3)
 
 
-def test_capabilities(client: httpx.Client) -> None:
+def test_capabilities(client: httpx.Client, daemon: Daemon) -> None:
     ranker = client.post("/api/show", json={"model": "ranker"}).json()["capabilities"]
     tiny = client.post("/api/show", json={"model": "tiny"}).json()["capabilities"]
-    assert "rerank" in ranker
-    assert "rerank" not in tiny
+    assert ranker == ["embedding", "rerank"]  # no "completion": it cannot generate
+    assert "rerank" not in tiny and "completion" in tiny
+    # `localserve show` reads the store itself, and says the same.
+    shown = cli("show", "ranker", env=daemon_env(daemon.home, daemon.port))
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"capabilities\s+embedding, rerank\s*$", shown.stdout, re.M), shown.stdout
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ bytes per layer, and the ``model_info`` Ollama's /api/show returns.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -183,6 +184,16 @@ class GGUFInfo:
         if self._int(self._arch("pooling_type")) == POOLING_RANK:
             return True
         return any(t.name in ("cls.weight", "cls.output.weight") for t in self.tensors)
+
+    def capabilities(self, chat: Sequence[str], modalities: Sequence[str] = ()) -> list[str]:
+        """What the model can do, as /api/show and `localserve show` list them: what its
+        chat template can (``chat``: completion, tools, thinking), fill-in-the-middle,
+        the projector's ``modalities``, embedding; a reranker only embeds and ranks (it
+        has no language-model head to generate with)."""
+        if self.reranker:
+            return ["embedding", "rerank"]
+        insert = ["insert"] if self.fill_in_the_middle else []
+        return [*(chat or ("completion",)), *insert, *modalities, "embedding"]
 
     @property
     def tokenizer_model(self) -> str | None:
