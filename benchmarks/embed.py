@@ -15,13 +15,10 @@ their inputs into shared decodes, engine/pooled.py).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -29,33 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.peers import start_llama_server, stop
-from benchmarks.rerank import documents
+from benchmarks.rerank import at_once, documents, timed
 from tests.support.daemon import add_model, start_daemon, stop_daemon
 from tests.support.tiny_gguf import gemma_path
-
-
-def timed(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    started = time.perf_counter()
-    response = client.post(url, json=body)
-    if response.status_code != 200:
-        raise SystemExit(f"{url}: {response.status_code} {response.text[:500]}")
-    return time.perf_counter() - started, response.json()
-
-
-def together(
-    client: httpx.Client, url: str, body: dict[str, Any], args: argparse.Namespace
-) -> float:
-    """The median wall time of ``--clients`` requests at once, the inputs split."""
-    texts = body["input"]
-    share = max(1, len(texts) // args.clients)
-    bodies = [{**body, "input": texts[i * share : (i + 1) * share]} for i in range(args.clients)]
-    times = []
-    with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
-        for _ in range(args.reps):
-            started = time.perf_counter()
-            list(pool.map(lambda b: timed(client, url, b), bodies))
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -86,8 +59,8 @@ def main() -> None:
                 ours_s.append(took)
                 took, theirs = timed(client, theirs_url, body)
                 theirs_s.append(took)
-            at_once_ours = together(client, ours_url, body, args)
-            at_once_theirs = together(client, theirs_url, body, args)
+            at_once_ours = at_once(client, ours_url, body, "input", args)
+            at_once_theirs = at_once(client, theirs_url, body, "input", args)
         mine = np.array([d["embedding"] for d in ours["data"]])
         peer = np.array([d["embedding"] for d in theirs["data"]])
         cosine = (mine * peer).sum(1) / np.linalg.norm(mine, axis=1) / np.linalg.norm(peer, axis=1)

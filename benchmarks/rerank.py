@@ -59,22 +59,24 @@ def documents(count: int) -> list[str]:
 def timed(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     response = client.post(url, json=body)
-    response.raise_for_status()
+    if response.status_code != 200:
+        raise SystemExit(f"{url}: {response.status_code} {response.text[:500]}")
     return time.perf_counter() - started, response.json()
 
 
-def concurrent_rounds(
-    client: httpx.Client, url: str, body: dict[str, Any], args: argparse.Namespace
+def at_once(
+    client: httpx.Client, url: str, body: dict[str, Any], field: str, args: argparse.Namespace
 ) -> float:
-    """The median wall time of ``--clients`` requests at once, the documents split."""
-    docs = body["documents"]
-    share = max(1, len(docs) // args.clients)
-    bodies = [{**body, "documents": docs[i * share : (i + 1) * share]} for i in range(args.clients)]
+    """The median wall time of ``--clients`` requests at once, ``body[field]`` (the
+    documents, the inputs) split between them; ``--reps`` rounds."""
+    items = body[field]
+    share = max(1, len(items) // args.clients)
+    bodies = [{**body, field: items[i * share : (i + 1) * share]} for i in range(args.clients)]
     times = []
     with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
         for _ in range(args.reps):
             started = time.perf_counter()
-            list(pool.map(lambda b: timed(client, f"{url}/v1/rerank", b), bodies))
+            list(pool.map(lambda b: timed(client, url, b), bodies))
             times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -112,8 +114,12 @@ def main() -> None:
                         ours_s.append(took)
                         took, theirs = timed(client, f"{server_url}/v1/rerank", body)
                         theirs_s.append(took)
-                    together_ours = concurrent_rounds(client, daemon.url, body, args)
-                    together_theirs = concurrent_rounds(client, server_url, body, args)
+                    together_ours = at_once(
+                        client, f"{daemon.url}/v1/rerank", body, "documents", args
+                    )
+                    together_theirs = at_once(
+                        client, f"{server_url}/v1/rerank", body, "documents", args
+                    )
                 mine = {r["index"]: r["relevance_score"] for r in ours["results"]}
                 peer = {r["index"]: r["relevance_score"] for r in theirs["results"]}
                 worst = max(abs(mine[i] - peer[i]) for i in range(len(docs)))
