@@ -106,8 +106,15 @@ def user_env(daemon: Daemon, home: Path) -> dict[str, str]:
 
 
 def launch(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_as_user([sys.executable, "-m", "localserve", "launch", *args], env=env, cwd=cwd)
+
+
+def run_as_user(
+    argv: list[str], *, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """A command with no terminal input, its output captured, given an agent's time."""
     return subprocess.run(
-        [sys.executable, "-m", "localserve", "launch", *args],
+        argv,
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -197,16 +204,7 @@ def test_aider_with_the_printed_settings(agent_daemon: Daemon, tmp_path: Path) -
     printed = launch("aider", "--model", "gemma-aider", "--print", "--", *task, env=env, cwd=work)
     assert printed.returncode == 0, printed.stderr
     before, seen = chat_completions(agent_daemon), len(agent_daemon.logged_prompts())
-    done = subprocess.run(
-        ["sh", "-c", printed.stdout],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=AGENT_TIMEOUT,
-        check=False,
-    )
+    done = run_as_user(["sh", "-c", printed.stdout], env=env, cwd=work)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # One request to the chat completions API that the printed variables name.
     assert chat_completions(agent_daemon) == before + 1, done.stdout[-3000:]
