@@ -350,6 +350,23 @@ def test_embed_gives_unit_vectors(client: ollama.Client) -> None:
     )
 
 
+def test_concurrent_embeds_get_their_own_vectors(client: ollama.Client, daemon: Daemon) -> None:
+    """Eight requests at once: their inputs share decodes (engine/pooled.py), and each
+    gets back the vectors of its own inputs, in its order, as it would alone."""
+    texts = [[f"text {i} part {j}" for j in range(1 + i % 3)] for i in range(8)]
+    alone = [client.embed(MODEL, group).embeddings for group in texts]
+
+    async def together() -> list[list[list[float]]]:
+        async with ollama.AsyncClient(host=daemon.url, timeout=120) as many:
+            answers = await asyncio.gather(*(many.embed(MODEL, group) for group in texts))
+        return [list(map(list, a.embeddings)) for a in answers]
+
+    for got, expected in zip(asyncio.run(together()), alone, strict=True):
+        assert len(got) == len(expected)
+        for vector, reference in zip(got, expected, strict=True):
+            assert vector == pytest.approx(list(reference), abs=1e-4)
+
+
 def test_embed_without_input_only_loads(client: ollama.Client) -> None:
     client.generate(MODEL, keep_alive=0)
     for result in (client.embed(MODEL), client.embed(MODEL, [])):  # the client sends input ""
