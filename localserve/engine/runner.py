@@ -7,8 +7,9 @@ stdout (runtime/protocol.py). File descriptor 1 is pointed at stderr right away 
 that nothing printed by llama.cpp or a stray ``print`` can corrupt the protocol stream.
 
 One thread does everything: wait for input (blocking only when idle), hand
-requests to the engine (their jobs made by engine/prepare.py), run one engine step,
-write that step's events in one frame. If llama.cpp crashes or aborts, only this
+requests to the engine (their jobs made by engine/prepare.py) or to the queues of
+embeddings and rerank pairs (engine/pooled.py), compute one pack of each queue, run
+one engine step, write the answers and events in one frame. If llama.cpp crashes or aborts, only this
 process dies; the daemon sees its pipe close and fails the requests it had in
 flight. If the daemon dies, the kernel kills this process too (PR_SET_PDEATHSIG),
 so no orphan keeps RAM or VRAM.
