@@ -13,15 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from localserve.engine.llama import Batch, Context, Model
-from localserve.engine.pooled import compute_all, input_tokens, pack_sequences, pack_tokens
-from localserve.errors import EngineError, PromptTooLongError
+from localserve.engine.llama import Model
+from localserve.engine.pooled import PooledContext, compute_all
+from localserve.errors import PromptTooLongError
 from localserve.runtime.options import LoadOptions
 
 POOLING_NONE = 0
 POOLING_MEAN = 1
-# Logit bytes one packed embedding batch may cost (see Embedder.pack_tokens).
-PACK_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -30,42 +28,17 @@ class Embeddings:
     prompt_tokens: int
 
 
-class Embedder:
+class Embedder(PooledContext):
     def __init__(self, model: Model, options: LoadOptions, *, n_threads: int) -> None:
-        self.model = model
-        self.num_ctx = input_tokens(model, options.num_ctx)  # the longest input
-        self.capped = self.num_ctx < options.num_ctx
         model_pooling = model.meta(f"{model.meta('general.architecture')}.pooling_type")
         # A reranker's own pooling (rank, 4) ends in its classification head: a score,
         # not a vector. It embeds by the mean of its hidden states, as a generative model.
         pooling = None if model_pooling not in (None, "0", "4") else POOLING_MEAN
-        # Non-causal encoders need a whole input in one compute step: ubatch = batch = ctx.
-        shape = LoadOptions(
-            num_ctx=self.num_ctx,
-            num_parallel=pack_sequences(self.num_ctx),
-            num_batch=self.num_ctx,
-            num_ubatch=self.num_ctx,
-            swa_full=True,  # as long as the context in every layer, as before windows
+        # swa_full: as long as the context in every layer, as before windows.
+        super().__init__(
+            model, options.num_ctx, n_threads=n_threads, pooling=pooling, swa_full=True
         )
-        self.context = Context(
-            model,
-            shape,
-            n_threads=n_threads,
-            embeddings=True,
-            pooling=pooling,
-            n_ctx=self.num_ctx,
-        )
-        self.batch = Batch(self.context.shape.n_batch)
-        # Those rows of logits again: packs of several inputs stay under PACK_BYTES of
-        # them (the output buffer only grows); a longer input still goes alone, whole,
-        # as pooling needs it in one step. (Attention bounds packs too: pooled.py.)
-        logit_bound = max(1, PACK_BYTES // (4 * model.n_vocab))
-        self.pack_tokens = min(pack_tokens(model, self.context.shape.n_batch), logit_bound)
-        self.max_sequences = self.context.shape.n_seq_max
-
-    def close(self) -> None:
-        self.batch.close()
-        self.context.close()
+        self.capped = self.num_ctx < options.num_ctx
 
     def embed(self, inputs: Sequence[str], *, truncate: bool) -> Embeddings:
         """Embed ``inputs`` in this process, packed as the runner's queue packs them."""
@@ -100,16 +73,5 @@ class Embedder:
 
     def compute(self, group: Sequence[list[int]]) -> list[list[float]]:
         """One decode: the pooled, normalised vector of each sequence."""
-        self.context.clear()
-        self.batch.clear()
-        for seq, tokens in enumerate(group):
-            # Every token's output is needed for pooling.
-            self.batch.add(tokens, 0, seq, True)
-            self.batch.logits[self.batch.n_tokens - len(tokens) : self.batch.n_tokens] = 1
-        if self.model.has_encoder and not self.model.has_decoder:
-            rc = self.context.encode(self.batch)
-        else:
-            rc = self.context.decode(self.batch)
-        if rc != 0:
-            raise EngineError(f"llama_decode failed for embeddings ({rc})")
+        self.decode(group, "embeddings")
         return [self.context.embedding(seq) for seq in range(len(group))]

@@ -26,16 +26,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from localserve.errors import LocalserveError
+from localserve.engine.llama import Batch, Context, Model
+from localserve.errors import EngineError, LocalserveError
+from localserve.runtime.options import LoadOptions
 from localserve.runtime.protocol import ErrorEvent, Reply
-
-if TYPE_CHECKING:
-    from localserve.engine.llama import Model
 
 T = TypeVar("T")
 MIN_PACK_TOKENS = 128
+# Logit bytes one pack of several sequences may cost (see PooledContext.pack_tokens).
+PACK_BYTES = 256 * 1024 * 1024
 MAX_PACK_SEQUENCES = 32
 # Logit bytes the longest input may cost, and the fewest tokens it is allowed whatever
 # the vocabulary (see input_tokens).
@@ -67,6 +68,60 @@ def pack_sequences(n_batch: int) -> int:
     sequences than its batch has tokens (it reserves an output per sequence, at most
     n_batch), which a context of 16 tokens would."""
     return min(MAX_PACK_SEQUENCES, n_batch)
+
+
+class PooledContext:
+    """A llama.cpp context of its own with ``embeddings=True`` and ``pooling``, that
+    decodes packs of whole sequences: what embed.py's Embedder and rank.py's Ranker
+    share. ``shape`` adds to the context's options (flash attention, swa_full)."""
+
+    def __init__(
+        self, model: Model, num_ctx: int, *, n_threads: int, pooling: int | None, **shape: Any
+    ) -> None:
+        self.model = model
+        self.num_ctx = input_tokens(model, num_ctx)  # the longest sequence
+        # Non-causal encoders need a whole sequence in one compute step: ubatch = batch.
+        options = LoadOptions(
+            num_ctx=self.num_ctx,
+            num_parallel=pack_sequences(self.num_ctx),
+            num_batch=self.num_ctx,
+            num_ubatch=self.num_ctx,
+            **shape,
+        )
+        self.context = Context(
+            model,
+            options,
+            n_threads=n_threads,
+            embeddings=True,
+            pooling=pooling,
+            n_ctx=self.num_ctx,
+        )
+        self.batch = Batch(self.context.shape.n_batch)
+        # Those rows of logits again (input_tokens): packs of several sequences stay
+        # under PACK_BYTES of them (the output buffer only grows); a longer sequence
+        # still goes alone, whole, as pooling needs it in one step. Attention bounds
+        # packs too (pack_tokens).
+        logit_bound = max(1, PACK_BYTES // (4 * model.n_vocab))
+        self.pack_tokens = min(pack_tokens(model, self.context.shape.n_batch), logit_bound)
+        self.max_sequences = self.context.shape.n_seq_max
+
+    def close(self) -> None:
+        self.batch.close()
+        self.context.close()
+
+    def decode(self, group: Sequence[list[int]], what: str) -> None:
+        """One decode of ``group``, a sequence id each, every token's output kept (pooling
+        reads them all); the pooled outputs are then the context's."""
+        self.context.clear()
+        self.batch.clear()
+        for seq, tokens in enumerate(group):
+            self.batch.add(tokens, 0, seq, True, want_all_logits=True)
+        if self.model.has_encoder and not self.model.has_decoder:
+            rc = self.context.encode(self.batch)
+        else:
+            rc = self.context.decode(self.batch)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed for {what} ({rc})")
 
 
 class Pooler(Protocol[T]):

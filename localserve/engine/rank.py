@@ -23,9 +23,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from localserve.engine.embed import PACK_BYTES
-from localserve.engine.llama import Batch, Context, Model
-from localserve.engine.pooled import compute_all, input_tokens, pack_sequences, pack_tokens
+from localserve.engine.llama import Model
+from localserve.engine.pooled import PooledContext, compute_all
 from localserve.errors import EngineError, PromptTooLongError
 from localserve.runtime.options import LoadOptions
 
@@ -38,42 +37,16 @@ class Ranking:
     prompt_tokens: int  # the pairs' tokens, all together
 
 
-class Ranker:
+class Ranker(PooledContext):
     def __init__(self, model: Model, options: LoadOptions, *, n_threads: int) -> None:
-        self.model = model
-        self.num_ctx = input_tokens(model, options.num_ctx)  # the longest pair
-        # Non-causal encoders need a whole pair in one compute step: ubatch = batch = ctx.
         # Flash attention off: on the CPU it rounds through F16, and a pair's score then
         # moved by ~0.5% with the pairs it was batched with (measured on the tiny test
         # reranker); without it the same pair scores the same alone and in any batch.
-        shape = LoadOptions(
-            num_ctx=self.num_ctx,
-            num_parallel=pack_sequences(self.num_ctx),
-            num_batch=self.num_ctx,
-            num_ubatch=self.num_ctx,
-            flash_attention="off",
+        super().__init__(
+            model, options.num_ctx, n_threads=n_threads, pooling=POOLING_RANK, flash_attention="off"
         )
-        self.context = Context(
-            model,
-            shape,
-            n_threads=n_threads,
-            embeddings=True,
-            pooling=POOLING_RANK,
-            n_ctx=self.num_ctx,
-        )
-        self.batch = Batch(self.context.shape.n_batch)
-        # As for embeddings (embed.py): every token of a pooled batch costs a row of
-        # logits where the model has an output layer, so packs are bounded in bytes
-        # (and by attention: pooled.py).
-        logit_bound = max(1, PACK_BYTES // (4 * model.n_vocab))
-        self.pack_tokens = min(pack_tokens(model, self.context.shape.n_batch), logit_bound)
-        self.max_sequences = self.context.shape.n_seq_max
         self.template = model.chat_template("rerank")
         self.width = max(1, model.n_cls_out)
-
-    def close(self) -> None:
-        self.batch.close()
-        self.context.close()
 
     def rank(self, query: str, documents: Sequence[str]) -> Ranking:
         """The score of each document for ``query``, in this process, packed as the
@@ -137,17 +110,7 @@ class Ranker:
 
     def compute(self, group: Sequence[list[int]]) -> list[float]:
         """One decode: the score of each pair."""
-        self.context.clear()
-        self.batch.clear()
-        for seq, tokens in enumerate(group):
-            # Pooling reads every token's output.
-            self.batch.add(tokens, 0, seq, True, want_all_logits=True)
-        if self.model.has_encoder and not self.model.has_decoder:
-            rc = self.context.encode(self.batch)
-        else:
-            rc = self.context.decode(self.batch)
-        if rc != 0:
-            raise EngineError(f"llama_decode failed for rerank ({rc})")
+        self.decode(group, "rerank")
         scores = []
         for seq in range(len(group)):
             score = float(self.context.pooled(seq, self.width)[0])

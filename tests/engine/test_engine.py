@@ -308,7 +308,7 @@ def test_embedding_packs_are_bounded_by_logit_bytes(
 ) -> None:
     """A large-vocabulary model would reserve n_vocab floats per packed token: packs
     stay under PACK_BYTES, a longer input still goes whole, and results don't change."""
-    from localserve.engine import embed
+    from localserve.engine import pooled
 
     texts = ["hello there", "general kenobi", "a b c d e f g h i j k l", "x"]
     whole = Embedder(model, LoadOptions(num_ctx=128), n_threads=2)
@@ -316,7 +316,7 @@ def test_embedding_packs_are_bounded_by_logit_bytes(
         together = whole.embed(texts, truncate=True).vectors
     finally:
         whole.close()
-    monkeypatch.setattr(embed, "PACK_BYTES", 4 * model.n_vocab * 6)  # six tokens a pack
+    monkeypatch.setattr(pooled, "PACK_BYTES", 4 * model.n_vocab * 6)  # six tokens a pack
     small = Embedder(model, LoadOptions(num_ctx=128), n_threads=2)
     groups: list[tuple[int, int]] = []  # (inputs, tokens) per decode
     original = small.compute
