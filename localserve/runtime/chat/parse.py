@@ -402,14 +402,17 @@ class MessageParser(StreamParser):
             if at < 0:
                 return events
 
+    @abstractmethod
     def _open(self, header: re.Match[str]) -> None:
-        raise NotImplementedError
+        """A message begins: what its header says it is."""
 
+    @abstractmethod
     def _stream(self, events: list[Event], text: str) -> None:
-        raise NotImplementedError
+        """Text of the open message's body, as it comes."""
 
+    @abstractmethod
     def _close_message(self, events: list[Event]) -> None:
-        raise NotImplementedError
+        """The open message ended."""
 
 
 class HarmonyParser(MessageParser):
