@@ -178,10 +178,17 @@ class CountingProxy:
             s.close()
 
 
-def generate(d: Daemon, num_gpu: int, tokens: int) -> dict[str, Any]:
+STORY = "Write a long story about a lighthouse keeper."
+
+
+def generate(
+    d: Daemon, num_gpu: int, tokens: int, prompt: str = STORY, *, raw: bool = False
+) -> dict[str, Any]:
+    """A greedy, non-streamed /api/generate of ``tokens`` tokens on the model ``tiny``."""
     body = {
         "model": "tiny",
-        "prompt": "Write a long story about a lighthouse keeper.",
+        "prompt": prompt,
+        "raw": raw,
         "stream": False,
         "options": {
             "temperature": 0,

@@ -56,8 +56,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
 
+from benchmarks import rpc as rpc_benchmark  # noqa: E402
 from localserve.engine import rpc  # noqa: E402
 from localserve.store.gguf import read_gguf_model  # noqa: E402
 from tests.support.daemon import Daemon, free_port, start_daemon, stop_daemon, wait_until  # noqa: E402
@@ -197,24 +197,8 @@ def _kld_summary(out: str) -> dict[str, float]:
 
 
 def generate(d: Daemon, prompt: str, tokens: int) -> dict[str, Any]:
-    body = {
-        "model": "tiny",
-        "prompt": prompt,
-        "raw": True,
-        "stream": False,
-        "options": {
-            "temperature": 0,
-            "num_predict": tokens,
-            "ignore_eos": True,
-            "num_gpu": 0,
-            "speculative": False,
-        },
-    }
-    with httpx.Client(timeout=600, trust_env=False) as client:
-        response = client.post(d.url + "/api/generate", json=body)
-    response.raise_for_status()
-    data: dict[str, Any] = response.json()
-    return data
+    """Greedy on the CPU (num_gpu 0), raw: the same request as benchmarks/rpc.py's."""
+    return rpc_benchmark.generate(d, 0, tokens, prompt, raw=True)
 
 
 def cost(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
