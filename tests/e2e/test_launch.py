@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_responses_agents import CODEX
+from tests.e2e.test_responses_agents import BRIEF_EXAMPLES, CODEX
 from tests.e2e.test_responses_agents import create_model as create_from_gemma
 from tests.e2e.test_tools_gemma import with_template
 from tests.support import chat_templates
@@ -82,13 +82,7 @@ def agent_daemon(
         create_from_gemma(started, "gemma-aider-again", parameters=ONE_LINE)
         # Codex's and OpenCode's model also carries two short exchanges, so that Gemma
         # answers briefly (test_responses_agents.py).
-        examples = [
-            {"role": "user", "content": "Say goodbye."},
-            {"role": "assistant", "content": "Goodbye!"},
-            {"role": "user", "content": "Say thanks."},
-            {"role": "assistant", "content": "Thanks!"},
-        ]
-        create_from_gemma(started, "gemma-codex", parameters=ONE_LINE, messages=examples)
+        create_from_gemma(started, "gemma-codex", parameters=ONE_LINE, messages=BRIEF_EXAMPLES)
         yield started
 
 

@@ -35,6 +35,13 @@ from tests.support.daemon import REPO_ROOT, Daemon, add_model, running_daemon
 pytestmark = pytest.mark.slow
 
 CODEX = REPO_ROOT / ".cache" / "agents" / "node_modules" / ".bin" / "codex"
+# Two short exchanges before the agent's turn, so that Gemma answers briefly.
+BRIEF_EXAMPLES = [
+    {"role": "user", "content": "Say goodbye."},
+    {"role": "assistant", "content": "Goodbye!"},
+    {"role": "user", "content": "Say thanks."},
+    {"role": "assistant", "content": "Thanks!"},
+]
 AGENT = "gemma-agent"
 STOP = ["<|im_end|>"]
 WEATHER = {
@@ -89,13 +96,7 @@ def agent_daemon(
         add_model(home, model, "gemma")
         greedy = {"temperature": 0, "num_predict": 64, "stop": STOP}
         create_model(started, AGENT, parameters=greedy)
-        examples = [
-            {"role": "user", "content": "Say goodbye."},
-            {"role": "assistant", "content": "Goodbye!"},
-            {"role": "user", "content": "Say thanks."},
-            {"role": "assistant", "content": "Thanks!"},
-        ]
-        create_model(started, "gemma-codex", parameters=greedy, messages=examples)
+        create_model(started, "gemma-codex", parameters=greedy, messages=BRIEF_EXAMPLES)
         yield started
 
 
