@@ -21,7 +21,7 @@ from localserve.schemas.answer import Answer, Shape
 from localserve.schemas.base import Response
 from localserve.schemas.media import check_count, media_kinds
 from localserve.schemas.options import split_options
-from localserve.server.models import capabilities, chat_format, gguf_info, model_config
+from localserve.server.models import capabilities, model_config
 from localserve.store.create import ModelConfig
 from localserve.store.store import ModelStore
 
@@ -96,31 +96,30 @@ def with_model_settings(request: Request, name: str, job: GenerateJob) -> Genera
 
 
 async def check_capabilities(request: Request, name: str, job: GenerateJob) -> None:
-    """Refuse, before anything loads, what the model's template cannot do (as Ollama:
-    ``MODEL does not support tools``), media the model cannot read, and any generation
-    from a reranker."""
+    """Refuse, before anything loads, what the model cannot do, from its capabilities (as
+    Ollama: ``MODEL does not support tools``): generating at all (a reranker), media it
+    cannot read, fill-in-the-middle, tools, thinking."""
     media = job.media_count()
     if media:
         check_count(media, request.app.state.settings.max_images)
-    _, manifest = await asyncio.to_thread(store(request).get, name)
-    info = await asyncio.to_thread(gguf_info, request.app, manifest)
-    if info.reranker:  # a classification head, no language-model head: it only scores
+
+    def model_capabilities() -> list[str]:
+        _, manifest = store(request).get(name)
+        return capabilities(request.app, manifest)  # read once per model, then cached
+
+    can = await asyncio.to_thread(model_capabilities)
+    if "completion" not in can:
         raise InvalidOptionError(f"{name} does not support generate")
-    if not job.tools and not job.think and job.suffix is None and not media:
-        return
-    if media:
-        can = await asyncio.to_thread(capabilities, request.app, manifest)
-        kinds = media_kinds(job)
-        if "image" in kinds and "vision" not in can:
-            raise InvalidOptionError(f"{name} does not support images")
-        if "audio" in kinds and "audio" not in can:
-            raise InvalidOptionError(f"{name} does not support audio")
-    if job.suffix is not None and not info.fill_in_the_middle:
+    kinds = media_kinds(job) if media else set()
+    if "image" in kinds and "vision" not in can:
+        raise InvalidOptionError(f"{name} does not support images")
+    if "audio" in kinds and "audio" not in can:
+        raise InvalidOptionError(f"{name} does not support audio")
+    if job.suffix is not None and "insert" not in can:
         raise InvalidOptionError(f"{name} does not support insert")
-    found = await asyncio.to_thread(chat_format, request.app, manifest)
-    if job.tools and job.tool_choice != "none" and found.tools is None:
+    if job.tools and job.tool_choice != "none" and "tools" not in can:
         raise InvalidOptionError(f"{name} does not support tools")
-    if job.think and not found.thinks:
+    if job.think and "thinking" not in can:
         raise InvalidOptionError(f"{name} does not support thinking")
 
 
